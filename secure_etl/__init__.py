@@ -1,0 +1,1 @@
+"""secure_etl: secure ETL with automated certificate management, on Dagster."""

@@ -1,0 +1,160 @@
+"""The ``secure-etl`` command.
+
+Certificate commands import no Dagster, so they start fast; ``demo`` imports it lazily.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import ssl
+import sys
+from pathlib import Path
+
+from secure_etl.config import ConfigError, load_config
+from secure_etl.pki.inspect import PemError, facts, inspect_chain, load_chain_file
+
+EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return EXIT_UNUSABLE
+    try:
+        return args.handler(args)
+    except (ConfigError, PemError) as err:
+        print(f"secure-etl: {err}", file=sys.stderr)
+        return EXIT_UNUSABLE
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="secure-etl", description="Secure ETL with automated certificate management."
+    )
+    commands = parser.add_subparsers(metavar="COMMAND")
+
+    certs = commands.add_parser("certs", help="inspect and manage certificates")
+    certs_commands = certs.add_subparsers(metavar="COMMAND")
+    inspect = certs_commands.add_parser(
+        "inspect",
+        help="check a PEM certificate chain (leaf first)",
+        description="Exit 0 when every check passes, 1 when any fails, 2 on unusable input.",
+    )
+    inspect.add_argument("path", type=Path, help="PEM file: the leaf, then intermediates")
+    inspect.add_argument(
+        "--domain",
+        "-d",
+        action="append",
+        default=[],
+        metavar="D",
+        help="a DNS name or IP address the certificate must cover (repeatable)",
+    )
+    inspect.add_argument(
+        "--use", choices=["server", "client"], help="check the extended key usage fits this use"
+    )
+    inspect.add_argument(
+        "--ca-bundle",
+        type=Path,
+        metavar="PEM",
+        help="trusted roots (default: the system trust store)",
+    )
+    inspect.add_argument(
+        "--min-days",
+        type=float,
+        default=0.0,
+        metavar="N",
+        help="fail the expiry check with fewer than N days left (default 0)",
+    )
+    inspect.add_argument("--json", action="store_true", help="print JSON")
+    inspect.set_defaults(handler=_certs_inspect)
+
+    demo = commands.add_parser(
+        "demo", help="materialize the whole graph in-process and print a summary"
+    )
+    demo.add_argument(
+        "--partitions",
+        type=int,
+        default=1,
+        metavar="N",
+        help="how many of the latest complete hourly partitions (default 1)",
+    )
+    demo.add_argument(
+        "--config",
+        type=Path,
+        help="platform config (default: $SECURE_ETL_CONFIG or the bundled offline demo)",
+    )
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def _certs_inspect(args: argparse.Namespace) -> int:
+    chain = load_chain_file(args.path)
+    bundle = args.ca_bundle or _system_bundle()
+    roots = load_chain_file(bundle) if bundle else None
+    results = inspect_chain(
+        chain,
+        identifiers=args.domain,
+        use=args.use,
+        roots=roots,
+        roots_source=str(bundle or ""),
+        min_days=args.min_days,
+    )
+    failed = any(not r.passed for r in results)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "path": str(args.path),
+                    "passed": not failed,
+                    "certificate": facts(chain[0]).as_dict(),
+                    "checks": [r.as_dict() for r in results],
+                },
+                indent=2,
+            )
+        )
+    else:
+        info = facts(chain[0])
+        print(f"{args.path}: {info.subject} (serial {info.serial})")
+        print(f"  issuer {info.issuer}, {info.key_type}, {info.days_remaining:.1f} days left")
+        for r in results:
+            mark = "skip" if r.skipped else ("ok" if r.passed else "FAIL")
+            print(f"  {mark:<4} {r.name:<20} {r.severity:<5} {r.reason}")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _system_bundle() -> Path | None:
+    paths = ssl.get_default_verify_paths()
+    for candidate in (paths.cafile, paths.openssl_cafile):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    return None
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from secure_etl.defs.demo import run_demo  # Dagster only for this command
+
+    platform = load_config(args.config)
+    summary = run_demo(platform, partitions=args.partitions)
+    print("\nCertificates")
+    for name, info in summary.certificates.items():
+        print(
+            f"  {name:<24} {info['outcome']:<8} {info['days_remaining']:6.1f} days left"
+            f"  serial {info['serial'][:16]}"
+        )
+    print("Rows")
+    for label, rows in summary.rows.items():
+        print(f"  {label:<40} {rows:>8}")
+    passed = sum(ok for ok, _ in summary.checks.values())
+    print(f"Checks: {passed}/{len(summary.checks)} passed")
+    for label, (ok, why) in summary.checks.items():
+        if not ok:
+            print(f"  FAIL {label}: {why}")
+    print(f"State: {platform.resolved_state_dir()}")
+    return EXIT_OK if summary.all_checks_passed else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,314 @@
+"""The platform config: one YAML file, typed and validated.
+
+The file is chosen by ``SECURE_ETL_CONFIG``; without it the bundled offline demo is used.
+Every error names the file, the key path and what was expected. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CONFIG_ENV = "SECURE_ETL_CONFIG"
+STATE_DIR_ENV = "SECURE_ETL_STATE_DIR"
+
+KeyType = Literal["ec256", "ec384", "rsa2048", "rsa3072", "rsa4096"]
+Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
+_DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+class ConfigError(Exception):
+    """A platform config that cannot be used; the message names file and key."""
+
+    def __init__(self, path: Path | str, key: str, message: str) -> None:
+        self.path, self.key, self.message = str(path), key, message
+        where = f"{self.path}: {key}" if key else self.path
+        super().__init__(f"{where}: {message}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InternalCAIssuer(_Strict):
+    """A private CA the platform runs itself; its root is created on first use."""
+
+    type: Literal["internal_ca"]
+    common_name: str = "secure_etl internal root CA"
+    key_type: KeyType = "ec256"
+    ca_lifetime_days: int = Field(3650, ge=1)
+    lifetime_days: int = Field(90, ge=1, le=3650)
+
+
+Issuer = Annotated[InternalCAIssuer, Field(discriminator="type")]
+
+
+class RenewalPolicy(_Strict):
+    """Renew when this share of the lifetime is left, or fewer than min_days_left days."""
+
+    fraction_left: float = Field(1 / 3, gt=0, lt=1)
+    min_days_left: float | None = Field(None, ge=0)
+
+
+class CommandDeploy(_Strict):
+    """Run a program after a new certificate becomes current (an argv list, no shell)."""
+
+    type: Literal["command"]
+    argv: list[str] = Field(min_length=1)
+    timeout_s: float = Field(60, gt=0)
+
+
+class WebhookDeploy(_Strict):
+    """POST a JSON notice to a URL read from an environment variable."""
+
+    type: Literal["webhook"]
+    url_env: str
+    timeout_s: float = Field(10, gt=0)
+
+
+DeployAction = Annotated[CommandDeploy | WebhookDeploy, Field(discriminator="type")]
+
+
+class Endpoint(_Strict):
+    """A place that serves the certificate; a later check handshakes with it."""
+
+    host: str
+    port: int = Field(ge=1, le=65535)
+    protocol: Literal["tls", "postgres"] = "tls"
+
+
+class CertificateConfig(_Strict):
+    issuer: Name
+    use: Literal["server", "client"]
+    identifiers: list[str] = Field(min_length=1)
+    key_type: KeyType = "ec256"
+    renewal: RenewalPolicy = RenewalPolicy()
+    keep_versions: int = Field(5, ge=1)
+    ca_bundle: str | None = None
+    deploy: list[DeployAction] = []
+    endpoints: list[Endpoint] = []
+
+    @field_validator("identifiers")
+    @classmethod
+    def _identifiers_are_names_or_addresses(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not is_ip_address(value) and not is_dns_name(value):
+                raise ValueError(f"{value!r} is neither a DNS name nor an IP address")
+        return values
+
+
+class DemoSource(_Strict):
+    """Synthetic customers with PII, generated deterministically per partition."""
+
+    type: Literal["demo"]
+    rows_per_partition: int = Field(1000, ge=1, le=10_000_000)
+    seed: int = 0
+    bad_row_rate: float = Field(0.005, ge=0, le=1)
+
+
+Source = Annotated[DemoSource, Field(discriminator="type")]
+
+
+class PseudonymiseTransform(_Strict):
+    """Replace each value of the columns by its keyed HMAC-SHA256 (hex)."""
+
+    type: Literal["pseudonymise"]
+    columns: list[str] = Field(min_length=1)
+    key: Name
+
+
+Transform = Annotated[PseudonymiseTransform, Field(discriminator="type")]
+
+
+class DuckDBDestination(_Strict):
+    type: Literal["duckdb"]
+    path: str = "warehouse.duckdb"
+    table: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+Destination = Annotated[DuckDBDestination, Field(discriminator="type")]
+
+
+class HourlyPartitions(_Strict):
+    """One partition per UTC hour from ``start``; the schedule runs each hour's partition
+    ``schedule_minute`` minutes after the hour ends."""
+
+    type: Literal["hourly"] = "hourly"
+    start: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}-\d{2}:\d{2}$")
+    schedule_minute: int = Field(15, ge=0, le=59)
+
+
+class Quality(_Strict):
+    max_null_rate: float = Field(0.0, ge=0, le=1)
+
+
+class PipelineConfig(_Strict):
+    version: str = "1"
+    source: Source
+    client_certificate: Name
+    key_column: str
+    transforms: list[Transform] = []
+    destination: Destination
+    partitions: HourlyPartitions
+    quality: Quality = Quality()
+
+
+class HmacKeyConfig(_Strict):
+    """A keyed-hash secret: from ``env`` when set, otherwise the key ``file``.
+
+    With ``create: true`` a missing file is generated (32 random bytes, mode 0600);
+    that is meant for the offline demo only.
+    """
+
+    env: str | None = None
+    file: str | None = None
+    create: bool = False
+
+    @model_validator(mode="after")
+    def _has_a_source(self) -> HmacKeyConfig:
+        if not self.env and not self.file:
+            raise ValueError("give env, file, or both")
+        return self
+
+
+class PlatformConfig(_Strict):
+    state_dir: str = ".secure_etl"
+    certificate_check_schedule: str = "*/30 * * * *"
+    issuers: dict[Name, Issuer]
+    certificates: dict[Name, CertificateConfig] = {}
+    keys: dict[Name, HmacKeyConfig] = {}
+    pipelines: dict[Name, PipelineConfig] = {}
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> PlatformConfig:
+        for name, cert in self.certificates.items():
+            if cert.issuer not in self.issuers:
+                raise _RefError(("certificates", name, "issuer"), cert.issuer, self.issuers)
+        for name, pipeline in self.pipelines.items():
+            cert = pipeline.client_certificate
+            if cert not in self.certificates:
+                raise _RefError(("pipelines", name, "client_certificate"), cert, self.certificates)
+            if self.certificates[cert].use != "client":
+                raise _RefError(
+                    ("pipelines", name, "client_certificate"),
+                    cert,
+                    [n for n, c in self.certificates.items() if c.use == "client"],
+                    what="client certificate",
+                )
+            for i, transform in enumerate(pipeline.transforms):
+                if transform.key not in self.keys:
+                    raise _RefError(
+                        ("pipelines", name, "transforms", i, "key"), transform.key, self.keys
+                    )
+        return self
+
+    def resolved_state_dir(self) -> Path:
+        """``SECURE_ETL_STATE_DIR`` if set, else ``state_dir`` (relative to the cwd)."""
+        return Path(os.environ.get(STATE_DIR_ENV) or self.state_dir).resolve()
+
+
+class _RefError(ValueError):
+    """A name that points at nothing; carries its own key path."""
+
+    def __init__(self, loc: tuple, value: str, known, what: str = "") -> None:
+        self.loc = loc
+        kind = what or loc[-1].replace("_", " ")
+        choices = ", ".join(sorted(known)) or "none defined"
+        super().__init__(f"unknown {kind} {value!r} (defined: {choices})")
+
+
+def is_ip_address(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def is_dns_name(value: str) -> bool:
+    """A lower-case DNS name; a leading ``*.`` wildcard label is allowed."""
+    labels = value.split(".")
+    if labels[0] == "*":
+        labels = labels[1:]
+    return len(value) <= 253 and len(labels) >= 1 and all(_DNS_LABEL.match(x) for x in labels)
+
+
+def default_config_path() -> Path:
+    """The bundled offline demo config."""
+    return Path(str(resources.files("secure_etl.demo").joinpath("platform.yaml")))
+
+
+def config_path_from_env() -> Path:
+    value = os.environ.get(CONFIG_ENV)
+    return Path(value) if value else default_config_path()
+
+
+def load_config(path: Path | str | None = None) -> PlatformConfig:
+    """Load and validate a platform config; ``None`` means ``$SECURE_ETL_CONFIG`` or the demo."""
+    path = Path(path) if path is not None else config_path_from_env()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(path, "", f"cannot read the config file: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, "", "the config file is not UTF-8 text") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f"line {mark.line + 1}: " if mark else ""
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise ConfigError(path, "", f"{line}{problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(path, "", "expected a mapping at the top level")
+    try:
+        return PlatformConfig.model_validate(data)
+    except ValidationError as err:
+        raise _first_error(path, data, err) from None
+    except _RefError as err:
+        raise ConfigError(path, _key_path(err.loc), str(err)) from None
+
+
+def _first_error(path: Path, data: object, err: ValidationError) -> ConfigError:
+    detail = err.errors(include_url=False)[0]
+    ctx_error = (detail.get("ctx") or {}).get("error")
+    if isinstance(ctx_error, _RefError):
+        return ConfigError(path, _key_path(ctx_error.loc), str(ctx_error))
+    kind = detail["type"]
+    if kind == "extra_forbidden":
+        message = "unknown key (check its spelling and place)"
+    elif kind == "missing":
+        message = "required key is missing"
+    else:
+        message = detail["msg"]
+        if kind not in {"value_error", "assertion_error"} and "input" in detail:
+            message += f" (got {detail['input']!r})"
+    return ConfigError(path, _key_path(_without_union_tags(data, detail["loc"])), message)
+
+
+def _without_union_tags(data: object, loc: tuple) -> list:
+    """Drop the ``type`` tags pydantic puts into locations inside discriminated unions."""
+    out, node = [], data
+    for part in loc:
+        if isinstance(node, dict) and part not in node and node.get("type") == part:
+            continue
+        out.append(part)
+        try:
+            node = node[part]  # type: ignore[index]
+        except (KeyError, IndexError, TypeError):
+            node = None
+    return out
+
+
+def _key_path(loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out

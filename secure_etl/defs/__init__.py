@@ -1,0 +1,1 @@
+"""The Dagster layer: turns the plain pki/etl/security code into assets, checks and sensors."""

@@ -1,0 +1,41 @@
+"""Definitions = f(platform config)."""
+
+from __future__ import annotations
+
+from dagster import DefaultScheduleStatus as Status
+from dagster import Definitions, ScheduleDefinition
+
+from secure_etl.config import PlatformConfig
+from secure_etl.defs.certificates import certificate_asset, certificate_checks, certificate_jobs
+from secure_etl.defs.pipelines import pipeline_assets, pipeline_job_and_schedule
+from secure_etl.defs.renewal_sensor import renewal_sensor
+from secure_etl.defs.resources import certificate_resources
+
+
+def build_definitions(platform: PlatformConfig) -> Definitions:
+    certificates = [certificate_asset(platform, name) for name in platform.certificates]
+    checks = [certificate_checks(platform, name) for name in platform.certificates]
+    checks_job, renewal_job = certificate_jobs(platform)
+    check_schedule = ScheduleDefinition(
+        name="certificate_checks_schedule",
+        job=checks_job,
+        cron_schedule=platform.certificate_check_schedule,
+        default_status=Status.RUNNING,
+    )
+
+    data_assets, data_jobs, data_schedules = [], [], []
+    for name in platform.pipelines:
+        assets = pipeline_assets(platform, name)
+        job, schedule = pipeline_job_and_schedule(platform, name, assets)
+        data_assets += assets
+        data_jobs.append(job)
+        data_schedules.append(schedule)
+
+    return Definitions(
+        assets=certificates + data_assets,
+        asset_checks=checks,
+        jobs=[checks_job, renewal_job, *data_jobs],
+        schedules=[check_schedule, *data_schedules],
+        sensors=[renewal_sensor(platform, renewal_job)],
+        resources=certificate_resources(platform),
+    )

@@ -1,0 +1,128 @@
+"""Certificate assets (materialize = issue or renew) and their inspection checks."""
+
+from dagster import (
+    AssetCheckKey,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetKey,
+    AssetsDefinition,
+    AssetSelection,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    define_asset_job,
+    multi_asset_check,
+)
+
+from secure_etl.config import PlatformConfig
+from secure_etl.pki.inspect import CHECKS, CheckResult, PemError, facts
+from secure_etl.pki.renewal import current_leaf, ensure_certificate, inspect_current
+
+GROUP = "certificates"
+CHECKS_JOB = "certificate_checks"
+RENEWAL_JOB = "certificate_renewal"
+
+
+def certificate_key(name: str) -> AssetKey:
+    return AssetKey([GROUP, name])
+
+
+def certificate_check_keys(name: str) -> list[AssetCheckKey]:
+    return [AssetCheckKey(certificate_key(name), check) for check in CHECKS]
+
+
+class CertificateRunConfig(Config):
+    force: bool = False
+    """Renew even when the certificate is not due and passes every check."""
+
+
+def certificate_asset(platform: PlatformConfig, name: str) -> AssetsDefinition:
+    cert = platform.certificates[name]
+
+    @asset(
+        key=certificate_key(name),
+        group_name=GROUP,
+        kinds={"pki"},
+        description=(
+            f"{cert.use.capitalize()} certificate for {', '.join(cert.identifiers)} from "
+            f"issuer {cert.issuer!r}. Materializing issues it, or renews it when due or "
+            "failing a check, then runs its deploy actions."
+        ),
+        tags={"secure_etl/use": cert.use},
+    )
+    def _certificate(context, config: CertificateRunConfig) -> MaterializeResult:
+        result = ensure_certificate(platform, name, force=config.force, log=context.log.info)
+        context.log.info(f"{name}: {result.outcome} ({result.reason}) in {result.seconds:.2f} s")
+        leaf = current_leaf(platform, name)
+        info = facts(leaf)
+        return MaterializeResult(
+            metadata={
+                "outcome": result.outcome,
+                "reason": result.reason,
+                "version": result.version or "",
+                "serial": info.serial,
+                "not_after": MetadataValue.timestamp(info.not_after),
+                "days_remaining": MetadataValue.float(info.days_remaining),
+                "issuer": info.issuer,
+                "sans": ", ".join(info.sans),
+                "key_type": info.key_type,
+                "fingerprint_sha256": info.fingerprint_sha256,
+                "duration_s": MetadataValue.float(round(result.seconds, 3)),
+                "deployed": "\n".join(result.deployed) or "no deploy actions",
+            }
+        )
+
+    return _certificate
+
+
+def certificate_checks(platform: PlatformConfig, name: str):
+    key = certificate_key(name)
+
+    @multi_asset_check(
+        name=f"{name.replace('-', '_')}_inspection",
+        specs=[
+            AssetCheckSpec(check, asset=key, description=text) for check, text in CHECKS.items()
+        ],
+        description=f"Inspects the current version of certificate {name!r}.",
+    )
+    def _checks(context):
+        for result in _inspect(platform, name):
+            yield AssetCheckResult(
+                asset_key=key,
+                check_name=result.name,
+                passed=result.passed,
+                severity=AssetCheckSeverity[result.severity],
+                description=result.reason,
+                metadata={"reason": result.reason},
+            )
+
+    return _checks
+
+
+def _inspect(platform: PlatformConfig, name: str) -> list[CheckResult]:
+    """The inspection results, or every check failed with the reason it could not run."""
+    try:
+        results = inspect_current(platform, name)
+        reason = "no certificate has been issued yet" if results is None else ""
+    except (PemError, ValueError, OSError) as err:
+        results, reason = None, f"cannot read the current certificate: {err}"
+    if results is None:
+        return [CheckResult(check, False, "ERROR", reason) for check in CHECKS]
+    return results
+
+
+def certificate_jobs(platform: PlatformConfig):
+    keys = [certificate_key(name) for name in platform.certificates]
+    checks_job = define_asset_job(
+        CHECKS_JOB,
+        selection=AssetSelection.checks_for_assets(*keys),
+        description="Evaluates every certificate check without renewing anything.",
+    )
+    renewal_job = define_asset_job(
+        RENEWAL_JOB,
+        selection=AssetSelection.assets(*keys),
+        description="Issues or renews certificates, then re-evaluates their checks.",
+    )
+    return checks_job, renewal_job

@@ -1,0 +1,227 @@
+"""Pipeline assets raw/<p> -> hashed/<p> -> loaded/<p>, with lineage to the client certificate."""
+
+import datetime as dt
+from pathlib import Path
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    AssetSelection,
+    Backoff,
+    HourlyPartitionsDefinition,
+    MaterializeResult,
+    MetadataValue,
+    RetryPolicy,
+    asset,
+    build_schedule_from_partitioned_job,
+    define_asset_job,
+)
+from dagster import DefaultScheduleStatus as Status
+
+from secure_etl.config import PipelineConfig, PlatformConfig
+from secure_etl.defs.certificates import certificate_key
+from secure_etl.defs.resources import resource_key
+from secure_etl.etl import duckdb_dest, quality, storage
+from secure_etl.etl.demo_source import PII_COLUMNS, generate_partition
+from secure_etl.etl.transforms import add_metadata, pseudonymise, split_valid
+from secure_etl.security.hmac_keys import load_hmac_key
+
+# Extract and load talk to other systems: retry 3 times, 5 minutes apart, backing off.
+IO_RETRY = RetryPolicy(max_retries=3, delay=300, backoff=Backoff.EXPONENTIAL)
+LOADED_CHECKS = {
+    "rows_reconcile": "raw rows = loaded rows + quarantined rows for the partition",
+    "null_rate": "no column of the loaded partition exceeds the configured null rate",
+    "unique_keys": "the key column has no duplicates in the loaded partition",
+    "no_pii_leak": "no raw PII value appears in the hashed or loaded partition",
+}
+
+
+def stage_key(stage: str, pipeline: str) -> AssetKey:
+    return AssetKey([stage, pipeline])
+
+
+def pipeline_assets(platform: PlatformConfig, name: str) -> list:
+    p = platform.pipelines[name]
+    state = platform.resolved_state_dir()
+    partitions = HourlyPartitionsDefinition(start_date=p.partitions.start)
+    cert_resource = resource_key(p.client_certificate)
+    warehouse = _warehouse_path(state, p)
+    pii = _pii_columns(p)
+
+    @asset(
+        key=stage_key("raw", name),
+        group_name=name,
+        partitions_def=partitions,
+        deps=[certificate_key(p.client_certificate)],
+        retry_policy=IO_RETRY,
+        required_resource_keys={cert_resource},
+        kinds={"parquet"},
+        description=f"Rows extracted from the {p.source.type} source, as received (holds PII; "
+        "owner-only files).",
+    )
+    def raw(context: AssetExecutionContext) -> MaterializeResult:
+        certificate = getattr(context.resources, cert_resource)
+        certificate.ssl_context()  # fails early, with the path, if the certificate is unusable
+        frame = generate_partition(
+            context.partition_key,
+            p.source.rows_per_partition,
+            p.source.seed,
+            p.source.bad_row_rate,
+        )
+        path = storage.partition_file(state, "raw", name, context.partition_key)
+        size = storage.write_partition(path, frame)
+        context.log.info(f"extracted {len(frame)} rows into {path}")
+        return MaterializeResult(
+            metadata={
+                "rows": len(frame),
+                "bytes": size,
+                "columns": ", ".join(frame.columns),
+                "client_certificate": p.client_certificate,
+            }
+        )
+
+    @asset(
+        key=stage_key("hashed", name),
+        group_name=name,
+        partitions_def=partitions,
+        deps=[raw],
+        kinds={"parquet"},
+        description="Valid rows with PII columns replaced by keyed HMAC-SHA256 and lineage "
+        "columns added; invalid rows go to quarantine.",
+    )
+    def hashed(context: AssetExecutionContext) -> MaterializeResult:
+        frame = storage.read_partition(
+            storage.partition_file(state, "raw", name, context.partition_key)
+        )
+        valid, rejected = split_valid(frame, p.key_column)
+        if len(rejected):
+            qpath = storage.partition_file(state, "quarantine", name, context.partition_key)
+            storage.write_partition(qpath, rejected)
+            context.log.warning(
+                f"quarantined {len(rejected)} rows (no or duplicate key) in {qpath}"
+            )
+        key_ids = []
+        for transform in p.transforms:
+            key = load_hmac_key(transform.key, platform.keys[transform.key], state)
+            valid = pseudonymise(valid, transform.columns, key.secret, key.key_id)
+            key_ids.append(f"{key.key_id} ({key.fingerprint})")
+        out = add_metadata(valid, context.run_id, p.version, dt.datetime.now(dt.UTC))
+        storage.write_partition(
+            storage.partition_file(state, "hashed", name, context.partition_key), out
+        )
+        return MaterializeResult(
+            metadata={
+                "rows": len(out),
+                "quarantined_rows": len(rejected),
+                "key_ids": ", ".join(key_ids) or "none",
+                "preview": MetadataValue.md(out.head(5).to_markdown(index=False)),
+            }
+        )
+
+    @asset(
+        key=stage_key("loaded", name),
+        group_name=name,
+        partitions_def=partitions,
+        deps=[hashed],
+        retry_policy=IO_RETRY,
+        kinds={p.destination.type},
+        check_specs=[
+            AssetCheckSpec(check, asset=stage_key("loaded", name), description=text)
+            for check, text in LOADED_CHECKS.items()
+        ],
+        description=f"The hashed partition in {p.destination.type} table "
+        f"{p.destination.table}; re-running a partition replaces it.",
+    )
+    def loaded(context: AssetExecutionContext) -> MaterializeResult:
+        partition = context.partition_key
+        frame = storage.read_partition(storage.partition_file(state, "hashed", name, partition))
+        rows = duckdb_dest.load_partition(warehouse, p.destination.table, partition, frame)
+        context.log.info(f"loaded {rows} rows into {warehouse}:{p.destination.table}")
+        return MaterializeResult(
+            metadata={"rows": rows, "table": p.destination.table, "path": str(warehouse)},
+            check_results=_loaded_checks(state, name, p, warehouse, partition, pii),
+        )
+
+    return [raw, hashed, loaded]
+
+
+def _loaded_checks(
+    state: Path, name: str, p: PipelineConfig, warehouse: Path, partition: str, pii: list[str]
+) -> list[AssetCheckResult]:
+    raw = storage.read_partition(storage.partition_file(state, "raw", name, partition))
+    hashed = storage.read_partition(storage.partition_file(state, "hashed", name, partition))
+    qfile = storage.partition_file(state, "quarantine", name, partition)
+    quarantined = len(storage.read_partition(qfile)) if qfile.exists() else 0
+    loaded = duckdb_dest.read_partition(warehouse, p.destination.table, partition)
+
+    reconciled = len(raw) == len(loaded) + quarantined
+    rates = quality.null_rates(loaded)
+    worst = max(rates, key=rates.get) if rates else ""
+    duplicates = quality.duplicate_keys(loaded, p.key_column)
+    leaks = quality.pii_leaks(raw, pii, hashed)
+    for column, hits in quality.pii_leaks(raw, pii, loaded).items():
+        leaks[f"loaded.{column}"] = hits
+    return [
+        AssetCheckResult(
+            check_name="rows_reconcile",
+            passed=reconciled,
+            description=f"raw {len(raw)} = loaded {len(loaded)} + quarantined {quarantined}"
+            if reconciled
+            else f"raw {len(raw)} != loaded {len(loaded)} + quarantined {quarantined}",
+            metadata={"raw": len(raw), "loaded": len(loaded), "quarantined": quarantined},
+        ),
+        AssetCheckResult(
+            check_name="null_rate",
+            passed=not worst or rates[worst] <= p.quality.max_null_rate,
+            description=f"highest null rate {rates.get(worst, 0):.4f} in {worst or '-'} "
+            f"(limit {p.quality.max_null_rate})",
+            metadata={"max_null_rate": rates.get(worst, 0.0)},
+        ),
+        AssetCheckResult(
+            check_name="unique_keys",
+            passed=duplicates == 0,
+            description=f"{duplicates} rows share a {p.key_column}",
+            metadata={"duplicate_rows": duplicates},
+        ),
+        AssetCheckResult(
+            check_name="no_pii_leak",
+            passed=not leaks,
+            # Counts per column only: never the values themselves.
+            description="no raw PII value found downstream"
+            if not leaks
+            else "raw PII values found in " + ", ".join(f"{c} ({n})" for c, n in leaks.items()),
+            metadata={"leaked_values": sum(leaks.values())},
+        ),
+    ]
+
+
+def _pii_columns(p: PipelineConfig) -> list[str]:
+    """The columns the pipeline pseudonymises; for the demo source, also its known PII."""
+    columns = [c for t in p.transforms for c in t.columns]
+    if p.source.type == "demo":
+        columns += [c for c in PII_COLUMNS if c not in columns]
+    return columns
+
+
+def _warehouse_path(state: Path, p: PipelineConfig) -> Path:
+    path = Path(p.destination.path)
+    return path if path.is_absolute() else state / path
+
+
+def pipeline_job_name(pipeline: str) -> str:
+    return f"{pipeline.replace('-', '_')}_etl"
+
+
+def pipeline_job_and_schedule(platform: PlatformConfig, name: str, assets: list):
+    p = platform.pipelines[name]
+    job = define_asset_job(
+        pipeline_job_name(name),
+        selection=AssetSelection.assets(*assets),
+        description=f"Extract, pseudonymise and load one partition of pipeline {name!r}.",
+    )
+    schedule = build_schedule_from_partitioned_job(
+        job, minute_of_hour=p.partitions.schedule_minute, default_status=Status.RUNNING
+    )
+    return job, schedule

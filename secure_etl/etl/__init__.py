@@ -1,0 +1,1 @@
+"""Sources, transforms and destinations on pandas / pyarrow. No Dagster."""

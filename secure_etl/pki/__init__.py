@@ -1,0 +1,1 @@
+"""Issuers, the certificate store, inspection and renewal policy. No Dagster."""

@@ -1,0 +1,70 @@
+"""Deploy actions: tell the things that use a certificate that a new version is current."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+
+import httpx
+
+from secure_etl.config import CommandDeploy, DeployAction, WebhookDeploy
+
+
+class DeployError(Exception):
+    """A deploy action failed; the new certificate is current but may not be loaded."""
+
+
+@dataclass(frozen=True)
+class DeployContext:
+    certificate: str
+    version: str
+    directory: str
+
+
+def run_deploy_actions(actions: list[DeployAction], ctx: DeployContext) -> list[str]:
+    """Run every action in order; returns one line per action, raises on the first failure."""
+    done = []
+    for action in actions:
+        if isinstance(action, CommandDeploy):
+            done.append(_run_command(action, ctx))
+        elif isinstance(action, WebhookDeploy):
+            done.append(_call_webhook(action, ctx))
+    return done
+
+
+def _run_command(action: CommandDeploy, ctx: DeployContext) -> str:
+    env = dict(
+        os.environ,
+        SECURE_ETL_CERT_NAME=ctx.certificate,
+        SECURE_ETL_CERT_VERSION=ctx.version,
+        SECURE_ETL_CERT_DIR=ctx.directory,
+    )
+    try:
+        proc = subprocess.run(  # argv list, never a shell
+            action.argv, env=env, capture_output=True, timeout=action.timeout_s, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise DeployError(f"deploy command {action.argv[0]!r} failed to run: {err}") from None
+    if proc.returncode != 0:
+        tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
+        raise DeployError(
+            f"deploy command {action.argv[0]!r} exited {proc.returncode}: {tail[0][:200]}"
+        )
+    return f"command {action.argv[0]} exited 0"
+
+
+def _call_webhook(action: WebhookDeploy, ctx: DeployContext) -> str:
+    url = os.environ.get(action.url_env)
+    if not url:
+        raise DeployError(f"deploy webhook: environment variable {action.url_env} is not set")
+    payload = {"certificate": ctx.certificate, "version": ctx.version, "event": "renewed"}
+    try:
+        response = httpx.post(url, json=payload, timeout=action.timeout_s)
+        response.raise_for_status()
+    except httpx.HTTPError as err:
+        # The URL may carry a token: name the variable, not the URL.
+        raise DeployError(
+            f"deploy webhook ${action.url_env} failed: {type(err).__name__}"
+        ) from None
+    return f"webhook ${action.url_env} answered {response.status_code}"

@@ -1,0 +1,354 @@
+"""Certificate inspection: the one place that parses PEM chains and judges certificates.
+
+``inspect_chain`` answers every question the platform asks of a certificate (expiry,
+validity start, identifiers, key strength, signature algorithm, chain, EKU) as a list of
+``CheckResult`` in a fixed order; the CLI prints them and the Dagster checks report them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from secure_etl.config import is_ip_address
+from secure_etl.pki.keys import describe_key
+
+Severity = Literal["ERROR", "WARN"]
+WEAK_HASHES = (hashes.MD5, hashes.SHA1)
+EKU_OID = {"server": ExtendedKeyUsageOID.SERVER_AUTH, "client": ExtendedKeyUsageOID.CLIENT_AUTH}
+MAX_CHAIN_DEPTH = 8
+
+# name -> what passing means; the order in which checks are reported.
+CHECKS: dict[str, str] = {
+    "expiry_window": "more time is left than the renewal window",
+    "validity_started": "the certificate's notBefore has passed",
+    "covers_identifiers": "the SANs cover every configured identifier (RFC 6125 wildcards)",
+    "key_strength": "RSA of at least 2048 bits, EC of at least P-256",
+    "signature_algorithm": "no certificate in the chain is signed with MD5 or SHA-1",
+    "chain_trusted": "the chain leads to a configured root",
+    "eku_fits_use": "the extended key usage fits the certificate's use",
+}
+
+
+class PemError(Exception):
+    """A file or blob that holds no readable PEM certificate; the message names it."""
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    passed: bool
+    severity: Severity
+    reason: str
+    skipped: bool = False
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CertificateFacts:
+    subject: str
+    issuer: str
+    serial: str
+    not_before: dt.datetime
+    not_after: dt.datetime
+    days_remaining: float
+    lifetime_days: float
+    sans: tuple[str, ...]
+    key_type: str
+    signature_hash: str | None
+    extended_key_usage: tuple[str, ...]
+    fingerprint_sha256: str
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["not_before"] = self.not_before.isoformat()
+        out["not_after"] = self.not_after.isoformat()
+        out["sans"] = list(self.sans)
+        out["extended_key_usage"] = list(self.extended_key_usage)
+        return out
+
+
+def load_pem_chain(data: bytes, source: str) -> list[x509.Certificate]:
+    """Every certificate in a PEM blob, leaf first; ``source`` names it in errors."""
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise PemError(f"{source}: no PEM certificate found")
+    try:
+        return x509.load_pem_x509_certificates(data)
+    except ValueError as err:
+        raise PemError(f"{source}: broken PEM certificate ({err})") from None
+
+
+def load_chain_file(path: Path | str) -> list[x509.Certificate]:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise PemError(f"{path}: {err.strerror or err}") from None
+    return load_pem_chain(data, str(path))
+
+
+def san_identifiers(cert: x509.Certificate) -> tuple[str, ...]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ()
+    names = [n.lower() for n in san.get_values_for_type(x509.DNSName)]
+    names += [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+    return tuple(names)
+
+
+def _eku(cert: x509.Certificate) -> tuple[x509.ObjectIdentifier, ...] | None:
+    try:
+        return tuple(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        return None
+
+
+def facts(cert: x509.Certificate, now: dt.datetime | None = None) -> CertificateFacts:
+    now = now or dt.datetime.now(dt.UTC)
+    not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
+    hash_alg = cert.signature_hash_algorithm
+    return CertificateFacts(
+        subject=cert.subject.rfc4514_string(),
+        issuer=cert.issuer.rfc4514_string(),
+        serial=format(cert.serial_number, "x"),
+        not_before=not_before,
+        not_after=not_after,
+        days_remaining=round((not_after - now).total_seconds() / 86400, 3),
+        lifetime_days=round((not_after - not_before).total_seconds() / 86400, 3),
+        sans=san_identifiers(cert),
+        key_type=describe_key(cert.public_key()),
+        signature_hash=hash_alg.name if hash_alg else None,
+        extended_key_usage=tuple(o._name for o in (_eku(cert) or ())),
+        fingerprint_sha256=cert.fingerprint(hashes.SHA256()).hex(":"),
+    )
+
+
+def covers(sans: Sequence[str], identifier: str) -> bool:
+    """Whether the SAN list covers ``identifier`` (RFC 6125: a wildcard is one whole label)."""
+    if is_ip_address(identifier):
+        wanted = ipaddress.ip_address(identifier)
+        return any(is_ip_address(s) and ipaddress.ip_address(s) == wanted for s in sans)
+    identifier = identifier.lower().rstrip(".")
+    for san in sans:
+        san = san.lower().rstrip(".")
+        if san == identifier:
+            return True
+        if san.startswith("*.") and not identifier.startswith("*."):
+            head, _, rest = identifier.partition(".")
+            if head and rest == san[2:] and rest.count(".") >= 1:
+                return True
+    return False
+
+
+def renewal_threshold_days(
+    lifetime_days: float, fraction_left: float | None, min_days_left: float | None
+) -> float:
+    """Days left below which a certificate is due: the larger of the two policies."""
+    by_fraction = lifetime_days * fraction_left if fraction_left else 0.0
+    return max(by_fraction, min_days_left or 0.0)
+
+
+def inspect_chain(
+    chain: Sequence[x509.Certificate],
+    *,
+    identifiers: Sequence[str] = (),
+    use: str | None = None,
+    roots: Sequence[x509.Certificate] | None = None,
+    roots_source: str = "",
+    min_days: float = 0.0,
+    fraction_left: float | None = None,
+    now: dt.datetime | None = None,
+) -> list[CheckResult]:
+    """Judge a chain (leaf first). Checks with nothing to judge against are skipped."""
+    if not chain:
+        raise ValueError("an empty chain")
+    now = now or dt.datetime.now(dt.UTC)
+    leaf = chain[0]
+    info = facts(leaf, now)
+    return [
+        _expiry(info, now, min_days, fraction_left),
+        _started(info, now),
+        _covers(info, identifiers),
+        _key_strength(info, leaf),
+        _signatures(chain),
+        _chain_trusted(chain, roots, roots_source, now),
+        _eku_fits(leaf, use),
+    ]
+
+
+def _expiry(
+    info: CertificateFacts, now: dt.datetime, min_days: float, fraction_left: float | None
+) -> CheckResult:
+    threshold = renewal_threshold_days(info.lifetime_days, fraction_left, min_days)
+    left = info.days_remaining
+    if now >= info.not_after:
+        return CheckResult(
+            "expiry_window", False, "ERROR", f"expired {-left:.1f} days ago ({info.not_after})"
+        )
+    if left < threshold:
+        return CheckResult(
+            "expiry_window",
+            False,
+            "WARN",
+            f"{left:.1f} days left, renewal is due below {threshold:.1f} days",
+        )
+    return CheckResult(
+        "expiry_window", True, "WARN", f"{left:.1f} days left (renewal due below {threshold:.1f})"
+    )
+
+
+def _started(info: CertificateFacts, now: dt.datetime) -> CheckResult:
+    if now < info.not_before:
+        wait = (info.not_before - now).total_seconds() / 3600
+        return CheckResult(
+            "validity_started",
+            False,
+            "ERROR",
+            f"not valid before {info.not_before} ({wait:.1f} hours from now)",
+        )
+    return CheckResult("validity_started", True, "ERROR", f"valid since {info.not_before}")
+
+
+def _covers(info: CertificateFacts, identifiers: Sequence[str]) -> CheckResult:
+    if not identifiers:
+        return CheckResult(
+            "covers_identifiers", True, "ERROR", "no identifiers to check", skipped=True
+        )
+    missing = [i for i in identifiers if not covers(info.sans, i)]
+    if missing:
+        return CheckResult(
+            "covers_identifiers",
+            False,
+            "ERROR",
+            f"not covered: {', '.join(missing)} (SANs: {', '.join(info.sans) or 'none'})",
+        )
+    return CheckResult("covers_identifiers", True, "ERROR", f"covers {', '.join(identifiers)}")
+
+
+def _key_strength(info: CertificateFacts, leaf: x509.Certificate) -> CheckResult:
+    key = leaf.public_key()
+    weak = (isinstance(key, rsa.RSAPublicKey) and key.key_size < 2048) or (
+        isinstance(key, ec.EllipticCurvePublicKey) and key.curve.key_size < 256
+    )
+    if weak:
+        return CheckResult(
+            "key_strength",
+            False,
+            "ERROR",
+            f"{info.key_type} is too weak (need RSA >= 2048 or EC >= P-256)",
+        )
+    return CheckResult("key_strength", True, "ERROR", info.key_type)
+
+
+def _signatures(chain: Sequence[x509.Certificate]) -> CheckResult:
+    for cert in chain:
+        if cert.issuer == cert.subject:
+            continue  # a root's self-signature proves nothing and is not relied on
+        algorithm = cert.signature_hash_algorithm
+        if isinstance(algorithm, WEAK_HASHES):
+            return CheckResult(
+                "signature_algorithm",
+                False,
+                "ERROR",
+                f"{cert.subject.rfc4514_string()} is signed with {algorithm.name.upper()}",
+            )
+    names = sorted({(c.signature_hash_algorithm or hashes.SHA256()).name for c in chain})
+    return CheckResult("signature_algorithm", True, "ERROR", "signed with " + ", ".join(names))
+
+
+def _chain_trusted(
+    chain: Sequence[x509.Certificate],
+    roots: Sequence[x509.Certificate] | None,
+    roots_source: str,
+    now: dt.datetime,
+) -> CheckResult:
+    where = f" in {roots_source}" if roots_source else ""
+    if roots is None:
+        return CheckResult("chain_trusted", True, "ERROR", "no CA bundle given", skipped=True)
+    pool = list(chain[1:])
+    current = chain[0]
+    for _ in range(MAX_CHAIN_DEPTH):
+        root = next((r for r in roots if _issued_by(current, r)), None)
+        if root is not None:
+            if not root.not_valid_before_utc <= now <= root.not_valid_after_utc:
+                return CheckResult(
+                    "chain_trusted",
+                    False,
+                    "ERROR",
+                    f"root {root.subject.rfc4514_string()} is outside its validity period",
+                )
+            return CheckResult(
+                "chain_trusted",
+                True,
+                "ERROR",
+                f"chains to {root.subject.rfc4514_string()}{where}",
+            )
+        parent = next((c for c in pool if _issued_by(current, c) and _is_ca(c)), None)
+        if parent is None:
+            break
+        if not parent.not_valid_before_utc <= now <= parent.not_valid_after_utc:
+            return CheckResult(
+                "chain_trusted",
+                False,
+                "ERROR",
+                f"intermediate {parent.subject.rfc4514_string()} is outside its validity period",
+            )
+        pool.remove(parent)
+        current = parent
+    return CheckResult(
+        "chain_trusted",
+        False,
+        "ERROR",
+        f"no trusted root{where} signed {current.subject.rfc4514_string()} "
+        f"(issuer {current.issuer.rfc4514_string()})",
+    )
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    if cert.issuer != issuer.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _eku_fits(leaf: x509.Certificate, use: str | None) -> CheckResult:
+    if use is None:
+        return CheckResult("eku_fits_use", True, "ERROR", "no use given", skipped=True)
+    usages = _eku(leaf)
+    wanted = EKU_OID[use]
+    if usages is None:
+        return CheckResult(
+            "eku_fits_use",
+            False,
+            "ERROR",
+            f"no extended key usage extension; a {use} certificate needs {wanted._name}",
+        )
+    if wanted not in usages and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in usages:
+        have = ", ".join(o._name for o in usages) or "none"
+        return CheckResult(
+            "eku_fits_use", False, "ERROR", f"a {use} certificate needs {wanted._name}; has {have}"
+        )
+    return CheckResult("eku_fits_use", True, "ERROR", f"has {wanted._name}")

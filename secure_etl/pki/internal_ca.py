@@ -1,0 +1,175 @@
+"""The built-in private CA: a root created on first use that signs server and client leaves."""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import ipaddress
+from collections.abc import Sequence
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from secure_etl.config import is_ip_address
+from secure_etl.pki.issuer import IssuedCertificate, Use
+from secure_etl.pki.keys import (
+    PrivateKey,
+    generate_private_key,
+    load_private_key,
+    private_key_pem,
+)
+from secure_etl.security.files import read_secret, write_atomic, write_secret
+
+EKU_FOR_USE = {"server": ExtendedKeyUsageOID.SERVER_AUTH, "client": ExtendedKeyUsageOID.CLIENT_AUTH}
+# Leaves are back-dated a little so a peer whose clock runs behind still accepts them.
+CLOCK_SKEW = dt.timedelta(minutes=5)
+
+
+def san_entries(identifiers: Sequence[str]) -> list[x509.GeneralName]:
+    return [
+        x509.IPAddress(ipaddress.ip_address(i)) if is_ip_address(i) else x509.DNSName(i)
+        for i in identifiers
+    ]
+
+
+def signing_hash(key: PrivateKey) -> hashes.HashAlgorithm:
+    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 256:
+        return hashes.SHA384()
+    return hashes.SHA256()
+
+
+class InternalCA:
+    """A root CA kept in ``directory`` (``ca.pem``, ``ca.key`` 0600)."""
+
+    def __init__(
+        self,
+        name: str,
+        directory: Path,
+        *,
+        common_name: str = "secure_etl internal root CA",
+        key_type: str = "ec256",
+        ca_lifetime_days: int = 3650,
+        lifetime_days: int = 90,
+    ) -> None:
+        self.name = name
+        self.directory = Path(directory)
+        self.common_name = common_name
+        self.key_type = key_type
+        self.ca_lifetime = dt.timedelta(days=ca_lifetime_days)
+        self.lifetime = dt.timedelta(days=lifetime_days)
+
+    @property
+    def root_path(self) -> Path:
+        return self.directory / "ca.pem"
+
+    @property
+    def key_path(self) -> Path:
+        return self.directory / "ca.key"
+
+    def trust_bundle(self) -> Path:
+        """Where the root is (or will be once the first certificate is issued)."""
+        return self.root_path
+
+    def ensure_root(self) -> tuple[x509.Certificate, PrivateKey]:
+        """Load the root, creating it (under a lock) the first time."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.directory / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not self.root_path.exists():
+                self._create_root()
+            key = load_private_key(read_secret(self.key_path))
+            root = x509.load_pem_x509_certificate(self.root_path.read_bytes())
+        return root, key
+
+    def _create_root(self) -> None:
+        key = generate_private_key(self.key_type)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, self.common_name)])
+        now = dt.datetime.now(dt.UTC)
+        ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - CLOCK_SKEW)
+            .not_valid_after(now + self.ca_lifetime)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(ski, critical=False)
+            .sign(key, signing_hash(key))
+        )
+        # The key first: a root without its key would be useless.
+        write_secret(self.key_path, private_key_pem(key))
+        write_atomic(self.root_path, cert.public_bytes(serialization.Encoding.PEM))
+
+    def issue(
+        self,
+        identifiers: Sequence[str],
+        use: Use,
+        key: PrivateKey,
+        *,
+        not_before: dt.datetime | None = None,
+        lifetime: dt.timedelta | None = None,
+    ) -> IssuedCertificate:
+        """Sign a leaf for ``identifiers`` (DNS names or IPs) with the EKU ``use`` needs."""
+        if not identifiers:
+            raise ValueError("a certificate needs at least one identifier")
+        root, ca_key = self.ensure_root()
+        start = not_before or dt.datetime.now(dt.UTC) - CLOCK_SKEW
+        end = min(start + (lifetime or self.lifetime), root.not_valid_after_utc)
+        public = key.public_key()
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identifiers[0][:64])]))
+            .issuer_name(root.subject)
+            .public_key(public)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(end)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=isinstance(public, rsa.RSAPublicKey),
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.ExtendedKeyUsage([EKU_FOR_USE[use]]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(san_entries(identifiers)), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                critical=False,
+            )
+            .sign(ca_key, signing_hash(ca_key))
+        )
+        return IssuedCertificate(
+            cert_pem=cert.public_bytes(serialization.Encoding.PEM),
+            # The root signs leaves directly: there is no intermediate to send.
+            chain_pem=b"",
+            key_pem=private_key_pem(key),
+        )

@@ -1,0 +1,129 @@
+"""Issue or renew one certificate: decide, issue, install, deploy — under its lock."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from cryptography import x509
+
+from secure_etl.config import CertificateConfig, InternalCAIssuer, PlatformConfig
+from secure_etl.pki.deploy import DeployContext, run_deploy_actions
+from secure_etl.pki.inspect import CheckResult, inspect_chain, load_chain_file
+from secure_etl.pki.internal_ca import InternalCA
+from secure_etl.pki.issuer import Issuer
+from secure_etl.pki.keys import generate_private_key
+from secure_etl.pki.store import CertificateStore
+
+Outcome = Literal["issued", "renewed", "not_due"]
+
+
+def build_issuer(config: PlatformConfig, name: str) -> Issuer:
+    issuer = config.issuers[name]
+    state = config.resolved_state_dir()
+    if isinstance(issuer, InternalCAIssuer):
+        return InternalCA(
+            name,
+            state / "ca" / name,
+            common_name=issuer.common_name,
+            key_type=issuer.key_type,
+            ca_lifetime_days=issuer.ca_lifetime_days,
+            lifetime_days=issuer.lifetime_days,
+        )
+    raise NotImplementedError(f"issuer type {type(issuer).__name__}")
+
+
+def certificate_store(config: PlatformConfig) -> CertificateStore:
+    return CertificateStore(config.resolved_state_dir() / "certs")
+
+
+def trust_bundle(config: PlatformConfig, name: str) -> Path | None:
+    """The roots a certificate must chain to: its own ``ca_bundle``, else its issuer's."""
+    cert = config.certificates[name]
+    if cert.ca_bundle:
+        return Path(cert.ca_bundle)
+    return build_issuer(config, cert.issuer).trust_bundle()
+
+
+def inspect_current(
+    config: PlatformConfig, name: str, now: dt.datetime | None = None
+) -> list[CheckResult] | None:
+    """Every inspection check of the current version against its config; None if none."""
+    cert = config.certificates[name]
+    store = certificate_store(config)
+    if not store.has_current(name):
+        return None
+    bundle = trust_bundle(config, name)
+    roots = load_chain_file(bundle) if bundle and bundle.exists() else ([] if bundle else None)
+    return inspect_chain(
+        load_chain_file(store.paths(name).fullchain),
+        identifiers=cert.identifiers,
+        use=cert.use,
+        roots=roots,
+        roots_source=str(bundle or ""),
+        min_days=cert.renewal.min_days_left or 0.0,
+        fraction_left=cert.renewal.fraction_left,
+        now=now,
+    )
+
+
+@dataclass(frozen=True)
+class RenewalResult:
+    name: str
+    outcome: Outcome
+    reason: str
+    version: str | None
+    seconds: float
+    deployed: list[str] = field(default_factory=list)
+
+
+def ensure_certificate(
+    config: PlatformConfig, name: str, *, force: bool = False, log=None
+) -> RenewalResult:
+    """Issue the certificate if it is missing, renew it if due or failing, else leave it."""
+    started = time.monotonic()
+    cert: CertificateConfig = config.certificates[name]
+    store = certificate_store(config)
+    with store.lock(name):
+        reason = _why_renew(config, name, force)
+        if reason is None:
+            return RenewalResult(
+                name,
+                "not_due",
+                "all checks pass and renewal is not due",
+                store.current_version(name),
+                time.monotonic() - started,
+            )
+        outcome: Outcome = "renewed" if store.has_current(name) else "issued"
+        if log:
+            log(f"{name}: {outcome.removesuffix('ed')}ing because {reason}")
+        issuer = build_issuer(config, cert.issuer)
+        issued = issuer.issue(cert.identifiers, cert.use, generate_private_key(cert.key_type))
+        version = store.install(name, issued, keep=cert.keep_versions)
+    # Deploy outside the lock: a slow reload must not block the next renewal check.
+    deployed = run_deploy_actions(
+        cert.deploy, DeployContext(name, version, str(store.paths(name).directory))
+    )
+    return RenewalResult(name, outcome, reason, version, time.monotonic() - started, deployed)
+
+
+def _why_renew(config: PlatformConfig, name: str, force: bool) -> str | None:
+    if force:
+        return "renewal was forced"
+    results = inspect_current(config, name)
+    if results is None:
+        return "no certificate has been issued yet"
+    failed = [r for r in results if not r.passed]
+    if failed:
+        return "; ".join(f"{r.name}: {r.reason}" for r in failed)
+    return None
+
+
+def current_leaf(config: PlatformConfig, name: str) -> x509.Certificate | None:
+    store = certificate_store(config)
+    if not store.has_current(name):
+        return None
+    return load_chain_file(store.paths(name).fullchain)[0]

@@ -1,0 +1,158 @@
+"""The certificate store: versioned directories and a ``current`` link swapped atomically.
+
+Layout, per certificate::
+
+    <root>/<name>/versions/<version>/{cert,chain,fullchain,privkey}.pem
+    <root>/<name>/current -> versions/<version>
+    <root>/<name>/.lock
+
+Services read ``<root>/<name>/current/fullchain.pem`` and ``privkey.pem``: the link is
+replaced with one ``rename``, so a reader sees the old version or the new one, never a mix.
+A version directory is complete before it is renamed into place, so nothing half-written
+ever becomes current.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import fcntl
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from secure_etl.pki.issuer import IssuedCertificate
+from secure_etl.security.files import write_atomic, write_secret
+
+
+class StoreLocked(Exception):
+    """Another process holds the certificate's lock for longer than we wait."""
+
+
+@dataclass(frozen=True)
+class CertificatePaths:
+    directory: Path
+
+    @property
+    def current(self) -> Path:
+        return self.directory / "current"
+
+    @property
+    def cert(self) -> Path:
+        return self.current / "cert.pem"
+
+    @property
+    def chain(self) -> Path:
+        return self.current / "chain.pem"
+
+    @property
+    def fullchain(self) -> Path:
+        return self.current / "fullchain.pem"
+
+    @property
+    def privkey(self) -> Path:
+        return self.current / "privkey.pem"
+
+
+class CertificateStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def paths(self, name: str) -> CertificatePaths:
+        return CertificatePaths(self.root / name)
+
+    def current_version(self, name: str) -> str | None:
+        link = self.paths(name).current
+        try:
+            return os.readlink(link).rsplit("/", 1)[-1]
+        except FileNotFoundError:
+            return None
+
+    def has_current(self, name: str) -> bool:
+        return self.paths(name).fullchain.is_file()
+
+    def versions(self, name: str) -> list[str]:
+        """Installed versions, oldest first."""
+        directory = self.root / name / "versions"
+        if not directory.is_dir():
+            return []
+        return sorted(p.name for p in directory.iterdir() if not p.name.startswith("."))
+
+    @contextmanager
+    def lock(self, name: str, timeout_s: float = 300.0) -> Iterator[None]:
+        """Hold the certificate's exclusive lock so two renewals cannot interleave."""
+        directory = self.root / name
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        deadline = time.monotonic() + timeout_s
+        with open(directory / ".lock", "a") as handle:
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as err:
+                    if err.errno not in (errno.EAGAIN, errno.EACCES):
+                        raise
+                    if time.monotonic() >= deadline:
+                        raise StoreLocked(
+                            f"certificate {name!r} is locked by another renewal "
+                            f"(waited {timeout_s:.0f} s on {directory / '.lock'})"
+                        ) from None
+                    time.sleep(0.05)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def install(self, name: str, issued: IssuedCertificate, keep: int = 5) -> str:
+        """Write a new version, make it current, prune to ``keep`` versions; returns its id.
+
+        Call with ``lock(name)`` held.
+        """
+        versions = self.root / name / "versions"
+        versions.mkdir(parents=True, exist_ok=True, mode=0o700)
+        version = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        staging = versions / f".staging-{version}"
+        staging.mkdir(mode=0o700)
+        try:
+            write_atomic(staging / "cert.pem", issued.cert_pem)
+            write_atomic(staging / "chain.pem", issued.chain_pem)
+            write_atomic(staging / "fullchain.pem", issued.fullchain_pem)
+            write_secret(staging / "privkey.pem", issued.key_pem)
+            os.rename(staging, versions / version)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        self._point_current_at(name, version)
+        self._prune(name, keep)
+        return version
+
+    def rollback(self, name: str, version: str) -> None:
+        """Make an older, still kept version current again."""
+        if version not in self.versions(name):
+            raise KeyError(f"certificate {name!r} has no version {version!r}")
+        self._point_current_at(name, version)
+
+    def _point_current_at(self, name: str, version: str) -> None:
+        directory = self.root / name
+        tmp = directory / f".current-{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        os.symlink(f"versions/{version}", tmp)
+        os.replace(tmp, directory / "current")
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _prune(self, name: str, keep: int) -> None:
+        current = self.current_version(name)
+        versions_dir = self.root / name / "versions"
+        old = [v for v in self.versions(name) if v != current]
+        for version in old[: max(0, len(old) - (keep - 1))]:
+            shutil.rmtree(versions_dir / version)
+        for leftover in versions_dir.glob(".staging-*"):
+            shutil.rmtree(leftover, ignore_errors=True)

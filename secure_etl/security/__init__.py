@@ -1,0 +1,1 @@
+"""Secret files, keys and keyed hashing. No Dagster."""

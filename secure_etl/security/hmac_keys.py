@@ -1,0 +1,70 @@
+"""Keys for pseudonymisation: from the environment, or a 0600 key file."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from secure_etl.config import HmacKeyConfig
+from secure_etl.security.files import InsecureSecretFile, read_secret, write_secret
+
+MIN_KEY_BYTES = 16
+
+
+class KeyUnavailable(Exception):
+    """A key that is missing, unreadable or too short; the message says where it looked."""
+
+
+@dataclass(frozen=True)
+class HmacKey:
+    """A secret with its id; ``fingerprint`` identifies the secret without revealing it."""
+
+    key_id: str
+    secret: bytes = b""
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(b"secure_etl key fingerprint\0" + self.secret).hexdigest()[:16]
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"HmacKey(key_id={self.key_id!r}, fingerprint={self.fingerprint!r})"
+
+
+def load_hmac_key(key_id: str, config: HmacKeyConfig, state_dir: Path) -> HmacKey:
+    """The env variable wins (base64 or hex); else the key file, created if allowed."""
+    if config.env and os.environ.get(config.env):
+        return HmacKey(key_id, _decode(os.environ[config.env], f"${config.env}"))
+    if not config.file:
+        raise KeyUnavailable(f"key {key_id!r}: environment variable {config.env} is not set")
+    path = Path(config.file)
+    path = path if path.is_absolute() else state_dir / path
+    if not path.exists():
+        if not config.create:
+            where = f"${config.env} is not set and " if config.env else ""
+            raise KeyUnavailable(f"key {key_id!r}: {where}key file {path} does not exist")
+        write_secret(path, base64.b64encode(secrets.token_bytes(32)) + b"\n")
+    try:
+        raw = read_secret(path)
+    except InsecureSecretFile as err:
+        raise KeyUnavailable(f"key {key_id!r}: {err}") from None
+    return HmacKey(key_id, _decode(raw.decode("ascii", "replace"), str(path)))
+
+
+def _decode(text: str, where: str) -> bytes:
+    text = text.strip()
+    for decode in (bytes.fromhex, lambda t: base64.b64decode(t, validate=True)):
+        try:
+            secret = decode(text)
+        except (ValueError, binascii.Error):
+            continue
+        if len(secret) < MIN_KEY_BYTES:
+            raise KeyUnavailable(
+                f"{where}: the key has {len(secret)} bytes, at least 16 are needed"
+            )
+        return secret
+    raise KeyUnavailable(f"{where}: the key is neither hex nor base64")
