@@ -107,7 +107,7 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
             key = load_hmac_key(transform.key, platform.keys[transform.key], state)
             valid = pseudonymise(valid, transform.columns, key.secret, key.key_id)
             key_ids.append(f"{key.key_id} ({key.fingerprint})")
-        out = add_metadata(valid, context.run_id, p.version, dt.datetime.now(dt.UTC))
+        out = add_metadata(valid, context.run.run_id, p.version, dt.datetime.now(dt.UTC))
         storage.write_partition(
             storage.partition_file(state, "hashed", name, context.partition_key), out
         )

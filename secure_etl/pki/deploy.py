@@ -20,6 +20,7 @@ class DeployContext:
     certificate: str
     version: str
     directory: str
+    event: str  # "issued" or "renewed"
 
 
 def run_deploy_actions(actions: list[DeployAction], ctx: DeployContext) -> list[str]:
@@ -39,6 +40,7 @@ def _run_command(action: CommandDeploy, ctx: DeployContext) -> str:
         SECURE_ETL_CERT_NAME=ctx.certificate,
         SECURE_ETL_CERT_VERSION=ctx.version,
         SECURE_ETL_CERT_DIR=ctx.directory,
+        SECURE_ETL_CERT_EVENT=ctx.event,
     )
     try:
         proc = subprocess.run(  # argv list, never a shell
@@ -58,7 +60,7 @@ def _call_webhook(action: WebhookDeploy, ctx: DeployContext) -> str:
     url = os.environ.get(action.url_env)
     if not url:
         raise DeployError(f"deploy webhook: environment variable {action.url_env} is not set")
-    payload = {"certificate": ctx.certificate, "version": ctx.version, "event": "renewed"}
+    payload = {"certificate": ctx.certificate, "version": ctx.version, "event": ctx.event}
     try:
         response = httpx.post(url, json=payload, timeout=action.timeout_s)
         response.raise_for_status()

@@ -99,13 +99,13 @@ def ensure_certificate(
             )
         outcome: Outcome = "renewed" if store.has_current(name) else "issued"
         if log:
-            log(f"{name}: {outcome.removesuffix('ed')}ing because {reason}")
+            log(f"{name}: {'renewing' if outcome == 'renewed' else 'issuing'} because {reason}")
         issuer = build_issuer(config, cert.issuer)
         issued = issuer.issue(cert.identifiers, cert.use, generate_private_key(cert.key_type))
         version = store.install(name, issued, keep=cert.keep_versions)
     # Deploy outside the lock: a slow reload must not block the next renewal check.
     deployed = run_deploy_actions(
-        cert.deploy, DeployContext(name, version, str(store.paths(name).directory))
+        cert.deploy, DeployContext(name, version, str(store.paths(name).directory), outcome)
     )
     return RenewalResult(name, outcome, reason, version, time.monotonic() - started, deployed)
 

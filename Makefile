@@ -1,0 +1,52 @@
+# Two entry points on a fresh clone:
+#   make demo   install, then materialize the whole offline demo graph and print a summary
+#   make test   install what the tests need (system packages too when root), run pytest
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# System packages the test suite needs (Debian names). Installed by `make test` when
+# run as root; otherwise listed so you can install them yourself.
+APT_PACKAGES :=
+
+.PHONY: demo test lint dev system-deps clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+# The demo keeps its runs in .dagster_home so `make dev` shows them afterwards.
+demo: $(VENV)/.installed
+	mkdir -p .dagster_home && cp dagster.yaml .dagster_home/dagster.yaml
+	DAGSTER_HOME=$(CURDIR)/.dagster_home $(BIN)/secure-etl demo
+
+dev: $(VENV)/.installed
+	mkdir -p .dagster_home && cp dagster.yaml .dagster_home/dagster.yaml
+	DAGSTER_HOME=$(CURDIR)/.dagster_home $(BIN)/dagster dev
+
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then echo "system packages: all present"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	else echo "install these Debian packages first (as root):$$missing"; exit 1; fi
+
+test: system-deps $(VENV)/.installed-test
+	$(BIN)/ruff check secure_etl secure_etl_tests
+	$(BIN)/pytest
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check secure_etl secure_etl_tests
+	$(BIN)/ruff format --check secure_etl
+
+clean:
+	rm -rf $(VENV) .secure_etl .dagster_home .pytest_cache .ruff_cache

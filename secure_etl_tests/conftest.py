@@ -1,0 +1,70 @@
+"""Shared fixtures: a platform config written to a temporary directory, and an instance."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from secure_etl.config import PlatformConfig, load_config
+
+BASE_CONFIG: dict = {
+    "issuers": {"test-ca": {"type": "internal_ca", "lifetime_days": 30}},
+    "certificates": {
+        "db-server": {
+            "issuer": "test-ca",
+            "use": "server",
+            "identifiers": ["localhost", "127.0.0.1"],
+        },
+        "etl-client": {
+            "issuer": "test-ca",
+            "use": "client",
+            "identifiers": ["etl-client.test"],
+        },
+    },
+    "keys": {"pseudo-1": {"file": "keys/pseudo-1.key", "create": True}},
+    "pipelines": {
+        "customers": {
+            "source": {"type": "demo", "rows_per_partition": 200, "seed": 3, "bad_row_rate": 0.02},
+            "client_certificate": "etl-client",
+            "key_column": "customer_id",
+            "transforms": [
+                {"type": "pseudonymise", "columns": ["full_name", "email", "phone"],
+                 "key": "pseudo-1"},
+            ],
+            "destination": {"type": "duckdb", "path": "warehouse.duckdb", "table": "customers"},
+            "partitions": {"start": "2026-01-01-00:00"},
+        }
+    },
+}
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[..., Path]:
+    """Write a config (the base one, or ``data``) with its state under ``tmp_path``."""
+
+    def write(data: dict | None = None, name: str = "platform.yaml") -> Path:
+        data = copy.deepcopy(BASE_CONFIG if data is None else data)
+        data.setdefault("state_dir", str(tmp_path / "state"))
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def platform(write_config, monkeypatch) -> PlatformConfig:
+    monkeypatch.delenv("SECURE_ETL_STATE_DIR", raising=False)
+    return load_config(write_config())
+
+
+@pytest.fixture
+def instance():
+    from dagster import instance_for_test
+
+    with instance_for_test() as instance:
+        yield instance

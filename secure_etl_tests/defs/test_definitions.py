@@ -1,0 +1,75 @@
+"""The code location loads, every job resolves, and lineage joins certificates to data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from dagster import AssetCheckKey, AssetKey
+
+from secure_etl.config import default_config_path, load_config
+from secure_etl.defs.build import build_definitions
+from secure_etl.pki.inspect import CHECKS
+
+
+def test_every_job_resolves_on_the_bundled_demo_config():
+    defs = build_definitions(load_config(default_config_path()))
+    names = {job.name for job in defs.resolve_all_job_defs()}
+    assert {"certificate_checks", "certificate_renewal", "customers_etl"} <= names
+    assert defs.resolve_sensor_def("certificate_renewal")
+    assert defs.resolve_schedule_def("certificate_checks_schedule")
+    assert defs.resolve_schedule_def("customers_etl_schedule")
+
+
+def test_certificates_have_every_inspection_check_and_feed_the_pipeline(platform):
+    defs = build_definitions(platform)
+    graph = defs.resolve_asset_graph()
+    for name in platform.certificates:
+        key = AssetKey(["certificates", name])
+        assert graph.get(key).group_name == "certificates"
+        for check in CHECKS:
+            assert AssetCheckKey(key, check) in graph.asset_check_keys
+
+    assert graph.get(AssetKey(["raw", "customers"])).parent_keys == {
+        AssetKey(["certificates", "etl-client"])
+    }
+    assert graph.get(AssetKey(["hashed", "customers"])).parent_keys == {
+        AssetKey(["raw", "customers"])
+    }
+    assert graph.get(AssetKey(["loaded", "customers"])).parent_keys == {
+        AssetKey(["hashed", "customers"])
+    }
+    for stage in ("raw", "hashed", "loaded"):
+        assert graph.get(AssetKey([stage, "customers"])).group_name == "customers"
+
+
+def test_extract_and_load_retry_three_times_five_minutes_apart(platform):
+    defs = build_definitions(platform)
+    for stage in ("raw", "loaded"):
+        policy = defs.resolve_assets_def(AssetKey([stage, "customers"])).op.retry_policy
+        assert (policy.max_retries, policy.delay) == (3, 300)
+        assert policy.backoff is not None
+
+
+def test_the_code_location_module_loads_the_config_named_by_the_environment(write_config):
+    env = dict(os.environ, SECURE_ETL_CONFIG=str(write_config()))
+    out = subprocess.run(
+        [sys.executable, "-c",
+         "from secure_etl.definitions import defs;"
+         "keys = defs.resolve_asset_graph().get_all_asset_keys();"
+         "print(sorted(k.to_user_string() for k in keys))"],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout
+    assert "certificates/db-server" in out
+    assert "loaded/customers" in out
+
+
+def test_only_the_dagster_layer_imports_dagster():
+    code = (
+        "import sys, secure_etl.cli, secure_etl.config, secure_etl.pki.renewal, "
+        "secure_etl.etl.transforms, secure_etl.etl.duckdb_dest, secure_etl.security.hmac_keys;"
+        "print('dagster' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

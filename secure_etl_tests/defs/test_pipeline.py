@@ -1,0 +1,125 @@
+"""The demo graph materialized in-process: certificates, then raw -> hashed -> loaded."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import hmac
+import stat
+
+import duckdb
+import pandas as pd
+import yaml
+
+from secure_etl.config import load_config
+from secure_etl.defs.build import build_definitions
+from secure_etl.defs.certificates import RENEWAL_JOB
+from secure_etl.defs.demo import latest_complete_partitions, run_demo
+from secure_etl.etl import duckdb_dest, storage
+from secure_etl.security.hmac_keys import load_hmac_key
+
+PARTITION = "2026-03-01-10:00"
+
+
+def _materialize(platform, instance, partition=PARTITION):
+    defs = build_definitions(platform)
+    defs.resolve_job_def(RENEWAL_JOB).execute_in_process(instance=instance)
+    return defs.resolve_job_def("customers_etl").execute_in_process(
+        partition_key=partition, instance=instance
+    )
+
+
+def _checks(result) -> dict[str, tuple[bool, str]]:
+    return {
+        e.check_name: (e.passed, e.description) for e in result.get_asset_check_evaluations()
+    }
+
+
+def test_a_partition_flows_to_the_warehouse_with_every_data_check_passing(platform, instance):
+    result = _materialize(platform, instance)
+
+    checks = _checks(result)
+    assert set(checks) == {"rows_reconcile", "null_rate", "unique_keys", "no_pii_leak"}
+    assert all(passed for passed, _ in checks.values()), checks
+    rows = {
+        e.asset_key.path[0]: e.materialization.metadata["rows"].value
+        for e in result.get_asset_materialization_events()
+    }
+    quarantined = 200 - rows["hashed"]
+    assert rows["raw"] == 200 and 0 < quarantined < 20  # bad_row_rate 0.02
+    assert rows["loaded"] == rows["hashed"]
+    expected = f"raw 200 = loaded {rows['loaded']} + quarantined {quarantined}"
+    assert checks["rows_reconcile"][1] == expected
+
+
+def test_pii_is_replaced_by_the_keyed_hmac_and_the_key_id_is_recorded(platform, instance):
+    _materialize(platform, instance)
+    state = platform.resolved_state_dir()
+    raw = storage.read_partition(storage.partition_file(state, "raw", "customers", PARTITION))
+    loaded = duckdb_dest.read_partition(state / "warehouse.duckdb", "customers", PARTITION)
+    key = load_hmac_key("pseudo-1", platform.keys["pseudo-1"], state)
+
+    first = raw.dropna(subset=["customer_id"]).iloc[0]
+    row = loaded[loaded["customer_id"] == first["customer_id"]].iloc[0]
+    expected = hmac.new(key.secret, first["email"].encode(), hashlib.sha256).hexdigest()
+    assert row["email"] == expected
+    assert row["_pseudonym_key_id"] == "pseudo-1"
+    assert not loaded["email"].isin(raw["email"]).any()
+    assert {"_run_id", "_pipeline_version", "_processed_at"} <= set(loaded.columns)
+    key_file = state / "keys" / "pseudo-1.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+
+
+def test_raw_and_quarantined_partitions_are_owner_only(platform, instance):
+    _materialize(platform, instance)
+    state = platform.resolved_state_dir()
+    for stage in ("raw", "quarantine"):
+        path = storage.partition_file(state, stage, "customers", PARTITION)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_loading_a_partition_twice_leaves_the_same_table(platform, instance):
+    _materialize(platform, instance)
+    db = platform.resolved_state_dir() / "warehouse.duckdb"
+    query = "SELECT * EXCLUDE (_run_id, _processed_at) FROM customers ORDER BY customer_id"
+    with duckdb.connect(str(db), read_only=True) as con:
+        before = con.execute(query).df()
+
+    _materialize(platform, instance)
+
+    with duckdb.connect(str(db), read_only=True) as con:
+        after = con.execute(query).df()
+        runs = con.execute("SELECT count(DISTINCT _run_id) FROM customers").fetchone()[0]
+    assert len(before) > 0
+    pd.testing.assert_frame_equal(before, after)
+    assert runs == 1  # the second load replaced the first, it did not add to it
+
+
+def test_the_leak_check_fails_when_pii_is_not_pseudonymised(write_config, instance):
+    data = copy.deepcopy(yaml.safe_load(write_config().read_text()))
+    data["pipelines"]["customers"]["transforms"] = []
+    platform = load_config(write_config(data, "leaky.yaml"))
+
+    checks = _checks(_materialize(platform, instance))
+
+    passed, description = checks["no_pii_leak"]
+    assert passed is False
+    assert "email" in description and "full_name" in description
+    assert "@" not in description  # counts, never the values
+
+
+def test_the_demo_materializes_the_whole_graph_and_summarises_it(platform, monkeypatch):
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)  # an ephemeral instance
+    summary = run_demo(platform, partitions=2, log=lambda _: None)
+
+    assert set(summary.certificates) == {"db-server", "etl-client"}
+    assert all(c["outcome"] == "issued" for c in summary.certificates.values())
+    assert all(29 < c["days_remaining"] <= 30 for c in summary.certificates.values())
+    partitions = latest_complete_partitions("2026-01-01-00:00", 2)
+    assert len(partitions) == 2
+    assert {label.split("[")[0] for label in summary.rows} == {
+        "raw/customers", "hashed/customers", "loaded/customers",
+    }
+    assert len(summary.rows) == 6
+    assert summary.all_checks_passed
+    assert len(summary.checks) == 2 * 7 + 2 * 4

@@ -1,0 +1,108 @@
+"""The renewal loop: a failed certificate check -> one renewal run -> the checks pass."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import yaml
+from dagster import SensorResult, build_sensor_context
+
+from secure_etl.config import load_config
+from secure_etl.defs.build import build_definitions
+from secure_etl.defs.certificates import CHECKS_JOB, RENEWAL_JOB, certificate_key
+from secure_etl.pki.keys import generate_private_key
+from secure_etl.pki.renewal import build_issuer, certificate_store, current_leaf
+
+
+def _tick(defs, instance, cursor=None) -> SensorResult:
+    sensor = defs.resolve_sensor_def("certificate_renewal")
+    return sensor(build_sensor_context(instance=instance, cursor=cursor, definitions=defs))
+
+
+def _install_expired(platform, name: str) -> str:
+    """Put an expired (but otherwise correct) certificate in place as `current`."""
+    cert = platform.certificates[name]
+    issued = build_issuer(platform, cert.issuer).issue(
+        cert.identifiers,
+        cert.use,
+        generate_private_key("ec256"),
+        not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=40),
+        lifetime=dt.timedelta(days=30),
+    )
+    store = certificate_store(platform)
+    with store.lock(name):
+        return store.install(name, issued)
+
+
+def _check_results(result) -> dict[tuple[str, str], bool]:
+    return {
+        (e.asset_key.path[-1], e.check_name): e.passed
+        for e in result.get_asset_check_evaluations()
+    }
+
+
+def test_a_failed_check_is_renewed_by_the_run_the_sensor_requests(platform, instance):
+    defs = build_definitions(platform)
+    first = defs.resolve_job_def(RENEWAL_JOB).execute_in_process(instance=instance)
+    assert all(_check_results(first).values())
+    old_serial = current_leaf(platform, "etl-client").serial_number
+
+    # Nothing has failed yet: the sensor skips and says why.
+    quiet = _tick(defs, instance)
+    assert not quiet.run_requests
+    assert "no new failed" in quiet.skip_reason.skip_message
+
+    _install_expired(platform, "etl-client")
+    checks = defs.resolve_job_def(CHECKS_JOB).execute_in_process(instance=instance)
+    results = _check_results(checks)
+    assert results[("etl-client", "expiry_window")] is False
+    assert results[("db-server", "expiry_window")] is True
+
+    tick = _tick(defs, instance, quiet.cursor)
+    assert len(tick.run_requests) == 1
+    request = tick.run_requests[0]
+    assert request.asset_selection == [certificate_key("etl-client")]
+    assert request.tags["secure_etl/failed_checks"] == "expiry_window"
+
+    # The same evaluation never requests a second run.
+    again = _tick(defs, instance, tick.cursor)
+    assert not again.run_requests
+
+    renewal = defs.resolve_job_def(RENEWAL_JOB).execute_in_process(
+        instance=instance,
+        asset_selection=request.asset_selection,
+        tags=request.tags,
+    )
+    (event,) = renewal.get_asset_materialization_events()
+    assert event.materialization.metadata["outcome"].value == "renewed"
+    assert event.materialization.metadata["days_remaining"].value > 29
+    after = _check_results(renewal)
+    assert after and all(after.values())
+    assert {name for name, _ in after} == {"etl-client"}
+    assert current_leaf(platform, "etl-client").serial_number != old_serial
+
+    # The passing evaluations after the renewal request nothing.
+    settled = _tick(defs, instance, again.cursor)
+    assert not settled.run_requests
+
+
+def test_a_check_that_still_fails_after_renewal_is_not_renewed_again(
+    platform, instance, write_config
+):
+    # A certificate that can never pass: it must chain to a root nobody issues from.
+    data = yaml.safe_load(write_config().read_text())
+    other_root = build_issuer(platform, "test-ca")
+    other_root.directory = other_root.directory.parent / "elsewhere"
+    other_root.ensure_root()
+    data["certificates"]["etl-client"]["ca_bundle"] = str(other_root.root_path)
+    broken = load_config(write_config(data, "broken.yaml"))
+    defs = build_definitions(broken)
+
+    renewal = defs.resolve_job_def(RENEWAL_JOB).execute_in_process(
+        instance=instance, tags={"secure_etl/renewal_of": "etl-client"}
+    )
+    assert _check_results(renewal)[("etl-client", "chain_trusted")] is False
+
+    tick = _tick(defs, instance)
+    assert not tick.run_requests
+    assert "needs a person" in tick.skip_reason.skip_message

@@ -1,0 +1,77 @@
+"""CertificateResource gives working TLS: a real mutual-TLS handshake over loopback."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+
+import pytest
+
+from secure_etl.defs.resources import certificate_resources, resource_key
+from secure_etl.pki.renewal import ensure_certificate
+
+
+@pytest.fixture
+def resources(platform):
+    for name in platform.certificates:
+        ensure_certificate(platform, name)
+    return certificate_resources(platform)
+
+
+def _serve_once(context: ssl.SSLContext, listener: socket.socket, seen: dict) -> None:
+    conn, _ = listener.accept()
+    try:
+        with context.wrap_socket(conn, server_side=True) as tls:
+            peer = tls.getpeercert()
+            seen["client_cn"] = dict(x[0] for x in peer["subject"])["commonName"]
+            seen["version"] = tls.version()
+            tls.sendall(b"hello")
+    except (ssl.SSLError, OSError) as err:
+        seen["error"] = err
+
+
+def _handshake(server_ctx, client_ctx, server_name: str) -> tuple[bytes, dict]:
+    seen: dict = {}
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        thread = threading.Thread(target=_serve_once, args=(server_ctx, listener, seen))
+        thread.start()
+        try:
+            with socket.create_connection(listener.getsockname(), timeout=5) as raw:
+                with client_ctx.wrap_socket(raw, server_hostname=server_name) as tls:
+                    data = tls.recv(5)
+        finally:
+            thread.join(5)
+    return data, seen
+
+
+def test_server_and_client_certificates_complete_a_mutual_tls_handshake(resources):
+    server = resources[resource_key("db-server")]
+    client = resources[resource_key("etl-client")]
+
+    data, seen = _handshake(server.ssl_context(), client.ssl_context(), "localhost")
+
+    assert data == b"hello"
+    assert seen["client_cn"] == "etl-client.test"
+    assert seen["version"] in {"TLSv1.2", "TLSv1.3"}
+
+
+def test_a_client_refuses_a_server_whose_name_the_certificate_does_not_cover(resources):
+    server = resources[resource_key("db-server")]
+    client = resources[resource_key("etl-client")]
+
+    with pytest.raises(ssl.SSLCertVerificationError, match="Hostname mismatch|match"):
+        _handshake(server.ssl_context(), client.ssl_context(), "db.elsewhere.test")
+
+
+def test_connection_arguments_point_at_the_current_version(resources, platform):
+    client = resources[resource_key("etl-client")]
+    args = client.psycopg_kwargs()
+    assert args["sslmode"] == "verify-full"
+    assert args["sslcert"].endswith("etl-client/current/fullchain.pem")
+    assert args["sslkey"].endswith("etl-client/current/privkey.pem")
+    assert isinstance(client.httpx_kwargs()["verify"], ssl.SSLContext)
+
+    before = client.fullchain_path.read_bytes()
+    ensure_certificate(platform, "etl-client", force=True)
+    assert client.fullchain_path.read_bytes() != before  # same path, new certificate
