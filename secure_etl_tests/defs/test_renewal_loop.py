@@ -106,3 +106,18 @@ def test_a_check_that_still_fails_after_renewal_is_not_renewed_again(
     tick = _tick(defs, instance)
     assert not tick.run_requests
     assert "needs a person" in tick.skip_reason.skip_message
+
+
+def test_certificates_never_issued_fail_their_checks_and_get_issued(platform, instance):
+    defs = build_definitions(platform)
+    checks = defs.resolve_job_def(CHECKS_JOB).execute_in_process(instance=instance)
+    evaluations = checks.get_asset_check_evaluations()
+    assert len(evaluations) == 2 * 7
+    assert not any(e.passed for e in evaluations)
+    assert {e.description for e in evaluations} == {"no certificate has been issued yet"}
+
+    tick = _tick(defs, instance)
+    assert sorted(r.tags["secure_etl/renewal_of"] for r in tick.run_requests) == [
+        "db-server", "etl-client",
+    ]
+    assert len({r.run_key for r in tick.run_requests}) == 2
