@@ -47,7 +47,66 @@ class InternalCAIssuer(_Strict):
     lifetime_days: int = Field(90, ge=1, le=3650)
 
 
-Issuer = Annotated[InternalCAIssuer, Field(discriminator="type")]
+class Http01StandaloneChallenge(_Strict):
+    """Answer http-01 from a listener of our own (the CA connects to port 80 normally)."""
+
+    type: Literal["http-01"]
+    address: str = "0.0.0.0"  # noqa: S104 (the CA must reach it)
+    port: int = Field(80, ge=1, le=65535)
+
+
+class Http01WebrootChallenge(_Strict):
+    """Write the http-01 token under a running web server's document root."""
+
+    type: Literal["http-01-webroot"]
+    path: str
+
+
+class Dns01ExecChallenge(_Strict):
+    """dns-01 through a program: ``argv + [present|cleanup, fqdn, value]`` (no shell)."""
+
+    type: Literal["dns-01-exec"]
+    argv: list[str] = Field(min_length=1)
+    timeout_s: float = Field(120, gt=0)
+
+
+class Dns01ChallTestSrvChallenge(_Strict):
+    """dns-01 through Pebble's challenge test server (tests and local CAs)."""
+
+    type: Literal["dns-01-challtestsrv"]
+    url: str
+
+
+Challenge = Annotated[
+    Http01StandaloneChallenge
+    | Http01WebrootChallenge
+    | Dns01ExecChallenge
+    | Dns01ChallTestSrvChallenge,
+    Field(discriminator="type"),
+]
+
+
+class AcmeIssuer(_Strict):
+    """Any RFC 8555 CA: Let's Encrypt, ZeroSSL, step-ca, Pebble..."""
+
+    type: Literal["acme"]
+    directory_url: str = Field(pattern=r"^https://")
+    # Verifies the ACME server's own TLS certificate (default: the system trust store).
+    server_ca_bundle: str | None = None
+    # Roots the issued certificates must chain to (default: the system trust store).
+    trust_bundle: str | None = None
+    email: str | None = None
+    # Names of the environment variables holding the EAB key id and HMAC key.
+    eab_kid_env: str | None = None
+    eab_hmac_env: str | None = None
+    account_key_type: Literal["ec256", "ec384", "rsa2048", "rsa3072", "rsa4096"] = "ec256"
+    challenge: Challenge
+    profile: str | None = None
+    preferred_chain: str | None = None
+    timeout_s: float = Field(300, gt=0)
+
+
+Issuer = Annotated[InternalCAIssuer | AcmeIssuer, Field(discriminator="type")]
 
 
 class RenewalPolicy(_Strict):

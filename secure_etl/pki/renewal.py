@@ -10,7 +10,9 @@ from typing import Literal
 
 from cryptography import x509
 
+from secure_etl.config import AcmeIssuer as AcmeIssuerConfig
 from secure_etl.config import CertificateConfig, InternalCAIssuer, PlatformConfig
+from secure_etl.pki.acme_issuer import AcmeIssuer
 from secure_etl.pki.deploy import DeployContext, run_deploy_actions
 from secure_etl.pki.inspect import CheckResult, inspect_chain, load_chain_file
 from secure_etl.pki.internal_ca import InternalCA
@@ -21,7 +23,7 @@ from secure_etl.pki.store import CertificateStore
 Outcome = Literal["issued", "renewed", "not_due"]
 
 
-def build_issuer(config: PlatformConfig, name: str) -> Issuer:
+def build_issuer(config: PlatformConfig, name: str, log=None) -> Issuer:
     issuer = config.issuers[name]
     state = config.resolved_state_dir()
     if isinstance(issuer, InternalCAIssuer):
@@ -33,6 +35,8 @@ def build_issuer(config: PlatformConfig, name: str) -> Issuer:
             ca_lifetime_days=issuer.ca_lifetime_days,
             lifetime_days=issuer.lifetime_days,
         )
+    if isinstance(issuer, AcmeIssuerConfig):
+        return AcmeIssuer(name, issuer, state / "acme" / name, log=log)
     raise NotImplementedError(f"issuer type {type(issuer).__name__}")
 
 
@@ -100,7 +104,7 @@ def ensure_certificate(
         outcome: Outcome = "renewed" if store.has_current(name) else "issued"
         if log:
             log(f"{name}: {'renewing' if outcome == 'renewed' else 'issuing'} because {reason}")
-        issuer = build_issuer(config, cert.issuer)
+        issuer = build_issuer(config, cert.issuer, log=log)
         issued = issuer.issue(cert.identifiers, cert.use, generate_private_key(cert.key_type))
         version = store.install(name, issued, keep=cert.keep_versions)
     # Deploy outside the lock: a slow reload must not block the next renewal check.

@@ -1,0 +1,174 @@
+"""The ACME transport: HTTP, nonces, signed requests, retries and error mapping.
+
+Everything below the protocol flow lives here, so ``client`` can read top to bottom.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+from secure_etl.acme.errors import AcmeProblem, BadNonce, ProtocolError
+from secure_etl.acme.jws import AccountKey
+from secure_etl.acme.messages import Directory
+
+USER_AGENT = "secure_etl-acme/0.1"
+MAX_BAD_NONCE_RETRIES = 5
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: httpx.Headers
+    body: bytes
+    url: str
+
+    def json(self) -> dict:
+        try:
+            data = json.loads(self.body)
+        except ValueError:
+            raise ProtocolError(f"{self.url}: expected JSON, got {self.body[:80]!r}") from None
+        if not isinstance(data, dict):
+            raise ProtocolError(f"{self.url}: expected a JSON object")
+        return data
+
+    @property
+    def location(self) -> str | None:
+        return self.headers.get("Location")
+
+    @property
+    def retry_after(self) -> float | None:
+        return parse_retry_after(self.headers.get("Retry-After"))
+
+    def links(self, rel: str) -> list[str]:
+        """Targets of ``Link: <url>;rel="..."`` headers with the given relation."""
+        out = []
+        for header in self.headers.get_list("Link"):
+            for part in header.split(","):
+                target, _, params = part.partition(";")
+                target = target.strip()
+                if not (target.startswith("<") and target.endswith(">")):
+                    continue
+                rels = [
+                    p.split("=", 1)[1].strip().strip('"')
+                    for p in params.split(";")
+                    if p.strip().lower().startswith("rel=")
+                ]
+                if rel in rels:
+                    out.append(target[1:-1])
+        return out
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (now if now is not None else time.time()))
+
+
+class Transport:
+    """One ACME server: its directory, a nonce pool and signed POSTs."""
+
+    def __init__(
+        self,
+        directory_url: str,
+        *,
+        verify: str | bool | ssl.SSLContext = True,
+        timeout: float = 30.0,
+        client: httpx.Client | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.directory_url = directory_url
+        if isinstance(verify, str):
+            verify = ssl.create_default_context(cafile=verify)
+        self.http = client or httpx.Client(
+            verify=verify, timeout=timeout, headers={"User-Agent": USER_AGENT}
+        )
+        self._nonces: list[str] = []
+        self._directory: Directory | None = None
+        self.log = log or (lambda _msg: None)
+        self.requests = 0
+
+    def close(self) -> None:
+        self.http.close()
+
+    @property
+    def directory(self) -> Directory:
+        if self._directory is None:
+            self._directory = Directory.from_json(self.get(self.directory_url).json())
+        return self._directory
+
+    def _send(self, method: str, url: str, **kwargs) -> Response:
+        try:
+            raw = self.http.request(method, url, **kwargs)
+        except httpx.HTTPError as err:
+            raise ProtocolError(f"{method} {url}: {type(err).__name__}: {err}") from None
+        self.requests += 1
+        response = Response(raw.status_code, raw.headers, raw.content, url)
+        nonce = raw.headers.get("Replay-Nonce")
+        if nonce:
+            self._nonces.append(nonce)
+        return response
+
+    def get(self, url: str) -> Response:
+        response = self._send("GET", url)
+        self._raise_for_problem(response)
+        return response
+
+    def nonce(self) -> str:
+        if self._nonces:
+            return self._nonces.pop()
+        response = self._send("HEAD", self.directory.new_nonce)
+        if not self._nonces:
+            raise ProtocolError(f"{response.url}: no Replay-Nonce (HTTP {response.status})")
+        return self._nonces.pop()
+
+    def post(
+        self,
+        url: str,
+        payload: object | None,
+        key: AccountKey,
+        kid: str | None,
+        accept: str | None = None,
+    ) -> Response:
+        """A signed POST (``payload=None`` is POST-as-GET); badNonce is retried, bounded."""
+        for attempt in range(MAX_BAD_NONCE_RETRIES + 1):
+            body = key.sign(url, payload, self.nonce(), kid)
+            headers = {"Content-Type": "application/jose+json"}
+            if accept:
+                headers["Accept"] = accept
+            response = self._send("POST", url, content=json.dumps(body), headers=headers)
+            try:
+                self._raise_for_problem(response)
+            except BadNonce:
+                if attempt == MAX_BAD_NONCE_RETRIES:
+                    raise
+                self.log(f"badNonce from {url}, retrying ({attempt + 1})")
+                continue
+            return response
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _raise_for_problem(response: Response) -> None:
+        if response.status < 400:
+            return
+        try:
+            body = json.loads(response.body)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            body = {"type": "about:blank", "detail": response.body[:200].decode(errors="replace")}
+        raise AcmeProblem.from_json(body, response.status, response.url, response.retry_after)

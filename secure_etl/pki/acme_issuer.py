@@ -1,0 +1,191 @@
+"""The ACME issuer: our RFC 8555 client behind the Issuer interface, with resume.
+
+State, under ``<state_dir>/acme/<issuer>/``:
+  account.key (0600), account.json (the account URL)
+  orders/<id>.json + orders/<id>.key (0600)   an order under way, kept until it is done,
+                                              so a killed process resumes the same order
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import ssl
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+
+from secure_etl.acme.challenges import (
+    ChallTestSrvProvider,
+    Dns01,
+    ExecProvider,
+    Http01Standalone,
+    Http01Webroot,
+    Solver,
+)
+from secure_etl.acme.client import AcmeClient
+from secure_etl.acme.errors import AccountDoesNotExist, AcmeProblem
+from secure_etl.acme.jws import AccountKey
+from secure_etl.acme.transport import Transport
+from secure_etl.config import (
+    AcmeIssuer as AcmeIssuerConfig,
+)
+from secure_etl.config import (
+    Dns01ChallTestSrvChallenge,
+    Dns01ExecChallenge,
+    Http01StandaloneChallenge,
+    Http01WebrootChallenge,
+)
+from secure_etl.pki.inspect import load_pem_chain
+from secure_etl.pki.issuer import IssuedCertificate, Use
+from secure_etl.pki.keys import PrivateKey, generate_private_key, load_private_key, private_key_pem
+from secure_etl.security.files import read_secret, write_atomic, write_secret
+
+
+class AcmeConfigError(Exception):
+    """An ACME issuer setting that cannot work (a missing environment variable...)."""
+
+
+def build_solver(challenge) -> Solver:
+    if isinstance(challenge, Http01StandaloneChallenge):
+        return Http01Standalone(challenge.address, challenge.port)
+    if isinstance(challenge, Http01WebrootChallenge):
+        return Http01Webroot(challenge.path)
+    if isinstance(challenge, Dns01ExecChallenge):
+        return Dns01(ExecProvider(challenge.argv, challenge.timeout_s))
+    if isinstance(challenge, Dns01ChallTestSrvChallenge):
+        return Dns01(ChallTestSrvProvider(challenge.url))
+    raise NotImplementedError(type(challenge).__name__)
+
+
+def system_trust_bundle() -> Path | None:
+    paths = ssl.get_default_verify_paths()
+    for candidate in (paths.cafile, paths.openssl_cafile):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    return None
+
+
+class AcmeIssuer:
+    def __init__(
+        self,
+        name: str,
+        config: AcmeIssuerConfig,
+        directory: Path,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.name, self.config, self.directory = name, config, Path(directory)
+        self.log = log or (lambda _msg: None)
+        self.last_order_url: str | None = None
+
+    def trust_bundle(self) -> Path | None:
+        return Path(self.config.trust_bundle) if self.config.trust_bundle else system_trust_bundle()
+
+    # The account
+
+    def _account_key(self) -> AccountKey:
+        path = self.directory / "account.key"
+        if not path.exists():
+            write_secret(path, private_key_pem(generate_private_key(self.config.account_key_type)))
+            self.log(f"{self.name}: created ACME account key {path}")
+        return AccountKey(load_private_key(read_secret(path)))
+
+    def _eab(self) -> tuple[str, str] | None:
+        kid_env, mac_env = self.config.eab_kid_env, self.config.eab_hmac_env
+        if not kid_env and not mac_env:
+            return None
+        missing = [v for v in (kid_env, mac_env) if not v or not os.environ.get(v)]
+        if missing:
+            raise AcmeConfigError(
+                f"issuer {self.name!r}: external account binding needs both eab_kid_env and "
+                f"eab_hmac_env set in the environment (missing: {', '.join(map(str, missing))})"
+            )
+        return os.environ[kid_env], os.environ[mac_env]
+
+    def client(self) -> AcmeClient:
+        """A client with its account registered (or found again) at the CA."""
+        transport = Transport(
+            self.config.directory_url,
+            verify=self.config.server_ca_bundle or True,
+            timeout=min(self.config.timeout_s, 60),
+            log=self.log,
+        )
+        client = AcmeClient(transport, self._account_key(), log=self.log)
+        account_file = self.directory / "account.json"
+        if account_file.exists():
+            client.account_url = json.loads(account_file.read_text())["url"]
+        else:
+            self._register(client)
+        return client
+
+    def _register(self, client: AcmeClient) -> None:
+        account = client.register(self.config.email, eab=self._eab())
+        write_atomic(self.directory / "account.json", json.dumps({"url": account.url}).encode())
+        self.log(f"{self.name}: ACME account {account.url}")
+
+    # Issuance
+
+    def issue(self, identifiers: Sequence[str], use: Use, key: PrivateKey) -> IssuedCertificate:
+        """Issue through ACME. An order left by a killed process is resumed with its key."""
+        order_id = hashlib.sha256("\n".join(sorted(identifiers)).encode()).hexdigest()[:16]
+        state_file = self.directory / "orders" / f"{order_id}.json"
+        key_file = state_file.with_suffix(".key")
+        order_url = None
+        if state_file.exists() and key_file.exists():
+            order_url = json.loads(state_file.read_text()).get("order_url")
+            key = load_private_key(read_secret(key_file))
+            self.log(f"{self.name}: resuming order {order_url}")
+        else:
+            write_secret(key_file, private_key_pem(key))
+
+        def remember(order) -> None:
+            self.last_order_url = order.url
+            write_atomic(state_file, json.dumps({"order_url": order.url}).encode())
+
+        client = self.client()
+        solver = build_solver(self.config.challenge)
+        try:
+            try:
+                chain = self._issue_once(client, identifiers, key, solver, order_url, remember)
+            except AccountDoesNotExist:
+                # The CA forgot us (a test CA restarted, an account deleted): register again;
+                # the old order belonged to the old account.
+                self.log(f"{self.name}: the CA no longer knows the account; registering again")
+                self._register(client)
+                chain = self._issue_once(client, identifiers, key, solver, None, remember)
+        finally:
+            solver.close()
+            client.transport.close()
+        certs = load_pem_chain(chain.pem, chain.url)
+        state_file.unlink(missing_ok=True)
+        key_file.unlink(missing_ok=True)
+        pem = [c.public_bytes(serialization.Encoding.PEM) for c in certs]
+        return IssuedCertificate(pem[0], b"".join(pem[1:]), private_key_pem(key))
+
+    def _issue_once(self, client, identifiers, key, solver, order_url, remember):
+        try:
+            return client.issue(
+                identifiers,
+                key,
+                solver,
+                order_url=order_url,
+                on_order=remember,
+                profile=self.config.profile,
+                preferred_issuer=self.config.preferred_chain,
+            )
+        except AcmeProblem as problem:
+            gone = problem.status in (403, 404) and not isinstance(problem, AccountDoesNotExist)
+            if order_url and gone:
+                # The saved order is gone (expired, or the CA restarted): start afresh.
+                self.log(f"{self.name}: saved order {order_url} is gone ({problem}); new order")
+                return client.issue(
+                    identifiers,
+                    key,
+                    solver,
+                    on_order=remember,
+                    profile=self.config.profile,
+                    preferred_issuer=self.config.preferred_chain,
+                )
+            raise
