@@ -1,18 +1,18 @@
 """The ``secure-etl`` command.
 
-Certificate commands import no Dagster, so they start fast; ``demo`` imports it lazily.
+Certificate commands import no Dagster, so they start fast; each command imports what it
+needs when it runs (``demo`` is the only one that loads Dagster).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import ssl
 import sys
 from pathlib import Path
 
-from secure_etl.config import ConfigError, load_config
-from secure_etl.pki.inspect import PemError, facts, inspect_chain, load_chain_file
+from secure_etl import cli_certs
+from secure_etl.errors import UserError
 
 EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
 
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_UNUSABLE
     try:
         return args.handler(args)
-    except (ConfigError, PemError) as err:
+    except UserError as err:
         print(f"secure-etl: {err}", file=sys.stderr)
         return EXIT_UNUSABLE
 
@@ -70,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("--json", action="store_true", help="print JSON")
     inspect.set_defaults(handler=_certs_inspect)
+    cli_certs.add_commands(commands, certs_commands)
 
     demo = commands.add_parser(
         "demo", help="materialize the whole graph in-process and print a summary"
@@ -91,8 +92,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _certs_inspect(args: argparse.Namespace) -> int:
+    from secure_etl.pki.inspect import facts, inspect_chain, load_chain_file, system_trust_bundle
+
     chain = load_chain_file(args.path)
-    bundle = args.ca_bundle or _system_bundle()
+    bundle = args.ca_bundle or system_trust_bundle()
     roots = load_chain_file(bundle) if bundle else None
     results = inspect_chain(
         chain,
@@ -125,15 +128,8 @@ def _certs_inspect(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def _system_bundle() -> Path | None:
-    paths = ssl.get_default_verify_paths()
-    for candidate in (paths.cafile, paths.openssl_cafile):
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
-    return None
-
-
 def _demo(args: argparse.Namespace) -> int:
+    from secure_etl.config import load_config
     from secure_etl.defs.demo import run_demo  # Dagster only for this command
 
     platform = load_config(args.config)

@@ -6,9 +6,7 @@ Every error names the file, the key path and what was expected. Unknown keys are
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import re
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
@@ -16,15 +14,17 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from secure_etl.errors import UserError
+from secure_etl.identifiers import is_dns_name, is_ip_address
+
 CONFIG_ENV = "SECURE_ETL_CONFIG"
 STATE_DIR_ENV = "SECURE_ETL_STATE_DIR"
 
 KeyType = Literal["ec256", "ec384", "rsa2048", "rsa3072", "rsa4096"]
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
-_DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
 
-class ConfigError(Exception):
+class ConfigError(UserError):
     """A platform config that cannot be used; the message names file and key."""
 
     def __init__(self, path: Path | str, key: str, message: str) -> None:
@@ -281,22 +281,6 @@ class _RefError(ValueError):
         kind = what or loc[-1].replace("_", " ")
         choices = ", ".join(sorted(known)) or "none defined"
         super().__init__(f"unknown {kind} {value!r} (defined: {choices})")
-
-
-def is_ip_address(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
-
-
-def is_dns_name(value: str) -> bool:
-    """A lower-case DNS name; a leading ``*.`` wildcard label is allowed."""
-    labels = value.split(".")
-    if labels[0] == "*":
-        labels = labels[1:]
-    return len(value) <= 253 and len(labels) >= 1 and all(_DNS_LABEL.match(x) for x in labels)
 
 
 def default_config_path() -> Path:

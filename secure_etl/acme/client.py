@@ -17,6 +17,7 @@ from secure_etl.acme.challenges import Solver
 from secure_etl.acme.errors import AuthorizationFailed, OrderFailed, PollTimeout, ProtocolError
 from secure_etl.acme.jws import AccountKey, b64url, external_account_binding
 from secure_etl.acme.messages import (
+    REVOCATION_REASONS,
     Account,
     Authorization,
     CertificateChain,
@@ -28,13 +29,6 @@ from secure_etl.acme.transport import Response, Transport
 PEM_CHAIN = "application/pem-certificate-chain"
 FIRST_POLL_S = 0.05
 MAX_POLL_INTERVAL_S = 5.0
-REVOCATION_REASONS = {
-    "unspecified": 0,
-    "keyCompromise": 1,
-    "affiliationChanged": 3,
-    "superseded": 4,
-    "cessationOfOperation": 5,
-}
 
 
 def identifier_for(value: str) -> Identifier:

@@ -6,6 +6,15 @@ from dataclasses import dataclass, field
 
 from secure_etl.acme.errors import AcmeProblem, ProtocolError
 
+# RFC 5280 §5.3.1 reason codes that ACME servers accept for revocation.
+REVOCATION_REASONS = {
+    "unspecified": 0,
+    "keyCompromise": 1,
+    "affiliationChanged": 3,
+    "superseded": 4,
+    "cessationOfOperation": 5,
+}
+
 
 def _require(body: dict, key: str, what: str) -> str:
     value = body.get(key)

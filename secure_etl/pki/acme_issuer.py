@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import ssl
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from secure_etl.config import (
     Http01StandaloneChallenge,
     Http01WebrootChallenge,
 )
-from secure_etl.pki.inspect import load_pem_chain
+from secure_etl.pki.inspect import load_pem_chain, system_trust_bundle
 from secure_etl.pki.issuer import IssuedCertificate, Use
 from secure_etl.pki.keys import PrivateKey, generate_private_key, load_private_key, private_key_pem
 from secure_etl.security.files import read_secret, write_atomic, write_secret
@@ -58,14 +57,6 @@ def build_solver(challenge) -> Solver:
     if isinstance(challenge, Dns01ChallTestSrvChallenge):
         return Dns01(ChallTestSrvProvider(challenge.url))
     raise NotImplementedError(type(challenge).__name__)
-
-
-def system_trust_bundle() -> Path | None:
-    paths = ssl.get_default_verify_paths()
-    for candidate in (paths.cafile, paths.openssl_cafile):
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
-    return None
 
 
 class AcmeIssuer:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import ssl
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +21,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from secure_etl.config import is_ip_address
+from secure_etl.errors import UserError
+from secure_etl.identifiers import is_ip_address
 from secure_etl.pki.keys import describe_key
 
 Severity = Literal["ERROR", "WARN"]
@@ -40,7 +42,7 @@ CHECKS: dict[str, str] = {
 }
 
 
-class PemError(Exception):
+class PemError(UserError):
     """A file or blob that holds no readable PEM certificate; the message names it."""
 
 
@@ -97,6 +99,15 @@ def load_chain_file(path: Path | str) -> list[x509.Certificate]:
     except OSError as err:
         raise PemError(f"{path}: {err.strerror or err}") from None
     return load_pem_chain(data, str(path))
+
+
+def system_trust_bundle() -> Path | None:
+    """The system's PEM bundle of trusted roots, if it has one."""
+    paths = ssl.get_default_verify_paths()
+    for candidate in (paths.cafile, paths.openssl_cafile):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    return None
 
 
 def san_identifiers(cert: x509.Certificate) -> tuple[str, ...]:

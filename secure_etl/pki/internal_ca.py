@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from secure_etl.config import is_ip_address
+from secure_etl.identifiers import is_ip_address
 from secure_etl.pki.issuer import IssuedCertificate, Use
 from secure_etl.pki.keys import (
     PrivateKey,

@@ -1,0 +1,309 @@
+"""``secure-etl acme ...`` and ``secure-etl certs renew|list``: no Dagster on these paths."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from secure_etl.acme.messages import REVOCATION_REASONS
+from secure_etl.pki.keys import KEY_TYPES
+
+# Heavier modules (httpx, pydantic) are imported by the command that needs them, so
+# `secure-etl` starts fast.
+
+EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
+
+
+def add_commands(commands, certs_commands) -> None:
+    acme = commands.add_parser("acme", help="talk to an ACME CA directly")
+    acme_commands = acme.add_subparsers(metavar="COMMAND")
+
+    issue = acme_commands.add_parser("issue", help="issue a certificate and write it to --out")
+    issue.add_argument(
+        "-d",
+        "--domain",
+        action="append",
+        required=True,
+        metavar="DOMAIN",
+        help="a DNS name or IP address (repeatable)",
+    )
+    _server_args(issue)
+    issue.add_argument("--email", metavar="E", help="account contact")
+    issue.add_argument("--key-type", choices=KEY_TYPES, default="ec256")
+    issue.add_argument("--http-01-address", default="0.0.0.0", metavar="A")  # noqa: S104
+    issue.add_argument(
+        "--http-01-port",
+        type=int,
+        metavar="N",
+        help="answer http-01 from our own listener on this port",
+    )
+    issue.add_argument(
+        "--webroot",
+        type=Path,
+        metavar="DIR",
+        help="answer http-01 with a file under DIR/.well-known/acme-challenge/",
+    )
+    issue.add_argument(
+        "--dns-01",
+        choices=["exec", "challtestsrv"],
+        metavar="PROVIDER",
+        help="answer dns-01 through a provider: exec or challtestsrv",
+    )
+    issue.add_argument(
+        "--dns-01-hook",
+        nargs="+",
+        metavar="ARGV",
+        help="exec provider: the program (and arguments); it is called with "
+        "present|cleanup FQDN VALUE appended",
+    )
+    issue.add_argument(
+        "--challtestsrv", metavar="URL", help="challtestsrv provider: its management URL"
+    )
+    issue.add_argument("--out", type=Path, required=True, metavar="DIR")
+    issue.set_defaults(handler=acme_issue)
+
+    revoke = acme_commands.add_parser("revoke", help="revoke a certificate")
+    revoke.add_argument("cert", type=Path, metavar="CERT", help="PEM certificate (leaf first)")
+    revoke.add_argument("--reason", choices=list(REVOCATION_REASONS))
+    revoke.add_argument(
+        "--key",
+        type=Path,
+        metavar="PRIVKEY",
+        help="sign with the certificate's own key instead of the account key",
+    )
+    _server_args(revoke)
+    revoke.set_defaults(handler=acme_revoke)
+
+    renew = certs_commands.add_parser(
+        "renew", help="issue or renew configured certificates (those due or failing a check)"
+    )
+    renew.add_argument("names", nargs="*", metavar="NAME")
+    renew.add_argument("--all", action="store_true", help="every configured certificate")
+    renew.add_argument("--force", action="store_true", help="renew even if not due")
+    renew.add_argument(
+        "--jobs", type=int, default=8, metavar="N", help="certificates renewed at once (default 8)"
+    )
+    renew.add_argument("--config", type=Path, help="platform config")
+    renew.set_defaults(handler=certs_renew)
+
+    inventory = certs_commands.add_parser("list", help="the certificate inventory")
+    inventory.add_argument("--json", action="store_true")
+    inventory.add_argument("--config", type=Path, help="platform config")
+    inventory.set_defaults(handler=certs_list)
+
+
+def _server_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--directory", required=True, metavar="URL", help="ACME directory URL")
+    parser.add_argument(
+        "--ca-bundle",
+        type=Path,
+        metavar="PEM",
+        help="verify the ACME server with these roots (default: system)",
+    )
+    parser.add_argument(
+        "--account-key",
+        type=Path,
+        metavar="PATH",
+        help="account key (created if missing; default: one per CA under "
+        "~/.local/share/secure_etl/acme/)",
+    )
+
+
+def _fail(message: str, code: int = EXIT_UNUSABLE) -> int:
+    print(f"secure-etl: {message}", file=sys.stderr)
+    return code
+
+
+def _client(args: argparse.Namespace):
+    from secure_etl.acme.client import AcmeClient
+    from secure_etl.acme.jws import AccountKey
+    from secure_etl.acme.transport import Transport
+    from secure_etl.pki.keys import generate_private_key, load_private_key, private_key_pem
+    from secure_etl.security.files import read_secret, write_secret
+
+    path = args.account_key or default_account_key_path(args.directory)
+    if not path.exists():
+        write_secret(path, private_key_pem(generate_private_key("ec256")))
+        print(f"created account key {path}", file=sys.stderr)
+    key = AccountKey(load_private_key(read_secret(path)))
+    verify = str(args.ca_bundle) if args.ca_bundle else True
+    return AcmeClient(Transport(args.directory, verify=verify), key)
+
+
+def default_account_key_path(directory_url: str) -> Path:
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    host = urlsplit(directory_url).netloc.replace(":", "_") or "ca"
+    digest = hashlib.sha256(directory_url.encode()).hexdigest()[:8]
+    return base / "secure_etl" / "acme" / f"{host}-{digest}" / "account.key"
+
+
+def _solver(args: argparse.Namespace):
+    from secure_etl.acme.challenges import (
+        ChallTestSrvProvider,
+        Dns01,
+        ExecProvider,
+        Http01Standalone,
+        Http01Webroot,
+    )
+
+    chosen = [args.http_01_port is not None, args.webroot is not None, args.dns_01 is not None]
+    if sum(chosen) != 1:
+        raise ValueError("choose one of --http-01-port, --webroot or --dns-01")
+    if args.http_01_port is not None:
+        return Http01Standalone(args.http_01_address, args.http_01_port)
+    if args.webroot is not None:
+        return Http01Webroot(args.webroot)
+    if args.dns_01 == "exec":
+        if not args.dns_01_hook:
+            raise ValueError("--dns-01 exec needs --dns-01-hook PROGRAM")
+        return Dns01(ExecProvider(args.dns_01_hook))
+    if not args.challtestsrv:
+        raise ValueError("--dns-01 challtestsrv needs --challtestsrv URL")
+    return Dns01(ChallTestSrvProvider(args.challtestsrv))
+
+
+def acme_issue(args: argparse.Namespace) -> int:
+    from cryptography.hazmat.primitives import serialization
+
+    from secure_etl.acme.errors import AcmeError
+    from secure_etl.pki.inspect import facts, load_pem_chain
+    from secure_etl.pki.keys import generate_private_key, private_key_pem
+    from secure_etl.security.files import write_atomic, write_secret
+
+    try:
+        solver = _solver(args)
+    except ValueError as err:
+        return _fail(str(err))
+    started = time.monotonic()
+    key = generate_private_key(args.key_type)
+    client = _client(args)
+    try:
+        client.register(args.email)
+        chain = client.issue(args.domain, key, solver)
+    except AcmeError as err:
+        return _fail(str(err), EXIT_FAILED)  # the CA said no
+    finally:
+        solver.close()
+        client.transport.close()
+    certs = load_pem_chain(chain.pem, chain.url)
+    pem = [c.public_bytes(serialization.Encoding.PEM) for c in certs]
+    out: Path = args.out
+    write_secret(out / "privkey.pem", private_key_pem(key))
+    write_atomic(out / "cert.pem", pem[0])
+    write_atomic(out / "chain.pem", b"".join(pem[1:]))
+    write_atomic(out / "fullchain.pem", b"".join(pem))
+    info = facts(certs[0])
+    print(
+        f"issued {', '.join(args.domain)}: serial {info.serial}, not after "
+        f"{info.not_after:%Y-%m-%d %H:%M} UTC, in {time.monotonic() - started:.2f} s -> {out}"
+    )
+    return EXIT_OK
+
+
+def acme_revoke(args: argparse.Namespace) -> int:
+    from cryptography.hazmat.primitives import serialization
+
+    from secure_etl.acme.errors import AcmeError
+    from secure_etl.pki.inspect import facts, load_chain_file
+    from secure_etl.pki.keys import load_private_key
+    from secure_etl.security.files import read_secret
+
+    cert = load_chain_file(args.cert)[0]
+    der = cert.public_bytes(serialization.Encoding.DER)
+    client = _client(args)
+    try:
+        if args.key:
+            client.revoke(der, args.reason, cert_key=load_private_key(read_secret(args.key)))
+        else:
+            client.find_account()
+            client.revoke(der, args.reason)
+    except AcmeError as err:
+        return _fail(str(err), EXIT_FAILED)
+    finally:
+        client.transport.close()
+    print(f"revoked serial {facts(cert).serial}" + (f" ({args.reason})" if args.reason else ""))
+    return EXIT_OK
+
+
+def certs_renew(args: argparse.Namespace) -> int:
+    from secure_etl.config import load_config
+    from secure_etl.pki.renewal import ensure_certificate
+
+    platform = load_config(args.config)
+    names = list(platform.certificates) if args.all else args.names
+    if not names:
+        return _fail("name certificates to renew, or give --all")
+    unknown = [n for n in names if n not in platform.certificates]
+    if unknown:
+        return _fail(
+            f"unknown certificate(s) {', '.join(unknown)} "
+            f"(configured: {', '.join(platform.certificates)})"
+        )
+
+    def renew(name: str):
+        try:
+            return name, ensure_certificate(platform, name, force=args.force), None
+        except Exception as err:  # one failure must not stop the others
+            return name, None, err
+
+    started = time.monotonic()
+    failed = 0
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for name, result, err in pool.map(renew, names):
+            if err is not None:
+                failed += 1
+                print(f"{name}: FAILED: {err}", file=sys.stderr)
+            else:
+                print(f"{name}: {result.outcome} in {result.seconds:.2f} s ({result.reason})")
+    print(f"{len(names) - failed}/{len(names)} succeeded in {time.monotonic() - started:.2f} s")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def certs_list(args: argparse.Namespace) -> int:
+    from secure_etl.config import load_config
+    from secure_etl.pki.inspect import facts
+    from secure_etl.pki.renewal import certificate_store, current_leaf, inspect_current
+
+    platform = load_config(args.config)
+    store = certificate_store(platform)
+    rows = []
+    for name, cert in platform.certificates.items():
+        row = {
+            "name": name,
+            "issuer": cert.issuer,
+            "use": cert.use,
+            "identifiers": cert.identifiers,
+            "version": store.current_version(name),
+        }
+        leaf = current_leaf(platform, name)
+        if leaf is not None:
+            info = facts(leaf)
+            results = inspect_current(platform, name) or []
+            failing = [r.name for r in results if not r.passed]
+            row.update(
+                serial=info.serial,
+                not_after=info.not_after.isoformat(),
+                days_remaining=info.days_remaining,
+                status="ok" if not failing else "failing",
+                failing_checks=failing,
+            )
+        else:
+            row.update(status="not issued")
+        rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    for row in rows:
+        days = f"{row['days_remaining']:7.1f} d" if "days_remaining" in row else "      - "
+        extra = f" ({', '.join(row['failing_checks'])})" if row.get("failing_checks") else ""
+        print(
+            f"{row['name']:<24} {row['use']:<6} {row['issuer']:<14} {days}  {row['status']}{extra}"
+        )
+    return EXIT_OK
