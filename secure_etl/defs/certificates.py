@@ -9,6 +9,7 @@ from dagster import (
     AssetsDefinition,
     AssetSelection,
     Config,
+    Failure,
     MaterializeResult,
     MetadataValue,
     asset,
@@ -16,7 +17,10 @@ from dagster import (
     multi_asset_check,
 )
 
+from secure_etl.acme.challenges import SolverError
+from secure_etl.acme.errors import AcmeError, AcmeProblem, RateLimited
 from secure_etl.config import PlatformConfig
+from secure_etl.pki.acme_issuer import AcmeConfigError
 from secure_etl.pki.inspect import CHECKS, CheckResult, PemError, facts
 from secure_etl.pki.renewal import current_leaf, ensure_certificate, inspect_current
 
@@ -53,7 +57,15 @@ def certificate_asset(platform: PlatformConfig, name: str) -> AssetsDefinition:
         tags={"secure_etl/use": cert.use},
     )
     def _certificate(context, config: CertificateRunConfig) -> MaterializeResult:
-        result = ensure_certificate(platform, name, force=config.force, log=context.log.info)
+        try:
+            result = ensure_certificate(platform, name, force=config.force, log=context.log.info)
+        except (AcmeError, SolverError, AcmeConfigError) as err:
+            # The previous version (if any) stays current; say what happened, in the UI too.
+            outcome = "rate_limited" if isinstance(err, RateLimited) else "failed"
+            metadata = {"outcome": outcome, "error": str(err), "issuer": cert.issuer}
+            if isinstance(err, AcmeProblem) and err.retry_after is not None:
+                metadata["retry_after_s"] = MetadataValue.float(err.retry_after)
+            raise Failure(f"{name}: {outcome}: {err}", metadata=metadata) from err
         context.log.info(f"{name}: {result.outcome} ({result.reason}) in {result.seconds:.2f} s")
         leaf = current_leaf(platform, name)
         info = facts(leaf)
@@ -70,6 +82,8 @@ def certificate_asset(platform: PlatformConfig, name: str) -> AssetsDefinition:
                 "key_type": info.key_type,
                 "fingerprint_sha256": info.fingerprint_sha256,
                 "duration_s": MetadataValue.float(round(result.seconds, 3)),
+                "issuer_name": result.issuer,
+                "order_url": result.order_url or "",
                 "deployed": "\n".join(result.deployed) or "no deploy actions",
             }
         )

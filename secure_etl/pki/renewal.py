@@ -82,6 +82,8 @@ class RenewalResult:
     version: str | None
     seconds: float
     deployed: list[str] = field(default_factory=list)
+    issuer: str = ""
+    order_url: str | None = None  # ACME issuers: the order that produced the certificate
 
 
 def ensure_certificate(
@@ -100,6 +102,7 @@ def ensure_certificate(
                 "all checks pass and renewal is not due",
                 store.current_version(name),
                 time.monotonic() - started,
+                issuer=cert.issuer,
             )
         outcome: Outcome = "renewed" if store.has_current(name) else "issued"
         if log:
@@ -111,7 +114,16 @@ def ensure_certificate(
     deployed = run_deploy_actions(
         cert.deploy, DeployContext(name, version, str(store.paths(name).directory), outcome)
     )
-    return RenewalResult(name, outcome, reason, version, time.monotonic() - started, deployed)
+    return RenewalResult(
+        name,
+        outcome,
+        reason,
+        version,
+        time.monotonic() - started,
+        deployed,
+        issuer=cert.issuer,
+        order_url=getattr(issuer, "last_order_url", None),
+    )
 
 
 def _why_renew(config: PlatformConfig, name: str, force: bool) -> str | None:
