@@ -32,8 +32,11 @@ BASE_CONFIG: dict = {
             "client_certificate": "etl-client",
             "key_column": "customer_id",
             "transforms": [
-                {"type": "pseudonymise", "columns": ["full_name", "email", "phone"],
-                 "key": "pseudo-1"},
+                {
+                    "type": "pseudonymise",
+                    "columns": ["full_name", "email", "phone"],
+                    "key": "pseudo-1",
+                },
             ],
             "destination": {"type": "duckdb", "path": "warehouse.duckdb", "table": "customers"},
             "partitions": {"start": "2026-01-01-00:00"},
@@ -68,3 +71,51 @@ def instance():
 
     with instance_for_test() as instance:
         yield instance
+
+
+@pytest.fixture
+def acme_ca_factory(tmp_path):
+    """Start Pebble with options (``env``, ``eab_keys``); stopped after the test."""
+    from secure_etl_tests.servers import Pebble
+
+    started = []
+
+    def start(env: dict | None = None, eab_keys: dict | None = None) -> Pebble:
+        pebble = Pebble(tmp_path / f"pebble{len(started)}", env=env or {}, eab_keys=eab_keys)
+        started.append(pebble)
+        return pebble.start()
+
+    yield start
+    for pebble in started:
+        pebble.stop()
+
+
+@pytest.fixture
+def acme_ca(acme_ca_factory):
+    """A running Pebble with nonce rejection off and validation without sleeps."""
+    return acme_ca_factory()
+
+
+@pytest.fixture
+def acme_platform(acme_ca, write_config, tmp_path):
+    """A platform whose certificates come from the running Pebble through http-01."""
+    from secure_etl_tests.servers import Pebble
+
+    assert isinstance(acme_ca, Pebble)
+    roots = tmp_path / "pebble-roots.pem"
+    roots.write_bytes(acme_ca.issuing_roots())
+    data = copy.deepcopy(BASE_CONFIG)
+    data["issuers"]["pebble"] = {
+        "type": "acme",
+        "directory_url": acme_ca.directory_url,
+        "server_ca_bundle": str(acme_ca.ca_bundle),
+        "trust_bundle": str(roots),
+        "email": "ops@example.com",
+        "challenge": {"type": "http-01", "address": "127.0.0.1", "port": acme_ca.http_port},
+    }
+    data["certificates"]["web"] = {
+        "issuer": "pebble",
+        "use": "server",
+        "identifiers": ["web.example.com", "127.0.0.1"],
+    }
+    return load_config(write_config(data, "acme.yaml"))

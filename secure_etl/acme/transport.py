@@ -19,7 +19,9 @@ from secure_etl.acme.jws import AccountKey
 from secure_etl.acme.messages import Directory
 
 USER_AGENT = "secure_etl-acme/0.1"
-MAX_BAD_NONCE_RETRIES = 5
+# A CA may reject any nonce (Pebble's fault injection rejects half at random); each retry
+# costs one round trip, and 20 makes a run of refusals vanishingly unlikely to fail a flow.
+MAX_BAD_NONCE_RETRIES = 20
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,7 @@ class Transport:
         self._directory: Directory | None = None
         self.log = log or (lambda _msg: None)
         self.requests = 0
+        self.bad_nonce_retries = 0
 
     def close(self) -> None:
         self.http.close()
@@ -156,6 +159,7 @@ class Transport:
             except BadNonce:
                 if attempt == MAX_BAD_NONCE_RETRIES:
                     raise
+                self.bad_nonce_retries += 1
                 self.log(f"badNonce from {url}, retrying ({attempt + 1})")
                 continue
             return response

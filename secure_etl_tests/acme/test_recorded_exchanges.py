@@ -93,10 +93,10 @@ def test_recorded_bad_nonce_is_retried_with_a_fresh_nonce():
 
 def test_recorded_bad_nonce_retries_are_bounded():
     bad = (400, {"type": "urn:ietf:params:acme:error:badNonce"}, {})
-    recording = Recording([bad] * 10)
+    recording = Recording([bad] * 30)
     with pytest.raises(BadNonce):
         _client(recording).update_contact([])
-    assert sum(r.method == "POST" for r in recording.requests) == 6
+    assert sum(r.method == "POST" for r in recording.requests) == 21
 
 
 def test_recorded_problem_documents_become_typed_errors_with_subproblems():

@@ -1,0 +1,206 @@
+"""Real servers for integration tests, started on free loopback ports.
+
+A missing server binary skips the test locally, with the package to install, and fails
+it in CI (``CI`` set), so CI can never pass by skipping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from secure_etl.pki.internal_ca import InternalCA
+from secure_etl.pki.keys import generate_private_key
+
+
+def require_binary(name: str, package: str) -> str:
+    path = shutil.which(name)
+    if path:
+        return path
+    message = f"{name} is not installed (Debian package {package}: apt-get install {package})"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_until(ready, timeout_s: float, what: str, log: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if ready():
+                return
+        except (httpx.HTTPError, OSError):
+            pass
+        time.sleep(0.05)
+    tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+    raise AssertionError(f"{what} did not start within {timeout_s} s; log:\n{tail}")
+
+
+@dataclass
+class Pebble:
+    """Pebble (Let's Encrypt's test CA) and its challenge test server as DNS."""
+
+    workdir: Path
+    env: dict = field(default_factory=dict)
+    eab_keys: dict[str, str] | None = None
+    ports: dict[str, int] = field(default_factory=dict)
+    _procs: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def directory_url(self) -> str:
+        return f"https://127.0.0.1:{self.ports['listen']}/dir"
+
+    @property
+    def management_url(self) -> str:
+        return f"https://127.0.0.1:{self.ports['management']}"
+
+    @property
+    def challtestsrv_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['challtestsrv']}"
+
+    def verify(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca_bundle))
+
+    @property
+    def http_port(self) -> int:
+        """The port Pebble's validator connects to for http-01."""
+        return self.ports["http"]
+
+    @property
+    def ca_bundle(self) -> Path:
+        """The root that signed Pebble's own HTTPS certificate (not the issuing root)."""
+        return self.workdir / "tls-ca" / "ca.pem"
+
+    def start(self) -> Pebble:
+        pebble = require_binary("pebble", "pebble")
+        challtestsrv = require_binary("pebble-challtestsrv", "pebble")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for name in ("listen", "management", "http", "tls", "dns", "challtestsrv"):
+            self.ports[name] = free_port()
+        tls_ca = InternalCA("pebble-tls", self.workdir / "tls-ca")
+        served = tls_ca.issue(["localhost", "127.0.0.1"], "server", generate_private_key("ec256"))
+        (self.workdir / "cert.pem").write_bytes(served.fullchain_pem)
+        (self.workdir / "key.pem").write_bytes(served.key_pem)
+        config = {
+            "pebble": {
+                "listenAddress": f"127.0.0.1:{self.ports['listen']}",
+                "managementListenAddress": f"127.0.0.1:{self.ports['management']}",
+                "certificate": str(self.workdir / "cert.pem"),
+                "privateKey": str(self.workdir / "key.pem"),
+                "httpPort": self.ports["http"],
+                "tlsPort": self.ports["tls"],
+                "ocspResponderURL": "",
+                "externalAccountBindingRequired": bool(self.eab_keys),
+            }
+        }
+        if self.eab_keys:
+            config["pebble"]["externalAccountMACKeys"] = self.eab_keys
+        (self.workdir / "pebble.json").write_text(json.dumps(config))
+        dns = f"127.0.0.1:{self.ports['dns']}"
+        self._spawn(
+            [
+                challtestsrv,
+                "-http01",
+                "",
+                "-https01",
+                "",
+                "-tlsalpn01",
+                "",
+                "-dns01",
+                dns,
+                "-management",
+                f"127.0.0.1:{self.ports['challtestsrv']}",
+                "-defaultIPv6",
+                "",
+            ],
+            "challtestsrv.log",
+            {},
+        )
+        _wait_until(
+            lambda: (
+                httpx.post(f"{self.challtestsrv_url}/clear-txt", json={"host": "x."}).is_success
+            ),
+            20,
+            "pebble-challtestsrv",
+            self.workdir / "challtestsrv.log",
+        )
+        self._start_pebble(pebble, dns)
+        return self
+
+    def _start_pebble(self, pebble: str, dns: str) -> None:
+        # No validation sleeps; no reuse of valid authorizations (Pebble reuses half of
+        # them by default, which would make failure tests pass by chance).
+        env = {"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_AUTHZREUSE": "0", **self.env}
+        self._spawn(
+            [pebble, "-config", str(self.workdir / "pebble.json"), "-dnsserver", dns],
+            "pebble.log",
+            env,
+        )
+        _wait_until(
+            lambda: httpx.get(self.directory_url, verify=self.verify()).is_success,
+            30,
+            "pebble",
+            self.workdir / "pebble.log",
+        )
+
+    def _spawn(self, argv: list[str], log_name: str, env: dict) -> None:
+        log = open(self.workdir / log_name, "ab")  # noqa: SIM115 (lives as long as the process)
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, **env)
+        )
+        log.close()
+        self._procs.append(proc)
+
+    def restart(self) -> None:
+        """Stop and start Pebble itself: it forgets every account, order and certificate."""
+        proc = self._procs.pop()
+        proc.terminate()
+        proc.wait(10)
+        self._start_pebble(shutil.which("pebble"), f"127.0.0.1:{self.ports['dns']}")
+
+    def stop(self) -> None:
+        for proc in reversed(self._procs):
+            proc.terminate()
+        for proc in self._procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self._procs.clear()
+
+    def issuing_roots(self) -> bytes:
+        """Every root Pebble issues under (the default and any alternates), as PEM."""
+        out = b""
+        for index in range(8):
+            response = httpx.get(f"{self.management_url}/roots/{index}", verify=self.verify())
+            if response.status_code != 200:
+                break
+            out += response.content
+        return out
+
+    def certificate_status(self, serial_hex: str) -> dict:
+        response = httpx.get(
+            f"{self.management_url}/cert-status-by-serial/{serial_hex}",
+            verify=self.verify(),
+        )
+        response.raise_for_status()
+        return response.json()
+
+    def log(self) -> str:
+        return (self.workdir / "pebble.log").read_text(errors="replace")
