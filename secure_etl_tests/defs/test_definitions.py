@@ -55,11 +55,17 @@ def test_extract_and_load_retry_three_times_five_minutes_apart(platform):
 def test_the_code_location_module_loads_the_config_named_by_the_environment(write_config):
     env = dict(os.environ, SECURE_ETL_CONFIG=str(write_config()))
     out = subprocess.run(
-        [sys.executable, "-c",
-         "from secure_etl.definitions import defs;"
-         "keys = defs.resolve_asset_graph().get_all_asset_keys();"
-         "print(sorted(k.to_user_string() for k in keys))"],
-        env=env, capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-c",
+            "from secure_etl.definitions import defs;"
+            "keys = defs.resolve_asset_graph().get_all_asset_keys();"
+            "print(sorted(k.to_user_string() for k in keys))",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "certificates/db-server" in out
     assert "loaded/customers" in out

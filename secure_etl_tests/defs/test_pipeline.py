@@ -30,9 +30,7 @@ def _materialize(platform, instance, partition=PARTITION):
 
 
 def _checks(result) -> dict[str, tuple[bool, str]]:
-    return {
-        e.check_name: (e.passed, e.description) for e in result.get_asset_check_evaluations()
-    }
+    return {e.check_name: (e.passed, e.description) for e in result.get_asset_check_evaluations()}
 
 
 def test_a_partition_flows_to_the_warehouse_with_every_data_check_passing(platform, instance):
@@ -118,7 +116,9 @@ def test_the_demo_materializes_the_whole_graph_and_summarises_it(platform, monke
     partitions = latest_complete_partitions("2026-01-01-00:00", 2)
     assert len(partitions) == 2
     assert {label.split("[")[0] for label in summary.rows} == {
-        "raw/customers", "hashed/customers", "loaded/customers",
+        "raw/customers",
+        "hashed/customers",
+        "loaded/customers",
     }
     assert len(summary.rows) == 6
     assert summary.all_checks_passed

@@ -36,8 +36,7 @@ def _install_expired(platform, name: str) -> str:
 
 def _check_results(result) -> dict[tuple[str, str], bool]:
     return {
-        (e.asset_key.path[-1], e.check_name): e.passed
-        for e in result.get_asset_check_evaluations()
+        (e.asset_key.path[-1], e.check_name): e.passed for e in result.get_asset_check_evaluations()
     }
 
 
@@ -118,6 +117,7 @@ def test_certificates_never_issued_fail_their_checks_and_get_issued(platform, in
 
     tick = _tick(defs, instance)
     assert sorted(r.tags["secure_etl/renewal_of"] for r in tick.run_requests) == [
-        "db-server", "etl-client",
+        "db-server",
+        "etl-client",
     ]
     assert len({r.run_key for r in tick.run_requests}) == 2

@@ -34,7 +34,10 @@ def webserver(tmp_path, write_config):
     binary = Path(sys.executable).with_name("dagster-webserver")
     proc = subprocess.Popen(
         [str(binary), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -65,8 +68,11 @@ def test_the_ui_serves_certificates_with_checks_joined_to_the_pipeline(webserver
         time.sleep(1)
 
     assert set(nodes) == {
-        "certificates/db-server", "certificates/etl-client",
-        "raw/customers", "hashed/customers", "loaded/customers",
+        "certificates/db-server",
+        "certificates/etl-client",
+        "raw/customers",
+        "hashed/customers",
+        "loaded/customers",
     }
     checks = {c["name"] for c in nodes["certificates/etl-client"]["assetChecksOrError"]["checks"]}
     assert {"expiry_window", "chain_trusted", "eku_fits_use", "covers_identifiers"} <= checks

@@ -21,9 +21,13 @@ def test_the_demo_source_is_deterministic_per_partition():
     c = generate_partition("2026-05-01-08:00", 500, seed=1)
     pd.testing.assert_frame_equal(a, b)
     assert not set(a["customer_id"]) & set(c["customer_id"])
-    assert a["signup_at"].between(
-        pd.Timestamp("2026-05-01 07:00", tz="UTC"), pd.Timestamp("2026-05-01 08:00", tz="UTC")
-    ).all()
+    assert (
+        a["signup_at"]
+        .between(
+            pd.Timestamp("2026-05-01 07:00", tz="UTC"), pd.Timestamp("2026-05-01 08:00", tz="UTC")
+        )
+        .all()
+    )
 
 
 def test_the_demo_source_makes_the_requested_share_of_bad_rows():

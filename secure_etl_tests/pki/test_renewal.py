@@ -40,7 +40,8 @@ def test_a_deploy_command_runs_with_the_certificate_in_its_environment(write_con
     marker = tmp_path / "deployed"
     script = f'printf "%s %s" "$SECURE_ETL_CERT_NAME" "$SECURE_ETL_CERT_VERSION" > {marker}'
     platform = _platform_with(
-        write_config, "deploy.yaml",
+        write_config,
+        "deploy.yaml",
         lambda c: c.update(deploy=[{"type": "command", "argv": ["sh", "-c", script]}]),
     )
     result = ensure_certificate(platform, "db-server")
@@ -50,7 +51,8 @@ def test_a_deploy_command_runs_with_the_certificate_in_its_environment(write_con
 
 def test_a_failing_deploy_is_reported_and_the_new_certificate_stays(write_config):
     platform = _platform_with(
-        write_config, "fail.yaml",
+        write_config,
+        "fail.yaml",
         lambda c: c.update(
             deploy=[{"type": "command", "argv": ["sh", "-c", "echo no >&2; exit 3"]}]
         ),
@@ -76,7 +78,8 @@ def test_a_deploy_webhook_is_called_with_a_json_notice(write_config, monkeypatch
     threading.Thread(target=server.handle_request, daemon=True).start()
     monkeypatch.setenv("DEPLOY_URL", f"http://127.0.0.1:{server.server_port}/hook")
     platform = _platform_with(
-        write_config, "hook.yaml",
+        write_config,
+        "hook.yaml",
         lambda c: c.update(deploy=[{"type": "webhook", "url_env": "DEPLOY_URL"}]),
     )
     try:
