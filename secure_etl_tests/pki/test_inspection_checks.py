@@ -102,7 +102,10 @@ def test_sha1_signature():
     cert = resign_with_sha1(leaf(ca), ca.key)
     # The crafted certificate really is signed with SHA-1 by the CA.
     ca.cert.public_key().verify(
-        cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(), hashes.SHA1()  # noqa: S303
+        cert.signature,
+        cert.tbs_certificate_bytes,
+        padding.PKCS1v15(),
+        hashes.SHA1(),  # noqa: S303
     )
     results = _results([cert], ca)
     assert not results["signature_algorithm"].passed
