@@ -40,18 +40,16 @@ class Solver(Protocol):
         ...
 
 
-class Http01Standalone:
-    """Answers http-01 from its own listener; started on first use, stopped by close()."""
+class _Listener:
+    """One HTTP listener per (address, port), shared by every solver in the process, so
+    concurrent issuances (``certs renew --all``) can all answer on port 80."""
 
-    challenge_type = "http-01"
+    _lock = threading.Lock()
+    _open: dict[tuple[str, int], _Listener] = {}
 
-    def __init__(self, address: str = "0.0.0.0", port: int = 80) -> None:  # noqa: S104
-        self.address, self.port = address, port
-        self._answers: dict[str, str] = {}
-        self._server: ThreadingHTTPServer | None = None
-
-    def _start(self) -> None:
-        answers = self._answers
+    def __init__(self, address: str, port: int) -> None:
+        self.key, self.users, self.answers = (address, port), 0, {}
+        answers = self.answers
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
@@ -70,27 +68,61 @@ class Http01Standalone:
                 pass
 
         try:
-            self._server = ThreadingHTTPServer((self.address, self.port), Handler)
+            self.server = ThreadingHTTPServer((address, port), Handler)
         except OSError as err:
             raise SolverError(
-                f"http-01: cannot listen on {self.address}:{self.port}: {err.strerror}"
+                f"http-01: cannot listen on {address}:{port}: {err.strerror}"
             ) from None
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @classmethod
+    def acquire(cls, address: str, port: int) -> _Listener:
+        with cls._lock:
+            listener = cls._open.get((address, port)) or cls(address, port)
+            cls._open[(address, port)] = listener
+            listener.users += 1
+            return listener
+
+    def release(self) -> None:
+        with self._lock:
+            self.users -= 1
+            if self.users:
+                return
+            del self._open[self.key]
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Http01Standalone:
+    """Answers http-01 from a listener of its own (shared within the process); the
+    listener starts on first use and stops when the last solver using it is closed."""
+
+    challenge_type = "http-01"
+
+    def __init__(self, address: str = "0.0.0.0", port: int = 80) -> None:  # noqa: S104
+        self.address, self.port = address, port
+        self._listener: _Listener | None = None
+        self._tokens: set[str] = set()
 
     def present(self, identifier: str, token: str, key_authorization: str) -> None:
-        if self._server is None:
-            self._start()
-        self._answers[token] = key_authorization
+        if self._listener is None:
+            self._listener = _Listener.acquire(self.address, self.port)
+        self._listener.answers[token] = key_authorization
+        self._tokens.add(token)
 
     def cleanup(self, identifier: str, token: str) -> None:
-        self._answers.pop(token, None)
+        if self._listener is not None:
+            self._listener.answers.pop(token, None)
+        self._tokens.discard(token)
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        if self._listener is not None:
+            for token in self._tokens:
+                self._listener.answers.pop(token, None)
+            self._tokens.clear()
+            self._listener.release()
+            self._listener = None
 
 
 class Http01Webroot:
