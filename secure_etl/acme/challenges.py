@@ -74,7 +74,10 @@ class _Listener:
                 f"http-01: cannot listen on {address}:{port}: {err.strerror}"
             ) from None
         self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # A short poll interval: shutdown() waits up to one interval.
+        threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        ).start()
 
     @classmethod
     def acquire(cls, address: str, port: int) -> _Listener:

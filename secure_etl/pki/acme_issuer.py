@@ -8,6 +8,7 @@ State, under ``<state_dir>/acme/<issuer>/``:
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -97,6 +98,17 @@ class AcmeIssuer:
 
     def client(self) -> AcmeClient:
         """A client with its account registered (or found again) at the CA."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # One account per issuer, even when many renewals start at once (threads or
+        # processes): the first creates the key and registers, the others wait and reuse.
+        with open(self.directory / ".account.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                return self._client_locked()
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _client_locked(self) -> AcmeClient:
         transport = Transport(
             self.config.directory_url,
             verify=self.config.server_ca_bundle or True,
