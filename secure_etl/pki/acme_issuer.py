@@ -8,13 +8,16 @@ State, under ``<state_dir>/acme/<issuer>/``:
 
 from __future__ import annotations
 
+import datetime as dt
 import fcntl
 import hashlib
 import json
 import os
+import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from secure_etl.acme.challenges import (
@@ -25,8 +28,8 @@ from secure_etl.acme.challenges import (
     Http01Webroot,
     Solver,
 )
-from secure_etl.acme.client import AcmeClient
-from secure_etl.acme.errors import AccountDoesNotExist, AcmeProblem
+from secure_etl.acme.client import AcmeClient, ari_cert_id
+from secure_etl.acme.errors import AccountDoesNotExist, AcmeProblem, ProtocolError
 from secure_etl.acme.jws import AccountKey
 from secure_etl.acme.transport import Transport
 from secure_etl.config import (
@@ -128,10 +131,35 @@ class AcmeIssuer:
         write_atomic(self.directory / "account.json", json.dumps({"url": account.url}).encode())
         self.log(f"{self.name}: ACME account {account.url}")
 
+    # Renewal information (RFC 9773)
+
+    def renewal_due(self, leaf: x509.Certificate, now: dt.datetime | None = None) -> str | None:
+        """Why the CA wants this certificate renewed now (ARI), or None."""
+        client = self.client()
+        try:
+            info = client.renewal_info(leaf)
+        finally:
+            client.transport.close()
+        if info is None:
+            return None
+        # A moment in the window that stays the same for this certificate across checks.
+        when = info.renewal_time(random.Random(leaf.serial_number))
+        if (now or dt.datetime.now(dt.UTC)) >= when:
+            return f"the CA's renewal window (ARI) opened at {info.start:%Y-%m-%d %H:%M} UTC"
+        return None
+
     # Issuance
 
-    def issue(self, identifiers: Sequence[str], use: Use, key: PrivateKey) -> IssuedCertificate:
-        """Issue through ACME. An order left by a killed process is resumed with its key."""
+    def issue(
+        self,
+        identifiers: Sequence[str],
+        use: Use,
+        key: PrivateKey,
+        previous: x509.Certificate | None = None,
+    ) -> IssuedCertificate:
+        """Issue through ACME. An order left by a killed process is resumed with its key.
+        ``previous``: the certificate this one replaces (sent as ``replaces`` when the CA
+        offers ARI)."""
         order_id = hashlib.sha256("\n".join(sorted(identifiers)).encode()).hexdigest()[:16]
         state_file = self.directory / "orders" / f"{order_id}.json"
         key_file = state_file.with_suffix(".key")
@@ -148,16 +176,24 @@ class AcmeIssuer:
             write_atomic(state_file, json.dumps({"order_url": order.url}).encode())
 
         client = self.client()
+        replaces = None
+        if previous is not None and client.directory.renewal_info:
+            try:
+                replaces = ari_cert_id(previous)
+            except (ProtocolError, x509.ExtensionNotFound):
+                replaces = None  # no AKI: the CA cannot match it anyway
         solver = build_solver(self.config.challenge)
         try:
             try:
-                chain = self._issue_once(client, identifiers, key, solver, order_url, remember)
+                chain = self._issue_once(
+                    client, identifiers, key, solver, order_url, remember, replaces
+                )
             except AccountDoesNotExist:
                 # The CA forgot us (a test CA restarted, an account deleted): register again;
                 # the old order belonged to the old account.
                 self.log(f"{self.name}: the CA no longer knows the account; registering again")
                 self._register(client)
-                chain = self._issue_once(client, identifiers, key, solver, None, remember)
+                chain = self._issue_once(client, identifiers, key, solver, None, remember, None)
         finally:
             solver.close()
             client.transport.close()
@@ -167,28 +203,19 @@ class AcmeIssuer:
         pem = [c.public_bytes(serialization.Encoding.PEM) for c in certs]
         return IssuedCertificate(pem[0], b"".join(pem[1:]), private_key_pem(key))
 
-    def _issue_once(self, client, identifiers, key, solver, order_url, remember):
+    def _issue_once(self, client, identifiers, key, solver, order_url, remember, replaces):
+        options = {
+            "on_order": remember,
+            "replaces": replaces,
+            "profile": self.config.profile,
+            "preferred_issuer": self.config.preferred_chain,
+        }
         try:
-            return client.issue(
-                identifiers,
-                key,
-                solver,
-                order_url=order_url,
-                on_order=remember,
-                profile=self.config.profile,
-                preferred_issuer=self.config.preferred_chain,
-            )
+            return client.issue(identifiers, key, solver, order_url=order_url, **options)
         except AcmeProblem as problem:
             gone = problem.status in (403, 404) and not isinstance(problem, AccountDoesNotExist)
-            if order_url and gone:
-                # The saved order is gone (expired, or the CA restarted): start afresh.
-                self.log(f"{self.name}: saved order {order_url} is gone ({problem}); new order")
-                return client.issue(
-                    identifiers,
-                    key,
-                    solver,
-                    on_order=remember,
-                    profile=self.config.profile,
-                    preferred_issuer=self.config.preferred_chain,
-                )
-            raise
+            if not (order_url and gone):
+                raise
+            # The saved order is gone (expired, or the CA restarted): start afresh.
+            self.log(f"{self.name}: saved order {order_url} is gone ({problem}); new order")
+            return client.issue(identifiers, key, solver, **options)

@@ -108,7 +108,12 @@ def ensure_certificate(
         if log:
             log(f"{name}: {'renewing' if outcome == 'renewed' else 'issuing'} because {reason}")
         issuer = build_issuer(config, cert.issuer, log=log)
-        issued = issuer.issue(cert.identifiers, cert.use, generate_private_key(cert.key_type))
+        key = generate_private_key(cert.key_type)
+        if isinstance(issuer, AcmeIssuer):
+            previous = current_leaf(config, name)
+            issued = issuer.issue(cert.identifiers, cert.use, key, previous=previous)
+        else:
+            issued = issuer.issue(cert.identifiers, cert.use, key)
         version = store.install(name, issued, keep=cert.keep_versions)
     # Deploy outside the lock: a slow reload must not block the next renewal check.
     deployed = run_deploy_actions(
@@ -135,6 +140,10 @@ def _why_renew(config: PlatformConfig, name: str, force: bool) -> str | None:
     failed = [r for r in results if not r.passed]
     if failed:
         return "; ".join(f"{r.name}: {r.reason}" for r in failed)
+    issuer = build_issuer(config, config.certificates[name].issuer)
+    if isinstance(issuer, AcmeIssuer):
+        # The CA may want it sooner than our policy (a mass revocation, say): ARI.
+        return issuer.renewal_due(current_leaf(config, name))
     return None
 
 

@@ -265,3 +265,41 @@ def test_recorded_alternate_chain_is_chosen_by_issuer_name():
     assert got.url == f"{CA}/cert/1/2"
     assert got.alternates == (f"{CA}/cert/1/1", f"{CA}/cert/1/2")
     assert client_module._top_issuer(got.pem) == "Root C"
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "due"),
+    [
+        ("2020-01-01T00:00:00Z", "2020-01-02T00:00:00Z", True),
+        ("2999-01-01T00:00:00Z", "2999-01-02T00:00:00Z", False),
+    ],
+)
+def test_recorded_ari_window_decides_whether_the_issuer_renews(
+    tmp_path, monkeypatch, start, end, due
+):
+    from secure_etl.config import AcmeIssuer as AcmeIssuerConfig
+    from secure_etl.pki import acme_issuer
+
+    window = {"suggestedWindow": {"start": start, "end": end}}
+    recording = Recording([(200, window, {})])
+    http = httpx.Client(transport=httpx.MockTransport(recording))
+    monkeypatch.setattr(acme_issuer, "Transport", lambda url, **kwargs: Transport(url, client=http))
+    state = tmp_path / "acme"
+    state.mkdir()
+    (state / "account.json").write_text(json.dumps({"url": f"{CA}/acct/1"}))
+    config = AcmeIssuerConfig.model_validate(
+        {
+            "type": "acme",
+            "directory_url": f"{CA}/dir",
+            "challenge": {"type": "http-01", "port": 5002},
+        }
+    )
+    issuer = acme_issuer.AcmeIssuer("ca", config, state)
+    cert = _cert_with(0x0087654321, bytes.fromhex("69885B6B87464041E1B37B847BA0AE2CDE01C8D4"))
+
+    reason = issuer.renewal_due(cert)
+
+    assert (reason is not None) is due
+    if due:
+        assert "renewal window (ARI) opened at 2020-01-01 00:00 UTC" in reason
+    assert recording.requests[-1].url.path.startswith("/renewal-info/aYhba4dGQEHhs3uEe6CuLN4ByNQ")
