@@ -77,11 +77,27 @@ class Dns01ChallTestSrvChallenge(_Strict):
     url: str
 
 
+class Dns01Rfc2136Challenge(_Strict):
+    """dns-01 through RFC 2136 dynamic updates signed with a TSIG key (BIND and others)."""
+
+    type: Literal["dns-01-rfc2136"]
+    server: str  # host or host:port of the primary that accepts updates
+    key_name: str
+    key_secret_env: str  # the environment variable holding the base64 TSIG secret
+    algorithm: Literal["hmac-sha256", "hmac-sha384", "hmac-sha512"] = "hmac-sha256"
+    zone: str | None = None  # default: found by asking the server for the SOA
+    ttl: int = Field(60, ge=1)
+    # Authoritative servers that must serve the record before the CA is told to look.
+    propagation_servers: list[str] | None = None  # default: the update server
+    propagation_timeout_s: float = Field(120, gt=0)
+
+
 Challenge = Annotated[
     Http01StandaloneChallenge
     | Http01WebrootChallenge
     | Dns01ExecChallenge
-    | Dns01ChallTestSrvChallenge,
+    | Dns01ChallTestSrvChallenge
+    | Dns01Rfc2136Challenge,
     Field(discriminator="type"),
 ]
 

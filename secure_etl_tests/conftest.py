@@ -80,8 +80,13 @@ def acme_ca_factory(tmp_path):
 
     started = []
 
-    def start(env: dict | None = None, eab_keys: dict | None = None) -> Pebble:
-        pebble = Pebble(tmp_path / f"pebble{len(started)}", env=env or {}, eab_keys=eab_keys)
+    def start(env: dict | None = None, eab_keys: dict | None = None, dns_server=None) -> Pebble:
+        pebble = Pebble(
+            tmp_path / f"pebble{len(started)}",
+            env=env or {},
+            eab_keys=eab_keys,
+            dns_server=dns_server,
+        )
         started.append(pebble)
         return pebble.start()
 
@@ -119,3 +124,13 @@ def acme_platform(acme_ca, write_config, tmp_path):
         "identifiers": ["web.example.com", "127.0.0.1"],
     }
     return load_config(write_config(data, "acme.yaml"))
+
+
+@pytest.fixture
+def bind9(tmp_path):
+    """A real BIND9 authoritative for example.test, taking TSIG-signed updates."""
+    from secure_etl_tests.servers import Bind9
+
+    server = Bind9(tmp_path / "bind9").start()
+    yield server
+    server.stop()

@@ -6,8 +6,10 @@ it in CI (``CI`` set), so CI can never pass by skipping.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import secrets
 import shutil
 import socket
 import ssl
@@ -16,6 +18,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import dns.exception
+import dns.message
+import dns.query
+import dns.rdatatype
 import httpx
 import pytest
 
@@ -53,12 +59,80 @@ def _wait_until(ready, timeout_s: float, what: str, log: Path) -> None:
 
 
 @dataclass
+class Bind9:
+    """BIND9 (named) authoritative for ``zone``, accepting TSIG-signed dynamic updates."""
+
+    workdir: Path
+    zone: str = "example.test"
+    key_name: str = "acme-update"
+    secret: str = field(default_factory=lambda: base64.b64encode(secrets.token_bytes(32)).decode())
+    port: int = 0
+    _proc: subprocess.Popen | None = None
+
+    @property
+    def server(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> Bind9:
+        named = require_binary("named", "bind9")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        zone_file = self.workdir / f"{self.zone}.zone"
+        zone_file.write_text(
+            "$TTL 60\n"
+            f"@ IN SOA ns1.{self.zone}. admin.{self.zone}. 1 60 60 600 60\n"
+            f"@ IN NS ns1.{self.zone}.\n"
+            "ns1 IN A 127.0.0.1\n@ IN A 127.0.0.1\n* IN A 127.0.0.1\n"
+        )
+        (self.workdir / "named.conf").write_text(f"""
+options {{
+    directory "{self.workdir}";
+    pid-file "{self.workdir}/named.pid";
+    listen-on port {self.port} {{ 127.0.0.1; }};
+    listen-on-v6 {{ none; }};
+    recursion no;
+    dnssec-validation no;
+    allow-query {{ any; }};
+}};
+controls {{ }};
+key "{self.key_name}" {{ algorithm hmac-sha256; secret "{self.secret}"; }};
+zone "{self.zone}" {{
+    type primary;
+    file "{zone_file}";
+    allow-update {{ key "{self.key_name}"; }};
+}};
+""")
+        log = open(self.workdir / "named.log", "ab")  # noqa: SIM115
+        self._proc = subprocess.Popen(
+            [named, "-g", "-c", str(self.workdir / "named.conf")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        _wait_until(self._answers, 20, "named", self.workdir / "named.log")
+        return self
+
+    def _answers(self) -> bool:
+        query = dns.message.make_query(f"{self.zone}.", dns.rdatatype.SOA)
+        try:
+            return bool(dns.query.udp(query, "127.0.0.1", 0.5, port=self.port).answer)
+        except dns.exception.DNSException:
+            return False
+
+    def stop(self) -> None:
+        if self._proc:
+            self._proc.terminate()
+            self._proc.wait(10)
+
+
+@dataclass
 class Pebble:
     """Pebble (Let's Encrypt's test CA) and its challenge test server as DNS."""
 
     workdir: Path
     env: dict = field(default_factory=dict)
     eab_keys: dict[str, str] | None = None
+    dns_server: str | None = None  # resolve through this server instead of challtestsrv
     ports: dict[str, int] = field(default_factory=dict)
     _procs: list[subprocess.Popen] = field(default_factory=list)
 
@@ -140,7 +214,7 @@ class Pebble:
             "pebble-challtestsrv",
             self.workdir / "challtestsrv.log",
         )
-        self._start_pebble(pebble, dns)
+        self._start_pebble(pebble, self.dns_server or dns)
         return self
 
     def _start_pebble(self, pebble: str, dns: str) -> None:
@@ -172,7 +246,9 @@ class Pebble:
         proc = self._procs.pop()
         proc.terminate()
         proc.wait(10)
-        self._start_pebble(shutil.which("pebble"), f"127.0.0.1:{self.ports['dns']}")
+        self._start_pebble(
+            shutil.which("pebble"), self.dns_server or f"127.0.0.1:{self.ports['dns']}"
+        )
 
     def stop(self) -> None:
         for proc in reversed(self._procs):

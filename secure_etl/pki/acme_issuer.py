@@ -31,6 +31,7 @@ from secure_etl.acme.challenges import (
 from secure_etl.acme.client import AcmeClient, ari_cert_id
 from secure_etl.acme.errors import AccountDoesNotExist, AcmeProblem, ProtocolError
 from secure_etl.acme.jws import AccountKey
+from secure_etl.acme.rfc2136 import Rfc2136Provider, wait_for_txt
 from secure_etl.acme.transport import Transport
 from secure_etl.config import (
     AcmeIssuer as AcmeIssuerConfig,
@@ -38,6 +39,7 @@ from secure_etl.config import (
 from secure_etl.config import (
     Dns01ChallTestSrvChallenge,
     Dns01ExecChallenge,
+    Dns01Rfc2136Challenge,
     Http01StandaloneChallenge,
     Http01WebrootChallenge,
 )
@@ -60,6 +62,28 @@ def build_solver(challenge) -> Solver:
         return Dns01(ExecProvider(challenge.argv, challenge.timeout_s))
     if isinstance(challenge, Dns01ChallTestSrvChallenge):
         return Dns01(ChallTestSrvProvider(challenge.url))
+    if isinstance(challenge, Dns01Rfc2136Challenge):
+        secret = os.environ.get(challenge.key_secret_env)
+        if not secret:
+            raise AcmeConfigError(
+                f"dns-01-rfc2136: environment variable {challenge.key_secret_env} "
+                "(the TSIG secret) is not set"
+            )
+        provider = Rfc2136Provider(
+            challenge.server,
+            challenge.key_name,
+            secret,
+            algorithm=challenge.algorithm,
+            zone=challenge.zone,
+            ttl=challenge.ttl,
+        )
+        servers = challenge.propagation_servers or [challenge.server]
+        return Dns01(
+            provider,
+            wait=lambda fqdn, value: wait_for_txt(
+                fqdn, value, servers, challenge.propagation_timeout_s
+            ),
+        )
     raise NotImplementedError(type(challenge).__name__)
 
 

@@ -87,9 +87,13 @@ def load_pem_chain(data: bytes, source: str) -> list[x509.Certificate]:
     if b"-----BEGIN CERTIFICATE-----" not in data:
         raise PemError(f"{source}: no PEM certificate found")
     try:
-        return x509.load_pem_x509_certificates(data)
+        chain = x509.load_pem_x509_certificates(data)
+        for cert in chain:
+            # Extensions are parsed lazily: a malformed one must fail here, not mid-check.
+            _ = cert.extensions
     except ValueError as err:
         raise PemError(f"{source}: broken PEM certificate ({err})") from None
+    return chain
 
 
 def load_chain_file(path: Path | str) -> list[x509.Certificate]:
@@ -111,13 +115,18 @@ def system_trust_bundle() -> Path | None:
 
 
 def san_identifiers(cert: x509.Certificate) -> tuple[str, ...]:
+    dns_names, ip_addresses = _sans_by_type(cert)
+    return dns_names + ip_addresses
+
+
+def _sans_by_type(cert: x509.Certificate) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The DNS-name SANs (lower case) and the IP-address SANs, as strings."""
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        return ()
-    names = [n.lower() for n in san.get_values_for_type(x509.DNSName)]
-    names += [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
-    return tuple(names)
+        return (), ()
+    dns_names = tuple(n.lower() for n in san.get_values_for_type(x509.DNSName))
+    return dns_names, tuple(str(ip) for ip in san.get_values_for_type(x509.IPAddress))
 
 
 def _eku(cert: x509.Certificate) -> tuple[x509.ObjectIdentifier, ...] | None:
@@ -192,7 +201,7 @@ def inspect_chain(
     return [
         _expiry(info, now, min_days, fraction_left),
         _started(info, now),
-        _covers(info, identifiers),
+        _covers(info, leaf, identifiers),
         _key_strength(info, leaf),
         _signatures(chain),
         _chain_trusted(chain, roots, roots_source, now),
@@ -233,12 +242,19 @@ def _started(info: CertificateFacts, now: dt.datetime) -> CheckResult:
     return CheckResult("validity_started", True, "ERROR", f"valid since {info.not_before}")
 
 
-def _covers(info: CertificateFacts, identifiers: Sequence[str]) -> CheckResult:
+def _covers(
+    info: CertificateFacts, leaf: x509.Certificate, identifiers: Sequence[str]
+) -> CheckResult:
     if not identifiers:
         return CheckResult(
             "covers_identifiers", True, "ERROR", "no identifiers to check", skipped=True
         )
-    missing = [i for i in identifiers if not covers(info.sans, i)]
+    # An IP address is covered by an iPAddress SAN only, never by a DNS name that spells
+    # it (RFC 2818 section 3.1, RFC 9525); TLS clients reject such a certificate.
+    dns_names, ip_addresses = _sans_by_type(leaf)
+    missing = [
+        i for i in identifiers if not covers(ip_addresses if is_ip_address(i) else dns_names, i)
+    ]
     if missing:
         return CheckResult(
             "covers_identifiers",

@@ -1,0 +1,137 @@
+"""dns-01 through RFC 2136 dynamic updates signed with TSIG (BIND, Knot, PowerDNS...),
+and a propagation check against the zone's authoritative servers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import dns.exception
+import dns.message
+import dns.name
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import dns.resolver
+import dns.tsig
+import dns.tsigkeyring
+import dns.update
+
+from secure_etl.acme.challenges import SolverError
+
+TSIG_ALGORITHMS = {
+    "hmac-sha256": "hmac-sha256.",
+    "hmac-sha384": "hmac-sha384.",
+    "hmac-sha512": "hmac-sha512.",
+}
+
+
+def _hostport(server: str, default_port: int = 53) -> tuple[str, int]:
+    host, _, port = server.rpartition(":") if server.count(":") == 1 else (server, "", "")
+    return (host, int(port)) if port else (server, default_port)
+
+
+class Rfc2136Provider:
+    """Adds and removes TXT records at ``server`` (host or host:port) with a TSIG key."""
+
+    def __init__(
+        self,
+        server: str,
+        key_name: str,
+        key_secret: str,
+        *,
+        algorithm: str = "hmac-sha256",
+        zone: str | None = None,
+        ttl: int = 60,
+        timeout_s: float = 10.0,
+    ) -> None:
+        if algorithm not in TSIG_ALGORITHMS:
+            raise ValueError(f"unknown TSIG algorithm {algorithm!r} ({', '.join(TSIG_ALGORITHMS)})")
+        self.host, self.port = _hostport(server)
+        self.keyring = dns.tsigkeyring.from_text({key_name: key_secret})
+        self.key_name, self.algorithm = key_name, TSIG_ALGORITHMS[algorithm]
+        self.zone, self.ttl, self.timeout_s = zone, ttl, timeout_s
+
+    def _zone_of(self, fqdn: str) -> dns.name.Name:
+        """The configured zone, else the closest enclosing name the server has an SOA for."""
+        if self.zone:
+            return dns.name.from_text(self.zone)
+        name = dns.name.from_text(fqdn)
+        while name != dns.name.root:
+            query = dns.message.make_query(name, dns.rdatatype.SOA)
+            try:
+                answer = dns.query.udp(query, self.host, self.timeout_s, port=self.port)
+            except (dns.exception.DNSException, OSError) as err:
+                raise SolverError(
+                    f"dns-01 rfc2136: SOA query to {self.host}:{self.port}: {err}"
+                ) from None
+            if any(r.rdtype == dns.rdatatype.SOA and r.name == name for r in answer.answer):
+                return name
+            name = name.parent()
+        raise SolverError(f"dns-01 rfc2136: {self.host}:{self.port} serves no zone for {fqdn}")
+
+    def _send(self, fqdn: str, value: str, action: str) -> None:
+        zone = self._zone_of(fqdn)
+        update = dns.update.UpdateMessage(
+            zone, keyring=self.keyring, keyname=self.key_name, keyalgorithm=self.algorithm
+        )
+        name = dns.name.from_text(fqdn)
+        if action == "add":
+            update.add(name, self.ttl, dns.rdatatype.TXT, f'"{value}"')
+        else:
+            update.delete(name, dns.rdatatype.TXT, f'"{value}"')
+        try:
+            response = dns.query.tcp(update, self.host, self.timeout_s, port=self.port)
+        except dns.tsig.PeerError as err:
+            raise SolverError(
+                f"dns-01 rfc2136 {action} {fqdn}: {self.host}:{self.port} refused the TSIG "
+                f"signature of key {self.key_name!r} ({type(err).__name__}): check the key "
+                "name, algorithm and secret"
+            ) from None
+        except (dns.exception.DNSException, OSError) as err:
+            raise SolverError(
+                f"dns-01 rfc2136 {action} {fqdn}: {type(err).__name__}: {err}"
+            ) from None
+        if response.rcode() != dns.rcode.NOERROR:
+            raise SolverError(
+                f"dns-01 rfc2136 {action} {fqdn} in zone {zone}: the server answered "
+                f"{dns.rcode.to_text(response.rcode())}"
+            )
+
+    def set_txt(self, fqdn: str, value: str) -> None:
+        self._send(fqdn, value, "add")
+
+    def clear_txt(self, fqdn: str, value: str) -> None:
+        self._send(fqdn, value, "delete")
+
+
+def wait_for_txt(
+    fqdn: str, value: str, servers: Sequence[str], timeout_s: float = 60.0, interval_s=0.2
+) -> float:
+    """Block until every server answers the TXT value; returns the seconds it took."""
+    started = time.monotonic()
+    pending = list(servers)
+    last_error = ""
+    while pending:
+        host, port = _hostport(pending[0])
+        try:
+            query = dns.message.make_query(fqdn, dns.rdatatype.TXT)
+            answer = dns.query.udp(query, host, min(5.0, timeout_s), port=port)
+            values = {
+                b"".join(r.strings).decode()
+                for rrset in answer.answer
+                if rrset.rdtype == dns.rdatatype.TXT
+                for r in rrset
+            }
+            if value in values:
+                pending.pop(0)
+                continue
+            last_error = f"{pending[0]} does not serve it yet"
+        except (dns.exception.DNSException, OSError) as err:
+            last_error = f"{pending[0]}: {type(err).__name__}"
+        if time.monotonic() - started > timeout_s:
+            raise SolverError(
+                f"dns-01: TXT {fqdn} not visible within {timeout_s:.0f} s ({last_error})"
+            )
+        time.sleep(interval_s)
+    return time.monotonic() - started
