@@ -164,6 +164,8 @@ class CertificateConfig(_Strict):
     use: Literal["server", "client"]
     identifiers: list[str] = Field(min_length=1)
     key_type: KeyType = "ec256"
+    # A new private key at every renewal unless this is set (e.g. for key pinning).
+    reuse_key: bool = False
     renewal: RenewalPolicy = RenewalPolicy()
     keep_versions: int = Field(5, ge=1)
     ca_bundle: str | None = None

@@ -151,7 +151,10 @@ class AcmeIssuer:
         return client
 
     def _register(self, client: AcmeClient) -> None:
+        terms = client.directory.terms_of_service
         account = client.register(self.config.email, eab=self._eab())
+        if terms:
+            self.log(f"{self.name}: agreed to the CA's terms of service: {terms}")
         write_atomic(self.directory / "account.json", json.dumps({"url": account.url}).encode())
         self.log(f"{self.name}: ACME account {account.url}")
 

@@ -24,6 +24,15 @@ def generate_private_key(key_type: str) -> PrivateKey:
     raise ValueError(f"unknown key type {key_type!r} (expected one of {', '.join(KEY_TYPES)})")
 
 
+def key_type_of(key: PrivateKey) -> str | None:
+    """The key type name (ec256, rsa2048...) of a key, or None if it is none of ours."""
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return next((t for t, c in _CURVES.items() if key.curve.name == c.name), None)
+    if isinstance(key, rsa.RSAPrivateKey):
+        return next((t for t, bits in _RSA_BITS.items() if key.key_size == bits), None)
+    return None
+
+
 def private_key_pem(key: PrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,

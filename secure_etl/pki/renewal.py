@@ -17,8 +17,9 @@ from secure_etl.pki.deploy import DeployContext, run_deploy_actions
 from secure_etl.pki.inspect import CheckResult, inspect_chain, load_chain_file
 from secure_etl.pki.internal_ca import InternalCA
 from secure_etl.pki.issuer import Issuer
-from secure_etl.pki.keys import generate_private_key
+from secure_etl.pki.keys import PrivateKey, generate_private_key, key_type_of, load_private_key
 from secure_etl.pki.store import CertificateStore
+from secure_etl.security.files import read_secret
 
 Outcome = Literal["issued", "renewed", "not_due"]
 
@@ -108,7 +109,7 @@ def ensure_certificate(
         if log:
             log(f"{name}: {'renewing' if outcome == 'renewed' else 'issuing'} because {reason}")
         issuer = build_issuer(config, cert.issuer, log=log)
-        key = generate_private_key(cert.key_type)
+        key = _key_for(store, name, cert)
         if isinstance(issuer, AcmeIssuer):
             previous = current_leaf(config, name)
             issued = issuer.issue(cert.identifiers, cert.use, key, previous=previous)
@@ -129,6 +130,16 @@ def ensure_certificate(
         issuer=cert.issuer,
         order_url=getattr(issuer, "last_order_url", None),
     )
+
+
+def _key_for(store: CertificateStore, name: str, cert: CertificateConfig) -> PrivateKey:
+    """The current key when the config says to reuse it (and it is of the configured
+    type), else a new one."""
+    if cert.reuse_key and store.has_current(name):
+        key = load_private_key(read_secret(store.paths(name).privkey))
+        if key_type_of(key) == cert.key_type:
+            return key
+    return generate_private_key(cert.key_type)
 
 
 def _why_renew(config: PlatformConfig, name: str, force: bool) -> str | None:

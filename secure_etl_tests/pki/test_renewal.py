@@ -12,7 +12,12 @@ import yaml
 
 from secure_etl.config import load_config
 from secure_etl.pki.deploy import DeployError
-from secure_etl.pki.renewal import certificate_store, ensure_certificate, inspect_current
+from secure_etl.pki.renewal import (
+    certificate_store,
+    current_leaf,
+    ensure_certificate,
+    inspect_current,
+)
 
 
 def _platform_with(write_config, name, change):
@@ -88,3 +93,31 @@ def test_a_deploy_webhook_is_called_with_a_json_notice(write_config, monkeypatch
         server.server_close()
     assert received == [{"certificate": "db-server", "version": result.version, "event": "issued"}]
     assert result.deployed == ["webhook $DEPLOY_URL answered 204"]
+
+
+def _public(platform, name) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return (
+        current_leaf(platform, name)
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+
+
+def test_a_new_key_at_each_renewal_unless_reuse_is_configured(platform, write_config):
+    ensure_certificate(platform, "db-server")
+    first = _public(platform, "db-server")
+    ensure_certificate(platform, "db-server", force=True)
+    second = _public(platform, "db-server")
+    assert second != first
+
+    reusing = _platform_with(write_config, "reuse.yaml", lambda c: c.update(reuse_key=True))
+    ensure_certificate(reusing, "db-server", force=True)
+    assert _public(reusing, "db-server") == second
+
+    other_type = _platform_with(
+        write_config, "rsa.yaml", lambda c: c.update(reuse_key=True, key_type="rsa2048")
+    )
+    ensure_certificate(other_type, "db-server", force=True)
+    assert _public(other_type, "db-server") != second  # a key of the new type, not the old
