@@ -52,9 +52,9 @@ def add_commands(commands, certs_commands) -> None:
     )
     issue.add_argument(
         "--dns-01",
-        choices=["exec", "challtestsrv"],
+        choices=["exec", "rfc2136", "challtestsrv"],
         metavar="PROVIDER",
-        help="answer dns-01 through a provider: exec or challtestsrv",
+        help="answer dns-01 through a provider: exec, rfc2136 or challtestsrv",
     )
     issue.add_argument(
         "--dns-01-hook",
@@ -65,6 +65,18 @@ def add_commands(commands, certs_commands) -> None:
     )
     issue.add_argument(
         "--challtestsrv", metavar="URL", help="challtestsrv provider: its management URL"
+    )
+    issue.add_argument(
+        "--rfc2136-server", metavar="HOST[:PORT]", help="rfc2136 provider: the primary server"
+    )
+    issue.add_argument(
+        "--rfc2136-key-name",
+        metavar="NAME",
+        help="rfc2136 provider: the TSIG key name; its base64 secret is read from "
+        "$SECURE_ETL_TSIG_SECRET",
+    )
+    issue.add_argument(
+        "--rfc2136-algorithm", default="hmac-sha256", metavar="ALG", help="TSIG algorithm"
     )
     issue.add_argument("--out", type=Path, required=True, metavar="DIR")
     issue.set_defaults(handler=acme_issue)
@@ -164,6 +176,20 @@ def _solver(args: argparse.Namespace):
         if not args.dns_01_hook:
             raise ValueError("--dns-01 exec needs --dns-01-hook PROGRAM")
         return Dns01(ExecProvider(args.dns_01_hook))
+    if args.dns_01 == "rfc2136":
+        from secure_etl.acme.rfc2136 import Rfc2136Provider, wait_for_txt
+
+        secret = os.environ.get("SECURE_ETL_TSIG_SECRET")
+        if not (args.rfc2136_server and args.rfc2136_key_name and secret):
+            raise ValueError(
+                "--dns-01 rfc2136 needs --rfc2136-server, --rfc2136-key-name and the secret "
+                "in $SECURE_ETL_TSIG_SECRET"
+            )
+        server = args.rfc2136_server
+        provider = Rfc2136Provider(
+            server, args.rfc2136_key_name, secret, algorithm=args.rfc2136_algorithm
+        )
+        return Dns01(provider, wait=lambda fqdn, value: wait_for_txt(fqdn, value, [server]))
     if not args.challtestsrv:
         raise ValueError("--dns-01 challtestsrv needs --challtestsrv URL")
     return Dns01(ChallTestSrvProvider(args.challtestsrv))

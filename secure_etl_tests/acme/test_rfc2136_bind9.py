@@ -52,3 +52,42 @@ def test_pebble_validates_dns01_through_bind9(acme_ca_factory, bind9):
     chain = client.issue(["*.example.test", "example.test"], generate_private_key("ec256"), solver)
 
     assert len(load_pem_chain(chain.pem, chain.url)) >= 2
+
+
+def test_the_cli_issues_through_rfc2136(acme_ca_factory, bind9, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    ca = acme_ca_factory(dns_server=bind9.server)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "secure_etl.cli",
+            "acme",
+            "issue",
+            "-d",
+            "cli.example.test",
+            "--directory",
+            ca.directory_url,
+            "--ca-bundle",
+            str(ca.ca_bundle),
+            "--dns-01",
+            "rfc2136",
+            "--rfc2136-server",
+            bind9.server,
+            "--rfc2136-key-name",
+            bind9.key_name,
+            "--account-key",
+            str(tmp_path / "account.key"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        env=dict(os.environ, SECURE_ETL_TSIG_SECRET=bind9.secret),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "fullchain.pem").read_bytes().count(b"BEGIN CERTIFICATE") >= 2
