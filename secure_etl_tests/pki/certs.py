@@ -42,8 +42,10 @@ class Authority:
         return self.cert.public_bytes(serialization.Encoding.PEM)
 
 
-def authority(cn: str = "Test Root", parent: Authority | None = None) -> Authority:
-    key = new_key("ec256")
+def authority(
+    cn: str = "Test Root", parent: Authority | None = None, key_kind: str = "ec256"
+) -> Authority:
+    key = new_key(key_kind)
     signer = parent.key if parent else key
     cert = (
         x509.CertificateBuilder()
@@ -122,21 +124,6 @@ def resign_with_sha1(cert: x509.Certificate, ca_key: rsa.RSAPrivateKey) -> x509.
     der = _der(0x30, tbs + algorithm + _der(0x03, b"\x00" + signature))
     return x509.load_der_x509_certificate(der)
 
-
-def rsa_authority(cn: str = "RSA Root") -> Authority:
-    key = new_key("rsa2048")
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(_name(cn))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - dt.timedelta(days=1))
-        .not_valid_after(NOW + dt.timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return Authority(cert, key)
 
 
 def pem(*certs: x509.Certificate) -> bytes:

@@ -25,7 +25,6 @@ from secure_etl_tests.pki.certs import (
     new_key,
     pem,
     resign_with_sha1,
-    rsa_authority,
 )
 
 DAY = dt.timedelta(days=1)
@@ -98,7 +97,7 @@ def test_ec_p192_is_too_weak_and_p384_is_fine():
 
 
 def test_sha1_signature():
-    ca = rsa_authority()
+    ca = authority("RSA Root", key_kind="rsa2048")
     cert = resign_with_sha1(leaf(ca), ca.key)
     # The crafted certificate really is signed with SHA-1 by the CA.
     ca.cert.public_key().verify(
