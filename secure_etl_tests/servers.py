@@ -235,8 +235,11 @@ class Pebble:
 
     def _spawn(self, argv: list[str], log_name: str, env: dict) -> None:
         log = open(self.workdir / log_name, "ab")  # noqa: SIM115 (lives as long as the process)
+        # Only the PEBBLE_* settings given here: one inherited from the shell (say
+        # PEBBLE_VA_ALWAYS_VALID) would make tests pass that should fail.
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("PEBBLE_")}
         proc = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, **env)
+            argv, stdout=log, stderr=subprocess.STDOUT, env={**inherited, **env}
         )
         log.close()
         self._procs.append(proc)
