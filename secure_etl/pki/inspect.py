@@ -335,6 +335,15 @@ def _chain_trusted(
             )
         pool.remove(parent)
         current = parent
+    named = [c for c in (*roots, *pool) if c.subject == current.issuer]
+    if named:
+        return CheckResult(
+            "chain_trusted",
+            False,
+            "ERROR",
+            f"{current.subject.rfc4514_string()} names {current.issuer.rfc4514_string()}{where} "
+            f"as its issuer, but {_signature_problem(current, named[0])}",
+        )
     return CheckResult(
         "chain_trusted",
         False,
@@ -342,6 +351,16 @@ def _chain_trusted(
         f"no trusted root{where} signed {current.subject.rfc4514_string()} "
         f"(issuer {current.issuer.rfc4514_string()})",
     )
+
+
+def _signature_problem(cert: x509.Certificate, issuer: x509.Certificate) -> str:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except InvalidSignature:
+        return "its signature does not verify with that certificate's key"
+    except (ValueError, TypeError) as err:
+        return f"its signature cannot be verified ({err})"
+    return "that certificate is not a CA"
 
 
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:

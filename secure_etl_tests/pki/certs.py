@@ -69,9 +69,11 @@ def leaf(
     not_before: dt.datetime | None = None,
     not_after: dt.datetime | None = None,
     eku: list | None = (SERVER,),
+    dns_names_only: list[str] = (),
 ) -> x509.Certificate:
+    """``dns_names_only``: extra SANs put in as DNS names even when they spell an IP."""
     key = key or new_key("ec256")
-    names = []
+    names = [x509.DNSName(n) for n in dns_names_only]
     for san in sans:
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(san)))
@@ -123,7 +125,6 @@ def resign_with_sha1(cert: x509.Certificate, ca_key: rsa.RSAPrivateKey) -> x509.
     algorithm = _der(0x30, _SHA1_RSA + b"\x05\x00")
     der = _der(0x30, tbs + algorithm + _der(0x03, b"\x00" + signature))
     return x509.load_der_x509_certificate(der)
-
 
 
 def pem(*certs: x509.Certificate) -> bytes:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 
 import pytest
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from secure_etl.pki.inspect import (
@@ -109,6 +110,8 @@ def test_sha1_signature():
     results = _results([cert], ca)
     assert not results["signature_algorithm"].passed
     assert "signed with SHA1" in results["signature_algorithm"].reason
+    # The chain check says why it cannot vouch for it, instead of blaming the root.
+    assert "cannot be verified" in results["chain_trusted"].reason
 
 
 def test_untrusted_chain():
@@ -129,6 +132,15 @@ def test_a_root_impersonated_by_name_is_not_trusted():
     ca, impostor = authority("Test Root"), authority("Test Root")  # same name, other key
     results = _results([leaf(impostor)], ca)
     assert _only_failure(results) == "chain_trusted"
+    assert "signature does not verify" in results["chain_trusted"].reason
+
+
+def test_a_dns_name_spelling_an_ip_does_not_cover_that_ip():
+    # RFC 2818 §3.1: an IP is matched by an iPAddress SAN only (TLS clients agree).
+    ca = authority()
+    cert = leaf(ca, ["svc.example.com"], dns_names_only=["10.0.0.1"])
+    results = _results([cert], ca, identifiers=["10.0.0.1"])
+    assert _only_failure(results) == "covers_identifiers"
 
 
 def test_a_chain_through_an_intermediate_is_trusted_only_with_the_intermediate():
@@ -208,3 +220,19 @@ def test_broken_and_empty_pem_name_the_source(tmp_path):
     with pytest.raises(PemError, match="missing.pem"):
         load_chain_file(tmp_path / "missing.pem")
     assert len(load_pem_chain(good + ca.pem, "two")) == 2
+
+
+def test_a_malformed_extension_is_a_pem_error_at_load_time(tmp_path):
+    ca = authority()
+    der = leaf(ca, ["svc.example.com"]).public_bytes(serialization.Encoding.DER)
+    # Corrupt the SAN's inner DNS name tag (0x82) to an invalid context tag (0x9f).
+    broken = der.replace(b"\x82\x0fsvc.example.com", b"\x9f\x0fsvc.example.com", 1)
+    assert broken != der
+    path = tmp_path / "bad-ext.pem"
+    path.write_bytes(
+        b"-----BEGIN CERTIFICATE-----\n"
+        + base64.encodebytes(broken)
+        + b"-----END CERTIFICATE-----\n"
+    )
+    with pytest.raises(PemError, match="bad-ext.pem: broken PEM certificate"):
+        load_chain_file(path)
