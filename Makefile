@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # System packages the test suite needs (Debian names). Installed by `make test` when
 # run as root; otherwise listed so you can install them yourself.
-APT_PACKAGES := pebble bind9
+APT_PACKAGES := pebble bind9 postgresql-15
 
 .PHONY: demo test lint dev system-deps clean
 

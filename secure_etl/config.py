@@ -148,7 +148,22 @@ class WebhookDeploy(_Strict):
     timeout_s: float = Field(10, gt=0)
 
 
-DeployAction = Annotated[CommandDeploy | WebhookDeploy, Field(discriminator="type")]
+class PostgresReloadDeploy(_Strict):
+    """``SELECT pg_reload_conf()`` on a PostgreSQL we manage, over verify-full with a
+    client certificate of ours; then waits until the server presents the new certificate."""
+
+    type: Literal["postgres_reload"]
+    host: str
+    port: int = Field(5432, ge=1, le=65535)
+    dbname: str = "postgres"
+    user: str
+    client_certificate: Name
+    timeout_s: float = Field(10, gt=0)
+
+
+DeployAction = Annotated[
+    CommandDeploy | WebhookDeploy | PostgresReloadDeploy, Field(discriminator="type")
+]
 
 
 class Endpoint(_Strict):
@@ -265,9 +280,19 @@ class PlatformConfig(_Strict):
 
     @model_validator(mode="after")
     def _references_resolve(self) -> PlatformConfig:
+        clients = [n for n, c in self.certificates.items() if c.use == "client"]
         for name, cert in self.certificates.items():
             if cert.issuer not in self.issuers:
                 raise _RefError(("certificates", name, "issuer"), cert.issuer, self.issuers)
+            for i, action in enumerate(cert.deploy):
+                ref = getattr(action, "client_certificate", None)
+                if ref is not None and ref not in clients:
+                    raise _RefError(
+                        ("certificates", name, "deploy", i, "client_certificate"),
+                        ref,
+                        clients,
+                        what="client certificate",
+                    )
         for name, pipeline in self.pipelines.items():
             cert = pipeline.client_certificate
             if cert not in self.certificates:

@@ -134,3 +134,22 @@ def bind9(tmp_path):
     server = Bind9(tmp_path / "bind9").start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def postgres_tls(platform, tmp_path):
+    """PostgreSQL whose server certificate (db-server) and client CA come from the
+    platform's internal CA; the etl-client certificate authenticates as user etl."""
+    from secure_etl.pki.renewal import certificate_store, ensure_certificate, trust_bundle
+    from secure_etl_tests.servers import Postgres
+
+    for name in ("db-server", "etl-client"):
+        ensure_certificate(platform, name)
+    paths = certificate_store(platform).paths("db-server")
+    server = Postgres(
+        tmp_path / "pg", paths.fullchain, paths.privkey, trust_bundle(platform, "db-server")
+    ).start()
+    # `cert` authentication maps the client certificate's CN to the user name.
+    server.psql('CREATE ROLE "etl-client.test" LOGIN SUPERUSER')
+    yield server
+    server.stop()

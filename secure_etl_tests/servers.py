@@ -283,3 +283,150 @@ class Pebble:
 
     def log(self) -> str:
         return (self.workdir / "pebble.log").read_text(errors="replace")
+
+
+def _pg_bin(name: str) -> str:
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True)
+    if candidates:
+        return str(candidates[0])
+    return require_binary(name, "postgresql")
+
+
+@dataclass
+class Postgres:
+    """PostgreSQL with ``ssl = on``, client-certificate authentication for TCP
+    (``hostssl ... cert``), plaintext refused (``hostnossl ... reject``), and a trusted
+    Unix socket for the test's own administration. Runs as ``postgres`` when we are root
+    (PostgreSQL refuses to run as root)."""
+
+    workdir: Path
+    server_cert: Path
+    server_key: Path
+    client_ca: Path
+    port: int = 0
+    _as_user: list[str] = field(default_factory=list)
+
+    @property
+    def data(self) -> Path:
+        return self.workdir / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.workdir / "socket"
+
+    def _run(self, argv: list[str], **kwargs) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*self._as_user, *argv], check=True, capture_output=True, text=True, **kwargs
+        )
+
+    def start(self) -> Postgres:
+        initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+        self.port = free_port()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.socket_dir.mkdir(exist_ok=True)
+        tls = self.workdir / "tls"
+        tls.mkdir(exist_ok=True)
+        for source, name in (
+            (self.server_cert, "server.crt"),
+            (self.server_key, "server.key"),
+            (self.client_ca, "client-ca.crt"),
+        ):
+            shutil.copyfile(source, tls / name)
+        os.chmod(tls / "server.key", 0o600)
+        if os.geteuid() == 0:
+            self._as_user = ["runuser", "-u", "postgres", "--"]
+            os.chmod(self.workdir, 0o755)  # noqa: S103 (postgres must reach its files)
+            for path in self.workdir.parents:
+                if path == Path("/"):
+                    break
+                os.chmod(path, os.stat(path).st_mode | 0o011)  # noqa: S103 (traverse only)
+            for path in [self.workdir, *self.workdir.rglob("*")]:
+                shutil.chown(path, "postgres", "postgres")
+        self._run(
+            [
+                initdb,
+                "-D",
+                str(self.data),
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=reject",
+                "-E",
+                "UTF8",
+            ]
+        )
+        (self.data / "postgresql.conf").open("a").write(f"""
+listen_addresses = '127.0.0.1'
+port = {self.port}
+unix_socket_directories = '{self.socket_dir}'
+ssl = on
+ssl_cert_file = '{tls / "server.crt"}'
+ssl_key_file = '{tls / "server.key"}'
+ssl_ca_file = '{tls / "client-ca.crt"}'
+fsync = off
+""")
+        (self.data / "pg_hba.conf").write_text(
+            "local all all trust\n"
+            "hostssl all all 127.0.0.1/32 cert\n"
+            "hostnossl all all 0.0.0.0/0 reject\n"
+        )
+        self._run(
+            [
+                pg_ctl,
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.workdir / "postgres.log"),
+                "-w",
+                "-t",
+                "30",
+                "start",
+            ]
+        )
+        return self
+
+    def psql(self, sql: str, dbname: str = "postgres") -> str:
+        """Run SQL as the superuser over the trusted local socket."""
+        return self._run(
+            [
+                _pg_bin("psql"),
+                "-h",
+                str(self.socket_dir),
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                dbname,
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ]
+        ).stdout
+
+    def replace_server_certificate(self, cert: Path, key: Path) -> None:
+        """Write new server files in place (a reload is still needed to serve them)."""
+        tls = self.workdir / "tls"
+        shutil.copyfile(cert, tls / "server.crt")
+        shutil.copyfile(key, tls / "server.key")
+        os.chmod(tls / "server.key", 0o600)
+        if self._as_user:
+            for name in ("server.crt", "server.key"):
+                shutil.chown(tls / name, "postgres", "postgres")
+
+    def stop(self) -> None:
+        if self.data.exists():
+            subprocess.run(
+                [
+                    *self._as_user,
+                    _pg_bin("pg_ctl"),
+                    "-D",
+                    str(self.data),
+                    "-m",
+                    "immediate",
+                    "stop",
+                ],
+                capture_output=True,
+            )

@@ -21,6 +21,7 @@ from secure_etl.acme.challenges import SolverError
 from secure_etl.acme.errors import AcmeError, AcmeProblem, RateLimited
 from secure_etl.config import PlatformConfig
 from secure_etl.pki.acme_issuer import AcmeConfigError
+from secure_etl.pki.endpoints import stale_endpoints
 from secure_etl.pki.inspect import CHECKS, CheckResult, PemError, facts
 from secure_etl.pki.renewal import current_leaf, ensure_certificate, inspect_current
 
@@ -33,8 +34,17 @@ def certificate_key(name: str) -> AssetKey:
     return AssetKey([GROUP, name])
 
 
+# The inspection checks, plus one that needs the network: what the endpoints serve.
+ENDPOINT_CHECK = "served_by_endpoint"
+ALL_CHECKS = {
+    **CHECKS,
+    ENDPOINT_CHECK: "every configured endpoint presents the current certificate (a real "
+    "TLS handshake; PostgreSQL after its SSLRequest)",
+}
+
+
 def certificate_check_keys(name: str) -> list[AssetCheckKey]:
-    return [AssetCheckKey(certificate_key(name), check) for check in CHECKS]
+    return [AssetCheckKey(certificate_key(name), check) for check in ALL_CHECKS]
 
 
 class CertificateRunConfig(Config):
@@ -97,7 +107,7 @@ def certificate_checks(platform: PlatformConfig, name: str):
     @multi_asset_check(
         name=f"{name.replace('-', '_')}_inspection",
         specs=[
-            AssetCheckSpec(check, asset=key, description=text) for check, text in CHECKS.items()
+            AssetCheckSpec(check, asset=key, description=text) for check, text in ALL_CHECKS.items()
         ],
         description=f"Inspects the current version of certificate {name!r}.",
     )
@@ -123,8 +133,19 @@ def _inspect(platform: PlatformConfig, name: str) -> list[CheckResult]:
     except (PemError, ValueError, OSError) as err:
         results, reason = None, f"cannot read the current certificate: {err}"
     if results is None:
-        return [CheckResult(check, False, "ERROR", reason) for check in CHECKS]
-    return results
+        return [CheckResult(check, False, "ERROR", reason) for check in ALL_CHECKS]
+    return [*results, _served(platform, name)]
+
+
+def _served(platform: PlatformConfig, name: str) -> CheckResult:
+    endpoints = platform.certificates[name].endpoints
+    if not endpoints:
+        return CheckResult(ENDPOINT_CHECK, True, "ERROR", "no endpoints configured", skipped=True)
+    stale = stale_endpoints(endpoints, current_leaf(platform, name))
+    if stale:
+        return CheckResult(ENDPOINT_CHECK, False, "ERROR", "; ".join(stale))
+    where = ", ".join(f"{e.host}:{e.port}" for e in endpoints)
+    return CheckResult(ENDPOINT_CHECK, True, "ERROR", f"served by {where}")
 
 
 def certificate_jobs(platform: PlatformConfig):

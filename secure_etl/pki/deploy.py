@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from dataclasses import dataclass
 
 import httpx
 
-from secure_etl.config import CommandDeploy, DeployAction, WebhookDeploy
+from secure_etl.config import CommandDeploy, DeployAction, PostgresReloadDeploy, WebhookDeploy
+from secure_etl.pki.endpoints import EndpointError, served_leaf
 
 
 class DeployError(Exception):
@@ -20,7 +22,11 @@ class DeployContext:
     certificate: str
     version: str
     directory: str
-    event: str  # "issued" or "renewed"
+    event: str  # "issued", "renewed" or "redeployed"
+    serial: int = 0  # of the certificate that should now be served
+    ca_bundle: str = ""  # roots that verify servers presenting this certificate
+    # name -> (fullchain, privkey) of the platform's client certificates
+    client_files: dict[str, tuple[str, str]] | None = None
 
 
 def run_deploy_actions(actions: list[DeployAction], ctx: DeployContext) -> list[str]:
@@ -31,6 +37,8 @@ def run_deploy_actions(actions: list[DeployAction], ctx: DeployContext) -> list[
             done.append(_run_command(action, ctx))
         elif isinstance(action, WebhookDeploy):
             done.append(_call_webhook(action, ctx))
+        elif isinstance(action, PostgresReloadDeploy):
+            done.append(_postgres_reload(action, ctx))
     return done
 
 
@@ -70,3 +78,38 @@ def _call_webhook(action: WebhookDeploy, ctx: DeployContext) -> str:
             f"deploy webhook ${action.url_env} failed: {type(err).__name__}"
         ) from None
     return f"webhook ${action.url_env} answered {response.status_code}"
+
+
+def _postgres_reload(action: PostgresReloadDeploy, ctx: DeployContext) -> str:
+    import psycopg  # only servers we manage need it
+
+    cert, key = (ctx.client_files or {})[action.client_certificate]
+    where = f"{action.host}:{action.port}"
+    try:
+        with psycopg.connect(
+            host=action.host,
+            port=action.port,
+            dbname=action.dbname,
+            user=action.user,
+            sslmode="verify-full",
+            sslrootcert=ctx.ca_bundle,
+            sslcert=cert,
+            sslkey=key,
+            connect_timeout=int(action.timeout_s),
+        ) as conn:
+            reloaded = conn.execute("SELECT pg_reload_conf()").fetchone()[0]
+    except psycopg.Error as err:
+        raise DeployError(f"postgres_reload {where}: {str(err).strip()}") from None
+    if not reloaded:
+        raise DeployError(f"postgres_reload {where}: pg_reload_conf() returned false")
+    # The postmaster reloads asynchronously: wait until new connections get the new leaf.
+    deadline = time.monotonic() + action.timeout_s
+    while True:
+        try:
+            if served_leaf(action.host, action.port, "postgres").serial_number == ctx.serial:
+                return f"postgres_reload {where}: serving serial {ctx.serial:x}"
+        except EndpointError:
+            pass
+        if time.monotonic() > deadline:
+            raise DeployError(f"postgres_reload {where}: still not serving serial {ctx.serial:x}")
+        time.sleep(0.05)

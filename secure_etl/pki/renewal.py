@@ -14,6 +14,7 @@ from secure_etl.config import AcmeIssuer as AcmeIssuerConfig
 from secure_etl.config import CertificateConfig, InternalCAIssuer, PlatformConfig
 from secure_etl.pki.acme_issuer import AcmeIssuer
 from secure_etl.pki.deploy import DeployContext, run_deploy_actions
+from secure_etl.pki.endpoints import stale_endpoints
 from secure_etl.pki.inspect import CheckResult, inspect_chain, load_chain_file
 from secure_etl.pki.internal_ca import InternalCA
 from secure_etl.pki.issuer import Issuer
@@ -21,7 +22,7 @@ from secure_etl.pki.keys import PrivateKey, generate_private_key, key_type_of, l
 from secure_etl.pki.store import CertificateStore
 from secure_etl.security.files import read_secret
 
-Outcome = Literal["issued", "renewed", "not_due"]
+Outcome = Literal["issued", "renewed", "redeployed", "not_due"]
 
 
 def build_issuer(config: PlatformConfig, name: str, log=None) -> Issuer:
@@ -90,36 +91,42 @@ class RenewalResult:
 def ensure_certificate(
     config: PlatformConfig, name: str, *, force: bool = False, log=None
 ) -> RenewalResult:
-    """Issue the certificate if it is missing, renew it if due or failing, else leave it."""
+    """Issue the certificate if it is missing, renew it if due or failing, else leave it.
+    A certificate that is fine but not served by its endpoints is deployed again."""
     started = time.monotonic()
     cert: CertificateConfig = config.certificates[name]
     store = certificate_store(config)
+    issuer = None
     with store.lock(name):
         reason = _why_renew(config, name, force)
         if reason is None:
-            return RenewalResult(
-                name,
-                "not_due",
-                "all checks pass and renewal is not due",
-                store.current_version(name),
-                time.monotonic() - started,
-                issuer=cert.issuer,
-            )
-        outcome: Outcome = "renewed" if store.has_current(name) else "issued"
-        if log:
-            log(f"{name}: {'renewing' if outcome == 'renewed' else 'issuing'} because {reason}")
-        issuer = build_issuer(config, cert.issuer, log=log)
-        key = _key_for(store, name, cert)
-        if isinstance(issuer, AcmeIssuer):
-            previous = current_leaf(config, name)
-            issued = issuer.issue(cert.identifiers, cert.use, key, previous=previous)
+            stale = stale_endpoints(cert.endpoints, current_leaf(config, name))
+            if not (stale and cert.deploy):
+                return RenewalResult(
+                    name,
+                    "not_due",
+                    "all checks pass and renewal is not due",
+                    store.current_version(name),
+                    time.monotonic() - started,
+                    issuer=cert.issuer,
+                )
+            outcome: Outcome = "redeployed"
+            reason = "; ".join(stale)
+            version = store.current_version(name)
         else:
-            issued = issuer.issue(cert.identifiers, cert.use, key)
-        version = store.install(name, issued, keep=cert.keep_versions)
+            outcome = "renewed" if store.has_current(name) else "issued"
+            if log:
+                log(f"{name}: {'renewing' if outcome == 'renewed' else 'issuing'} because {reason}")
+            issuer = build_issuer(config, cert.issuer, log=log)
+            key = _key_for(store, name, cert)
+            if isinstance(issuer, AcmeIssuer):
+                previous = current_leaf(config, name)
+                issued = issuer.issue(cert.identifiers, cert.use, key, previous=previous)
+            else:
+                issued = issuer.issue(cert.identifiers, cert.use, key)
+            version = store.install(name, issued, keep=cert.keep_versions)
     # Deploy outside the lock: a slow reload must not block the next renewal check.
-    deployed = run_deploy_actions(
-        cert.deploy, DeployContext(name, version, str(store.paths(name).directory), outcome)
-    )
+    deployed = run_deploy_actions(cert.deploy, _deploy_context(config, name, version, outcome))
     return RenewalResult(
         name,
         outcome,
@@ -129,6 +136,24 @@ def ensure_certificate(
         deployed,
         issuer=cert.issuer,
         order_url=getattr(issuer, "last_order_url", None),
+    )
+
+
+def _deploy_context(config: PlatformConfig, name: str, version: str, event: str) -> DeployContext:
+    store = certificate_store(config)
+    clients = {
+        other: (str(store.paths(other).fullchain), str(store.paths(other).privkey))
+        for other, c in config.certificates.items()
+        if c.use == "client"
+    }
+    return DeployContext(
+        certificate=name,
+        version=version,
+        directory=str(store.paths(name).directory),
+        event=event,
+        serial=current_leaf(config, name).serial_number,
+        ca_bundle=str(trust_bundle(config, name) or ""),
+        client_files=clients,
     )
 
 

@@ -10,7 +10,7 @@ from dagster import AssetCheckKey, AssetKey
 
 from secure_etl.config import default_config_path, load_config
 from secure_etl.defs.build import build_definitions
-from secure_etl.pki.inspect import CHECKS
+from secure_etl.defs.certificates import ALL_CHECKS
 
 
 def test_every_job_resolves_on_the_bundled_demo_config():
@@ -28,7 +28,7 @@ def test_certificates_have_every_inspection_check_and_feed_the_pipeline(platform
     for name in platform.certificates:
         key = AssetKey(["certificates", name])
         assert graph.get(key).group_name == "certificates"
-        for check in CHECKS:
+        for check in ALL_CHECKS:
             assert AssetCheckKey(key, check) in graph.asset_check_keys
 
     assert graph.get(AssetKey(["raw", "customers"])).parent_keys == {

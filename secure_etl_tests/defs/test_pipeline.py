@@ -122,4 +122,4 @@ def test_the_demo_materializes_the_whole_graph_and_summarises_it(platform, monke
     }
     assert len(summary.rows) == 6
     assert summary.all_checks_passed
-    assert len(summary.checks) == 2 * 7 + 2 * 4
+    assert len(summary.checks) == 2 * 8 + 2 * 4

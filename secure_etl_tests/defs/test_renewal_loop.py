@@ -111,7 +111,7 @@ def test_certificates_never_issued_fail_their_checks_and_get_issued(platform, in
     defs = build_definitions(platform)
     checks = defs.resolve_job_def(CHECKS_JOB).execute_in_process(instance=instance)
     evaluations = checks.get_asset_check_evaluations()
-    assert len(evaluations) == 2 * 7
+    assert len(evaluations) == 2 * 8
     assert not any(e.passed for e in evaluations)
     assert {e.description for e in evaluations} == {"no certificate has been issued yet"}
 
