@@ -34,7 +34,7 @@ class ConfigError(UserError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class InternalCAIssuer(_Strict):
@@ -205,7 +205,41 @@ class DemoSource(_Strict):
     bad_row_rate: float = Field(0.005, ge=0, le=1)
 
 
-Source = Annotated[DemoSource, Field(discriminator="type")]
+class _PostgresConnection(_Strict):
+    """A PostgreSQL reached over TLS with the pipeline's client certificate."""
+
+    host: str
+    port: int = Field(5432, ge=1, le=65535)
+    dbname: str
+    user: str
+    db_schema: str = Field("public", alias="schema", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+    table: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+    # Roots that verify the server (default: those of the pipeline's client certificate).
+    ca_bundle: str | None = None
+    sslmode: Literal["verify-full", "verify-ca", "require", "disable"] = "verify-full"
+    # Anything weaker than verify-full must be asked for by name.
+    allow_insecure_sslmode: bool = False
+
+    @model_validator(mode="after")
+    def _sslmode_is_safe(self) -> _PostgresConnection:
+        if self.sslmode != "verify-full" and not self.allow_insecure_sslmode:
+            raise ValueError(
+                f"sslmode {self.sslmode!r} does not verify the server's name; use verify-full, "
+                "or set allow_insecure_sslmode: true if you really mean it"
+            )
+        return self
+
+
+class PostgresSource(_PostgresConnection):
+    """Rows of one table whose ``time_column`` falls in the partition's hour."""
+
+    type: Literal["postgres"]
+    time_column: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+    columns: list[str] | None = None
+    chunk_rows: int = Field(100_000, ge=1)
+
+
+Source = Annotated[DemoSource | PostgresSource, Field(discriminator="type")]
 
 
 class PseudonymiseTransform(_Strict):
@@ -225,7 +259,13 @@ class DuckDBDestination(_Strict):
     table: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
-Destination = Annotated[DuckDBDestination, Field(discriminator="type")]
+class PostgresDestination(_PostgresConnection):
+    """A table in which each partition is replaced in one transaction."""
+
+    type: Literal["postgres"]
+
+
+Destination = Annotated[DuckDBDestination | PostgresDestination, Field(discriminator="type")]
 
 
 class HourlyPartitions(_Strict):
@@ -235,6 +275,13 @@ class HourlyPartitions(_Strict):
     type: Literal["hourly"] = "hourly"
     start: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}-\d{2}:\d{2}$")
     schedule_minute: int = Field(15, ge=0, le=59)
+
+
+class RetryConfig(_Strict):
+    """Extract and load are retried: max_retries times, delay_s apart, doubling."""
+
+    max_retries: int = Field(3, ge=0, le=20)
+    delay_s: float = Field(300, ge=0)
 
 
 class Quality(_Strict):
@@ -250,6 +297,7 @@ class PipelineConfig(_Strict):
     destination: Destination
     partitions: HourlyPartitions
     quality: Quality = Quality()
+    retry: RetryConfig = RetryConfig()
 
 
 class HmacKeyConfig(_Strict):
@@ -373,7 +421,7 @@ def _first_error(path: Path, data: object, err: ValidationError) -> ConfigError:
     elif kind == "missing":
         message = "required key is missing"
     else:
-        message = detail["msg"]
+        message = detail["msg"].removeprefix("Value error, ")
         if kind not in {"value_error", "assertion_error"} and "input" in detail:
             message += f" (got {detail['input']!r})"
     return ConfigError(path, _key_path(_without_union_tags(data, detail["loc"])), message)

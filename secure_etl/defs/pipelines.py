@@ -23,13 +23,12 @@ from dagster import DefaultScheduleStatus as Status
 from secure_etl.config import PipelineConfig, PlatformConfig
 from secure_etl.defs.certificates import certificate_key
 from secure_etl.defs.resources import resource_key
-from secure_etl.etl import duckdb_dest, quality, storage
-from secure_etl.etl.demo_source import PII_COLUMNS, generate_partition
+from secure_etl.etl import quality, storage
+from secure_etl.etl.connectors import ClientTls, Destination, destination_for, source_chunks
+from secure_etl.etl.demo_source import PII_COLUMNS
 from secure_etl.etl.transforms import add_metadata, pseudonymise, split_valid
 from secure_etl.security.hmac_keys import load_hmac_key
 
-# Extract and load talk to other systems: retry 3 times, 5 minutes apart, backing off.
-IO_RETRY = RetryPolicy(max_retries=3, delay=300, backoff=Backoff.EXPONENTIAL)
 LOADED_CHECKS = {
     "rows_reconcile": "raw rows = loaded rows + quarantined rows for the partition",
     "null_rate": "no column of the loaded partition exceeds the configured null rate",
@@ -47,15 +46,19 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
     state = platform.resolved_state_dir()
     partitions = HourlyPartitionsDefinition(start_date=p.partitions.start)
     cert_resource = resource_key(p.client_certificate)
-    warehouse = _warehouse_path(state, p)
     pii = _pii_columns(p)
+    # Extract and load talk to other systems: retried (3 times, 5 minutes apart, backing
+    # off, unless the pipeline says otherwise).
+    io_retry = RetryPolicy(
+        max_retries=p.retry.max_retries, delay=p.retry.delay_s, backoff=Backoff.EXPONENTIAL
+    )
 
     @asset(
         key=stage_key("raw", name),
         group_name=name,
         partitions_def=partitions,
         deps=[certificate_key(p.client_certificate)],
-        retry_policy=IO_RETRY,
+        retry_policy=io_retry,
         required_resource_keys={cert_resource},
         kinds={"parquet"},
         description=f"Rows extracted from the {p.source.type} source, as received (holds PII; "
@@ -64,20 +67,14 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
     def raw(context: AssetExecutionContext) -> MaterializeResult:
         certificate = getattr(context.resources, cert_resource)
         certificate.ssl_context()  # fails early, with the path, if the certificate is unusable
-        frame = generate_partition(
-            context.partition_key,
-            p.source.rows_per_partition,
-            p.source.seed,
-            p.source.bad_row_rate,
-        )
         path = storage.partition_file(state, "raw", name, context.partition_key)
-        size = storage.write_partition(path, frame)
-        context.log.info(f"extracted {len(frame)} rows into {path}")
+        chunks = source_chunks(p.source, context.partition_key, _client_tls(certificate))
+        rows, size = storage.write_partition_chunks(path, chunks)
+        context.log.info(f"extracted {rows} rows from {p.source.type} into {path}")
         return MaterializeResult(
             metadata={
-                "rows": len(frame),
+                "rows": rows,
                 "bytes": size,
-                "columns": ", ".join(frame.columns),
                 "client_certificate": p.client_certificate,
             }
         )
@@ -125,7 +122,8 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
         group_name=name,
         partitions_def=partitions,
         deps=[hashed],
-        retry_policy=IO_RETRY,
+        retry_policy=io_retry,
+        required_resource_keys={cert_resource},
         kinds={p.destination.type},
         check_specs=[
             AssetCheckSpec(check, asset=stage_key("loaded", name), description=text)
@@ -136,25 +134,27 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
     )
     def loaded(context: AssetExecutionContext) -> MaterializeResult:
         partition = context.partition_key
+        certificate = getattr(context.resources, cert_resource)
+        target = destination_for(p.destination, state, _client_tls(certificate))
         frame = storage.read_partition(storage.partition_file(state, "hashed", name, partition))
-        rows = duckdb_dest.load_partition(warehouse, p.destination.table, partition, frame)
-        context.log.info(f"loaded {rows} rows into {warehouse}:{p.destination.table}")
+        rows = target.load(partition, frame)
+        context.log.info(f"loaded {rows} rows into {target.description}")
         return MaterializeResult(
-            metadata={"rows": rows, "table": p.destination.table, "path": str(warehouse)},
-            check_results=_loaded_checks(state, name, p, warehouse, partition, pii),
+            metadata={"rows": rows, "destination": target.description},
+            check_results=_loaded_checks(state, name, p, target, partition, pii),
         )
 
     return [raw, hashed, loaded]
 
 
 def _loaded_checks(
-    state: Path, name: str, p: PipelineConfig, warehouse: Path, partition: str, pii: list[str]
+    state: Path, name: str, p: PipelineConfig, target: Destination, partition: str, pii: list[str]
 ) -> list[AssetCheckResult]:
     raw = storage.read_partition(storage.partition_file(state, "raw", name, partition))
     hashed = storage.read_partition(storage.partition_file(state, "hashed", name, partition))
     qfile = storage.partition_file(state, "quarantine", name, partition)
     quarantined = len(storage.read_partition(qfile)) if qfile.exists() else 0
-    loaded = duckdb_dest.read_partition(warehouse, p.destination.table, partition)
+    loaded = target.read(partition)
 
     reconciled = len(raw) == len(loaded) + quarantined
     rates = quality.null_rates(loaded)
@@ -205,9 +205,10 @@ def _pii_columns(p: PipelineConfig) -> list[str]:
     return columns
 
 
-def _warehouse_path(state: Path, p: PipelineConfig) -> Path:
-    path = Path(p.destination.path)
-    return path if path.is_absolute() else state / path
+def _client_tls(certificate) -> ClientTls:
+    return ClientTls(
+        str(certificate.fullchain_path), str(certificate.privkey_path), certificate.ca_bundle
+    )
 
 
 def pipeline_job_name(pipeline: str) -> str:

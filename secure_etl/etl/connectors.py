@@ -1,0 +1,122 @@
+"""From pipeline config to a source of chunks and a destination table, one place."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import pandas as pd
+
+from secure_etl.config import (
+    DemoSource,
+    DuckDBDestination,
+    PostgresDestination,
+    PostgresSource,
+    _PostgresConnection,
+)
+from secure_etl.etl import duckdb_dest, postgres
+from secure_etl.etl.demo_source import generate_partition, partition_start
+
+PARTITION_COLUMN = duckdb_dest.PARTITION_COLUMN
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """The pipeline's client certificate files and the roots that verify servers."""
+
+    cert: str
+    key: str
+    ca_bundle: str
+
+
+def pg_endpoint(config: _PostgresConnection, tls: ClientTls) -> postgres.PgEndpoint:
+    return postgres.PgEndpoint(
+        host=config.host,
+        port=config.port,
+        dbname=config.dbname,
+        user=config.user,
+        sslmode=config.sslmode,
+        sslrootcert=config.ca_bundle or tls.ca_bundle,
+        sslcert=tls.cert,
+        sslkey=tls.key,
+    )
+
+
+def source_chunks(
+    source: DemoSource | PostgresSource, partition: str, tls: ClientTls
+) -> Iterator[pd.DataFrame]:
+    """The partition's rows, in chunks."""
+    if isinstance(source, DemoSource):
+        yield generate_partition(
+            partition, source.rows_per_partition, source.seed, source.bad_row_rate
+        )
+        return
+    start = partition_start(partition)
+    yield from postgres.extract_range(
+        pg_endpoint(source, tls),
+        source.db_schema,
+        source.table,
+        source.time_column,
+        start,
+        start + dt.timedelta(hours=1),
+        source.columns,
+        source.chunk_rows,
+    )
+
+
+class Destination(Protocol):
+    description: str
+
+    def load(self, partition: str, frame: pd.DataFrame) -> int: ...
+
+    def read(self, partition: str) -> pd.DataFrame: ...
+
+
+@dataclass(frozen=True)
+class DuckDBTable:
+    path: Path
+    table: str
+
+    @property
+    def description(self) -> str:
+        return f"{self.path}:{self.table}"
+
+    def load(self, partition: str, frame: pd.DataFrame) -> int:
+        return duckdb_dest.load_partition(self.path, self.table, partition, frame)
+
+    def read(self, partition: str) -> pd.DataFrame:
+        return duckdb_dest.read_partition(self.path, self.table, partition)
+
+
+@dataclass(frozen=True)
+class PostgresTable:
+    endpoint: postgres.PgEndpoint
+    schema: str
+    table: str
+
+    @property
+    def description(self) -> str:
+        e = self.endpoint
+        return f"postgres {e.host}:{e.port}/{e.dbname} {self.schema}.{self.table}"
+
+    def load(self, partition: str, frame: pd.DataFrame) -> int:
+        return postgres.load_partition(
+            self.endpoint, self.schema, self.table, PARTITION_COLUMN, partition, frame
+        )
+
+    def read(self, partition: str) -> pd.DataFrame:
+        return postgres.read_partition(
+            self.endpoint, self.schema, self.table, PARTITION_COLUMN, partition
+        )
+
+
+def destination_for(
+    destination: DuckDBDestination | PostgresDestination, state_dir: Path, tls: ClientTls
+) -> Destination:
+    if isinstance(destination, DuckDBDestination):
+        path = Path(destination.path)
+        return DuckDBTable(path if path.is_absolute() else state_dir / path, destination.table)
+    return PostgresTable(pg_endpoint(destination, tls), destination.db_schema, destination.table)
