@@ -183,3 +183,29 @@ def test_a_challenge_that_cannot_be_validated_names_the_identifier(acme_ca):
     assert caught.value.identifier == "unreachable.example.com"
     assert caught.value.problem is not None
     assert "unreachable.example.com" in str(caught.value)
+
+
+def test_http01_through_a_webroot_served_by_another_web_server(acme_ca, tmp_path):
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from secure_etl.acme.challenges import Http01Webroot
+
+    webroot = tmp_path / "www"
+    webroot.mkdir()
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(webroot))
+    handler.log_message = lambda *args: None
+    server = ThreadingHTTPServer(("127.0.0.1", acme_ca.http_port), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = _client(acme_ca)
+    client.register()
+    try:
+        chain = client.issue(
+            ["webroot.example.com"], generate_private_key("ec256"), Http01Webroot(webroot)
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert b"BEGIN CERTIFICATE" in chain.pem
+    assert list((webroot / ".well-known" / "acme-challenge").iterdir()) == []  # cleaned up
