@@ -81,23 +81,28 @@ def _call_webhook(action: WebhookDeploy, ctx: DeployContext) -> str:
 
 
 def _postgres_reload(action: PostgresReloadDeploy, ctx: DeployContext) -> str:
-    import psycopg  # only servers we manage need it
+    # psycopg only for servers we manage; the connection rules are the pipelines' own.
+    import psycopg
+
+    from secure_etl.etl.postgres import PgEndpoint, PostgresError
 
     cert, key = (ctx.client_files or {})[action.client_certificate]
     where = f"{action.host}:{action.port}"
+    endpoint = PgEndpoint(
+        host=action.host,
+        port=action.port,
+        dbname=action.dbname,
+        user=action.user,
+        sslrootcert=ctx.ca_bundle,
+        sslcert=cert,
+        sslkey=key,
+        connect_timeout_s=int(action.timeout_s),
+    )
     try:
-        with psycopg.connect(
-            host=action.host,
-            port=action.port,
-            dbname=action.dbname,
-            user=action.user,
-            sslmode="verify-full",
-            sslrootcert=ctx.ca_bundle,
-            sslcert=cert,
-            sslkey=key,
-            connect_timeout=int(action.timeout_s),
-        ) as conn:
+        with endpoint.connect() as conn:
             reloaded = conn.execute("SELECT pg_reload_conf()").fetchone()[0]
+    except PostgresError as err:
+        raise DeployError(f"postgres_reload: {err}") from None
     except psycopg.Error as err:
         raise DeployError(f"postgres_reload {where}: {str(err).strip()}") from None
     if not reloaded:
