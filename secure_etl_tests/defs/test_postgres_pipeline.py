@@ -106,3 +106,29 @@ def test_a_weaker_sslmode_must_be_asked_for_by_name(write_config):
         load_config(write_config(data, "weak.yaml"))
     assert caught.value.key == "pipelines.customers.destination"
     assert "allow_insecure_sslmode" in caught.value.message
+
+
+def test_rotating_server_and_client_certificates_mid_pipeline_needs_no_restart(
+    pg_pipeline, postgres_tls, instance, platform
+):
+    # The same Definitions and process throughout: connections read the files anew.
+    from secure_etl.pki.endpoints import served_leaf
+    from secure_etl.pki.renewal import certificate_store, current_leaf, ensure_certificate
+
+    _run(pg_pipeline, instance)
+    server_before = served_leaf("localhost", postgres_tls.port, "postgres").serial_number
+    client_before = current_leaf(platform, "etl-client").serial_number
+
+    # New client certificate; new server certificate copied in and loaded by a reload.
+    ensure_certificate(platform, "etl-client", force=True)
+    ensure_certificate(platform, "db-server", force=True)
+    paths = certificate_store(platform).paths("db-server")
+    postgres_tls.replace_server_certificate(paths.fullchain, paths.privkey)
+    postgres_tls.psql("SELECT pg_reload_conf()")
+    assert current_leaf(platform, "etl-client").serial_number != client_before
+
+    result = _run(pg_pipeline, instance, "2026-03-01-11:00")
+
+    assert result.success
+    assert served_leaf("localhost", postgres_tls.port, "postgres").serial_number != server_before
+    assert _warehouse(postgres_tls, "SELECT count(*) FROM customers") == "90"
