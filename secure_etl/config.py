@@ -239,7 +239,24 @@ class PostgresSource(_PostgresConnection):
     chunk_rows: int = Field(100_000, ge=1)
 
 
-Source = Annotated[DemoSource | PostgresSource, Field(discriminator="type")]
+class HttpsApiSource(_Strict):
+    """JSON pages from an HTTPS API over mutual TLS with the pipeline's client certificate.
+    With ``start_param``/``end_param`` the partition's hour is sent as ISO-8601 bounds."""
+
+    type: Literal["https_api"]
+    url: str = Field(pattern=r"^https://")
+    records_key: str = "data"
+    next_key: str = "next"
+    cursor_param: str | None = None
+    params: dict[str, str] = {}
+    start_param: str | None = None
+    end_param: str | None = None
+    ca_bundle: str | None = None
+    timeout_s: float = Field(30, gt=0)
+    max_retries: int = Field(5, ge=0)
+
+
+Source = Annotated[DemoSource | PostgresSource | HttpsApiSource, Field(discriminator="type")]
 
 
 class PseudonymiseTransform(_Strict):

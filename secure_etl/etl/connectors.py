@@ -13,11 +13,12 @@ import pandas as pd
 from secure_etl.config import (
     DemoSource,
     DuckDBDestination,
+    HttpsApiSource,
     PostgresDestination,
     PostgresSource,
     _PostgresConnection,
 )
-from secure_etl.etl import duckdb_dest, postgres
+from secure_etl.etl import duckdb_dest, https_api, postgres
 from secure_etl.etl.demo_source import generate_partition, partition_start
 
 PARTITION_COLUMN = duckdb_dest.PARTITION_COLUMN
@@ -46,7 +47,7 @@ def pg_endpoint(config: _PostgresConnection, tls: ClientTls) -> postgres.PgEndpo
 
 
 def source_chunks(
-    source: DemoSource | PostgresSource, partition: str, tls: ClientTls
+    source: DemoSource | PostgresSource | HttpsApiSource, partition: str, tls: ClientTls
 ) -> Iterator[pd.DataFrame]:
     """The partition's rows, in chunks."""
     if isinstance(source, DemoSource):
@@ -55,6 +56,24 @@ def source_chunks(
         )
         return
     start = partition_start(partition)
+    if isinstance(source, HttpsApiSource):
+        params = dict(source.params)
+        if source.start_param:
+            params[source.start_param] = start.isoformat()
+        if source.end_param:
+            params[source.end_param] = (start + dt.timedelta(hours=1)).isoformat()
+        api = https_api.ApiSource(
+            url=source.url,
+            records_key=source.records_key,
+            next_key=source.next_key,
+            cursor_param=source.cursor_param,
+            params=tuple(params.items()),
+            timeout_s=source.timeout_s,
+            max_retries=source.max_retries,
+        )
+        context = https_api.client_context(tls.cert, tls.key, source.ca_bundle or tls.ca_bundle)
+        yield from https_api.fetch_pages(api, context)
+        return
     yield from postgres.extract_range(
         pg_endpoint(source, tls),
         source.db_schema,

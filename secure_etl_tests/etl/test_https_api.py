@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ssl
 import threading
@@ -65,8 +66,9 @@ def pki(tmp_path):
     return out
 
 
-@pytest.fixture
-def api(pki):
+@contextlib.contextmanager
+def serve_api(pki):
+    """The Api handler behind TLS that requires a client certificate from pki["ca"]."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=pki["ca"])
     context.verify_mode = ssl.CERT_REQUIRED  # mutual TLS
     context.load_cert_chain(*pki["server"])
@@ -74,9 +76,17 @@ def api(pki):
     server.socket = context.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     Api.script, Api.seen_clients = [], []
-    yield f"https://localhost:{server.server_port}"
-    server.shutdown()
-    server.server_close()
+    try:
+        yield f"https://localhost:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def api(pki):
+    with serve_api(pki) as url:
+        yield url
 
 
 def _context(pki):
@@ -136,3 +146,50 @@ def test_a_retry_after_longer_than_we_may_wait_fails_clearly(api, pki):
     Api.script = [(429, {"Retry-After": "3600"})]
     with pytest.raises(ApiError, match="Retry-After 3600 s is longer than max_backoff_s"):
         list(fetch_pages(ApiSource(url=f"{api}/items"), _context(pki), sleep=lambda s: None))
+
+
+def test_a_pipeline_extracts_from_the_api_with_the_platforms_client_certificate(
+    platform, write_config, instance
+):
+    import copy
+
+    import yaml
+
+    from secure_etl.config import load_config
+    from secure_etl.defs.build import build_definitions
+    from secure_etl.defs.certificates import RENEWAL_JOB
+    from secure_etl.pki.renewal import certificate_store, ensure_certificate, trust_bundle
+
+    for name in ("db-server", "etl-client"):
+        ensure_certificate(platform, name)
+    server_files = certificate_store(platform).paths("db-server")
+    pki = {
+        "ca": str(trust_bundle(platform, "db-server")),
+        "server": (str(server_files.fullchain), str(server_files.privkey)),
+    }
+    with serve_api(pki) as url:  # the same mutual-TLS server, platform certificates
+        data = copy.deepcopy(yaml.safe_load(write_config().read_text()))
+        data["pipelines"]["customers"].update(
+            source={
+                "type": "https_api",
+                "url": f"{url}/items",
+                "cursor_param": "cursor",
+                "start_param": "since",
+                "end_param": "until",
+            },
+            key_column="id",
+            transforms=[{"type": "pseudonymise", "columns": ["email"], "key": "pseudo-1"}],
+        )
+        defs = build_definitions(load_config(write_config(data, "api.yaml")))
+        defs.resolve_job_def(RENEWAL_JOB).execute_in_process(instance=instance)
+        result = defs.resolve_job_def("customers_etl").execute_in_process(
+            partition_key="2026-03-01-10:00", instance=instance
+        )
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert all(checks.values()), checks
+    rows = {
+        e.asset_key.path[0]: e.materialization.metadata["rows"].value
+        for e in result.get_asset_materialization_events()
+    }
+    assert rows == {"raw": 25, "hashed": 25, "loaded": 25}
+    assert ((("commonName", "etl-client.test"),),) in Api.seen_clients
