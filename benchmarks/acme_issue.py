@@ -41,33 +41,82 @@ def _timed(argv: list[str], env: dict) -> float:
 
 def ours(pebble: Pebble, work: Path, i: int) -> float:
     return _timed(
-        [str(BIN / "secure-etl"), "acme", "issue", "-d", f"ours{i}.example.com",
-         "--directory", pebble.directory_url, "--ca-bundle", str(pebble.ca_bundle),
-         "--http-01-address", "127.0.0.1", "--http-01-port", str(pebble.http_port),
-         "--account-key", str(work / "ours-account.key"), "--out", str(work / f"ours{i}")],
+        [
+            str(BIN / "secure-etl"),
+            "acme",
+            "issue",
+            "-d",
+            f"ours{i}.example.com",
+            "--directory",
+            pebble.directory_url,
+            "--ca-bundle",
+            str(pebble.ca_bundle),
+            "--http-01-address",
+            "127.0.0.1",
+            "--http-01-port",
+            str(pebble.http_port),
+            "--account-key",
+            str(work / "ours-account.key"),
+            "--out",
+            str(work / f"ours{i}"),
+        ],
         dict(os.environ),
     )
 
 
 def certbot(pebble: Pebble, work: Path, i: int) -> float:
-    dirs = ["--config-dir", str(work / "certbot"), "--work-dir", str(work / "certbot-work"),
-            "--logs-dir", str(work / "certbot-logs")]
+    dirs = [
+        "--config-dir",
+        str(work / "certbot"),
+        "--work-dir",
+        str(work / "certbot-work"),
+        "--logs-dir",
+        str(work / "certbot-logs"),
+    ]
     return _timed(
-        ["certbot", "certonly", "--non-interactive", "--agree-tos",
-         "--register-unsafely-without-email", "--server", pebble.directory_url,
-         "--standalone", "--http-01-address", "127.0.0.1",
-         "--http-01-port", str(pebble.http_port), "-d", f"certbot{i}.example.com",
-         "--key-type", "ecdsa", *dirs],
+        [
+            "certbot",
+            "certonly",
+            "--non-interactive",
+            "--agree-tos",
+            "--register-unsafely-without-email",
+            "--server",
+            pebble.directory_url,
+            "--standalone",
+            "--http-01-address",
+            "127.0.0.1",
+            "--http-01-port",
+            str(pebble.http_port),
+            "-d",
+            f"certbot{i}.example.com",
+            "--key-type",
+            "ecdsa",
+            *dirs,
+        ],
         dict(os.environ, REQUESTS_CA_BUNDLE=str(pebble.ca_bundle)),
     )
 
 
 def lego(pebble: Pebble, work: Path, i: int) -> float:
     return _timed(
-        ["lego", "--server", pebble.directory_url, "--accept-tos", "--email", "b@example.com",
-         "--domains", f"lego{i}.example.com", "--http",
-         "--http.port", f"127.0.0.1:{pebble.http_port}", "--key-type", "ec256",
-         "--path", str(work / "lego"), "run"],
+        [
+            "lego",
+            "--server",
+            pebble.directory_url,
+            "--accept-tos",
+            "--email",
+            "b@example.com",
+            "--domains",
+            f"lego{i}.example.com",
+            "--http",
+            "--http.port",
+            f"127.0.0.1:{pebble.http_port}",
+            "--key-type",
+            "ec256",
+            "--path",
+            str(work / "lego"),
+            "run",
+        ],
         dict(os.environ, LEGO_CA_CERTIFICATES=str(pebble.ca_bundle)),
     )
 
@@ -78,10 +127,23 @@ def start_to_first_request(work: Path) -> float:
         port = listener.getsockname()[1]
         started = time.perf_counter()
         proc = subprocess.Popen(
-            [str(BIN / "secure-etl"), "acme", "issue", "-d", "a.example.com",
-             "--directory", f"https://127.0.0.1:{port}/dir", "--http-01-port", "1",
-             "--account-key", str(work / "start-account.key"), "--out", str(work / "start")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                str(BIN / "secure-etl"),
+                "acme",
+                "issue",
+                "-d",
+                "a.example.com",
+                "--directory",
+                f"https://127.0.0.1:{port}/dir",
+                "--http-01-port",
+                "1",
+                "--account-key",
+                str(work / "start-account.key"),
+                "--out",
+                str(work / "start"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         conn, _ = listener.accept()
         elapsed = time.perf_counter() - started
@@ -95,14 +157,17 @@ def bulk_renewal(pebble: Pebble, work: Path, count: int, jobs: int) -> float:
     roots.write_bytes(pebble.issuing_roots())
     config = {
         "state_dir": str(work / "bulk-state"),
-        "issuers": {"pebble": {
-            "type": "acme", "directory_url": pebble.directory_url,
-            "server_ca_bundle": str(pebble.ca_bundle), "trust_bundle": str(roots),
-            "challenge": {"type": "http-01", "address": "127.0.0.1", "port": pebble.http_port},
-        }},
+        "issuers": {
+            "pebble": {
+                "type": "acme",
+                "directory_url": pebble.directory_url,
+                "server_ca_bundle": str(pebble.ca_bundle),
+                "trust_bundle": str(roots),
+                "challenge": {"type": "http-01", "address": "127.0.0.1", "port": pebble.http_port},
+            }
+        },
         "certificates": {
-            f"svc{i}": {"issuer": "pebble", "use": "server",
-                        "identifiers": [f"svc{i}.example.com"]}
+            f"svc{i}": {"issuer": "pebble", "use": "server", "identifiers": [f"svc{i}.example.com"]}
             for i in range(count)
         },
     }

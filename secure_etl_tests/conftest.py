@@ -40,6 +40,8 @@ BASE_CONFIG: dict = {
             ],
             "destination": {"type": "duckdb", "path": "warehouse.duckdb", "table": "customers"},
             "partitions": {"start": "2026-01-01-00:00"},
+            # A failing step must fail the test now, not after minutes of retries.
+            "retry": {"max_retries": 1, "delay_s": 0.5},
         }
     },
 }

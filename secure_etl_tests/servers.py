@@ -315,9 +315,10 @@ class Postgres:
         return self.workdir / "socket"
 
     def _run(self, argv: list[str], **kwargs) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [*self._as_user, *argv], check=True, capture_output=True, text=True, **kwargs
-        )
+        result = subprocess.run([*self._as_user, *argv], capture_output=True, text=True, **kwargs)
+        if result.returncode != 0:
+            raise RuntimeError(f"{Path(argv[0]).name} failed: {result.stderr.strip()}")
+        return result
 
     def start(self) -> Postgres:
         initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")

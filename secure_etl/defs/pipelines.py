@@ -26,7 +26,12 @@ from secure_etl.defs.resources import resource_key
 from secure_etl.etl import quality, storage
 from secure_etl.etl.connectors import ClientTls, Destination, destination_for, source_chunks
 from secure_etl.etl.demo_source import PII_COLUMNS
-from secure_etl.etl.transforms import add_metadata, pseudonymise, split_valid
+from secure_etl.etl.transforms import (
+    Lineage,
+    Pseudonymiser,
+    PseudonymiseStep,
+    transform_partition,
+)
 from secure_etl.security.hmac_keys import load_hmac_key
 
 LOADED_CHECKS = {
@@ -89,31 +94,35 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
         "columns added; invalid rows go to quarantine.",
     )
     def hashed(context: AssetExecutionContext) -> MaterializeResult:
-        frame = storage.read_partition(
-            storage.partition_file(state, "raw", name, context.partition_key)
-        )
-        valid, rejected = split_valid(frame, p.key_column)
-        if len(rejected):
-            qpath = storage.partition_file(state, "quarantine", name, context.partition_key)
-            storage.write_partition(qpath, rejected)
-            context.log.warning(
-                f"quarantined {len(rejected)} rows (no or duplicate key) in {qpath}"
-            )
-        key_ids = []
+        partition = context.partition_key
+        steps, key_ids = [], []
         for transform in p.transforms:
             key = load_hmac_key(transform.key, platform.keys[transform.key], state)
-            valid = pseudonymise(valid, transform.columns, key.secret, key.key_id)
+            steps.append(PseudonymiseStep(transform.columns, Pseudonymiser(key.secret), key.key_id))
             key_ids.append(f"{key.key_id} ({key.fingerprint})")
-        out = add_metadata(valid, context.run.run_id, p.version, dt.datetime.now(dt.UTC))
-        storage.write_partition(
-            storage.partition_file(state, "hashed", name, context.partition_key), out
+        out = storage.partition_file(state, "hashed", name, partition)
+        qpath = storage.partition_file(state, "quarantine", name, partition)
+        result = transform_partition(
+            storage.partition_file(state, "raw", name, partition),
+            out,
+            qpath,
+            p.key_column,
+            steps,
+            Lineage(context.run.run_id, p.version, dt.datetime.now(dt.UTC)),
         )
+        if result.quarantined:
+            context.log.warning(
+                f"quarantined {result.quarantined} rows (no or duplicate key) in {qpath}"
+            )
+        preview = next(storage.iter_partition(out, batch_rows=5), None)
         return MaterializeResult(
             metadata={
-                "rows": len(out),
-                "quarantined_rows": len(rejected),
+                "rows": result.rows,
+                "quarantined_rows": result.quarantined,
                 "key_ids": ", ".join(key_ids) or "none",
-                "preview": MetadataValue.md(out.head(5).to_markdown(index=False)),
+                "preview": MetadataValue.md(
+                    preview.slice(0, 5).to_pandas().to_markdown(index=False) if preview else ""
+                ),
             }
         )
 
@@ -136,8 +145,7 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
         partition = context.partition_key
         certificate = getattr(context.resources, cert_resource)
         target = destination_for(p.destination, state, _client_tls(certificate))
-        frame = storage.read_partition(storage.partition_file(state, "hashed", name, partition))
-        rows = target.load(partition, frame)
+        rows = target.load(partition, storage.partition_file(state, "hashed", name, partition))
         context.log.info(f"loaded {rows} rows into {target.description}")
         return MaterializeResult(
             metadata={"rows": rows, "destination": target.description},
@@ -150,27 +158,36 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
 def _loaded_checks(
     state: Path, name: str, p: PipelineConfig, target: Destination, partition: str, pii: list[str]
 ) -> list[AssetCheckResult]:
-    raw = storage.read_partition(storage.partition_file(state, "raw", name, partition))
-    hashed = storage.read_partition(storage.partition_file(state, "hashed", name, partition))
+    raw = storage.partition_file(state, "raw", name, partition)
+    hashed = storage.partition_file(state, "hashed", name, partition)
     qfile = storage.partition_file(state, "quarantine", name, partition)
-    quarantined = len(storage.read_partition(qfile)) if qfile.exists() else 0
-    loaded = target.read(partition)
+    raw_rows = storage.partition_rows(raw)
+    raw_columns = set(storage.partition_schema(raw).names)
+    quarantined = storage.partition_rows(qfile) if qfile.exists() else 0
+    stats = target.stats(partition, p.key_column)
+    loaded_rows = stats["rows"]
 
-    reconciled = len(raw) == len(loaded) + quarantined
-    rates = quality.null_rates(loaded)
+    reconciled = raw_rows == loaded_rows + quarantined
+    rates = quality.null_rates(stats)
     worst = max(rates, key=rates.get) if rates else ""
-    duplicates = quality.duplicate_keys(loaded, p.key_column)
-    leaks = quality.pii_leaks(raw, pii, hashed)
-    for column, hits in quality.pii_leaks(raw, pii, loaded).items():
-        leaks[f"loaded.{column}"] = hits
+    duplicates = stats["duplicate_keys"]
+    loaded_columns = list(storage.partition_schema(hashed).names)
+    leaks = quality.pii_leaks(
+        lambda: storage.iter_partition(raw, columns=[c for c in pii if c in raw_columns]),
+        pii,
+        {
+            "hashed": lambda: storage.iter_partition(hashed),
+            "loaded": lambda: target.chunks(partition, loaded_columns),
+        },
+    )
     return [
         AssetCheckResult(
             check_name="rows_reconcile",
             passed=reconciled,
-            description=f"raw {len(raw)} = loaded {len(loaded)} + quarantined {quarantined}"
+            description=f"raw {raw_rows} = loaded {loaded_rows} + quarantined {quarantined}"
             if reconciled
-            else f"raw {len(raw)} != loaded {len(loaded)} + quarantined {quarantined}",
-            metadata={"raw": len(raw), "loaded": len(loaded), "quarantined": quarantined},
+            else f"raw {raw_rows} != loaded {loaded_rows} + quarantined {quarantined}",
+            metadata={"raw": raw_rows, "loaded": loaded_rows, "quarantined": quarantined},
         ),
         AssetCheckResult(
             check_name="null_rate",
@@ -182,7 +199,7 @@ def _loaded_checks(
         AssetCheckResult(
             check_name="unique_keys",
             passed=duplicates == 0,
-            description=f"{duplicates} rows share a {p.key_column}",
+            description=f"{duplicates} rows repeat a {p.key_column} already in the partition",
             metadata={"duplicate_rows": duplicates},
         ),
         AssetCheckResult(

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import pandas as pd
+import pyarrow as pa
 
 from secure_etl.config import (
     DemoSource,
@@ -18,7 +19,7 @@ from secure_etl.config import (
     PostgresSource,
     _PostgresConnection,
 )
-from secure_etl.etl import duckdb_dest, https_api, postgres
+from secure_etl.etl import duckdb_dest, https_api, postgres, storage
 from secure_etl.etl.demo_source import generate_partition, partition_start
 
 PARTITION_COLUMN = duckdb_dest.PARTITION_COLUMN
@@ -48,7 +49,7 @@ def pg_endpoint(config: _PostgresConnection, tls: ClientTls) -> postgres.PgEndpo
 
 def source_chunks(
     source: DemoSource | PostgresSource | HttpsApiSource, partition: str, tls: ClientTls
-) -> Iterator[pd.DataFrame]:
+) -> Iterator[pd.DataFrame | pa.Table]:
     """The partition's rows, in chunks."""
     if isinstance(source, DemoSource):
         yield generate_partition(
@@ -89,9 +90,14 @@ def source_chunks(
 class Destination(Protocol):
     description: str
 
-    def load(self, partition: str, frame: pd.DataFrame) -> int: ...
+    def load(self, partition: str, hashed: Path) -> int:
+        """Replace ``partition`` by the rows of the Parquet file ``hashed``."""
 
-    def read(self, partition: str) -> pd.DataFrame: ...
+    def stats(self, partition: str, key_column: str) -> dict:
+        """``{"rows", "duplicate_keys", "nulls": {column: count}}`` of the partition."""
+
+    def chunks(self, partition: str, columns: Sequence[str]) -> Iterator[pa.Table]:
+        """The partition's ``columns``, in bounded tables."""
 
 
 @dataclass(frozen=True)
@@ -103,11 +109,14 @@ class DuckDBTable:
     def description(self) -> str:
         return f"{self.path}:{self.table}"
 
-    def load(self, partition: str, frame: pd.DataFrame) -> int:
-        return duckdb_dest.load_partition(self.path, self.table, partition, frame)
+    def load(self, partition: str, hashed: Path) -> int:
+        return duckdb_dest.load_partition(self.path, self.table, partition, hashed)
 
-    def read(self, partition: str) -> pd.DataFrame:
-        return duckdb_dest.read_partition(self.path, self.table, partition)
+    def stats(self, partition: str, key_column: str) -> dict:
+        return duckdb_dest.partition_stats(self.path, self.table, partition, key_column)
+
+    def chunks(self, partition: str, columns: Sequence[str]) -> Iterator[pa.Table]:
+        return duckdb_dest.partition_chunks(self.path, self.table, partition, columns)
 
 
 @dataclass(frozen=True)
@@ -121,14 +130,25 @@ class PostgresTable:
         e = self.endpoint
         return f"postgres {e.host}:{e.port}/{e.dbname} {self.schema}.{self.table}"
 
-    def load(self, partition: str, frame: pd.DataFrame) -> int:
+    def load(self, partition: str, hashed: Path) -> int:
         return postgres.load_partition(
-            self.endpoint, self.schema, self.table, PARTITION_COLUMN, partition, frame
+            self.endpoint,
+            self.schema,
+            self.table,
+            PARTITION_COLUMN,
+            partition,
+            storage.iter_partition(hashed),
+            storage.partition_schema(hashed),
         )
 
-    def read(self, partition: str) -> pd.DataFrame:
-        return postgres.read_partition(
-            self.endpoint, self.schema, self.table, PARTITION_COLUMN, partition
+    def stats(self, partition: str, key_column: str) -> dict:
+        return postgres.partition_stats(
+            self.endpoint, self.schema, self.table, PARTITION_COLUMN, partition, key_column
+        )
+
+    def chunks(self, partition: str, columns: Sequence[str]) -> Iterator[pa.Table]:
+        return postgres.partition_chunks(
+            self.endpoint, self.schema, self.table, PARTITION_COLUMN, partition, columns
         )
 
 

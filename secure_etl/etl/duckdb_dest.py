@@ -3,40 +3,49 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 
 PARTITION_COLUMN = "_partition"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
 def _quoted(identifier: str) -> str:
-    """A table name checked against a strict pattern, then quoted; values are always bound
-    as parameters, so this is the only text that goes into SQL."""
+    """A name checked against a strict pattern, then quoted; values are always bound as
+    parameters, so this is the only text that goes into SQL."""
     if not _IDENTIFIER.match(identifier):
         raise ValueError(f"invalid identifier {identifier!r}")
     return f'"{identifier}"'
 
 
-def load_partition(path: Path, table: str, partition: str, frame: pd.DataFrame) -> int:
-    """Replace exactly ``partition`` of ``table`` by ``frame``; loading twice changes nothing."""
+def load_partition(path: Path, table: str, partition: str, parquet: Path) -> int:
+    """Replace exactly ``partition`` of ``table`` by the rows of the Parquet file
+    ``parquet`` (DuckDB streams it); loading twice changes nothing."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    staged = frame.assign(**{PARTITION_COLUMN: partition})
     name = _quoted(table)
+    source = "read_parquet(?)"
     with duckdb.connect(str(path)) as con:
-        con.register("staged", staged)
-        con.execute(f"CREATE TABLE IF NOT EXISTS {name} AS SELECT * FROM staged LIMIT 0")
+        con.execute(
+            f"CREATE TABLE IF NOT EXISTS {name} AS SELECT *, ?::VARCHAR AS {PARTITION_COLUMN} "
+            f"FROM {source} LIMIT 0",
+            [partition, str(parquet)],
+        )
         con.execute("BEGIN TRANSACTION")
         try:
             con.execute(f"DELETE FROM {name} WHERE {PARTITION_COLUMN} = ?", [partition])
-            con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM staged")
+            rows = con.execute(
+                f"INSERT INTO {name} BY NAME SELECT *, ? AS {PARTITION_COLUMN} FROM {source}",
+                [partition, str(parquet)],
+            ).fetchone()[0]
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
-    return len(staged)
+    return rows
 
 
 def read_partition(path: Path, table: str, partition: str) -> pd.DataFrame:
@@ -46,6 +55,41 @@ def read_partition(path: Path, table: str, partition: str) -> pd.DataFrame:
             f"WHERE {PARTITION_COLUMN} = ?",
             [partition],
         ).df()
+
+
+def partition_stats(path: Path, table: str, partition: str, key_column: str) -> dict:
+    """Row count, nulls per column and rows whose key is taken, computed by DuckDB."""
+    name = _quoted(table)
+    with duckdb.connect(str(path), read_only=True) as con:
+        columns = [
+            row[0]
+            for row in con.execute(f"DESCRIBE {name}").fetchall()
+            if row[0] != PARTITION_COLUMN
+        ]
+        counts = ", ".join(f"count({_quoted(c)})" for c in columns)
+        total, duplicates, *non_null = con.execute(
+            f"SELECT count(*), count(*) - count(DISTINCT {_quoted(key_column)}), {counts} "
+            f"FROM {name} WHERE {PARTITION_COLUMN} = ?",
+            [partition],
+        ).fetchone()
+    return {
+        "rows": total,
+        "duplicate_keys": duplicates,
+        "nulls": {c: total - n for c, n in zip(columns, non_null, strict=True)},
+    }
+
+
+def partition_chunks(
+    path: Path, table: str, partition: str, columns: Sequence[str], chunk_rows: int = 100_000
+) -> Iterator[pa.Table]:
+    selected = ", ".join(_quoted(c) for c in columns)
+    with duckdb.connect(str(path), read_only=True) as con:
+        reader = con.sql(
+            f"SELECT {selected} FROM {_quoted(table)} WHERE {PARTITION_COLUMN} = ?",
+            params=[partition],
+        ).to_arrow_reader(chunk_rows)
+        for batch in reader:
+            yield pa.Table.from_batches([batch])
 
 
 def table_rows(path: Path, table: str) -> int:

@@ -1,19 +1,22 @@
 """PostgreSQL as a source and a destination, over verified TLS with client certificates.
 
-Names are validated and quoted with ``psycopg.sql``; values are always bound. Extraction
-streams through COPY in bounded chunks; a partition is loaded by COPY into a temporary
-table, then swapped in (delete the partition, insert) in one transaction.
+Names are validated and quoted with ``psycopg.sql``; values are always bound. Rows move
+in bulk through ADBC's PostgreSQL driver (libpq underneath, so ``sslmode=verify-full``
+and the client certificate apply as with psycopg; binary COPY decoded to and from Arrow
+in C++), in bounded chunks. Administration, DDL and statistics use psycopg.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from urllib.parse import quote, urlencode
 
-import pandas as pd
+import adbc_driver_postgresql.dbapi as adbc_dbapi
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 from psycopg import sql
 
 SAFE_SSLMODES = {"verify-full"}
@@ -62,16 +65,38 @@ class PgEndpoint:
                 f"{str(err).strip().splitlines()[-1]}"
             ) from None
 
+    def adbc(self) -> adbc_dbapi.Connection:
+        """An ADBC connection (libpq underneath: the same TLS parameters, files read now)."""
+        params = {
+            "sslmode": self.sslmode,
+            "sslrootcert": self.sslrootcert,
+            "sslcert": self.sslcert,
+            "sslkey": self.sslkey,
+            "connect_timeout": str(self.connect_timeout_s),
+        }
+        query = urlencode({k: v for k, v in params.items() if v is not None}, quote_via=quote)
+        uri = (
+            f"postgresql://{quote(self.user, safe='')}@{self.host}:{self.port}/"
+            f"{quote(self.dbname, safe='')}?{query}"
+        )
+        try:
+            return adbc_dbapi.connect(uri)
+        except adbc_dbapi.Error as err:
+            raise PostgresError(
+                f"postgres {self.user}@{self.host}:{self.port}/{self.dbname}: "
+                f"{str(err).strip().splitlines()[0]}"
+            ) from None
 
-def _select(schema: str, table: str, columns: Sequence[str] | None, time_column: str):
+
+def _select(schema: str, table: str, columns: Sequence[str] | None, where: sql.Composable):
     cols = (
         sql.SQL(", ").join(checked_name(c, "column") for c in columns) if columns else sql.SQL("*")
     )
-    return sql.SQL("SELECT {cols} FROM {schema}.{table} WHERE {tc} >= %s AND {tc} < %s").format(
+    return sql.SQL("SELECT {cols} FROM {schema}.{table} WHERE {where}").format(
         cols=cols,
         schema=checked_name(schema, "schema"),
         table=checked_name(table, "table"),
-        tc=checked_name(time_column, "column"),
+        where=where,
     )
 
 
@@ -84,85 +109,83 @@ def extract_range(
     end,
     columns: Sequence[str] | None = None,
     chunk_rows: int = 100_000,
-) -> Iterator[pd.DataFrame]:
-    """Rows with ``start <= time_column < end`` in chunks of at most ``chunk_rows``,
-    read through a server-side cursor so memory stays bounded."""
-    query = _select(schema, table, columns, time_column)
-    with endpoint.connect() as conn, conn.transaction():
-        with conn.cursor(name="secure_etl_extract") as cursor:
-            cursor.itersize = chunk_rows
-            cursor.execute(query, (start, end))
-            names = [d.name for d in cursor.description]
-            # Types come from the table, not from each chunk's values: every chunk of a
-            # partition then has the same schema.
-            dtypes = {d.name: _dtype_for(d) for d in cursor.description}
-            empty = True
-            while rows := cursor.fetchmany(chunk_rows):
-                empty = False
-                yield _typed(pd.DataFrame.from_records(rows, columns=names), dtypes)
-            if empty:  # an hour without rows is still a partition, with its columns
-                yield _typed(pd.DataFrame(columns=names), dtypes)
+) -> Iterator[pa.Table]:
+    """Rows with ``start <= time_column < end`` as Arrow tables of at most ``chunk_rows``."""
+    tc = checked_name(time_column, "column")
+    where = sql.SQL("{tc} >= {start} AND {tc} < {end}").format(
+        tc=tc, start=sql.Literal(start), end=sql.Literal(end)
+    )
+    yield from query_tables(endpoint, _select(schema, table, columns, where), chunk_rows)
 
 
-# PostgreSQL type OIDs -> pandas dtypes; anything else travels as text.
-_OID_DTYPES = {
-    16: "boolean",
-    20: "Int64",
-    21: "Int64",
-    23: "Int64",
-    700: "float64",
-    701: "float64",
-    25: "string",
-    1042: "string",
-    1043: "string",
-    2950: "string",
-    1114: "datetime64[us]",
-    1184: "datetime64[us, UTC]",
-}
+def query_tables(
+    endpoint: PgEndpoint, query: sql.Composable, chunk_rows: int = 100_000
+) -> Iterator[pa.Table]:
+    """Stream ``query`` as Arrow tables of at most ``chunk_rows`` rows, through ADBC
+    (binary COPY, decoded to Arrow in C++): memory stays bounded by a chunk, whatever the
+    table's size. Values go into ``query`` as ``sql.Literal`` (quoted by psycopg), not as
+    parameters: with parameters the driver cannot use COPY and holds the whole result in
+    memory. An empty result is one empty table with the result's columns."""
+    with endpoint.adbc() as conn, conn.cursor() as cursor:
+        cursor.execute(query.as_string())
+        reader = cursor.fetch_record_batch()
+        schema = pa.schema([_arrow_field(f) for f in reader.schema])
+        pending, rows = [], 0
+        for batch in reader:
+            pending.append(_normalised(batch, schema))
+            rows += batch.num_rows
+            while rows >= chunk_rows:
+                table = pa.Table.from_batches(pending, schema)
+                yield table.slice(0, chunk_rows).combine_chunks()
+                rest = table.slice(chunk_rows)
+                pending, rows = rest.to_batches(), rest.num_rows
+        if rows or not pending:
+            yield pa.Table.from_batches(pending, schema).combine_chunks()
 
 
-def _dtype_for(column) -> object:
-    if column.type_code == 1700:  # numeric: exact, with the declared precision if any
-        if column.precision is not None and column.scale is not None:
-            return pd.ArrowDtype(pa.decimal128(column.precision, column.scale))
-        return "string"
-    if column.type_code == 1082:
-        return pd.ArrowDtype(pa.date32())
-    return _OID_DTYPES.get(column.type_code, "string")
+def _arrow_field(field: pa.Field) -> pa.Field:
+    """Plain Arrow types for what the driver hands over as PostgreSQL extension types:
+    numeric(p, s) becomes decimal128(p, s), anything else opaque becomes text."""
+    kind = field.type
+    if not isinstance(kind, pa.ExtensionType):
+        return pa.field(field.name, kind)
+    meta = field.metadata or {}
+    typmod = int(meta.get(b"POSTGRESQL:typmod", b"-1"))
+    if meta.get(b"POSTGRESQL:type") == b"numeric" and typmod >= 4:
+        precision, scale = (typmod - 4) >> 16, (typmod - 4) & 0xFFFF
+        if precision <= 38:
+            return pa.field(field.name, pa.decimal128(precision, scale))
+    return pa.field(field.name, pa.string())
 
 
-def _typed(frame: pd.DataFrame, dtypes: dict) -> pd.DataFrame:
-    for name, dtype in dtypes.items():
-        if dtype == "string":
-            frame[name] = frame[name].map(lambda v: v if v is None else str(v))
-        if isinstance(dtype, pd.ArrowDtype):
-            frame[name] = pd.array(frame[name].tolist(), dtype=dtype)
-        else:
-            frame[name] = frame[name].astype(dtype)
-    return frame
+def _normalised(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    columns = []
+    for column, field in zip(batch.columns, schema, strict=True):
+        if isinstance(column.type, pa.ExtensionType):
+            column = column.storage
+        columns.append(column if column.type == field.type else pc.cast(column, field.type))
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
-_PG_TYPES = {
-    "Int64": "bigint",
-    "int64": "bigint",
-    "float64": "double precision",
-    "bool": "boolean",
-    "boolean": "boolean",
-    "string": "text",
-    "object": "text",
-}
-
-
-def _pg_type(dtype) -> str:
-    text = str(dtype)
-    if text.startswith("decimal128("):
-        precision, scale = text[len("decimal128(") :].split(")")[0].split(",")
-        return f"numeric({int(precision)},{int(scale)})"
-    if text.startswith("date32"):
-        return "date"
-    if text.startswith("datetime64"):
-        return "timestamptz" if "UTC" in text or "," in text else "timestamp"
-    return _PG_TYPES.get(text, "text")
+def _pg_type(arrow_type: pa.DataType) -> str:
+    if pa.types.is_decimal(arrow_type):
+        return f"numeric({int(arrow_type.precision)},{int(arrow_type.scale)})"
+    if pa.types.is_timestamp(arrow_type):
+        return "timestamptz" if arrow_type.tz else "timestamp"
+    if pa.types.is_dictionary(arrow_type):
+        return _pg_type(arrow_type.value_type)
+    for test, name in (
+        (pa.types.is_boolean, "boolean"),
+        (pa.types.is_int16, "smallint"),
+        (pa.types.is_int32, "integer"),
+        (pa.types.is_integer, "bigint"),
+        (pa.types.is_float32, "real"),
+        (pa.types.is_floating, "double precision"),
+        (pa.types.is_date, "date"),
+    ):
+        if test(arrow_type):
+            return name
+    return "text"
 
 
 def load_partition(
@@ -171,46 +194,97 @@ def load_partition(
     table: str,
     partition_column: str,
     partition: str,
-    frame: pd.DataFrame,
+    batches: Iterable[pa.RecordBatch | pa.Table],
+    arrow_schema: pa.Schema,
 ) -> int:
-    """Replace exactly ``partition`` of ``schema.table`` by ``frame`` in one transaction."""
+    """Replace exactly ``partition`` of ``schema.table`` by ``batches`` in one transaction
+    (delete the partition, stream the new rows in by binary COPY, commit): readers see
+    the old partition or the new one, never a mix. Memory stays bounded by one batch."""
     target = sql.SQL("{}.{}").format(checked_name(schema, "schema"), checked_name(table, "table"))
     part = checked_name(partition_column, "column")
-    staged = frame.assign(**{partition_column: partition})
-    columns = [checked_name(c, "column") for c in staged.columns]
     column_defs = sql.SQL(", ").join(
-        sql.SQL("{} {}").format(name, sql.SQL(_pg_type(dtype)))
-        for name, dtype in zip(columns, staged.dtypes, strict=True)
+        sql.SQL("{} {}").format(checked_name(field.name, "column"), sql.SQL(_pg_type(field.type)))
+        for field in arrow_schema
     )
-    column_list = sql.SQL(", ").join(columns)
-    with endpoint.connect() as conn, conn.transaction():
-        conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(target, column_defs))
+    with endpoint.connect() as conn:  # the table and its partition index, if new
         conn.execute(
-            sql.SQL("CREATE TEMP TABLE secure_etl_stage (LIKE {}) ON COMMIT DROP").format(target)
-        )
-        copy_sql = sql.SQL("COPY secure_etl_stage ({}) FROM STDIN").format(column_list)
-        with conn.cursor() as cursor, cursor.copy(copy_sql) as copy:
-            for row in staged.itertuples(index=False, name=None):
-                copy.write_row([None if pd.isna(v) else v for v in row])
-        conn.execute(sql.SQL("DELETE FROM {} WHERE {} = %s").format(target, part), (partition,))
-        conn.execute(
-            sql.SQL("INSERT INTO {} ({}) SELECT {} FROM secure_etl_stage").format(
-                target, column_list, column_list
+            sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}, {} text NOT NULL)").format(
+                target, column_defs, part
             )
         )
-    return len(staged)
+        conn.execute(
+            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
+                checked_name(f"{table}_{partition_column}_idx"[:63], "index"), target, part
+            )
+        )
+    with_partition = arrow_schema.append(pa.field(partition_column, pa.string()))
+
+    def stamped() -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for piece in batch.to_batches() if isinstance(batch, pa.Table) else [batch]:
+                constant = pa.array([partition] * piece.num_rows, pa.string())
+                yield pa.RecordBatch.from_arrays([*piece.columns, constant], schema=with_partition)
+
+    with endpoint.adbc() as conn, conn.cursor() as cursor:
+        delete = sql.SQL("DELETE FROM {} WHERE {} = $1").format(target, part)
+        cursor.execute(delete.as_string(), (partition,))
+        rows = cursor.adbc_ingest(
+            table,
+            pa.RecordBatchReader.from_batches(with_partition, stamped()),
+            mode="append",
+            db_schema_name=schema,
+        )
+        conn.commit()
+    return rows
 
 
-def read_partition(
-    endpoint: PgEndpoint, schema: str, table: str, partition_column: str, partition: str
-) -> pd.DataFrame:
-    query = sql.SQL("SELECT * FROM {}.{} WHERE {} = %s").format(
-        checked_name(schema, "schema"),
-        checked_name(table, "table"),
-        checked_name(partition_column, "column"),
-    )
+def partition_stats(
+    endpoint: PgEndpoint,
+    schema: str,
+    table: str,
+    partition_column: str,
+    partition: str,
+    key_column: str,
+) -> dict:
+    """Row count, non-null count per column and rows whose key is taken, computed by the
+    server: nothing of the partition crosses the wire."""
+    target = sql.SQL("{}.{}").format(checked_name(schema, "schema"), checked_name(table, "table"))
     with endpoint.connect() as conn, conn.cursor() as cursor:
-        cursor.execute(query, (partition,))
-        names = [d.name for d in cursor.description]
-        frame = pd.DataFrame.from_records(cursor.fetchall(), columns=names)
-    return frame.drop(columns=[partition_column])
+        cursor.execute(sql.SQL("SELECT * FROM {} LIMIT 0").format(target))
+        names = [d.name for d in cursor.description if d.name != partition_column]
+        counts = sql.SQL(", ").join(
+            sql.SQL("count({})").format(checked_name(n, "column")) for n in names
+        )
+        cursor.execute(
+            sql.SQL(
+                "SELECT count(*), count(*) - count(DISTINCT {key}), {counts} FROM {t} "
+                "WHERE {part} = %s"
+            ).format(
+                key=checked_name(key_column, "column"),
+                counts=counts,
+                t=target,
+                part=checked_name(partition_column, "column"),
+            ),
+            (partition,),
+        )
+        total, duplicates, *non_null = cursor.fetchone()
+    return {
+        "rows": total,
+        "duplicate_keys": duplicates,
+        "nulls": {n: total - c for n, c in zip(names, non_null, strict=True)},
+    }
+
+
+def partition_chunks(
+    endpoint: PgEndpoint,
+    schema: str,
+    table: str,
+    partition_column: str,
+    partition: str,
+    columns: Sequence[str],
+    chunk_rows: int = 100_000,
+) -> Iterator[pa.Table]:
+    where = sql.SQL("{} = {}").format(
+        checked_name(partition_column, "column"), sql.Literal(partition)
+    )
+    yield from query_tables(endpoint, _select(schema, table, columns, where), chunk_rows)

@@ -1,18 +1,18 @@
-"""Where each stage of a pipeline keeps a partition: one Parquet file, written atomically."""
+"""Where each stage of a pipeline keeps a partition: one Parquet file, written atomically
+and owner-only (raw and quarantined rows hold PII), read back in bounded batches."""
 
 from __future__ import annotations
 
-import io
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from secure_etl.security.files import SECRET_MODE, write_secret
+from secure_etl.security.files import SECRET_MODE
 
 STAGES = ("raw", "quarantine", "hashed")
 
@@ -24,40 +24,112 @@ def partition_file(state_dir: Path, stage: str, pipeline: str, partition: str) -
     return Path(state_dir) / "data" / stage / pipeline / f"{safe}.parquet"
 
 
-def write_partition(path: Path, frame: pd.DataFrame) -> int:
-    """Write a partition (owner-only: raw and quarantined rows hold PII); returns bytes."""
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
-    data = buffer.getvalue()
-    write_secret(path, data)
-    return len(data)
+class PartitionWriter:
+    """Writes a partition table by table; the file appears complete on ``commit`` or not
+    at all. Every table must have the first one's schema (a later one is cast to it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(
+            f".{self.path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        )
+        self._handle = os.fdopen(
+            os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, SECRET_MODE), "wb"
+        )
+        self._writer: pq.ParquetWriter | None = None
+        self.rows = 0
+
+    @property
+    def schema(self) -> pa.Schema | None:
+        return self._writer.schema if self._writer else None
+
+    def write(self, table: pa.Table | pa.RecordBatch | pd.DataFrame) -> None:
+        if isinstance(table, pd.DataFrame):
+            table = pa.Table.from_pandas(table, preserve_index=False)
+        elif isinstance(table, pa.RecordBatch):
+            table = pa.Table.from_batches([table])
+        if self._writer is None:
+            # lz4 without dictionaries: hashed columns are unique values, where trying a
+            # dictionary costs more time than it saves space.
+            self._writer = pq.ParquetWriter(
+                self._handle, table.schema, compression="lz4", use_dictionary=False
+            )
+        elif table.schema != self._writer.schema:
+            try:
+                table = table.cast(self._writer.schema)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as err:
+                raise ValueError(
+                    f"{self.path}: a chunk's columns differ from the first chunk's: {err}"
+                ) from None
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+
+    def commit(self) -> tuple[int, int]:
+        """Close, sync and move into place; returns (rows, bytes)."""
+        if self._writer is None:
+            self.abort()
+            raise ValueError(f"{self.path}: the source returned no rows and no schema")
+        self._writer.close()
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._handle.close()
+        os.replace(self._tmp, self.path)
+        return self.rows, self.path.stat().st_size
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._handle.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> PartitionWriter:
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is not None and not self._handle.closed:
+            self.abort()
 
 
-def write_partition_chunks(path: Path, chunks: Iterable[pd.DataFrame]) -> tuple[int, int]:
-    """Write a partition chunk by chunk (memory stays bounded by one chunk), owner-only,
-    atomically; returns (rows, bytes)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, SECRET_MODE)
-    rows, writer = 0, None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            for chunk in chunks:
-                table = pa.Table.from_pandas(chunk, preserve_index=False)
-                if writer is None:
-                    writer = pq.ParquetWriter(handle, table.schema)
-                writer.write_table(table)
-                rows += len(chunk)
-            if writer is None:
-                raise ValueError("the source returned no rows and no schema")
-            writer.close()
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return rows, path.stat().st_size
+def write_partition(path: Path, frame: pd.DataFrame | pa.Table) -> int:
+    """Write a whole partition at once; returns bytes."""
+    with PartitionWriter(path) as writer:
+        writer.write(frame)
+        return writer.commit()[1]
+
+
+def write_partition_chunks(
+    path: Path, chunks: Iterable[pa.Table | pd.DataFrame]
+) -> tuple[int, int]:
+    """Write a partition chunk by chunk (memory stays bounded by one chunk); returns
+    (rows, bytes)."""
+    with PartitionWriter(path) as writer:
+        for chunk in chunks:
+            writer.write(chunk)
+        return writer.commit()
+
+
+def _existing(path: Path) -> pq.ParquetFile:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: partition not materialized yet")
+    return pq.ParquetFile(path)
+
+
+def iter_partition(
+    path: Path, columns: list[str] | None = None, batch_rows: int = 100_000
+) -> Iterator[pa.Table]:
+    """The partition in tables of at most ``batch_rows`` rows."""
+    for batch in _existing(path).iter_batches(batch_size=batch_rows, columns=columns):
+        yield pa.Table.from_batches([batch])
+
+
+def partition_rows(path: Path) -> int:
+    """Rows in a partition file, from its footer (no data is read)."""
+    return _existing(path).metadata.num_rows
+
+
+def partition_schema(path: Path) -> pa.Schema:
+    return _existing(path).schema_arrow
 
 
 def read_partition(path: Path) -> pd.DataFrame:

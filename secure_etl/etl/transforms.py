@@ -1,58 +1,213 @@
-"""Row validation, keyed pseudonymisation and lineage columns."""
+"""Row validation, keyed pseudonymisation and lineage columns, applied to a partition in
+bounded batches (Arrow tables), so memory does not grow with the partition."""
 
 from __future__ import annotations
 
 import datetime as dt
-import hmac
-from collections.abc import Iterable
-from hashlib import sha256
+import itertools
+import multiprocessing as mp
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from secure_etl.etl import storage
+from secure_etl.etl.hmac_column import hex_many, hmac_column, key_pads
 
 KEY_ID_COLUMN = "_pseudonym_key_id"
 METADATA_COLUMNS = ("_run_id", "_pipeline_version", "_processed_at", KEY_ID_COLUMN)
+PARALLEL_MIN_ROWS = 200_000  # below this, starting worker processes costs more than it saves
 
 
-def split_valid(frame: pd.DataFrame, key_column: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Rows fit to load, and the rest (no key, or a key seen earlier in the partition)."""
-    key = frame[key_column]
-    bad = key.isna() | key.duplicated(keep="first")
-    return frame[~bad].reset_index(drop=True), frame[bad].reset_index(drop=True)
+class Pseudonymiser:
+    """HMAC-SHA256 (RFC 2104) of each value's UTF-8 text, as hex, with one key."""
+
+    def __init__(self, secret: bytes) -> None:
+        self.pads = key_pads(secret)
+
+    def hex_many(self, values: Iterable[bytes | None]) -> list[str | None]:
+        return hex_many(self.pads, values)
+
+    def column(self, array: pa.Array | pa.ChunkedArray) -> pa.Array:
+        return hmac_column(self.pads, array)
 
 
 def hmac_hex(values: Iterable[object], secret: bytes) -> list[str | None]:
     """HMAC-SHA256 (hex) of each value's UTF-8 text; missing values stay missing."""
-    # The keyed inner and outer states are computed once and copied per value.
-    base = hmac.new(secret, digestmod=sha256)
-    out: list[str | None] = []
-    for value in values:
-        if value is None or value is pd.NA or (isinstance(value, float) and value != value):
-            out.append(None)
-            continue
-        mac = base.copy()
-        mac.update(str(value).encode("utf-8"))
-        out.append(mac.hexdigest())
-    return out
+    return Pseudonymiser(secret).hex_many(
+        None if _missing(v) else str(v).encode("utf-8") for v in values
+    )
 
 
-def pseudonymise(
-    frame: pd.DataFrame, columns: Iterable[str], secret: bytes, key_id: str
-) -> pd.DataFrame:
-    """Replace each column's values by their keyed hash and record the key id per row."""
-    out = frame.copy()
-    for column in columns:
-        if column not in out.columns:
-            raise KeyError(f"pseudonymise: no column {column!r} (have {', '.join(out.columns)})")
-        out[column] = pd.array(hmac_hex(out[column].to_numpy(object), secret), dtype="string")
-    out[KEY_ID_COLUMN] = pd.array([key_id] * len(out), dtype="string")
-    return out
+def _missing(value: object) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and value != value)
 
 
-def add_metadata(
-    frame: pd.DataFrame, run_id: str, pipeline_version: str, processed_at: dt.datetime
-) -> pd.DataFrame:
-    out = frame.copy()
-    out["_run_id"] = pd.array([run_id] * len(out), dtype="string")
-    out["_pipeline_version"] = pd.array([pipeline_version] * len(out), dtype="string")
-    out["_processed_at"] = pd.Timestamp(processed_at).as_unit("us")
-    return out
+class SeenKeys:
+    """Remembers the keys of a partition across batches, in 8 bytes a key: integer keys
+    as themselves, other keys as a 64-bit hash (two distinct keys share one with odds
+    about n²/2⁶⁵, which would quarantine a good row, never load a duplicate)."""
+
+    def __init__(self) -> None:
+        self._sorted = np.empty(0, dtype=np.uint64)
+
+    def repeated(self, keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """For each non-null key: was it seen before, in this batch or an earlier one."""
+        if pa.types.is_integer(keys.type):
+            prints = pc.cast(keys, pa.int64()).to_numpy(zero_copy_only=False).view(np.uint64)
+        else:
+            prints = pd.util.hash_array(
+                pc.cast(keys, pa.string()).to_numpy(zero_copy_only=False).astype(object)
+            )
+        within = pd.Series(prints).duplicated(keep="first").to_numpy()
+        at = np.minimum(np.searchsorted(self._sorted, prints), max(len(self._sorted) - 1, 0))
+        before = self._sorted[at] == prints if len(self._sorted) else np.zeros_like(within)
+        merged = np.concatenate([self._sorted, np.sort(prints[~within])])
+        merged.sort(kind="stable")  # two sorted runs: timsort merges them in linear time
+        self._sorted = merged
+        return within | before
+
+
+def split_valid(table: pa.Table, key_column: str, seen: SeenKeys) -> tuple[pa.Table, pa.Table]:
+    """Rows fit to load, and the rest (no key, or a key seen earlier in the partition)."""
+    keys = table[key_column]
+    missing = pc.is_null(keys).to_numpy(zero_copy_only=False)
+    bad = missing.copy()
+    present = ~missing
+    bad[present] = seen.repeated(keys.filter(pa.array(present)))
+    return table.filter(pa.array(~bad)), table.filter(pa.array(bad))
+
+
+@dataclass(frozen=True)
+class PseudonymiseStep:
+    columns: Sequence[str]
+    pseudonymiser: Pseudonymiser
+    key_id: str
+
+
+@dataclass(frozen=True)
+class Lineage:
+    run_id: str
+    pipeline_version: str
+    processed_at: dt.datetime
+
+
+def pseudonymise(table: pa.Table, steps: Sequence[PseudonymiseStep]) -> pa.Table:
+    """Replace each step's columns by their keyed hashes and record the key ids per row."""
+    return pseudonymise_later(table, steps, None)()
+
+
+def pseudonymise_later(
+    table: pa.Table, steps: Sequence[PseudonymiseStep], pool: Executor | None
+) -> Callable[[], pa.Table]:
+    """Start pseudonymising ``table`` (in ``pool``'s worker processes if given) and return
+    the function that waits for the result: the caller can read the next batch meanwhile."""
+    jobs = []
+    for step in steps:
+        for column in step.columns:
+            index = table.schema.get_field_index(column)
+            if index < 0:
+                raise KeyError(
+                    f"pseudonymise: no column {column!r} (have {', '.join(table.column_names)})"
+                )
+            values = table.column(index).combine_chunks()
+            pads = step.pseudonymiser.pads
+            job = (
+                pool.submit(hmac_column, pads, values) if pool else _done(hmac_column(pads, values))
+            )
+            jobs.append((index, column, job))
+    key_ids = ",".join(step.key_id for step in steps)
+
+    def result() -> pa.Table:
+        out = table
+        for index, column, job in jobs:
+            out = out.set_column(index, column, job.result())
+        return out.append_column(KEY_ID_COLUMN, _constant(key_ids, out.num_rows))
+
+    return result
+
+
+def _done(value: pa.Array) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
+
+
+def add_metadata(table: pa.Table, lineage: Lineage) -> pa.Table:
+    at = pa.scalar(lineage.processed_at.astimezone(dt.UTC), pa.timestamp("us", "UTC"))
+    return (
+        table.append_column("_run_id", _constant(lineage.run_id, table.num_rows))
+        .append_column("_pipeline_version", _constant(lineage.pipeline_version, table.num_rows))
+        .append_column("_processed_at", pa.array([at.value] * table.num_rows, at.type))
+    )
+
+
+def _constant(value: str, rows: int) -> pa.Array:
+    return pa.array([value] * rows, pa.string())
+
+
+@dataclass(frozen=True)
+class TransformResult:
+    rows: int
+    quarantined: int
+
+
+def transform_partition(
+    raw: Path,
+    hashed: Path,
+    quarantine: Path,
+    key_column: str,
+    steps: Sequence[PseudonymiseStep],
+    lineage: Lineage,
+    batch_rows: int = 100_000,
+    workers: int | None = None,
+) -> TransformResult:
+    """raw -> hashed (valid rows, pseudonymised, with lineage columns) and quarantine
+    (the rest, or no file when there is none), one batch at a time. A big partition is
+    hashed in ``workers`` processes (default: one per CPU) while the next batch is read."""
+    if workers is None:
+        workers = len(os.sched_getaffinity(0))
+    parallel = workers > 1 and steps and storage.partition_rows(raw) >= PARALLEL_MIN_ROWS
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) if parallel else None
+    try:
+        return _transform(raw, hashed, quarantine, key_column, steps, lineage, batch_rows, pool)
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
+
+
+def _transform(raw, hashed, quarantine, key_column, steps, lineage, batch_rows, pool):
+    seen = SeenKeys()
+    rejected: storage.PartitionWriter | None = None
+    with storage.PartitionWriter(hashed) as valid_out:
+        try:
+            tables = storage.iter_partition(raw, batch_rows=batch_rows)
+            first = next(tables, None)
+            if first is None:  # an empty partition still has its columns
+                first = storage.partition_schema(raw).empty_table()
+            in_flight: list[Callable[[], pa.Table]] = []
+            for table in itertools.chain([first], tables):
+                valid, bad = split_valid(table, key_column, seen)
+                if bad.num_rows:
+                    rejected = rejected or storage.PartitionWriter(quarantine)
+                    rejected.write(bad)
+                in_flight.append(pseudonymise_later(valid, steps, pool))
+                if len(in_flight) > 1:  # two batches in flight: workers never wait for us
+                    valid_out.write(add_metadata(in_flight.pop(0)(), lineage))
+            for pending in in_flight:
+                valid_out.write(add_metadata(pending(), lineage))
+            rows, _ = valid_out.commit()
+            quarantined = rejected.commit()[0] if rejected else 0
+        except BaseException:
+            if rejected:
+                rejected.abort()
+            raise
+    if not rejected:
+        quarantine.unlink(missing_ok=True)  # a previous run's rejects are not this run's
+    return TransformResult(rows, quarantined)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from dagster import AssetCheckKey, AssetKey
 from secure_etl.config import default_config_path, load_config
 from secure_etl.defs.build import build_definitions
 from secure_etl.defs.certificates import ALL_CHECKS
+from secure_etl_tests.conftest import BASE_CONFIG
 
 
 def test_every_job_resolves_on_the_bundled_demo_config():
@@ -44,8 +46,10 @@ def test_certificates_have_every_inspection_check_and_feed_the_pipeline(platform
         assert graph.get(AssetKey([stage, "customers"])).group_name == "customers"
 
 
-def test_extract_and_load_retry_three_times_five_minutes_apart(platform):
-    defs = build_definitions(platform)
+def test_extract_and_load_retry_three_times_five_minutes_apart(write_config):
+    data = copy.deepcopy(BASE_CONFIG)
+    del data["pipelines"]["customers"]["retry"]  # the defaults, not the tests' short ones
+    defs = build_definitions(load_config(write_config(data)))
     for stage in ("raw", "loaded"):
         policy = defs.resolve_assets_def(AssetKey([stage, "customers"])).op.retry_policy
         assert (policy.max_retries, policy.delay) == (3, 300)

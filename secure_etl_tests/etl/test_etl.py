@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
-from secure_etl.etl import duckdb_dest, quality
+from secure_etl.etl import duckdb_dest, quality, storage, transforms
 from secure_etl.etl.demo_source import generate_partition
-from secure_etl.etl.transforms import hmac_hex, pseudonymise, split_valid
+from secure_etl.etl.transforms import (
+    Lineage,
+    Pseudonymiser,
+    PseudonymiseStep,
+    SeenKeys,
+    hmac_hex,
+    pseudonymise,
+    split_valid,
+    transform_partition,
+)
 
 SECRET = bytes(range(32))
 
@@ -35,11 +46,58 @@ def test_the_demo_source_makes_the_requested_share_of_bad_rows():
     assert 50 < frame["customer_id"].isna().sum() < 150
 
 
-def test_rows_without_a_key_or_with_a_repeated_key_are_quarantined():
-    frame = pd.DataFrame({"id": pd.array([1, None, 2, 1], dtype="Int64"), "v": list("abcd")})
-    valid, rejected = split_valid(frame, "id")
-    assert valid["v"].tolist() == ["a", "c"]
-    assert rejected["v"].tolist() == ["b", "d"]
+def test_rows_without_a_key_or_with_a_repeated_key_are_quarantined_across_batches():
+    seen = SeenKeys()
+    first = pa.table({"id": pa.array([1, None, 2, 1], pa.int64()), "v": list("abcd")})
+    second = pa.table({"id": pa.array([3, 2, None], pa.int64()), "v": list("efg")})
+    valid, rejected = split_valid(first, "id", seen)
+    assert valid["v"].to_pylist() == ["a", "c"]
+    assert rejected["v"].to_pylist() == ["b", "d"]
+    valid, rejected = split_valid(second, "id", seen)  # 2 was seen in the first batch
+    assert valid["v"].to_pylist() == ["e"]
+    assert rejected["v"].to_pylist() == ["f", "g"]
+
+
+def test_text_keys_are_remembered_across_batches_too():
+    seen = SeenKeys()
+    assert seen.repeated(pa.array(["a", "b", "a"])).tolist() == [False, False, True]
+    assert seen.repeated(pa.array(["c", "b"])).tolist() == [False, True]
+
+
+def test_a_partition_is_transformed_in_batches_and_in_processes_with_the_same_result(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(transforms, "PARALLEL_MIN_ROWS", 100)
+    frame = generate_partition("2026-05-01-07:00", 1000, seed=3, bad_row_rate=0.02)
+    raw = tmp_path / "raw.parquet"
+    storage.write_partition(raw, frame)
+    step = PseudonymiseStep(["email", "phone"], Pseudonymiser(SECRET), "k1")
+    lineage = Lineage("run-1", "v1", dt.datetime(2026, 5, 1, 8, tzinfo=dt.UTC))
+    outs = {}
+    for batch_rows, workers in ((1000, 1), (64, 1), (64, 2)):
+        hashed, quarantine = tmp_path / f"h{batch_rows}", tmp_path / f"q{batch_rows}"
+        result = transform_partition(
+            raw, hashed, quarantine, "customer_id", [step], lineage, batch_rows, workers
+        )
+        outs[batch_rows, workers] = storage.read_partition(hashed)
+        assert result.rows + result.quarantined == 1000
+        assert result.quarantined == storage.partition_rows(quarantine) > 0
+    pd.testing.assert_frame_equal(outs[1000, 1], outs[64, 1])
+    pd.testing.assert_frame_equal(outs[1000, 1], outs[64, 2])
+    out = outs[64, 2]
+    assert out["email"].iloc[0] == hmac_hex([frame["email"].iloc[0]], SECRET)[0]
+    assert set(out["_pseudonym_key_id"]) == {"k1"} and set(out["_run_id"]) == {"run-1"}
+    assert out["full_name"].tolist() == frame.dropna(subset=["customer_id"])["full_name"].tolist()
+
+
+def test_a_clean_rerun_removes_the_previous_quarantine_file(tmp_path):
+    raw, hashed, quarantine = tmp_path / "raw", tmp_path / "hashed", tmp_path / "q"
+    lineage = Lineage("r", "v", dt.datetime.now(dt.UTC))
+    storage.write_partition(raw, pa.table({"id": pa.array([1, None], pa.int64())}))
+    assert transform_partition(raw, hashed, quarantine, "id", [], lineage).quarantined == 1
+    storage.write_partition(raw, pa.table({"id": pa.array([1, 2], pa.int64())}))
+    assert transform_partition(raw, hashed, quarantine, "id", [], lineage).quarantined == 0
+    assert not quarantine.exists()
 
 
 def test_hmac_matches_an_independent_computation_and_keeps_missing_values():
@@ -55,29 +113,50 @@ def test_a_different_key_gives_a_different_pseudonym():
 
 
 def test_pseudonymise_names_a_missing_column():
+    step = PseudonymiseStep(["mail"], Pseudonymiser(SECRET), "k1")
     with pytest.raises(KeyError, match="no column 'mail'"):
-        pseudonymise(pd.DataFrame({"email": ["a"]}), ["mail"], SECRET, "k1")
+        pseudonymise(pa.table({"email": ["a"]}), [step])
+
+
+def test_repeated_values_hash_once_and_equal_the_one_by_one_result():
+    values = pa.array(["a", None, "b", "a", "a", "b"] * 10)
+    column = Pseudonymiser(SECRET).column(values)
+    assert column.to_pylist() == hmac_hex(values.to_pylist(), SECRET)
+    assert Pseudonymiser(b"k" * 100).hex_many([b"x"]) == [
+        hmac.new(b"k" * 100, b"x", hashlib.sha256).hexdigest()
+    ]
 
 
 def test_a_partition_is_replaced_not_appended(tmp_path):
     db = tmp_path / "w.duckdb"
-    first = pd.DataFrame({"id": [1, 2, 3], "v": ["a", "b", "c"]})
-    duckdb_dest.load_partition(db, "t", "p1", first)
-    duckdb_dest.load_partition(db, "t", "p2", first.assign(id=[4, 5, 6]))
-    duckdb_dest.load_partition(db, "t", "p1", first.iloc[:2])
+    first = pa.table({"id": [1, 2, 3], "v": ["a", "b", "c"]})
+    for name, table in {
+        "a": first,
+        "b": first.set_column(0, "id", pa.array([4, 5, 6])),
+        "c": first.slice(0, 2),
+    }.items():
+        storage.write_partition(tmp_path / name, table)
+    duckdb_dest.load_partition(db, "t", "p1", tmp_path / "a")
+    duckdb_dest.load_partition(db, "t", "p2", tmp_path / "b")
+    duckdb_dest.load_partition(db, "t", "p1", tmp_path / "c")
 
     assert duckdb_dest.table_rows(db, "t") == 5
     assert duckdb_dest.read_partition(db, "t", "p1")["id"].tolist() == [1, 2]
+    stats = duckdb_dest.partition_stats(db, "t", "p1", "id")
+    assert stats == {"rows": 2, "duplicate_keys": 0, "nulls": {"id": 0, "v": 0}}
 
 
 def test_a_table_name_that_is_not_an_identifier_is_refused(tmp_path):
+    storage.write_partition(tmp_path / "a", pa.table({"a": [1]}))
     with pytest.raises(ValueError, match="invalid identifier"):
-        duckdb_dest.load_partition(tmp_path / "w.duckdb", 't"; DROP', "p", pd.DataFrame({"a": [1]}))
+        duckdb_dest.load_partition(tmp_path / "w.duckdb", 't"; DROP', "p", tmp_path / "a")
 
 
 def test_leaks_are_counted_per_column_without_values():
-    raw = pd.DataFrame({"email": ["a@x", "b@x"], "n": [1, 2]})
-    downstream = pd.DataFrame({"email": ["h1", "b@x"], "note": ["a@x", "ok"]})
-    assert quality.pii_leaks(raw, ["email"], downstream) == {"email": 1, "note": 1}
-    assert quality.duplicate_keys(pd.DataFrame({"k": [1, 1, 2]}), "k") == 2
-    assert quality.null_rates(pd.DataFrame({"a": [1, None]}))["a"] == 0.5
+    raw = pa.table({"email": ["a@x", "b@x", None], "n": [1, 2, 3]})
+    downstream = pa.table({"email": ["h1", "b@x", None], "note": ["a@x", "ok", "a@x"]})
+    leaks = quality.pii_leaks(lambda: [raw], ["email"], {"loaded": lambda: [downstream]})
+    assert leaks == {"loaded.email": 1, "loaded.note": 2}
+    assert quality.pii_leaks(lambda: [raw], ["email"], {"x": lambda: [raw.drop(["email"])]}) == {}
+    stats = {"rows": 4, "duplicate_keys": 1, "nulls": {"a": 2, "b": 0}}
+    assert quality.null_rates(stats) == {"a": 0.5, "b": 0.0}
