@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from secure_etl.errors import UserError
 from secure_etl.identifiers import is_dns_name, is_ip_address
@@ -230,11 +239,23 @@ class _PostgresConnection(_Strict):
         return self
 
 
+class IncrementalCursor(_Strict):
+    """Each run extracts the rows whose ``cursor_column`` (a timestamp, e.g. updated_at)
+    is at or past the previous run's high-water mark minus ``lag_s`` seconds: rows that
+    committed late with an earlier cursor value are still picked up, and the destination
+    merges by the key, so reading a row twice does not duplicate it."""
+
+    cursor_column: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+    lag_s: float = Field(300, ge=0)
+
+
 class PostgresSource(_PostgresConnection):
-    """Rows of one table whose ``time_column`` falls in the partition's hour."""
+    """Rows of one table: with hourly partitions, those whose ``time_column`` falls in
+    the partition's hour; with ``incremental``, those past the last high-water mark."""
 
     type: Literal["postgres"]
-    time_column: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+    time_column: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+    incremental: IncrementalCursor | None = None
     columns: list[str] | None = None
     chunk_rows: int = Field(100_000, ge=1)
 
@@ -294,6 +315,25 @@ class HourlyPartitions(_Strict):
     schedule_minute: int = Field(15, ge=0, le=59)
 
 
+class IncrementalRuns(_Strict):
+    """No time partitions: each run (on the ``schedule`` cron) extracts what is new since
+    the last one, as the source's ``incremental`` says, and merges it by the key."""
+
+    type: Literal["incremental"]
+    schedule: str = "*/15 * * * *"
+
+
+def _partitions_kind(value: object) -> str:
+    kind = value.get("type", "hourly") if isinstance(value, dict) else getattr(value, "type", "")
+    return kind if kind in ("hourly", "incremental") else "hourly"
+
+
+Partitions = Annotated[
+    Annotated[HourlyPartitions, Tag("hourly")] | Annotated[IncrementalRuns, Tag("incremental")],
+    Discriminator(_partitions_kind),
+]
+
+
 class RetryConfig(_Strict):
     """Extract and load are retried: max_retries times, delay_s apart, doubling."""
 
@@ -312,9 +352,31 @@ class PipelineConfig(_Strict):
     key_column: str
     transforms: list[Transform] = []
     destination: Destination
-    partitions: HourlyPartitions
+    partitions: Partitions
     quality: Quality = Quality()
     retry: RetryConfig = RetryConfig()
+
+    @model_validator(mode="after")
+    def _partitions_fit_the_source(self) -> PipelineConfig:
+        incremental = getattr(self.source, "incremental", None)
+        if self.partitions.type == "incremental" and incremental is None:
+            raise ValueError(
+                "partitions of type incremental need a postgres source with `incremental: "
+                "{cursor_column: ...}`"
+            )
+        if self.partitions.type == "hourly" and incremental is not None:
+            raise ValueError("a source with `incremental` needs `partitions: {type: incremental}`")
+        if (
+            self.partitions.type == "hourly"
+            and self.source.type == "postgres"
+            and not self.source.time_column
+        ):
+            raise ValueError("a postgres source with hourly partitions needs a time_column")
+        return self
+
+    @property
+    def incremental(self) -> bool:
+        return self.partitions.type == "incremental"
 
 
 class HmacKeyConfig(_Strict):

@@ -14,6 +14,7 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     RetryPolicy,
+    ScheduleDefinition,
     asset,
     build_schedule_from_partitioned_job,
     define_asset_job,
@@ -24,7 +25,13 @@ from secure_etl.config import PipelineConfig, PlatformConfig
 from secure_etl.defs.certificates import certificate_key
 from secure_etl.defs.resources import resource_key
 from secure_etl.etl import quality, storage
-from secure_etl.etl.connectors import ClientTls, Destination, destination_for, source_chunks
+from secure_etl.etl.connectors import (
+    ClientTls,
+    Destination,
+    destination_for,
+    incremental_chunks,
+    source_chunks,
+)
 from secure_etl.etl.demo_source import PII_COLUMNS
 from secure_etl.etl.transforms import (
     Lineage,
@@ -49,7 +56,9 @@ def stage_key(stage: str, pipeline: str) -> AssetKey:
 def pipeline_assets(platform: PlatformConfig, name: str) -> list:
     p = platform.pipelines[name]
     state = platform.resolved_state_dir()
-    partitions = HourlyPartitionsDefinition(start_date=p.partitions.start)
+    partitions = (
+        None if p.incremental else HourlyPartitionsDefinition(start_date=p.partitions.start)
+    )
     cert_resource = resource_key(p.client_certificate)
     pii = _pii_columns(p)
     # Extract and load talk to other systems: retried (3 times, 5 minutes apart, backing
@@ -72,15 +81,35 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
     def raw(context: AssetExecutionContext) -> MaterializeResult:
         certificate = getattr(context.resources, cert_resource)
         certificate.ssl_context()  # fails early, with the path, if the certificate is unusable
-        path = storage.partition_file(state, "raw", name, context.partition_key)
-        chunks = source_chunks(p.source, context.partition_key, _client_tls(certificate))
-        rows, size = storage.write_partition_chunks(path, chunks)
+        path = storage.partition_file(state, "raw", name, _file_key(context))
+        tls = _client_tls(certificate)
+        extra = {}
+        if p.incremental:
+            cursor = p.source.incremental
+            previous = _high_water(context, stage_key("raw", name))
+            since = previous - dt.timedelta(seconds=cursor.lag_s) if previous else None
+            context.log.info(
+                f"extracting rows with {cursor.cursor_column} >= {since or 'the beginning'} "
+                f"(high-water mark {previous or 'none'}, lag {cursor.lag_s:g} s)"
+            )
+            rows, size = storage.write_partition_chunks(
+                path, incremental_chunks(p.source, since, tls)
+            )
+            high = storage.column_max(path, cursor.cursor_column) or previous
+            extra = {
+                "extracted_since": since.isoformat() if since else "the beginning",
+                HIGH_WATER: high.isoformat() if high else "",
+            }
+        else:
+            chunks = source_chunks(p.source, context.partition_key, tls)
+            rows, size = storage.write_partition_chunks(path, chunks)
         context.log.info(f"extracted {rows} rows from {p.source.type} into {path}")
         return MaterializeResult(
             metadata={
                 "rows": rows,
                 "bytes": size,
                 "client_certificate": p.client_certificate,
+                **extra,
             }
         )
 
@@ -94,7 +123,7 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
         "columns added; invalid rows go to quarantine.",
     )
     def hashed(context: AssetExecutionContext) -> MaterializeResult:
-        partition = context.partition_key
+        partition = _file_key(context)
         steps, key_ids = [], []
         for transform in p.transforms:
             key = load_hmac_key(transform.key, platform.keys[transform.key], state)
@@ -142,25 +171,40 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
         f"{p.destination.table}; re-running a partition replaces it.",
     )
     def loaded(context: AssetExecutionContext) -> MaterializeResult:
-        partition = context.partition_key
+        files = _file_key(context)
         certificate = getattr(context.resources, cert_resource)
         target = destination_for(p.destination, state, _client_tls(certificate))
-        rows = target.load(partition, storage.partition_file(state, "hashed", name, partition))
-        context.log.info(f"loaded {rows} rows into {target.description}")
+        hashed_file = storage.partition_file(state, "hashed", name, files)
+        if p.incremental:  # this run's rows carry its id in the partition column
+            partition = context.run.run_id
+            rows = target.merge(partition, hashed_file, p.key_column)
+            context.log.info(f"merged {rows} rows by {p.key_column} into {target.description}")
+        else:
+            partition = files
+            rows = target.load(partition, hashed_file)
+            context.log.info(f"loaded {rows} rows into {target.description}")
         return MaterializeResult(
             metadata={"rows": rows, "destination": target.description},
-            check_results=_loaded_checks(state, name, p, target, partition, pii),
+            check_results=_loaded_checks(state, name, p, target, files, partition, pii),
         )
 
     return [raw, hashed, loaded]
 
 
 def _loaded_checks(
-    state: Path, name: str, p: PipelineConfig, target: Destination, partition: str, pii: list[str]
+    state: Path,
+    name: str,
+    p: PipelineConfig,
+    target: Destination,
+    files: str,
+    partition: str,
+    pii: list[str],
 ) -> list[AssetCheckResult]:
-    raw = storage.partition_file(state, "raw", name, partition)
-    hashed = storage.partition_file(state, "hashed", name, partition)
-    qfile = storage.partition_file(state, "quarantine", name, partition)
+    """The checks of one load: ``files`` names the stage files, ``partition`` the rows
+    in the destination (the hour, or an incremental run's id)."""
+    raw = storage.partition_file(state, "raw", name, files)
+    hashed = storage.partition_file(state, "hashed", name, files)
+    qfile = storage.partition_file(state, "quarantine", name, files)
     raw_rows = storage.partition_rows(raw)
     raw_columns = set(storage.partition_schema(raw).names)
     quarantined = storage.partition_rows(qfile) if qfile.exists() else 0
@@ -214,6 +258,23 @@ def _loaded_checks(
     ]
 
 
+INCREMENTAL_FILES = "incremental"  # stage files of an incremental pipeline: the last run's
+HIGH_WATER = "cursor_high_water"
+
+
+def _file_key(context: AssetExecutionContext) -> str:
+    return context.partition_key if context.has_partition_key else INCREMENTAL_FILES
+
+
+def _high_water(context: AssetExecutionContext, key: AssetKey) -> dt.datetime | None:
+    """The incremental state kept with the asset: the high-water mark its last
+    materialization recorded."""
+    event = context.instance.get_latest_materialization_event(key)
+    materialization = event.asset_materialization if event else None
+    entry = materialization.metadata.get(HIGH_WATER) if materialization else None
+    return dt.datetime.fromisoformat(entry.value) if entry and entry.value else None
+
+
 def _pii_columns(p: PipelineConfig) -> list[str]:
     """The columns the pipeline pseudonymises; for the demo source, also its known PII."""
     columns = [c for t in p.transforms for c in t.columns]
@@ -237,9 +298,15 @@ def pipeline_job_and_schedule(platform: PlatformConfig, name: str, assets: list)
     job = define_asset_job(
         pipeline_job_name(name),
         selection=AssetSelection.assets(*assets),
-        description=f"Extract, pseudonymise and load one partition of pipeline {name!r}.",
+        description=f"Extract, pseudonymise and load "
+        f"{'what is new' if p.incremental else 'one partition'} of pipeline {name!r}.",
     )
-    schedule = build_schedule_from_partitioned_job(
-        job, minute_of_hour=p.partitions.schedule_minute, default_status=Status.RUNNING
-    )
+    if p.incremental:
+        schedule = ScheduleDefinition(
+            job=job, cron_schedule=p.partitions.schedule, default_status=Status.RUNNING
+        )
+    else:
+        schedule = build_schedule_from_partitioned_job(
+            job, minute_of_hour=p.partitions.schedule_minute, default_status=Status.RUNNING
+        )
     return job, schedule

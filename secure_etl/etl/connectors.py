@@ -47,6 +47,23 @@ def pg_endpoint(config: _PostgresConnection, tls: ClientTls) -> postgres.PgEndpo
     )
 
 
+def incremental_chunks(
+    source: PostgresSource, since: dt.datetime | None, tls: ClientTls
+) -> Iterator[pa.Table]:
+    """The rows whose cursor column is at or past ``since`` (all rows if None), in chunks."""
+    if source.incremental is None:
+        raise ValueError("the source is not incremental")
+    yield from postgres.extract_since(
+        pg_endpoint(source, tls),
+        source.db_schema,
+        source.table,
+        source.incremental.cursor_column,
+        since,
+        source.columns,
+        source.chunk_rows,
+    )
+
+
 def source_chunks(
     source: DemoSource | PostgresSource | HttpsApiSource, partition: str, tls: ClientTls
 ) -> Iterator[pd.DataFrame | pa.Table]:
@@ -99,6 +116,9 @@ class Destination(Protocol):
     def chunks(self, partition: str, columns: Sequence[str]) -> Iterator[pa.Table]:
         """The partition's ``columns``, in bounded tables."""
 
+    def merge(self, batch_id: str, hashed: Path, key_column: str) -> int:
+        """Upsert the rows of ``hashed`` by key; they get ``batch_id`` as partition."""
+
 
 @dataclass(frozen=True)
 class DuckDBTable:
@@ -117,6 +137,9 @@ class DuckDBTable:
 
     def chunks(self, partition: str, columns: Sequence[str]) -> Iterator[pa.Table]:
         return duckdb_dest.partition_chunks(self.path, self.table, partition, columns)
+
+    def merge(self, batch_id: str, hashed: Path, key_column: str) -> int:
+        return duckdb_dest.merge_batch(self.path, self.table, batch_id, key_column, hashed)
 
 
 @dataclass(frozen=True)
@@ -149,6 +172,18 @@ class PostgresTable:
     def chunks(self, partition: str, columns: Sequence[str]) -> Iterator[pa.Table]:
         return postgres.partition_chunks(
             self.endpoint, self.schema, self.table, PARTITION_COLUMN, partition, columns
+        )
+
+    def merge(self, batch_id: str, hashed: Path, key_column: str) -> int:
+        return postgres.merge_batch(
+            self.endpoint,
+            self.schema,
+            self.table,
+            PARTITION_COLUMN,
+            batch_id,
+            key_column,
+            storage.iter_partition(hashed),
+            storage.partition_schema(hashed),
         )
 
 

@@ -48,6 +48,35 @@ def load_partition(path: Path, table: str, partition: str, parquet: Path) -> int
     return rows
 
 
+def merge_batch(path: Path, table: str, batch_id: str, key_column: str, parquet: Path) -> int:
+    """Upsert the rows of ``parquet`` by ``key_column`` in one transaction; they carry
+    ``batch_id`` in the partition column."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    name, key = _quoted(table), _quoted(key_column)
+    with duckdb.connect(str(path)) as con:
+        con.execute(
+            f"CREATE TABLE IF NOT EXISTS {name} AS SELECT *, ?::VARCHAR AS {PARTITION_COLUMN} "
+            "FROM read_parquet(?) LIMIT 0",
+            [batch_id, str(parquet)],
+        )
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(
+                f"DELETE FROM {name} WHERE {key} IN (SELECT {key} FROM read_parquet(?))",
+                [str(parquet)],
+            )
+            rows = con.execute(
+                f"INSERT INTO {name} BY NAME SELECT *, ? AS {PARTITION_COLUMN} "
+                "FROM read_parquet(?)",
+                [batch_id, str(parquet)],
+            ).fetchone()[0]
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    return rows
+
+
 def read_partition(path: Path, table: str, partition: str) -> pd.DataFrame:
     with duckdb.connect(str(path), read_only=True) as con:
         return con.execute(

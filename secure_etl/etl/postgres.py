@@ -118,6 +118,24 @@ def extract_range(
     yield from query_tables(endpoint, _select(schema, table, columns, where), chunk_rows)
 
 
+def extract_since(
+    endpoint: PgEndpoint,
+    schema: str,
+    table: str,
+    cursor_column: str,
+    since,
+    columns: Sequence[str] | None = None,
+    chunk_rows: int = 100_000,
+) -> Iterator[pa.Table]:
+    """Rows with ``cursor_column >= since`` (every row if ``since`` is None)."""
+    where = (
+        sql.SQL("{} >= {}").format(checked_name(cursor_column, "column"), sql.Literal(since))
+        if since is not None
+        else sql.SQL("TRUE")
+    )
+    yield from query_tables(endpoint, _select(schema, table, columns, where), chunk_rows)
+
+
 def query_tables(
     endpoint: PgEndpoint, query: sql.Composable, chunk_rows: int = 100_000
 ) -> Iterator[pa.Table]:
@@ -188,6 +206,50 @@ def _pg_type(arrow_type: pa.DataType) -> str:
     return "text"
 
 
+def _prepare_table(
+    endpoint: PgEndpoint,
+    target: sql.Composable,
+    table: str,
+    arrow_schema: pa.Schema,
+    indexed: Sequence[str],
+) -> None:
+    """Create the table (typed from the Arrow schema, plus the partition column, the first
+    of ``indexed``) and its indexes if they do not exist yet."""
+    partition_column = indexed[0]
+    column_defs = sql.SQL(", ").join(
+        sql.SQL("{} {}").format(checked_name(field.name, "column"), sql.SQL(_pg_type(field.type)))
+        for field in arrow_schema
+    )
+    with endpoint.connect() as conn:
+        conn.execute(
+            sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}, {} text NOT NULL)").format(
+                target, column_defs, checked_name(partition_column, "column")
+            )
+        )
+        for column in indexed:
+            conn.execute(
+                sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
+                    checked_name(f"{table}_{column}_idx"[:63], "index"),
+                    target,
+                    checked_name(column, "column"),
+                )
+            )
+
+
+def _stamped(
+    batches: Iterable[pa.RecordBatch | pa.Table], schema: pa.Schema, partition: str
+) -> pa.RecordBatchReader:
+    """The batches with the partition column appended, as a stream."""
+
+    def stamp() -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for piece in batch.to_batches() if isinstance(batch, pa.Table) else [batch]:
+                constant = pa.array([partition] * piece.num_rows, pa.string())
+                yield pa.RecordBatch.from_arrays([*piece.columns, constant], schema=schema)
+
+    return pa.RecordBatchReader.from_batches(schema, stamp())
+
+
 def load_partition(
     endpoint: PgEndpoint,
     schema: str,
@@ -201,39 +263,49 @@ def load_partition(
     (delete the partition, stream the new rows in by binary COPY, commit): readers see
     the old partition or the new one, never a mix. Memory stays bounded by one batch."""
     target = sql.SQL("{}.{}").format(checked_name(schema, "schema"), checked_name(table, "table"))
-    part = checked_name(partition_column, "column")
-    column_defs = sql.SQL(", ").join(
-        sql.SQL("{} {}").format(checked_name(field.name, "column"), sql.SQL(_pg_type(field.type)))
-        for field in arrow_schema
+    _prepare_table(endpoint, target, table, arrow_schema, [partition_column])
+    stamped = _stamped(
+        batches, arrow_schema.append(pa.field(partition_column, pa.string())), partition
     )
-    with endpoint.connect() as conn:  # the table and its partition index, if new
-        conn.execute(
-            sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}, {} text NOT NULL)").format(
-                target, column_defs, part
-            )
-        )
-        conn.execute(
-            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
-                checked_name(f"{table}_{partition_column}_idx"[:63], "index"), target, part
-            )
-        )
-    with_partition = arrow_schema.append(pa.field(partition_column, pa.string()))
-
-    def stamped() -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            for piece in batch.to_batches() if isinstance(batch, pa.Table) else [batch]:
-                constant = pa.array([partition] * piece.num_rows, pa.string())
-                yield pa.RecordBatch.from_arrays([*piece.columns, constant], schema=with_partition)
-
     with endpoint.adbc() as conn, conn.cursor() as cursor:
-        delete = sql.SQL("DELETE FROM {} WHERE {} = $1").format(target, part)
-        cursor.execute(delete.as_string(), (partition,))
-        rows = cursor.adbc_ingest(
-            table,
-            pa.RecordBatchReader.from_batches(with_partition, stamped()),
-            mode="append",
-            db_schema_name=schema,
+        delete = sql.SQL("DELETE FROM {} WHERE {} = {}").format(
+            target, checked_name(partition_column, "column"), sql.Literal(partition)
         )
+        cursor.execute(delete.as_string())
+        rows = cursor.adbc_ingest(table, stamped, mode="append", db_schema_name=schema)
+        conn.commit()
+    return rows
+
+
+def merge_batch(
+    endpoint: PgEndpoint,
+    schema: str,
+    table: str,
+    partition_column: str,
+    batch_id: str,
+    key_column: str,
+    batches: Iterable[pa.RecordBatch | pa.Table],
+    arrow_schema: pa.Schema,
+) -> int:
+    """Upsert ``batches`` by ``key_column`` in one transaction: into a temporary table by
+    binary COPY, delete the rows whose key comes again, insert. The rows of this batch
+    carry ``batch_id`` in the partition column."""
+    target = sql.SQL("{}.{}").format(checked_name(schema, "schema"), checked_name(table, "table"))
+    _prepare_table(endpoint, target, table, arrow_schema, [partition_column, key_column])
+    full = arrow_schema.append(pa.field(partition_column, pa.string()))
+    columns = sql.SQL(", ").join(checked_name(name, "column") for name in full.names)
+    key = checked_name(key_column, "column")
+    with endpoint.adbc() as conn, conn.cursor() as cursor:
+        rows = cursor.adbc_ingest(
+            "secure_etl_merge", _stamped(batches, full, batch_id), mode="create", temporary=True
+        )
+        statements = (
+            sql.SQL("DELETE FROM {t} USING secure_etl_merge s WHERE {t}.{k} = s.{k}"),
+            sql.SQL("INSERT INTO {t} ({c}) SELECT {c} FROM secure_etl_merge"),
+            sql.SQL("DROP TABLE secure_etl_merge"),
+        )
+        for statement in statements:
+            cursor.execute(statement.format(t=target, k=key, c=columns).as_string())
         conn.commit()
     return rows
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from secure_etl.security.files import SECRET_MODE
@@ -118,14 +119,29 @@ def _existing(path: Path) -> pq.ParquetFile:
 def iter_partition(
     path: Path, columns: list[str] | None = None, batch_rows: int = 100_000
 ) -> Iterator[pa.Table]:
-    """The partition in tables of at most ``batch_rows`` rows."""
-    for batch in _existing(path).iter_batches(batch_size=batch_rows, columns=columns):
-        yield pa.Table.from_batches([batch])
+    """The partition in tables of at most ``batch_rows`` rows, read one row group at a
+    time (``ParquetFile.iter_batches`` reads ahead without bound: 1 GiB at 5M rows)."""
+    file = _existing(path)
+    for group in range(file.num_row_groups):
+        table = file.read_row_group(group, columns=columns)
+        for offset in range(0, table.num_rows, batch_rows):
+            yield table.slice(offset, batch_rows)
 
 
 def partition_rows(path: Path) -> int:
     """Rows in a partition file, from its footer (no data is read)."""
     return _existing(path).metadata.num_rows
+
+
+def column_max(path: Path, column: str):
+    """The largest value of ``column`` in the partition (None if it has no values), read
+    one batch of that column at a time."""
+    best = None
+    for table in iter_partition(path, columns=[column]):
+        value = pc.max(table[column]).as_py()
+        if value is not None and (best is None or value > best):
+            best = value
+    return best
 
 
 def partition_schema(path: Path) -> pa.Schema:

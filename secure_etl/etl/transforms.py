@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-import multiprocessing as mp
-import os
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +19,6 @@ from secure_etl.etl.hmac_column import hex_many, hmac_column, key_pads
 
 KEY_ID_COLUMN = "_pseudonym_key_id"
 METADATA_COLUMNS = ("_run_id", "_pipeline_version", "_processed_at", KEY_ID_COLUMN)
-PARALLEL_MIN_ROWS = 200_000  # below this, starting worker processes costs more than it saves
 
 
 class Pseudonymiser:
@@ -100,15 +96,6 @@ class Lineage:
 
 def pseudonymise(table: pa.Table, steps: Sequence[PseudonymiseStep]) -> pa.Table:
     """Replace each step's columns by their keyed hashes and record the key ids per row."""
-    return pseudonymise_later(table, steps, None)()
-
-
-def pseudonymise_later(
-    table: pa.Table, steps: Sequence[PseudonymiseStep], pool: Executor | None
-) -> Callable[[], pa.Table]:
-    """Start pseudonymising ``table`` (in ``pool``'s worker processes if given) and return
-    the function that waits for the result: the caller can read the next batch meanwhile."""
-    jobs = []
     for step in steps:
         for column in step.columns:
             index = table.schema.get_field_index(column)
@@ -116,27 +103,10 @@ def pseudonymise_later(
                 raise KeyError(
                     f"pseudonymise: no column {column!r} (have {', '.join(table.column_names)})"
                 )
-            values = table.column(index).combine_chunks()
-            pads = step.pseudonymiser.pads
-            job = (
-                pool.submit(hmac_column, pads, values) if pool else _done(hmac_column(pads, values))
-            )
-            jobs.append((index, column, job))
+            hashed = step.pseudonymiser.column(table.column(index))
+            table = table.set_column(index, column, hashed)
     key_ids = ",".join(step.key_id for step in steps)
-
-    def result() -> pa.Table:
-        out = table
-        for index, column, job in jobs:
-            out = out.set_column(index, column, job.result())
-        return out.append_column(KEY_ID_COLUMN, _constant(key_ids, out.num_rows))
-
-    return result
-
-
-def _done(value: pa.Array) -> Future:
-    future: Future = Future()
-    future.set_result(value)
-    return future
+    return table.append_column(KEY_ID_COLUMN, _constant(key_ids, table.num_rows))
 
 
 def add_metadata(table: pa.Table, lineage: Lineage) -> pa.Table:
@@ -166,23 +136,9 @@ def transform_partition(
     steps: Sequence[PseudonymiseStep],
     lineage: Lineage,
     batch_rows: int = 100_000,
-    workers: int | None = None,
 ) -> TransformResult:
     """raw -> hashed (valid rows, pseudonymised, with lineage columns) and quarantine
-    (the rest, or no file when there is none), one batch at a time. A big partition is
-    hashed in ``workers`` processes (default: one per CPU) while the next batch is read."""
-    if workers is None:
-        workers = len(os.sched_getaffinity(0))
-    parallel = workers > 1 and steps and storage.partition_rows(raw) >= PARALLEL_MIN_ROWS
-    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) if parallel else None
-    try:
-        return _transform(raw, hashed, quarantine, key_column, steps, lineage, batch_rows, pool)
-    finally:
-        if pool:
-            pool.shutdown(cancel_futures=True)
-
-
-def _transform(raw, hashed, quarantine, key_column, steps, lineage, batch_rows, pool):
+    (the rest, or no file when there is none), one batch at a time."""
     seen = SeenKeys()
     rejected: storage.PartitionWriter | None = None
     with storage.PartitionWriter(hashed) as valid_out:
@@ -191,17 +147,12 @@ def _transform(raw, hashed, quarantine, key_column, steps, lineage, batch_rows, 
             first = next(tables, None)
             if first is None:  # an empty partition still has its columns
                 first = storage.partition_schema(raw).empty_table()
-            in_flight: list[Callable[[], pa.Table]] = []
             for table in itertools.chain([first], tables):
                 valid, bad = split_valid(table, key_column, seen)
                 if bad.num_rows:
                     rejected = rejected or storage.PartitionWriter(quarantine)
                     rejected.write(bad)
-                in_flight.append(pseudonymise_later(valid, steps, pool))
-                if len(in_flight) > 1:  # two batches in flight: workers never wait for us
-                    valid_out.write(add_metadata(in_flight.pop(0)(), lineage))
-            for pending in in_flight:
-                valid_out.write(add_metadata(pending(), lineage))
+                valid_out.write(add_metadata(pseudonymise(valid, steps), lineage))
             rows, _ = valid_out.commit()
             quarantined = rejected.commit()[0] if rejected else 0
         except BaseException:
