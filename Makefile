@@ -42,11 +42,11 @@ system-deps:
 	else echo "install these Debian packages first (as root):$$missing"; exit 1; fi
 
 test: system-deps $(VENV)/.installed-test
-	$(BIN)/ruff check secure_etl secure_etl_tests
+	$(BIN)/ruff check secure_etl secure_etl_tests benchmarks
 	$(BIN)/pytest
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check secure_etl secure_etl_tests
+	$(BIN)/ruff check secure_etl secure_etl_tests benchmarks
 	$(BIN)/ruff format --check secure_etl
 
 clean:

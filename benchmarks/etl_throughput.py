@@ -375,7 +375,8 @@ def _bench(args, work: Path, server) -> None:
             f"INSERT INTO {table} SELECT g, 'Name ' || md5(g::text), "
             "'user' || g || '@' || substr(md5(g::text), 1, 8) || '.example.com', "
             "'+49 30 ' || lpad((g::bigint * 7919 % 10000000)::text, 7, '0'), (g % 100000) / 100.0, "
-            f"timestamptz '2026-03-01 10:00+00' + (g * 3599.0 / {rows})::float8 * interval '1 second' "
+            "timestamptz '2026-03-01 10:00+00' "
+            f"+ (g * 3599.0 / {rows})::float8 * interval '1 second' "
             f"FROM generate_series(1, {rows}) g",
             dbname="src",
         )

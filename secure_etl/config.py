@@ -303,7 +303,35 @@ class PostgresDestination(_PostgresConnection):
     type: Literal["postgres"]
 
 
-Destination = Annotated[DuckDBDestination | PostgresDestination, Field(discriminator="type")]
+class BigQueryDestination(_Strict):
+    """A BigQuery table partitioned by hour on ``_partition_start``; one load job per
+    partition replaces exactly that partition. Credentials: the base64 service-account
+    JSON in the environment variable ``credentials_env`` (dagster-gcp's gcp_credentials),
+    else Application Default Credentials. ``api_endpoint`` points the client elsewhere
+    (an emulator or a test server); ``anonymous`` sends no credentials (only for those)."""
+
+    type: Literal["bigquery"]
+    project: str = Field(pattern=r"^[a-z][a-z0-9-]{4,61}[a-z0-9]$")
+    dataset: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,1023}$")
+    table: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,1023}$")
+    location: str | None = None
+    credentials_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    api_endpoint: str | None = Field(None, pattern=r"^https?://")
+    anonymous: bool = False
+    timeout_s: float = Field(600, gt=0)
+
+    @model_validator(mode="after")
+    def _anonymous_only_elsewhere(self) -> BigQueryDestination:
+        if self.anonymous and not self.api_endpoint:
+            raise ValueError("anonymous: true is only for an api_endpoint (emulator or test)")
+        if self.anonymous and self.credentials_env:
+            raise ValueError("anonymous: true and credentials_env exclude each other")
+        return self
+
+
+Destination = Annotated[
+    DuckDBDestination | PostgresDestination | BigQueryDestination, Field(discriminator="type")
+]
 
 
 class HourlyPartitions(_Strict):
@@ -366,6 +394,11 @@ class PipelineConfig(_Strict):
             )
         if self.partitions.type == "hourly" and incremental is not None:
             raise ValueError("a source with `incremental` needs `partitions: {type: incremental}`")
+        if self.partitions.type == "incremental" and self.destination.type == "bigquery":
+            raise ValueError(
+                "a bigquery destination takes hourly partitions (one load job replaces "
+                "a partition); incremental merges go to postgres or duckdb"
+            )
         if (
             self.partitions.type == "hourly"
             and self.source.type == "postgres"

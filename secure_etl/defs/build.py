@@ -9,7 +9,7 @@ from secure_etl.config import PlatformConfig
 from secure_etl.defs.certificates import certificate_asset, certificate_checks, certificate_jobs
 from secure_etl.defs.pipelines import pipeline_assets, pipeline_job_and_schedule
 from secure_etl.defs.renewal_sensor import renewal_sensor
-from secure_etl.defs.resources import certificate_resources
+from secure_etl.defs.resources import bigquery_resources, certificate_resources
 
 
 def build_definitions(platform: PlatformConfig) -> Definitions:
@@ -37,5 +37,5 @@ def build_definitions(platform: PlatformConfig) -> Definitions:
         jobs=[checks_job, renewal_job, *data_jobs],
         schedules=[check_schedule, *data_schedules],
         sensors=[renewal_sensor(platform, renewal_job)],
-        resources=certificate_resources(platform),
+        resources={**certificate_resources(platform), **bigquery_resources(platform)},
     )

@@ -23,7 +23,7 @@ from dagster import DefaultScheduleStatus as Status
 
 from secure_etl.config import PipelineConfig, PlatformConfig
 from secure_etl.defs.certificates import certificate_key
-from secure_etl.defs.resources import resource_key
+from secure_etl.defs.resources import bigquery_resource_key, resource_key
 from secure_etl.etl import quality, storage
 from secure_etl.etl.connectors import (
     ClientTls,
@@ -60,6 +60,8 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
         None if p.incremental else HourlyPartitionsDefinition(start_date=p.partitions.start)
     )
     cert_resource = resource_key(p.client_certificate)
+    bq_resource = bigquery_resource_key(name) if p.destination.type == "bigquery" else None
+    load_resources = {cert_resource, bq_resource} - {None}
     pii = _pii_columns(p)
     # Extract and load talk to other systems: retried (3 times, 5 minutes apart, backing
     # off, unless the pipeline says otherwise).
@@ -161,7 +163,7 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
         partitions_def=partitions,
         deps=[hashed],
         retry_policy=io_retry,
-        required_resource_keys={cert_resource},
+        required_resource_keys=load_resources,
         kinds={p.destination.type},
         check_specs=[
             AssetCheckSpec(check, asset=stage_key("loaded", name), description=text)
@@ -173,7 +175,8 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
     def loaded(context: AssetExecutionContext) -> MaterializeResult:
         files = _file_key(context)
         certificate = getattr(context.resources, cert_resource)
-        target = destination_for(p.destination, state, _client_tls(certificate))
+        clients = getattr(context.resources, bq_resource).get_client if bq_resource else None
+        target = destination_for(p.destination, state, _client_tls(certificate), clients)
         hashed_file = storage.partition_file(state, "hashed", name, files)
         if p.incremental:  # this run's rows carry its id in the partition column
             partition = context.run.run_id

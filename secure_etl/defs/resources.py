@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, EnvVar
+from dagster_gcp import BigQueryResource
+from google.cloud import bigquery
 
 from secure_etl.config import PlatformConfig
 from secure_etl.pki.renewal import certificate_store, trust_bundle
@@ -72,3 +78,65 @@ def certificate_resources(platform: PlatformConfig) -> dict[str, CertificateReso
         )
         for name, cert in platform.certificates.items()
     }
+
+
+def bigquery_resource_key(pipeline: str) -> str:
+    return "bigquery_" + pipeline.replace("-", "_")
+
+
+class WarehouseBigQueryResource(BigQueryResource):
+    """dagster-gcp's BigQueryResource, plus an endpoint override (an emulator or a test
+    server) and, only with it, anonymous access. Without them it is BigQueryResource."""
+
+    api_endpoint: str | None = None
+    anonymous: bool = False
+
+    def get_object_to_set_on_execution_context(self) -> WarehouseBigQueryResource:
+        # Assets ask for clients themselves (``get_client``), one per load or read.
+        return self
+
+    @contextmanager
+    def get_client(self) -> Iterator[bigquery.Client]:
+        if not self.api_endpoint:
+            with super().get_client() as client:
+                yield client
+            return
+        from google.api_core.client_options import ClientOptions
+        from google.auth.credentials import AnonymousCredentials
+
+        credentials = AnonymousCredentials() if self.anonymous else None
+        if self.gcp_credentials:
+            from google.oauth2 import service_account
+
+            info = json.loads(base64.b64decode(self.gcp_credentials))
+            credentials = service_account.Credentials.from_service_account_info(info)
+        client = bigquery.Client(
+            project=self.project,
+            location=self.location,
+            credentials=credentials,
+            client_options=ClientOptions(api_endpoint=self.api_endpoint),
+        )
+        try:
+            yield client
+        finally:
+            client.close()
+
+
+def bigquery_resources(platform: PlatformConfig) -> dict[str, WarehouseBigQueryResource]:
+    """One per pipeline that loads into BigQuery; the credentials stay an EnvVar, read
+    when the resource is used, never written into the definitions."""
+    resources = {}
+    for name, pipeline in platform.pipelines.items():
+        destination = pipeline.destination
+        if destination.type != "bigquery":
+            continue
+        resources[bigquery_resource_key(name)] = WarehouseBigQueryResource(
+            project=destination.project,
+            location=destination.location,
+            gcp_credentials=EnvVar(destination.credentials_env)
+            if destination.credentials_env
+            else None,
+            api_endpoint=destination.api_endpoint,
+            anonymous=destination.anonymous,
+        )
+    return resources

@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow as pa
 
 from secure_etl.config import (
+    BigQueryDestination,
     DemoSource,
     DuckDBDestination,
     HttpsApiSource,
@@ -19,7 +20,7 @@ from secure_etl.config import (
     PostgresSource,
     _PostgresConnection,
 )
-from secure_etl.etl import duckdb_dest, https_api, postgres, storage
+from secure_etl.etl import bigquery_dest, duckdb_dest, https_api, postgres, storage
 from secure_etl.etl.demo_source import generate_partition, partition_start
 
 PARTITION_COLUMN = duckdb_dest.PARTITION_COLUMN
@@ -188,9 +189,22 @@ class PostgresTable:
 
 
 def destination_for(
-    destination: DuckDBDestination | PostgresDestination, state_dir: Path, tls: ClientTls
+    destination: DuckDBDestination | PostgresDestination | BigQueryDestination,
+    state_dir: Path,
+    tls: ClientTls,
+    bigquery_clients: bigquery_dest.ClientFactory | None = None,
 ) -> Destination:
     if isinstance(destination, DuckDBDestination):
         path = Path(destination.path)
         return DuckDBTable(path if path.is_absolute() else state_dir / path, destination.table)
+    if isinstance(destination, BigQueryDestination):
+        if bigquery_clients is None:
+            raise ValueError("a bigquery destination needs a client factory")
+        return bigquery_dest.BigQueryTable(
+            bigquery_clients,
+            destination.project,
+            destination.dataset,
+            destination.table,
+            destination.timeout_s,
+        )
     return PostgresTable(pg_endpoint(destination, tls), destination.db_schema, destination.table)
