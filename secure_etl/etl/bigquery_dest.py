@@ -22,7 +22,7 @@ from google.cloud import bigquery
 
 from secure_etl.etl import storage
 from secure_etl.etl.demo_source import partition_start
-from secure_etl.etl.duckdb_dest import PARTITION_COLUMN
+from secure_etl.etl.storage import PARTITION_COLUMN
 from secure_etl.etl.transforms import SeenKeys
 
 PARTITION_START = "_partition_start"

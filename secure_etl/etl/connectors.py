@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import pandas as pd
 import pyarrow as pa
@@ -20,10 +20,13 @@ from secure_etl.config import (
     PostgresSource,
     _PostgresConnection,
 )
-from secure_etl.etl import bigquery_dest, duckdb_dest, https_api, postgres, storage
+from secure_etl.etl import https_api, postgres, storage
 from secure_etl.etl.demo_source import generate_partition, partition_start
 
-PARTITION_COLUMN = duckdb_dest.PARTITION_COLUMN
+PARTITION_COLUMN = storage.PARTITION_COLUMN
+
+if TYPE_CHECKING:
+    from secure_etl.etl.bigquery_dest import ClientFactory
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,12 @@ class Destination(Protocol):
         """Upsert the rows of ``hashed`` by key; they get ``batch_id`` as partition."""
 
 
+def _duckdb():
+    from secure_etl.etl import duckdb_dest  # DuckDB: only for pipelines that use it
+
+    return duckdb_dest
+
+
 @dataclass(frozen=True)
 class DuckDBTable:
     path: Path
@@ -131,16 +140,16 @@ class DuckDBTable:
         return f"{self.path}:{self.table}"
 
     def load(self, partition: str, hashed: Path) -> int:
-        return duckdb_dest.load_partition(self.path, self.table, partition, hashed)
+        return _duckdb().load_partition(self.path, self.table, partition, hashed)
 
     def stats(self, partition: str, key_column: str) -> dict:
-        return duckdb_dest.partition_stats(self.path, self.table, partition, key_column)
+        return _duckdb().partition_stats(self.path, self.table, partition, key_column)
 
     def chunks(self, partition: str, columns: Sequence[str]) -> Iterator[pa.Table]:
-        return duckdb_dest.partition_chunks(self.path, self.table, partition, columns)
+        return _duckdb().partition_chunks(self.path, self.table, partition, columns)
 
     def merge(self, batch_id: str, hashed: Path, key_column: str) -> int:
-        return duckdb_dest.merge_batch(self.path, self.table, batch_id, key_column, hashed)
+        return _duckdb().merge_batch(self.path, self.table, batch_id, key_column, hashed)
 
 
 @dataclass(frozen=True)
@@ -192,12 +201,14 @@ def destination_for(
     destination: DuckDBDestination | PostgresDestination | BigQueryDestination,
     state_dir: Path,
     tls: ClientTls,
-    bigquery_clients: bigquery_dest.ClientFactory | None = None,
+    bigquery_clients: ClientFactory | None = None,
 ) -> Destination:
     if isinstance(destination, DuckDBDestination):
         path = Path(destination.path)
         return DuckDBTable(path if path.is_absolute() else state_dir / path, destination.table)
     if isinstance(destination, BigQueryDestination):
+        from secure_etl.etl import bigquery_dest  # google-cloud-bigquery: only when used
+
         if bigquery_clients is None:
             raise ValueError("a bigquery destination needs a client factory")
         return bigquery_dest.BigQueryTable(

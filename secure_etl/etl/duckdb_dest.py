@@ -10,7 +10,8 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
-PARTITION_COLUMN = "_partition"
+from secure_etl.etl.storage import PARTITION_COLUMN
+
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 

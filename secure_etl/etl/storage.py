@@ -16,6 +16,9 @@ import pyarrow.parquet as pq
 from secure_etl.security.files import SECRET_MODE
 
 STAGES = ("raw", "quarantine", "hashed")
+# The column that tells, in a destination table, which partition (or incremental run)
+# a row belongs to.
+PARTITION_COLUMN = "_partition"
 
 
 def partition_file(state_dir: Path, stage: str, pipeline: str, partition: str) -> Path:
