@@ -83,3 +83,16 @@ def test_only_the_dagster_layer_imports_dagster():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_config_examples_load_and_build(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.setenv("SECURE_ETL_STATE_DIR", str(tmp_path))
+    examples = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
+    assert examples
+    for example in examples:
+        config = load_config(example)
+        defs = build_definitions(config)
+        for name in config.pipelines:
+            assert defs.resolve_job_def(f"{name}_etl")
