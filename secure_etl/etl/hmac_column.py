@@ -1,9 +1,13 @@
-"""HMAC-SHA256 of one Arrow column: a small module, so that a worker process that only
-hashes imports nothing else (hashlib and pyarrow)."""
+"""HMAC-SHA256 of one Arrow column, in process or in worker processes: a small module,
+so that a worker that only hashes imports nothing else (hashlib and pyarrow)."""
 
 from __future__ import annotations
 
+import queue
+import subprocess
+import sys
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from hashlib import sha256
 
 import pyarrow as pa
@@ -49,3 +53,82 @@ def hmac_column(pads: tuple[bytes, bytes], array: pa.Array | pa.ChunkedArray) ->
         hashed = pa.array(hex_many(pads, encoded.dictionary.to_pylist()), pa.string())
         return pc.take(hashed, encoded.indices)
     return pa.array(hex_many(pads, data.to_pylist()), pa.string())
+
+
+# --- worker processes ---------------------------------------------------------------------
+# A big partition is hashed in worker processes, one per CPU, while the parent reads and
+# writes Parquet. They are plain subprocesses (``python -m secure_etl.etl.hmac_column``)
+# spoken to over pipes, not multiprocessing: nothing of the parent (its __main__, its
+# threads) is re-imported or forked. A request is the two key pads, then one Arrow IPC
+# stream of one batch (a column of values); the answer is one IPC stream of one batch.
+
+_PADS = 2 * BLOCK
+_VALUES = pa.schema([("v", pa.binary())])
+_HASHES = pa.schema([("h", pa.string())])
+
+
+class HashWorkers:
+    """``workers`` subprocesses hashing columns; ``submit`` returns a Future."""
+
+    def __init__(self, workers: int) -> None:
+        self._idle: queue.Queue[subprocess.Popen] = queue.Queue()
+        self._procs = []
+        for _ in range(workers):
+            proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                [sys.executable, "-m", "secure_etl.etl.hmac_column"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
+            self._procs.append(proc)
+            self._idle.put(proc)
+        self._threads = ThreadPoolExecutor(workers, thread_name_prefix="hmac-io")
+
+    def submit(self, pads: tuple[bytes, bytes], array: pa.Array) -> Future:
+        return self._threads.submit(self._ask, pads, array)
+
+    def _ask(self, pads: tuple[bytes, bytes], array: pa.Array) -> pa.Array:
+        proc = self._idle.get()
+        try:
+            text = array if pa.types.is_string(array.type) else pc.cast(array, pa.string())
+            proc.stdin.write(pads[0] + pads[1])
+            with pa.ipc.new_stream(proc.stdin, _VALUES) as writer:
+                writer.write_batch(pa.record_batch([text.cast(pa.binary())], schema=_VALUES))
+            proc.stdin.flush()
+            answer = pa.ipc.open_stream(proc.stdout).read_all()
+        except (OSError, pa.ArrowInvalid) as err:
+            raise RuntimeError(f"HMAC worker {proc.pid} failed: {err}") from None
+        self._idle.put(proc)
+        return answer.column(0).combine_chunks()
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=True, cancel_futures=True)
+        for proc in self._procs:
+            if proc.stdin:
+                proc.stdin.close()
+        for proc in self._procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def __enter__(self) -> HashWorkers:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _serve(stdin, stdout) -> None:
+    """The worker's loop: answer requests until the parent closes the pipe."""
+    while pads := stdin.read(_PADS):
+        if len(pads) != _PADS:
+            raise SystemExit("HMAC worker: truncated request")
+        values = pa.ipc.open_stream(stdin).read_all().column(0)
+        hashed = hmac_column((pads[:BLOCK], pads[BLOCK:]), values)
+        with pa.ipc.new_stream(stdout, _HASHES) as writer:
+            writer.write_batch(pa.record_batch([hashed], schema=_HASHES))
+        stdout.flush()
+
+
+if __name__ == "__main__":
+    _serve(sys.stdin.buffer, sys.stdout.buffer)

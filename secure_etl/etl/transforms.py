@@ -3,9 +3,11 @@ bounded batches (Arrow tables), so memory does not grow with the partition."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import itertools
-from collections.abc import Iterable, Sequence
+import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,10 +17,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from secure_etl.etl import storage
-from secure_etl.etl.hmac_column import hex_many, hmac_column, key_pads
+from secure_etl.etl.hmac_column import HashWorkers, hex_many, hmac_column, key_pads
 
 KEY_ID_COLUMN = "_pseudonym_key_id"
 METADATA_COLUMNS = ("_run_id", "_pipeline_version", "_processed_at", KEY_ID_COLUMN)
+
+
+PARALLEL_MIN_ROWS = 200_000  # below this, starting worker processes costs more than it saves
 
 
 class Pseudonymiser:
@@ -96,6 +101,15 @@ class Lineage:
 
 def pseudonymise(table: pa.Table, steps: Sequence[PseudonymiseStep]) -> pa.Table:
     """Replace each step's columns by their keyed hashes and record the key ids per row."""
+    return pseudonymise_later(table, steps, None)()
+
+
+def pseudonymise_later(
+    table: pa.Table, steps: Sequence[PseudonymiseStep], workers: HashWorkers | None
+) -> Callable[[], pa.Table]:
+    """Start pseudonymising ``table`` (in ``workers`` if given) and return the function
+    that waits for the result, so the caller can read the next batch meanwhile."""
+    jobs = []
     for step in steps:
         for column in step.columns:
             index = table.schema.get_field_index(column)
@@ -103,10 +117,22 @@ def pseudonymise(table: pa.Table, steps: Sequence[PseudonymiseStep]) -> pa.Table
                 raise KeyError(
                     f"pseudonymise: no column {column!r} (have {', '.join(table.column_names)})"
                 )
-            hashed = step.pseudonymiser.column(table.column(index))
-            table = table.set_column(index, column, hashed)
+            values = table.column(index).combine_chunks()
+            pads = step.pseudonymiser.pads
+            if workers:
+                jobs.append((index, column, workers.submit(pads, values).result))
+            else:
+                hashed = hmac_column(pads, values)
+                jobs.append((index, column, lambda hashed=hashed: hashed))
     key_ids = ",".join(step.key_id for step in steps)
-    return table.append_column(KEY_ID_COLUMN, _constant(key_ids, table.num_rows))
+
+    def result() -> pa.Table:
+        out = table
+        for index, column, hashed in jobs:
+            out = out.set_column(index, column, hashed())
+        return out.append_column(KEY_ID_COLUMN, _constant(key_ids, out.num_rows))
+
+    return result
 
 
 def add_metadata(table: pa.Table, lineage: Lineage) -> pa.Table:
@@ -114,12 +140,15 @@ def add_metadata(table: pa.Table, lineage: Lineage) -> pa.Table:
     return (
         table.append_column("_run_id", _constant(lineage.run_id, table.num_rows))
         .append_column("_pipeline_version", _constant(lineage.pipeline_version, table.num_rows))
-        .append_column("_processed_at", pa.array([at.value] * table.num_rows, at.type))
+        .append_column(
+            "_processed_at",
+            pa.array([at.value], at.type).take(np.zeros(table.num_rows, dtype=np.int32)),
+        )
     )
 
 
 def _constant(value: str, rows: int) -> pa.Array:
-    return pa.array([value] * rows, pa.string())
+    return pa.array([value], pa.string()).take(np.zeros(rows, dtype=np.int32))
 
 
 @dataclass(frozen=True)
@@ -136,9 +165,20 @@ def transform_partition(
     steps: Sequence[PseudonymiseStep],
     lineage: Lineage,
     batch_rows: int = 100_000,
+    workers: int | None = None,
 ) -> TransformResult:
     """raw -> hashed (valid rows, pseudonymised, with lineage columns) and quarantine
-    (the rest, or no file when there is none), one batch at a time."""
+    (the rest, or no file when there is none), one batch at a time. A partition of
+    ``PARALLEL_MIN_ROWS`` or more is hashed by ``workers`` processes (default: one per
+    CPU) while this one reads and writes the next batches."""
+    if workers is None:
+        workers = len(os.sched_getaffinity(0))
+    parallel = workers > 1 and steps and storage.partition_rows(raw) >= PARALLEL_MIN_ROWS
+    with HashWorkers(workers) if parallel else contextlib.nullcontext() as pool:
+        return _transform(raw, hashed, quarantine, key_column, steps, lineage, batch_rows, pool)
+
+
+def _transform(raw, hashed, quarantine, key_column, steps, lineage, batch_rows, pool):
     seen = SeenKeys()
     rejected: storage.PartitionWriter | None = None
     with storage.PartitionWriter(hashed) as valid_out:
@@ -147,12 +187,17 @@ def transform_partition(
             first = next(tables, None)
             if first is None:  # an empty partition still has its columns
                 first = storage.partition_schema(raw).empty_table()
+            in_flight: list[Callable[[], pa.Table]] = []
             for table in itertools.chain([first], tables):
                 valid, bad = split_valid(table, key_column, seen)
                 if bad.num_rows:
                     rejected = rejected or storage.PartitionWriter(quarantine)
                     rejected.write(bad)
-                valid_out.write(add_metadata(pseudonymise(valid, steps), lineage))
+                in_flight.append(pseudonymise_later(valid, steps, pool))
+                if len(in_flight) > 1:  # two batches in flight: the workers never wait
+                    valid_out.write(add_metadata(in_flight.pop(0)(), lineage))
+            for pending in in_flight:
+                valid_out.write(add_metadata(pending(), lineage))
             rows, _ = valid_out.commit()
             quarantined = rejected.commit()[0] if rejected else 0
         except BaseException:

@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from secure_etl.etl import duckdb_dest, quality, storage
+from secure_etl.etl import duckdb_dest, quality, storage, transforms
 from secure_etl.etl.demo_source import generate_partition
 from secure_etl.etl.transforms import (
     Lineage,
@@ -64,23 +64,25 @@ def test_text_keys_are_remembered_across_batches_too():
     assert seen.repeated(pa.array(["c", "b"])).tolist() == [False, True]
 
 
-def test_a_partition_is_transformed_in_batches_with_the_same_result(tmp_path):
+def test_a_partition_is_transformed_in_batches_and_in_worker_processes_alike(tmp_path, monkeypatch):
+    monkeypatch.setattr(transforms, "PARALLEL_MIN_ROWS", 100)
     frame = generate_partition("2026-05-01-07:00", 1000, seed=3, bad_row_rate=0.02)
     raw = tmp_path / "raw.parquet"
     storage.write_partition(raw, frame)
     step = PseudonymiseStep(["email", "phone"], Pseudonymiser(SECRET), "k1")
     lineage = Lineage("run-1", "v1", dt.datetime(2026, 5, 1, 8, tzinfo=dt.UTC))
     outs = {}
-    for batch_rows in (1000, 64):
+    for batch_rows, workers in ((1000, 1), (64, 1), (64, 2)):
         hashed, quarantine = tmp_path / f"h{batch_rows}", tmp_path / f"q{batch_rows}"
         result = transform_partition(
-            raw, hashed, quarantine, "customer_id", [step], lineage, batch_rows
+            raw, hashed, quarantine, "customer_id", [step], lineage, batch_rows, workers
         )
-        outs[batch_rows] = storage.read_partition(hashed)
+        outs[batch_rows, workers] = storage.read_partition(hashed)
         assert result.rows + result.quarantined == 1000
         assert result.quarantined == storage.partition_rows(quarantine) > 0
-    pd.testing.assert_frame_equal(outs[1000], outs[64])
-    out = outs[64]
+    pd.testing.assert_frame_equal(outs[1000, 1], outs[64, 1])
+    pd.testing.assert_frame_equal(outs[1000, 1], outs[64, 2])
+    out = outs[64, 2]
     assert out["email"].iloc[0] == hmac_hex([frame["email"].iloc[0]], SECRET)[0]
     assert set(out["_pseudonym_key_id"]) == {"k1"} and set(out["_run_id"]) == {"run-1"}
     assert out["full_name"].tolist() == frame.dropna(subset=["customer_id"])["full_name"].tolist()
