@@ -7,7 +7,11 @@ from dagster import Definitions, ScheduleDefinition
 
 from secure_etl.config import PlatformConfig
 from secure_etl.defs.certificates import certificate_asset, certificate_checks, certificate_jobs
-from secure_etl.defs.pipelines import pipeline_assets, pipeline_job_and_schedule
+from secure_etl.defs.pipelines import (
+    one_pass_assets,
+    pipeline_assets,
+    pipeline_job_and_schedule,
+)
 from secure_etl.defs.renewal_sensor import renewal_sensor
 from secure_etl.defs.resources import bigquery_resources, certificate_resources
 
@@ -25,7 +29,10 @@ def build_definitions(platform: PlatformConfig) -> Definitions:
 
     data_assets, data_jobs, data_schedules = [], [], []
     for name in platform.pipelines:
-        assets = pipeline_assets(platform, name)
+        if platform.pipelines[name].one_pass:
+            assets = one_pass_assets(platform, name)
+        else:
+            assets = pipeline_assets(platform, name)
         job, schedule = pipeline_job_and_schedule(platform, name, assets)
         data_assets += assets
         data_jobs.append(job)

@@ -9,6 +9,7 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetSelection,
+    AssetSpec,
     Backoff,
     HourlyPartitionsDefinition,
     MaterializeResult,
@@ -18,6 +19,7 @@ from dagster import (
     asset,
     build_schedule_from_partitioned_job,
     define_asset_job,
+    multi_asset,
 )
 from dagster import DefaultScheduleStatus as Status
 
@@ -33,6 +35,7 @@ from secure_etl.etl.connectors import (
     source_chunks,
 )
 from secure_etl.etl.demo_source import PII_COLUMNS
+from secure_etl.etl.one_pass import run_one_pass
 from secure_etl.etl.transforms import (
     Lineage,
     Pseudonymiser,
@@ -126,11 +129,7 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
     )
     def hashed(context: AssetExecutionContext) -> MaterializeResult:
         partition = _file_key(context)
-        steps, key_ids = [], []
-        for transform in p.transforms:
-            key = load_hmac_key(transform.key, platform.keys[transform.key], state)
-            steps.append(PseudonymiseStep(transform.columns, Pseudonymiser(key.secret), key.key_id))
-            key_ids.append(f"{key.key_id} ({key.fingerprint})")
+        steps, key_ids = _pseudonymise_steps(platform, p)
         out = storage.partition_file(state, "hashed", name, partition)
         qpath = storage.partition_file(state, "quarantine", name, partition)
         result = transform_partition(
@@ -145,16 +144,8 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
             context.log.warning(
                 f"quarantined {result.quarantined} rows (no or duplicate key) in {qpath}"
             )
-        preview = next(storage.iter_partition(out, batch_rows=5), None)
         return MaterializeResult(
-            metadata={
-                "rows": result.rows,
-                "quarantined_rows": result.quarantined,
-                "key_ids": ", ".join(key_ids) or "none",
-                "preview": MetadataValue.md(
-                    preview.slice(0, 5).to_pandas().to_markdown(index=False) if preview else ""
-                ),
-            }
+            metadata=_hashed_metadata(out, result.rows, result.quarantined, key_ids)
         )
 
     @asset(
@@ -192,6 +183,126 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
         )
 
     return [raw, hashed, loaded]
+
+
+def one_pass_assets(platform: PlatformConfig, name: str) -> list:
+    """raw/<p>, hashed/<p> and loaded/<p> made by one step that overlaps extraction,
+    hashing and loading (``one_pass: true``): the same files, checks and lineage as the
+    staged assets, but a failure anywhere retries the whole pass."""
+    p = platform.pipelines[name]
+    state = platform.resolved_state_dir()
+    cert_resource = resource_key(p.client_certificate)
+    bq_resource = bigquery_resource_key(name) if p.destination.type == "bigquery" else None
+    pii = _pii_columns(p)
+    keys = {stage: stage_key(stage, name) for stage in ("raw", "hashed", "loaded")}
+
+    @multi_asset(
+        specs=[
+            AssetSpec(
+                keys["raw"],
+                deps=[certificate_key(p.client_certificate)],
+                group_name=name,
+                kinds={"parquet"},
+                description=f"Rows extracted from the {p.source.type} source, as received "
+                "(holds PII; owner-only files).",
+            ),
+            AssetSpec(
+                keys["hashed"],
+                deps=[keys["raw"]],
+                group_name=name,
+                kinds={"parquet"},
+                description="Valid rows with PII columns replaced by keyed HMAC-SHA256 and "
+                "lineage columns added; invalid rows go to quarantine.",
+            ),
+            AssetSpec(
+                keys["loaded"],
+                deps=[keys["hashed"]],
+                group_name=name,
+                kinds={p.destination.type},
+                description=f"The hashed partition in {p.destination.type} table "
+                f"{p.destination.table}; re-running a partition replaces it.",
+            ),
+        ],
+        check_specs=[
+            AssetCheckSpec(check, asset=keys["loaded"], description=text)
+            for check, text in LOADED_CHECKS.items()
+        ],
+        name=f"{name.replace('-', '_')}_one_pass",
+        partitions_def=HourlyPartitionsDefinition(start_date=p.partitions.start),
+        retry_policy=RetryPolicy(
+            max_retries=p.retry.max_retries, delay=p.retry.delay_s, backoff=Backoff.EXPONENTIAL
+        ),
+        required_resource_keys={cert_resource, bq_resource} - {None},
+        can_subset=False,
+    )
+    def one_pass(context: AssetExecutionContext):
+        partition = context.partition_key
+        certificate = getattr(context.resources, cert_resource)
+        certificate.ssl_context()  # fails early, with the path, if the certificate is unusable
+        tls = _client_tls(certificate)
+        clients = getattr(context.resources, bq_resource).get_client if bq_resource else None
+        target = destination_for(p.destination, state, tls, clients)
+        files = {s: storage.partition_file(state, s, name, partition) for s in storage.STAGES}
+        steps, key_ids = _pseudonymise_steps(platform, p)
+        stream = getattr(target, "load_batches", None)
+        result = run_one_pass(
+            source_chunks(p.source, partition, tls),
+            files["raw"],
+            files["hashed"],
+            files["quarantine"],
+            p.key_column,
+            steps,
+            Lineage(context.run.run_id, p.version, dt.datetime.now(dt.UTC)),
+            (lambda batches, schema: stream(partition, batches, schema)) if stream else None,
+        )
+        loaded = result.loaded if stream else target.load(partition, files["hashed"])
+        context.log.info(
+            f"one pass: extracted {result.raw_rows} rows from {p.source.type}, quarantined "
+            f"{result.quarantined}, loaded {loaded} into {target.description}"
+        )
+        yield MaterializeResult(
+            asset_key=keys["raw"],
+            metadata={
+                "rows": result.raw_rows,
+                "bytes": result.raw_bytes,
+                "client_certificate": p.client_certificate,
+            },
+        )
+        yield MaterializeResult(
+            asset_key=keys["hashed"],
+            metadata=_hashed_metadata(files["hashed"], result.rows, result.quarantined, key_ids),
+        )
+        yield MaterializeResult(
+            asset_key=keys["loaded"],
+            metadata={"rows": loaded, "destination": target.description},
+            check_results=_loaded_checks(state, name, p, target, partition, partition, pii),
+        )
+
+    return [one_pass]
+
+
+def _pseudonymise_steps(platform: PlatformConfig, p: PipelineConfig):
+    """The pipeline's pseudonymise transforms with their keys, and the key ids to show."""
+    state = platform.resolved_state_dir()
+    steps, key_ids = [], []
+    for transform in p.transforms:
+        key = load_hmac_key(transform.key, platform.keys[transform.key], state)
+        steps.append(PseudonymiseStep(transform.columns, Pseudonymiser(key.secret), key.key_id))
+        key_ids.append(f"{key.key_id} ({key.fingerprint})")
+    return steps, key_ids
+
+
+def _hashed_metadata(path: Path, rows: int, quarantined: int, key_ids: list[str]) -> dict:
+    preview = next(storage.iter_partition(path, batch_rows=5), None)
+    return {
+        "rows": rows,
+        "quarantined_rows": quarantined,
+        "key_ids": ", ".join(key_ids) or "none",
+        # Hashed data only: PII columns are pseudonyms here.
+        "preview": MetadataValue.md(
+            preview.to_pandas().to_markdown(index=False) if preview is not None else ""
+        ),
+    }
 
 
 def _loaded_checks(

@@ -124,6 +124,11 @@ class Destination(Protocol):
         """Upsert the rows of ``hashed`` by key; they get ``batch_id`` as partition."""
 
 
+class StreamingDestination(Destination, Protocol):
+    def load_batches(self, partition: str, batches: Iterator[pa.Table], schema: pa.Schema) -> int:
+        """Replace ``partition`` by ``batches``, taken as they come (one transaction)."""
+
+
 def _duckdb():
     from secure_etl.etl import duckdb_dest  # DuckDB: only for pipelines that use it
 
@@ -141,6 +146,9 @@ class DuckDBTable:
 
     def load(self, partition: str, hashed: Path) -> int:
         return _duckdb().load_partition(self.path, self.table, partition, hashed)
+
+    def load_batches(self, partition: str, batches: Iterator[pa.Table], schema: pa.Schema) -> int:
+        return _duckdb().load_partition_stream(self.path, self.table, partition, batches, schema)
 
     def stats(self, partition: str, key_column: str) -> dict:
         return _duckdb().partition_stats(self.path, self.table, partition, key_column)
@@ -172,6 +180,11 @@ class PostgresTable:
             partition,
             storage.iter_partition(hashed),
             storage.partition_schema(hashed),
+        )
+
+    def load_batches(self, partition: str, batches: Iterator[pa.Table], schema: pa.Schema) -> int:
+        return postgres.load_partition(
+            self.endpoint, self.schema, self.table, PARTITION_COLUMN, partition, batches, schema
         )
 
     def stats(self, partition: str, key_column: str) -> dict:

@@ -49,6 +49,39 @@ def load_partition(path: Path, table: str, partition: str, parquet: Path) -> int
     return rows
 
 
+def load_partition_stream(
+    path: Path,
+    table: str,
+    partition: str,
+    batches: Iterator[pa.Table],
+    schema: pa.Schema,
+) -> int:
+    """Replace exactly ``partition`` of ``table`` by ``batches``, read as a stream."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    name = _quoted(table)
+    reader = pa.RecordBatchReader.from_batches(schema, (b for t in batches for b in t.to_batches()))
+    with duckdb.connect(str(path)) as con:
+        con.register("shape", schema.empty_table())
+        con.execute(
+            f"CREATE TABLE IF NOT EXISTS {name} AS SELECT *, ?::VARCHAR AS {PARTITION_COLUMN} "
+            "FROM shape",
+            [partition],
+        )
+        con.register("incoming", reader)
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(f"DELETE FROM {name} WHERE {PARTITION_COLUMN} = ?", [partition])
+            rows = con.execute(
+                f"INSERT INTO {name} BY NAME SELECT *, ? AS {PARTITION_COLUMN} FROM incoming",
+                [partition],
+            ).fetchone()[0]
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    return rows
+
+
 def merge_batch(path: Path, table: str, batch_id: str, key_column: str, parquet: Path) -> int:
     """Upsert the rows of ``parquet`` by ``key_column`` in one transaction; they carry
     ``batch_id`` in the partition column."""

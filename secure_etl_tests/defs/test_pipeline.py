@@ -123,3 +123,48 @@ def test_the_demo_materializes_the_whole_graph_and_summarises_it(platform, monke
     assert len(summary.rows) == 6
     assert summary.all_checks_passed
     assert len(summary.checks) == 2 * 8 + 2 * 4
+
+
+def _one_pass_config(write_config, name="one-pass.yaml", **pipeline):
+    data = copy.deepcopy(yaml.safe_load(write_config().read_text()))
+    data["pipelines"]["customers"].update(one_pass=True, **pipeline)
+    return load_config(write_config(data, name))
+
+
+def test_one_pass_makes_the_same_assets_and_rows_as_the_staged_steps(
+    platform, write_config, instance
+):
+    staged = _materialize(platform, instance)
+    one_pass_config = _one_pass_config(
+        write_config, destination={"type": "duckdb", "path": "one.duckdb", "table": "customers"}
+    )
+    one_pass = _materialize(one_pass_config, instance)
+
+    assert all(passed for passed, _ in _checks(one_pass).values()), _checks(one_pass)
+    stages = {e.asset_key.path[0] for e in one_pass.get_asset_materialization_events()}
+    assert stages == {"raw", "hashed", "loaded"}
+    state = platform.resolved_state_dir()
+    ignore = ["_run_id", "_processed_at"]
+    a = duckdb_dest.read_partition(state / "warehouse.duckdb", "customers", PARTITION)
+    b = duckdb_dest.read_partition(state / "one.duckdb", "customers", PARTITION)
+    pd.testing.assert_frame_equal(
+        a.drop(columns=ignore).sort_values("customer_id").reset_index(drop=True),
+        b.drop(columns=ignore).sort_values("customer_id").reset_index(drop=True),
+    )
+    assert staged.success
+
+
+def test_one_pass_that_fails_to_load_leaves_no_files_behind(write_config, instance):
+    config = _one_pass_config(
+        write_config, destination={"type": "duckdb", "path": "blocked", "table": "customers"}
+    )
+    state = config.resolved_state_dir()
+    (state / "blocked").mkdir(parents=True)  # a directory where the DuckDB file should be
+    defs = build_definitions(config)
+    defs.resolve_job_def(RENEWAL_JOB).execute_in_process(instance=instance)
+    result = defs.resolve_job_def("customers_etl").execute_in_process(
+        partition_key=PARTITION, instance=instance, raise_on_error=False
+    )
+    assert not result.success
+    for stage in ("raw", "hashed", "quarantine"):
+        assert not storage.partition_file(state, stage, "customers", PARTITION).exists()

@@ -265,3 +265,19 @@ def test_incremental_extraction_takes_new_rows_and_the_lag_window_and_merges_by_
     rows, _ = run_and_count_raw()  # nothing new: only the lag window is read again
     assert rows == 5
     assert _warehouse(postgres_tls, "SELECT count(*) FROM customers") == "55"
+
+
+def test_one_pass_between_postgres_servers_streams_and_reruns_identically(
+    platform, postgres_tls, write_config, instance
+):
+    defs = _pg_definitions(postgres_tls, write_config, instance, one_pass=True)
+    result = _run(defs, instance)
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == dict.fromkeys(
+        ["rows_reconcile", "null_rate", "unique_keys", "no_pii_leak"], True
+    )
+    query = "SELECT count(*), md5(string_agg(id || name || email, ',' ORDER BY id)) FROM customers"
+    before = _warehouse(postgres_tls, query)
+    assert before.startswith("60|")
+    _run(defs, instance)
+    assert _warehouse(postgres_tls, query) == before

@@ -1,0 +1,167 @@
+"""Extract, pseudonymise and load a partition in one pass, the three overlapped: a thread
+reads the source, worker processes hash, the destination takes the hashed batches as
+they come. The raw, quarantine and hashed files are written on the way, exactly as the
+staged assets write them, and appear only if the whole pass succeeds; the load is one
+transaction, so a failure anywhere leaves the destination and the files as they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+from secure_etl.etl import storage
+from secure_etl.etl.hmac_column import HashWorkers
+from secure_etl.etl.transforms import (
+    PARALLEL_MIN_ROWS,
+    Lineage,
+    PseudonymiseStep,
+    SeenKeys,
+    add_metadata,
+    pseudonymise_later,
+    split_valid,
+)
+
+# Takes the hashed batches (and their schema) and returns the rows it loaded.
+Loader = Callable[[Iterator[pa.Table], pa.Schema], int]
+
+
+@dataclass(frozen=True)
+class OnePassResult:
+    raw_rows: int
+    raw_bytes: int
+    rows: int
+    quarantined: int
+    loaded: int
+
+
+class _Prefetch:
+    """Iterate ``chunks`` in a thread, ``depth`` chunks ahead (the source's I/O and
+    decoding overlap with the rest); errors are raised in the consumer."""
+
+    _END = object()
+
+    def __init__(self, chunks: Iterable, depth: int = 2) -> None:
+        self._queue: queue.Queue = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(chunks,), daemon=True)
+        self._thread.start()
+
+    def _run(self, chunks: Iterable) -> None:
+        try:
+            for chunk in chunks:
+                if isinstance(chunk, pd.DataFrame):
+                    chunk = pa.Table.from_pandas(chunk, preserve_index=False)
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(chunk, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+            self._queue.put(self._END)
+        except BaseException as err:  # handed to the consumer
+            self._queue.put(err)
+
+    def __iter__(self) -> Iterator[pa.Table]:
+        while (item := self._queue.get()) is not self._END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._queue.get_nowait()
+        self._thread.join(timeout=5)
+
+
+def run_one_pass(
+    chunks: Iterable[pa.Table | pd.DataFrame],
+    raw: Path,
+    hashed: Path,
+    quarantine: Path,
+    key_column: str,
+    steps: list[PseudonymiseStep],
+    lineage: Lineage,
+    load: Loader | None,
+    workers: int | None = None,
+) -> OnePassResult:
+    """Run the pass. With ``load`` the destination consumes the batches as they are
+    made; without (a destination that loads files only), the hashed file is complete
+    when this returns and the caller loads it."""
+    if workers is None:
+        workers = len(os.sched_getaffinity(0))
+    prefetch = _Prefetch(chunks)
+    raw_out = storage.PartitionWriter(raw)
+    hashed_out = storage.PartitionWriter(hashed)
+    rejected: list[storage.PartitionWriter] = []
+    counts = {"quarantined": 0}
+    pool: HashWorkers | None = None
+    seen = SeenKeys()
+
+    def hashed_batches() -> Iterator[pa.Table]:
+        nonlocal pool
+        in_flight: list[Callable[[], pa.Table]] = []
+        for table in prefetch:
+            raw_out.write(table)
+            if pool is None and workers > 1 and steps and raw_out.rows >= PARALLEL_MIN_ROWS / 4:
+                pool = HashWorkers(workers)  # a big partition: start the workers
+            valid, bad = split_valid(table, key_column, seen)
+            if bad.num_rows:
+                if not rejected:
+                    rejected.append(storage.PartitionWriter(quarantine))
+                rejected[0].write(bad)
+                counts["quarantined"] += bad.num_rows
+            in_flight.append(pseudonymise_later(valid, steps, pool))
+            if len(in_flight) > 1:
+                out = add_metadata(in_flight.pop(0)(), lineage)
+                hashed_out.write(out)
+                yield out
+        for pending in in_flight:
+            out = add_metadata(pending(), lineage)
+            hashed_out.write(out)
+            yield out
+
+    try:
+        batches = hashed_batches()
+        first = next(batches, None)
+        if first is None:  # no rows: the partition still has its columns (raw's schema)
+            if raw_out.schema is None:
+                raise ValueError(f"{raw}: the source returned no rows and no schema")
+            empty = add_metadata(
+                pseudonymise_later(raw_out.schema.empty_table(), steps, None)(), lineage
+            )
+            hashed_out.write(empty)
+            first = empty
+        if load:
+            loaded = load(itertools.chain([first], batches), first.schema)
+        else:
+            loaded = sum(0 for _ in batches)
+        raw_rows, raw_bytes = raw_out.commit()
+        rows, _ = hashed_out.commit()
+        if rejected:
+            rejected[0].commit()
+        else:
+            quarantine.unlink(missing_ok=True)
+    except BaseException:
+        for writer in (raw_out, hashed_out, *rejected):
+            with contextlib.suppress(Exception):
+                writer.abort()
+        raise
+    finally:
+        prefetch.close()
+        if pool:
+            pool.close()
+    return OnePassResult(raw_rows, raw_bytes, rows, counts["quarantined"], loaded)
