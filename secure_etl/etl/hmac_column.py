@@ -3,6 +3,7 @@ so that a worker that only hashes imports nothing else (hashlib and pyarrow)."""
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import subprocess
 import sys
@@ -97,13 +98,16 @@ class HashWorkers:
             answer = pa.ipc.open_stream(proc.stdout).read_all()
         except (OSError, pa.ArrowInvalid) as err:
             raise RuntimeError(f"HMAC worker {proc.pid} failed: {err}") from None
-        self._idle.put(proc)
+        finally:
+            # Back in the queue even when broken: the next request fails fast on it
+            # instead of waiting for a worker that never comes back.
+            self._idle.put(proc)
         return answer.column(0).combine_chunks()
 
     def close(self) -> None:
         self._threads.shutdown(wait=True, cancel_futures=True)
         for proc in self._procs:
-            if proc.stdin:
+            with contextlib.suppress(OSError):  # a dead worker's pipe is already broken
                 proc.stdin.close()
         for proc in self._procs:
             try:

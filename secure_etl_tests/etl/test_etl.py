@@ -158,3 +158,18 @@ def test_leaks_are_counted_per_column_without_values():
     assert quality.pii_leaks(lambda: [raw], ["email"], {"x": lambda: [raw.drop(["email"])]}) == {}
     stats = {"rows": 4, "duplicate_keys": 1, "nulls": {"a": 2, "b": 0}}
     assert quality.null_rates(stats) == {"a": 0.5, "b": 0.0}
+
+
+def test_hash_workers_match_in_process_hashing_and_a_dead_worker_is_an_error():
+    from secure_etl.etl.hmac_column import HashWorkers, hmac_column, key_pads
+
+    pads = key_pads(SECRET)
+    values = pa.array(["a", None, "b", "ü"] * 100)
+    with HashWorkers(2) as workers:
+        futures = [workers.submit(pads, values) for _ in range(4)]
+        assert all(f.result().equals(hmac_column(pads, values)) for f in futures)
+    with HashWorkers(1) as workers:
+        workers._procs[0].kill()
+        workers._procs[0].wait()
+        with pytest.raises(RuntimeError, match="HMAC worker .* failed"):
+            workers.submit(pads, values).result()
