@@ -88,7 +88,43 @@ def _parser() -> argparse.ArgumentParser:
         help="platform config (default: $SECURE_ETL_CONFIG or the bundled offline demo)",
     )
     demo.set_defaults(handler=_demo)
+
+    audit = commands.add_parser("audit", help="the tamper-evident audit log")
+    audit_commands = audit.add_subparsers(metavar="COMMAND")
+    verify = audit_commands.add_parser(
+        "verify",
+        help="recompute the audit log's hash chain and check its signed checkpoints",
+        description="Exit 0 when the log verifies, 1 when it does not (the first bad "
+        "record or checkpoint is named), 2 on unusable input.",
+    )
+    verify.add_argument(
+        "path", nargs="?", type=Path, help="the log (default: the configured platform's)"
+    )
+    verify.add_argument("--checkpoints", type=Path, metavar="DIR", help="checkpoint directory")
+    verify.add_argument("--public-key", type=Path, metavar="PEM", help="checkpoint public key")
+    verify.add_argument("--config", type=Path, help="platform config")
+    verify.set_defaults(handler=_audit_verify)
     return parser
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from secure_etl.config import load_config
+    from secure_etl.security.audit import platform_audit_log, verify
+
+    log = platform_audit_log(load_config(args.config))
+    path = args.path or log.path
+    if args.path is None:
+        print(f"audit log: {path}")
+    public_key = args.public_key or log.signing_key_path.with_suffix(".pub")
+    checkpoints = args.checkpoints or log.checkpoint_dir
+    if checkpoints.is_dir() and any(checkpoints.glob("*.json")) and not public_key.exists():
+        raise UserError(f"{public_key}: no checkpoint public key (give --public-key)")
+    verdict = verify(path, checkpoints, public_key)
+    if verdict.ok:
+        print(f"ok: {verdict.records} records, {verdict.checkpoints} signed checkpoints")
+        return EXIT_OK
+    print(f"FAILED: {verdict.problem}")
+    return EXIT_FAILED
 
 
 def _certs_inspect(args: argparse.Namespace) -> int:

@@ -437,6 +437,17 @@ class HmacKeyConfig(_Strict):
         return self
 
 
+class AuditConfig(_Strict):
+    """The audit log and its signed checkpoints; relative paths are under state_dir.
+    Put ``checkpoint_dir`` on other storage than the log: a checkpoint is only evidence
+    if whoever can rewrite the log cannot rewrite it too."""
+
+    path: str = "audit/audit.log"
+    checkpoint_dir: str = "audit-checkpoints"
+    signing_key: str = "audit/checkpoint.key"
+    checkpoint_every: int = Field(100, ge=1)
+
+
 class PlatformConfig(_Strict):
     state_dir: str = ".secure_etl"
     certificate_check_schedule: str = "*/30 * * * *"
@@ -444,6 +455,7 @@ class PlatformConfig(_Strict):
     certificates: dict[Name, CertificateConfig] = {}
     keys: dict[Name, HmacKeyConfig] = {}
     pipelines: dict[Name, PipelineConfig] = {}
+    audit: AuditConfig = AuditConfig()
 
     @model_validator(mode="after")
     def _references_resolve(self) -> PlatformConfig:

@@ -42,6 +42,7 @@ from secure_etl.etl.transforms import (
     PseudonymiseStep,
     transform_partition,
 )
+from secure_etl.security.audit import AuditLog, file_digest, platform_audit_log, verify_log
 from secure_etl.security.hmac_keys import load_hmac_key
 
 LOADED_CHECKS = {
@@ -49,6 +50,7 @@ LOADED_CHECKS = {
     "null_rate": "no column of the loaded partition exceeds the configured null rate",
     "unique_keys": "the key column has no duplicates in the loaded partition",
     "no_pii_leak": "no raw PII value appears in the hashed or loaded partition",
+    "audit_chain": "the audit log's hash chain and signed checkpoints verify",
 }
 
 
@@ -66,6 +68,7 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
     bq_resource = bigquery_resource_key(name) if p.destination.type == "bigquery" else None
     load_resources = {cert_resource, bq_resource} - {None}
     pii = _pii_columns(p)
+    audit = platform_audit_log(platform)
     # Extract and load talk to other systems: retried (3 times, 5 minutes apart, backing
     # off, unless the pipeline says otherwise).
     io_retry = RetryPolicy(
@@ -109,6 +112,7 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
             chunks = source_chunks(p.source, context.partition_key, tls)
             rows, size = storage.write_partition_chunks(path, chunks)
         context.log.info(f"extracted {rows} rows from {p.source.type} into {path}")
+        _audit_extract(audit, certificate, context, p, name, _file_key(context), path, rows)
         return MaterializeResult(
             metadata={
                 "rows": rows,
@@ -144,6 +148,7 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
             context.log.warning(
                 f"quarantined {result.quarantined} rows (no or duplicate key) in {qpath}"
             )
+        _audit_transform(audit, context, name, partition, state, key_ids)
         return MaterializeResult(
             metadata=_hashed_metadata(out, result.rows, result.quarantined, key_ids)
         )
@@ -177,9 +182,10 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
             partition = files
             rows = target.load(partition, hashed_file)
             context.log.info(f"loaded {rows} rows into {target.description}")
+        _audit_load(audit, certificate, context, name, partition, hashed_file, target, rows)
         return MaterializeResult(
             metadata={"rows": rows, "destination": target.description},
-            check_results=_loaded_checks(state, name, p, target, files, partition, pii),
+            check_results=_loaded_checks(state, name, p, target, files, partition, pii, audit),
         )
 
     return [raw, hashed, loaded]
@@ -194,6 +200,7 @@ def one_pass_assets(platform: PlatformConfig, name: str) -> list:
     cert_resource = resource_key(p.client_certificate)
     bq_resource = bigquery_resource_key(name) if p.destination.type == "bigquery" else None
     pii = _pii_columns(p)
+    audit = platform_audit_log(platform)
     keys = {stage: stage_key(stage, name) for stage in ("raw", "hashed", "loaded")}
 
     @multi_asset(
@@ -256,6 +263,11 @@ def one_pass_assets(platform: PlatformConfig, name: str) -> list:
             (lambda batches, schema: stream(partition, batches, schema)) if stream else None,
         )
         loaded = result.loaded if stream else target.load(partition, files["hashed"])
+        _audit_extract(
+            audit, certificate, context, p, name, partition, files["raw"], result.raw_rows
+        )
+        _audit_transform(audit, context, name, partition, state, key_ids)
+        _audit_load(audit, certificate, context, name, partition, files["hashed"], target, loaded)
         context.log.info(
             f"one pass: extracted {result.raw_rows} rows from {p.source.type}, quarantined "
             f"{result.quarantined}, loaded {loaded} into {target.description}"
@@ -275,10 +287,62 @@ def one_pass_assets(platform: PlatformConfig, name: str) -> list:
         yield MaterializeResult(
             asset_key=keys["loaded"],
             metadata={"rows": loaded, "destination": target.description},
-            check_results=_loaded_checks(state, name, p, target, partition, partition, pii),
+            check_results=_loaded_checks(state, name, p, target, partition, partition, pii, audit),
         )
 
     return [one_pass]
+
+
+def _source_name(p: PipelineConfig) -> str:
+    source = p.source
+    if source.type == "postgres":
+        return f"postgres://{source.host}:{source.port}/{source.dbname}/{source.table}"
+    if source.type == "https_api":
+        return source.url
+    return f"demo(seed={source.seed})"
+
+
+def _audit_extract(audit, certificate, context, p, name, partition, raw, rows) -> None:
+    audit.append(
+        certificate.subject(),
+        "extract",
+        "/".join(stage_key("raw", name).path),
+        partition,
+        context.run.run_id,
+        inputs={"source": _source_name(p)},
+        outputs={"raw": file_digest(raw), "rows": str(rows)},
+    )
+
+
+def _audit_transform(audit, context, name: str, partition: str, state: Path, key_ids) -> None:
+    files = {s: storage.partition_file(state, s, name, partition) for s in storage.STAGES}
+    audit.append(
+        "service:secure_etl",
+        "transform",
+        "/".join(stage_key("hashed", name).path),
+        partition,
+        context.run.run_id,
+        inputs={"raw": file_digest(files["raw"])},
+        outputs={
+            stage: file_digest(path)
+            for stage, path in files.items()
+            if stage != "raw" and path.exists()
+        },
+        key_ids=list(key_ids),
+    )
+
+
+def _audit_load(audit, certificate, context, name, partition, hashed, target, rows) -> None:
+    audit.append(
+        certificate.subject(),
+        "load",
+        "/".join(stage_key("loaded", name).path),
+        partition,
+        context.run.run_id,
+        inputs={"hashed": file_digest(hashed)},
+        outputs={"destination": target.description, "rows": str(rows)},
+    )
+    audit.checkpoint()  # every load ends with a signed head
 
 
 def _pseudonymise_steps(platform: PlatformConfig, p: PipelineConfig):
@@ -313,6 +377,7 @@ def _loaded_checks(
     files: str,
     partition: str,
     pii: list[str],
+    audit: AuditLog,
 ) -> list[AssetCheckResult]:
     """The checks of one load: ``files`` names the stage files, ``partition`` the rows
     in the destination (the hour, or an incremental run's id)."""
@@ -326,6 +391,7 @@ def _loaded_checks(
     loaded_rows = stats["rows"]
 
     reconciled = raw_rows == loaded_rows + quarantined
+    verdict = verify_log(audit)
     rates = quality.null_rates(stats)
     worst = max(rates, key=rates.get) if rates else ""
     duplicates = stats["duplicate_keys"]
@@ -368,6 +434,15 @@ def _loaded_checks(
             if not leaks
             else "raw PII values found in " + ", ".join(f"{c} ({n})" for c, n in leaks.items()),
             metadata={"leaked_values": sum(leaks.values())},
+        ),
+        AssetCheckResult(
+            check_name="audit_chain",
+            passed=verdict.ok,
+            description=f"{verdict.records} records, {verdict.checkpoints} signed checkpoints "
+            "verify"
+            if verdict.ok
+            else verdict.problem,
+            metadata={"records": verdict.records, "checkpoints": verdict.checkpoints},
         ),
     ]
 

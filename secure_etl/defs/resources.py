@@ -41,6 +41,13 @@ class CertificateResource(ConfigurableResource):
     def privkey_path(self) -> Path:
         return Path(self.directory) / "current" / "privkey.pem"
 
+    def subject(self) -> str:
+        """The current certificate's subject (RFC 4514): who acts, in the audit log."""
+        from cryptography import x509
+
+        leaf = x509.load_pem_x509_certificate(self.fullchain_path.read_bytes())
+        return leaf.subject.rfc4514_string()
+
     def ssl_context(self) -> ssl.SSLContext:
         """A verifying context presenting this certificate: as a client, or as a server
         that requires client certificates signed by ``ca_bundle`` (mutual TLS)."""

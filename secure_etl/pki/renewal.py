@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from secure_etl.config import AcmeIssuer as AcmeIssuerConfig
 from secure_etl.config import CertificateConfig, InternalCAIssuer, PlatformConfig
@@ -20,6 +21,7 @@ from secure_etl.pki.internal_ca import InternalCA
 from secure_etl.pki.issuer import Issuer
 from secure_etl.pki.keys import PrivateKey, generate_private_key, key_type_of, load_private_key
 from secure_etl.pki.store import CertificateStore
+from secure_etl.security.audit import platform_audit_log
 from secure_etl.security.files import read_secret
 
 Outcome = Literal["issued", "renewed", "redeployed", "not_due"]
@@ -125,6 +127,17 @@ def ensure_certificate(
             else:
                 issued = issuer.issue(cert.identifiers, cert.use, key)
             version = store.install(name, issued, keep=cert.keep_versions)
+            leaf = x509.load_pem_x509_certificate(issued.cert_pem)
+            platform_audit_log(config).append(
+                actor=f"issuer:{cert.issuer}",
+                action=f"certificate.{outcome}",
+                asset=f"certificates/{name}",
+                outputs={
+                    "version": version,
+                    "serial": format(leaf.serial_number, "x"),
+                    "certificate": "sha256:" + leaf.fingerprint(hashes.SHA256()).hex(),
+                },
+            )
     # Deploy outside the lock: a slow reload must not block the next renewal check.
     deployed = run_deploy_actions(cert.deploy, _deploy_context(config, name, version, outcome))
     return RenewalResult(

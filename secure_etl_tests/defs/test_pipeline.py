@@ -15,6 +15,7 @@ from secure_etl.config import load_config
 from secure_etl.defs.build import build_definitions
 from secure_etl.defs.certificates import RENEWAL_JOB
 from secure_etl.defs.demo import latest_complete_partitions, run_demo
+from secure_etl.defs.pipelines import LOADED_CHECKS
 from secure_etl.etl import duckdb_dest, storage
 from secure_etl.security.hmac_keys import load_hmac_key
 
@@ -37,7 +38,13 @@ def test_a_partition_flows_to_the_warehouse_with_every_data_check_passing(platfo
     result = _materialize(platform, instance)
 
     checks = _checks(result)
-    assert set(checks) == {"rows_reconcile", "null_rate", "unique_keys", "no_pii_leak"}
+    assert set(checks) == {
+        "rows_reconcile",
+        "null_rate",
+        "unique_keys",
+        "no_pii_leak",
+        "audit_chain",
+    }
     assert all(passed for passed, _ in checks.values()), checks
     rows = {
         e.asset_key.path[0]: e.materialization.metadata["rows"].value
@@ -122,7 +129,7 @@ def test_the_demo_materializes_the_whole_graph_and_summarises_it(platform, monke
     }
     assert len(summary.rows) == 6
     assert summary.all_checks_passed
-    assert len(summary.checks) == 2 * 8 + 2 * 4
+    assert len(summary.checks) == 2 * 8 + 2 * len(LOADED_CHECKS)
 
 
 def _one_pass_config(write_config, name="one-pass.yaml", **pipeline):

@@ -74,7 +74,7 @@ def test_an_hour_moves_between_postgres_servers_pseudonymised(pg_pipeline, postg
 
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks == dict.fromkeys(
-        ["rows_reconcile", "null_rate", "unique_keys", "no_pii_leak"], True
+        ["rows_reconcile", "null_rate", "unique_keys", "no_pii_leak", "audit_chain"], True
     )
     assert _warehouse(postgres_tls, "SELECT count(*), min(id), max(id) FROM customers") == "60|0|59"
     assert _warehouse(postgres_tls, "SELECT count(*) FROM customers WHERE email LIKE '%@%'") == "0"
@@ -274,7 +274,7 @@ def test_one_pass_between_postgres_servers_streams_and_reruns_identically(
     result = _run(defs, instance)
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks == dict.fromkeys(
-        ["rows_reconcile", "null_rate", "unique_keys", "no_pii_leak"], True
+        ["rows_reconcile", "null_rate", "unique_keys", "no_pii_leak", "audit_chain"], True
     )
     query = "SELECT count(*), md5(string_agg(id || name || email, ',' ORDER BY id)) FROM customers"
     before = _warehouse(postgres_tls, query)
