@@ -43,6 +43,7 @@ system-deps:
 
 test: system-deps $(VENV)/.installed-test
 	$(BIN)/ruff check secure_etl secure_etl_tests benchmarks
+	$(BIN)/bandit -q -r secure_etl -lll   # no high-severity finding
 	$(BIN)/pytest
 
 lint: $(VENV)/.installed-test

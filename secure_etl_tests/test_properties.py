@@ -1,0 +1,114 @@
+"""Property tests (hypothesis): on any input, config loading and PEM inspection raise
+only their own error types, never a traceback from deep inside; and a scan of the
+package for constructs that must not be there."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from secure_etl.config import ConfigError, PlatformConfig, load_config
+from secure_etl.pki.inspect import PemError, load_pem_chain
+from secure_etl_tests.conftest import BASE_CONFIG
+
+PACKAGE = Path(__file__).parents[1] / "secure_etl"
+
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=20)
+)
+values = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+def _paths(data, prefix=()):
+    """Every key path in a nested config."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield (*prefix, key)
+            yield from _paths(value, (*prefix, key))
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            yield (*prefix, i)
+            yield from _paths(value, (*prefix, i))
+
+
+PATHS = list(_paths(BASE_CONFIG))
+
+
+def _load(tmp_path_factory, text: str):
+    path = tmp_path_factory.mktemp("cfg") / "platform.yaml"
+    path.write_text(text, encoding="utf-8")
+    return load_config(path)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=300))
+def test_any_text_as_a_config_loads_or_raises_config_error(tmp_path_factory, text):
+    try:
+        assert isinstance(_load(tmp_path_factory, text), PlatformConfig)
+    except ConfigError as err:
+        assert str(err.path).endswith("platform.yaml")
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(where=st.sampled_from(PATHS), value=values)
+def test_any_value_anywhere_in_a_valid_config_loads_or_names_a_key(tmp_path_factory, where, value):
+    data = copy.deepcopy(BASE_CONFIG)
+    data["state_dir"] = "/tmp/secure-etl-property"  # noqa: S108 - never written to
+    target = data
+    for key in where[:-1]:
+        target = target[key]
+    target[where[-1]] = value
+    try:
+        _load(tmp_path_factory, yaml.safe_dump(data))
+    except ConfigError as err:
+        assert err.message
+
+
+@settings(max_examples=200)
+@given(data=st.binary(max_size=400) | st.text(max_size=400).map(str.encode))
+def test_any_bytes_as_pem_give_certificates_or_pem_error(data):
+    try:
+        chain = load_pem_chain(data, "input.pem")
+        assert chain
+    except PemError as err:
+        assert "input.pem" in str(err)
+
+
+@given(body=st.binary(min_size=0, max_size=300))
+def test_a_pem_block_with_any_body_gives_pem_error_naming_the_source(body):
+    import base64
+
+    pem = (
+        b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(body) + b"-----END CERTIFICATE-----\n"
+    )
+    try:
+        load_pem_chain(pem, "mangled.pem")
+    except PemError as err:
+        assert "mangled.pem" in str(err)
+
+
+FORBIDDEN = re.compile(
+    r"(^|[^.\w])(eval|exec)\(|shell\s*=\s*True|yaml\.load\(|yaml\.unsafe_load|pickle\.loads?\("
+)
+
+
+def test_the_package_has_no_eval_exec_shell_or_unsafe_yaml():
+    hits = [
+        f"{path.relative_to(PACKAGE.parent)}:{number}: {line.strip()}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if FORBIDDEN.search(line)
+    ]
+    assert hits == []
+    assert FORBIDDEN.search("x = eval(s)") and FORBIDDEN.search("run(a, shell=True)")
