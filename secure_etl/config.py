@@ -290,7 +290,53 @@ class PseudonymiseTransform(_Strict):
     key: Name
 
 
-Transform = Annotated[PseudonymiseTransform, Field(discriminator="type")]
+class EncryptTransform(_Strict):
+    """Encrypt each value: AES-SIV when ``deterministic`` (equal values stay equal, so the
+    column stays joinable), else AES-GCM with a random nonce. Self-describing values."""
+
+    type: Literal["encrypt"]
+    columns: list[str] = Field(min_length=1)
+    key: Name
+    deterministic: bool = False
+
+
+class MaskTransform(_Strict):
+    """For non-production targets: ``keep_last`` (``****`` and the last ``keep``
+    characters), ``email_domain`` (``*@domain``) or ``null``."""
+
+    type: Literal["mask"]
+    columns: list[str] = Field(min_length=1)
+    style: Literal["keep_last", "email_domain", "null"] = "keep_last"
+    keep: int = Field(4, ge=0, le=64)
+
+
+class DropTransform(_Strict):
+    type: Literal["drop"]
+    columns: list[str] = Field(min_length=1)
+
+
+class FilterTransform(_Strict):
+    """Keep the rows for which ``where`` holds: a condition tree (see etl/filters.py)."""
+
+    type: Literal["filter"]
+    where: dict
+
+    @field_validator("where")
+    @classmethod
+    def _is_a_condition(cls, value: dict) -> dict:
+        from secure_etl.etl import filters
+
+        try:
+            filters.parse(value)
+        except filters.FilterError as err:
+            raise ValueError(str(err)) from None
+        return value
+
+
+Transform = Annotated[
+    PseudonymiseTransform | EncryptTransform | MaskTransform | DropTransform | FilterTransform,
+    Field(discriminator="type"),
+]
 
 
 class DuckDBDestination(_Strict):
@@ -390,6 +436,47 @@ class PipelineConfig(_Strict):
     one_pass: bool = False
 
     @model_validator(mode="after")
+    def _transforms_fit_the_columns(self) -> PipelineConfig:
+        from secure_etl.etl import filters
+
+        taken: dict[str, str] = {}
+        for i, transform in enumerate(self.transforms):
+            if transform.type == "filter":
+                continue
+            for column in transform.columns:
+                if column in taken:
+                    raise ValueError(
+                        f"transforms[{i}]: column {column!r} already takes {taken[column]}; "
+                        "a column takes one transform"
+                    )
+                taken[column] = transform.type
+        known = self._known_columns()
+        if known is None:
+            return self  # checked when the first batch arrives
+        for i, transform in enumerate(self.transforms):
+            used = (
+                filters.columns(filters.parse(transform.where))
+                if transform.type == "filter"
+                else set(transform.columns)
+            )
+            unknown = sorted(used - known)
+            if unknown:
+                raise ValueError(
+                    f"transforms[{i}] ({transform.type}): unknown column "
+                    f"{', '.join(unknown)} (the source has {', '.join(sorted(known))})"
+                )
+        return self
+
+    def _known_columns(self) -> set[str] | None:
+        if self.source.type == "demo":
+            from secure_etl.etl.demo_source import SCHEMA
+
+            return set(SCHEMA)
+        if self.source.type == "postgres" and self.source.columns:
+            return set(self.source.columns)
+        return None
+
+    @model_validator(mode="after")
     def _partitions_fit_the_source(self) -> PipelineConfig:
         if self.one_pass and self.partitions.type != "hourly":
             raise ValueError("one_pass: true takes hourly partitions")
@@ -484,7 +571,7 @@ class PlatformConfig(_Strict):
                     what="client certificate",
                 )
             for i, transform in enumerate(pipeline.transforms):
-                if transform.key not in self.keys:
+                if getattr(transform, "key", None) is not None and transform.key not in self.keys:
                     raise _RefError(
                         ("pipelines", name, "transforms", i, "key"), transform.key, self.keys
                     )

@@ -26,7 +26,7 @@ from dagster import DefaultScheduleStatus as Status
 from secure_etl.config import PipelineConfig, PlatformConfig
 from secure_etl.defs.certificates import certificate_key
 from secure_etl.defs.resources import bigquery_resource_key, resource_key
-from secure_etl.etl import quality, storage
+from secure_etl.etl import filters, quality, storage
 from secure_etl.etl.connectors import (
     ClientTls,
     Destination,
@@ -36,8 +36,13 @@ from secure_etl.etl.connectors import (
 )
 from secure_etl.etl.demo_source import PII_COLUMNS
 from secure_etl.etl.one_pass import run_one_pass
+from secure_etl.etl.protect import ColumnCipher
 from secure_etl.etl.transforms import (
+    DropStep,
+    EncryptStep,
+    FilterStep,
     Lineage,
+    MaskStep,
     Pseudonymiser,
     PseudonymiseStep,
     transform_partition,
@@ -46,7 +51,7 @@ from secure_etl.security.audit import AuditLog, file_digest, platform_audit_log,
 from secure_etl.security.hmac_keys import load_hmac_key
 
 LOADED_CHECKS = {
-    "rows_reconcile": "raw rows = loaded rows + quarantined rows for the partition",
+    "rows_reconcile": "raw rows = loaded + quarantined + filtered rows for the partition",
     "null_rate": "no column of the loaded partition exceeds the configured null rate",
     "unique_keys": "the key column has no duplicates in the loaded partition",
     "no_pii_leak": "no raw PII value appears in the hashed or loaded partition",
@@ -346,13 +351,25 @@ def _audit_load(audit, certificate, context, name, partition, hashed, target, ro
 
 
 def _pseudonymise_steps(platform: PlatformConfig, p: PipelineConfig):
-    """The pipeline's pseudonymise transforms with their keys, and the key ids to show."""
+    """The pipeline's transforms as steps, with their keys, and the key ids to show."""
     state = platform.resolved_state_dir()
     steps, key_ids = [], []
     for transform in p.transforms:
-        key = load_hmac_key(transform.key, platform.keys[transform.key], state)
-        steps.append(PseudonymiseStep(transform.columns, Pseudonymiser(key.secret), key.key_id))
-        key_ids.append(f"{key.key_id} ({key.fingerprint})")
+        if transform.type == "filter":
+            steps.append(FilterStep(filters.parse(transform.where)))
+        elif transform.type == "mask":
+            steps.append(MaskStep(transform.columns, transform.style, transform.keep))
+        elif transform.type == "drop":
+            steps.append(DropStep(transform.columns))
+        else:
+            key = load_hmac_key(transform.key, platform.keys[transform.key], state)
+            if transform.type == "pseudonymise":
+                pseudonymiser = Pseudonymiser(key.secret)
+                steps.append(PseudonymiseStep(transform.columns, pseudonymiser, key.key_id))
+            else:
+                cipher = ColumnCipher(key.secret, key.key_id, transform.deterministic)
+                steps.append(EncryptStep(transform.columns, cipher))
+            key_ids.append(f"{key.key_id} ({key.fingerprint})")
     return steps, key_ids
 
 
@@ -361,6 +378,7 @@ def _hashed_metadata(path: Path, rows: int, quarantined: int, key_ids: list[str]
     return {
         "rows": rows,
         "quarantined_rows": quarantined,
+        "filtered_rows": storage.read_counts(path).get("filtered", 0),
         "key_ids": ", ".join(key_ids) or "none",
         # Hashed data only: PII columns are pseudonyms here.
         "preview": MetadataValue.md(
@@ -390,9 +408,12 @@ def _loaded_checks(
     stats = target.stats(partition, p.key_column)
     loaded_rows = stats["rows"]
 
-    reconciled = raw_rows == loaded_rows + quarantined
+    filtered = storage.read_counts(hashed).get("filtered", 0)
+    reconciled = raw_rows == loaded_rows + quarantined + filtered
     verdict = verify_log(audit)
-    rates = quality.null_rates(stats)
+    # Columns masked to null are null by design.
+    nulled = {c for t in p.transforms if t.type == "mask" and t.style == "null" for c in t.columns}
+    rates = {c: r for c, r in quality.null_rates(stats).items() if c not in nulled}
     worst = max(rates, key=rates.get) if rates else ""
     duplicates = stats["duplicate_keys"]
     loaded_columns = list(storage.partition_schema(hashed).names)
@@ -408,10 +429,14 @@ def _loaded_checks(
         AssetCheckResult(
             check_name="rows_reconcile",
             passed=reconciled,
-            description=f"raw {raw_rows} = loaded {loaded_rows} + quarantined {quarantined}"
-            if reconciled
-            else f"raw {raw_rows} != loaded {loaded_rows} + quarantined {quarantined}",
-            metadata={"raw": raw_rows, "loaded": loaded_rows, "quarantined": quarantined},
+            description=f"raw {raw_rows} {'=' if reconciled else '!='} loaded {loaded_rows} "
+            f"+ quarantined {quarantined} + filtered {filtered}",
+            metadata={
+                "raw": raw_rows,
+                "loaded": loaded_rows,
+                "quarantined": quarantined,
+                "filtered": filtered,
+            },
         ),
         AssetCheckResult(
             check_name="null_rate",
@@ -465,8 +490,9 @@ def _high_water(context: AssetExecutionContext, key: AssetKey) -> dt.datetime | 
 
 
 def _pii_columns(p: PipelineConfig) -> list[str]:
-    """The columns the pipeline pseudonymises; for the demo source, also its known PII."""
-    columns = [c for t in p.transforms for c in t.columns]
+    """The columns the pipeline protects (pseudonymise, encrypt, mask, drop); for the
+    demo source, also its known PII."""
+    columns = [c for t in p.transforms if t.type != "filter" for c in t.columns]
     if p.source.type == "demo":
         columns += [c for c in PII_COLUMNS if c not in columns]
     return columns

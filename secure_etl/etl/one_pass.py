@@ -26,9 +26,10 @@ from secure_etl.etl.transforms import (
     Lineage,
     PseudonymiseStep,
     SeenKeys,
+    Step,
     add_metadata,
-    pseudonymise_later,
     split_valid,
+    transform_later,
 )
 
 # Takes the hashed batches (and their schema) and returns the rows it loaded.
@@ -42,6 +43,7 @@ class OnePassResult:
     rows: int
     quarantined: int
     loaded: int
+    filtered: int = 0
 
 
 class _Prefetch:
@@ -93,7 +95,7 @@ def run_one_pass(
     hashed: Path,
     quarantine: Path,
     key_column: str,
-    steps: list[PseudonymiseStep],
+    steps: list[Step],
     lineage: Lineage,
     load: Loader | None,
     workers: int | None = None,
@@ -107,7 +109,8 @@ def run_one_pass(
     raw_out = storage.PartitionWriter(raw)
     hashed_out = storage.PartitionWriter(hashed)
     rejected: list[storage.PartitionWriter] = []
-    counts = {"quarantined": 0}
+    counts = {"quarantined": 0, "filtered": 0}
+    hashing = any(isinstance(step, PseudonymiseStep) for step in steps)
     pool: HashWorkers | None = None
     seen = SeenKeys()
 
@@ -116,7 +119,7 @@ def run_one_pass(
         in_flight: list[Callable[[], pa.Table]] = []
         for table in prefetch:
             raw_out.write(table)
-            if pool is None and workers > 1 and steps and raw_out.rows >= PARALLEL_MIN_ROWS / 4:
+            if pool is None and workers > 1 and hashing and raw_out.rows >= PARALLEL_MIN_ROWS / 4:
                 pool = HashWorkers(workers)  # a big partition: start the workers
             valid, bad = split_valid(table, key_column, seen)
             if bad.num_rows:
@@ -124,7 +127,9 @@ def run_one_pass(
                     rejected.append(storage.PartitionWriter(quarantine))
                 rejected[0].write(bad)
                 counts["quarantined"] += bad.num_rows
-            in_flight.append(pseudonymise_later(valid, steps, pool))
+            pending, dropped = transform_later(valid, steps, pool)
+            counts["filtered"] += dropped
+            in_flight.append(pending)
             if len(in_flight) > 1:
                 out = add_metadata(in_flight.pop(0)(), lineage)
                 hashed_out.write(out)
@@ -141,7 +146,7 @@ def run_one_pass(
             if raw_out.schema is None:
                 raise ValueError(f"{raw}: the source returned no rows and no schema")
             empty = add_metadata(
-                pseudonymise_later(raw_out.schema.empty_table(), steps, None)(), lineage
+                transform_later(raw_out.schema.empty_table(), steps, None)[0](), lineage
             )
             hashed_out.write(empty)
             first = empty
@@ -155,6 +160,7 @@ def run_one_pass(
             rejected[0].commit()
         else:
             quarantine.unlink(missing_ok=True)
+        storage.write_counts(hashed, counts)
     except BaseException:
         for writer in (raw_out, hashed_out, *rejected):
             with contextlib.suppress(Exception):
@@ -164,4 +170,6 @@ def run_one_pass(
         prefetch.close()
         if pool:
             pool.close()
-    return OnePassResult(raw_rows, raw_bytes, rows, counts["quarantined"], loaded)
+    return OnePassResult(
+        raw_rows, raw_bytes, rows, counts["quarantined"], loaded, counts["filtered"]
+    )

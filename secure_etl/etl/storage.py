@@ -3,6 +3,7 @@ and owner-only (raw and quarantined rows hold PII), read back in bounded batches
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from collections.abc import Iterable, Iterator
@@ -13,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from secure_etl.security.files import SECRET_MODE
+from secure_etl.security.files import SECRET_MODE, write_secret
 
 STAGES = ("raw", "quarantine", "hashed")
 # The column that tells, in a destination table, which partition (or incremental run)
@@ -134,6 +135,20 @@ def iter_partition(
 def partition_rows(path: Path) -> int:
     """Rows in a partition file, from its footer (no data is read)."""
     return _existing(path).metadata.num_rows
+
+
+def counts_file(path: Path) -> Path:
+    return Path(path).with_name(Path(path).name + ".counts.json")
+
+
+def write_counts(path: Path, counts: dict[str, int]) -> None:
+    """Row counts that belong with a partition file (quarantined, filtered), beside it."""
+    write_secret(counts_file(path), json.dumps(counts, sort_keys=True).encode())
+
+
+def read_counts(path: Path) -> dict[str, int]:
+    file = counts_file(path)
+    return json.loads(file.read_bytes()) if file.exists() else {}
 
 
 def column_max(path: Path, column: str):

@@ -16,8 +16,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from secure_etl.etl import storage
+from secure_etl.etl import filters, storage
 from secure_etl.etl.hmac_column import HashWorkers, hex_many, hmac_column, key_pads
+from secure_etl.etl.protect import ColumnCipher, mask_column
 
 KEY_ID_COLUMN = "_pseudonym_key_id"
 METADATA_COLUMNS = ("_run_id", "_pipeline_version", "_processed_at", KEY_ID_COLUMN)
@@ -93,46 +94,88 @@ class PseudonymiseStep:
 
 
 @dataclass(frozen=True)
+class EncryptStep:
+    columns: Sequence[str]
+    cipher: ColumnCipher
+
+
+@dataclass(frozen=True)
+class MaskStep:
+    columns: Sequence[str]
+    style: str
+    keep: int = 4
+
+
+@dataclass(frozen=True)
+class DropStep:
+    columns: Sequence[str]
+
+
+@dataclass(frozen=True)
+class FilterStep:
+    condition: filters.Condition
+
+
+Step = PseudonymiseStep | EncryptStep | MaskStep | DropStep | FilterStep
+
+
+@dataclass(frozen=True)
 class Lineage:
     run_id: str
     pipeline_version: str
     processed_at: dt.datetime
 
 
-def pseudonymise(table: pa.Table, steps: Sequence[PseudonymiseStep]) -> pa.Table:
-    """Replace each step's columns by their keyed hashes and record the key ids per row."""
-    return pseudonymise_later(table, steps, None)()
+def pseudonymise(table: pa.Table, steps: Sequence[Step]) -> pa.Table:
+    """Apply the steps now (filters first, then each column's transform)."""
+    return transform_later(table, steps, None)[0]()
 
 
-def pseudonymise_later(
-    table: pa.Table, steps: Sequence[PseudonymiseStep], workers: HashWorkers | None
-) -> Callable[[], pa.Table]:
-    """Start pseudonymising ``table`` (in ``workers`` if given) and return the function
-    that waits for the result, so the caller can read the next batch meanwhile."""
-    jobs = []
+def transform_later(
+    table: pa.Table, steps: Sequence[Step], workers: HashWorkers | None
+) -> tuple[Callable[[], pa.Table], int]:
+    """Filter ``table``, start its column transforms (hashing in ``workers`` if given)
+    and return the function that waits for the result, with the number of rows the
+    filters dropped: the caller can read the next batch meanwhile."""
+    before = table.num_rows
     for step in steps:
+        if isinstance(step, FilterStep):
+            table = filters.apply(table, step.condition)
+    jobs, dropped = [], []
+    for step in steps:
+        if isinstance(step, FilterStep):
+            continue
         for column in step.columns:
             index = table.schema.get_field_index(column)
             if index < 0:
                 raise KeyError(
-                    f"pseudonymise: no column {column!r} (have {', '.join(table.column_names)})"
+                    f"{type(step).__name__.removesuffix('Step').lower()}: no column {column!r} "
+                    f"(have {', '.join(table.column_names)})"
                 )
+            if isinstance(step, DropStep):
+                dropped.append(column)
+                continue
             values = table.column(index).combine_chunks()
-            pads = step.pseudonymiser.pads
-            if workers:
-                jobs.append((index, column, workers.submit(pads, values).result))
+            if isinstance(step, PseudonymiseStep) and workers:
+                jobs.append((index, column, workers.submit(step.pseudonymiser.pads, values).result))
+                continue
+            if isinstance(step, PseudonymiseStep):
+                done = hmac_column(step.pseudonymiser.pads, values)
+            elif isinstance(step, EncryptStep):
+                done = step.cipher.column(values, column)
             else:
-                hashed = hmac_column(pads, values)
-                jobs.append((index, column, lambda hashed=hashed: hashed))
-    key_ids = ",".join(step.key_id for step in steps)
+                done = mask_column(values, step.style, step.keep)
+            jobs.append((index, column, lambda done=done: done))
+    key_ids = ",".join(s.key_id for s in steps if isinstance(s, PseudonymiseStep))
 
     def result() -> pa.Table:
         out = table
-        for index, column, hashed in jobs:
-            out = out.set_column(index, column, hashed())
+        for index, column, transformed in jobs:
+            out = out.set_column(index, column, transformed())
+        out = out.drop_columns(dropped)
         return out.append_column(KEY_ID_COLUMN, _constant(key_ids, out.num_rows))
 
-    return result
+    return result, before - table.num_rows
 
 
 def add_metadata(table: pa.Table, lineage: Lineage) -> pa.Table:
@@ -155,6 +198,7 @@ def _constant(value: str, rows: int) -> pa.Array:
 class TransformResult:
     rows: int
     quarantined: int
+    filtered: int = 0
 
 
 def transform_partition(
@@ -162,7 +206,7 @@ def transform_partition(
     hashed: Path,
     quarantine: Path,
     key_column: str,
-    steps: Sequence[PseudonymiseStep],
+    steps: Sequence[Step],
     lineage: Lineage,
     batch_rows: int = 100_000,
     workers: int | None = None,
@@ -173,13 +217,15 @@ def transform_partition(
     CPU) while this one reads and writes the next batches."""
     if workers is None:
         workers = len(os.sched_getaffinity(0))
-    parallel = workers > 1 and steps and storage.partition_rows(raw) >= PARALLEL_MIN_ROWS
+    hashing = any(isinstance(step, PseudonymiseStep) for step in steps)
+    parallel = workers > 1 and hashing and storage.partition_rows(raw) >= PARALLEL_MIN_ROWS
     with HashWorkers(workers) if parallel else contextlib.nullcontext() as pool:
         return _transform(raw, hashed, quarantine, key_column, steps, lineage, batch_rows, pool)
 
 
 def _transform(raw, hashed, quarantine, key_column, steps, lineage, batch_rows, pool):
     seen = SeenKeys()
+    filtered = 0
     rejected: storage.PartitionWriter | None = None
     with storage.PartitionWriter(hashed) as valid_out:
         try:
@@ -193,7 +239,9 @@ def _transform(raw, hashed, quarantine, key_column, steps, lineage, batch_rows, 
                 if bad.num_rows:
                     rejected = rejected or storage.PartitionWriter(quarantine)
                     rejected.write(bad)
-                in_flight.append(pseudonymise_later(valid, steps, pool))
+                pending, dropped = transform_later(valid, steps, pool)
+                filtered += dropped
+                in_flight.append(pending)
                 if len(in_flight) > 1:  # two batches in flight: the workers never wait
                     valid_out.write(add_metadata(in_flight.pop(0)(), lineage))
             for pending in in_flight:
@@ -206,4 +254,5 @@ def _transform(raw, hashed, quarantine, key_column, steps, lineage, batch_rows, 
             raise
     if not rejected:
         quarantine.unlink(missing_ok=True)  # a previous run's rejects are not this run's
-    return TransformResult(rows, quarantined)
+    storage.write_counts(hashed, {"quarantined": quarantined, "filtered": filtered})
+    return TransformResult(rows, quarantined, filtered)

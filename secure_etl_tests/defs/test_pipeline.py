@@ -53,7 +53,7 @@ def test_a_partition_flows_to_the_warehouse_with_every_data_check_passing(platfo
     quarantined = 200 - rows["hashed"]
     assert rows["raw"] == 200 and 0 < quarantined < 20  # bad_row_rate 0.02
     assert rows["loaded"] == rows["hashed"]
-    expected = f"raw 200 = loaded {rows['loaded']} + quarantined {quarantined}"
+    expected = f"raw 200 = loaded {rows['loaded']} + quarantined {quarantined} + filtered 0"
     assert checks["rows_reconcile"][1] == expected
 
 
@@ -175,3 +175,38 @@ def test_one_pass_that_fails_to_load_leaves_no_files_behind(write_config, instan
     assert not result.success
     for stage in ("raw", "hashed", "quarantine"):
         assert not storage.partition_file(state, stage, "customers", PARTITION).exists()
+
+
+def test_every_kind_of_transform_in_one_pipeline(write_config, instance):
+    from secure_etl.etl.protect import decrypt_value
+
+    data = copy.deepcopy(yaml.safe_load(write_config().read_text()))
+    data["keys"]["enc-1"] = {"file": "keys/enc-1.key", "create": True}
+    data["pipelines"]["customers"]["transforms"] = [
+        {"type": "filter", "where": {"not": {"in": ["country", ["US", "CA"]]}}},
+        {"type": "pseudonymise", "columns": ["full_name"], "key": "pseudo-1"},
+        {"type": "encrypt", "columns": ["email"], "key": "enc-1", "deterministic": True},
+        {"type": "mask", "columns": ["phone"], "style": "keep_last", "keep": 3},
+        {"type": "drop", "columns": ["amount_eur"]},
+    ]
+    config = load_config(write_config(data, "all.yaml"))
+    result = _materialize(config, instance)
+
+    checks = _checks(result)
+    assert all(passed for passed, _ in checks.values()), checks
+    state = config.resolved_state_dir()
+    raw = storage.read_partition(storage.partition_file(state, "raw", "customers", PARTITION))
+    loaded = duckdb_dest.read_partition(state / "warehouse.duckdb", "customers", PARTITION)
+    kept = raw.dropna(subset=["customer_id"])
+    kept = kept[~kept["country"].isin(["US", "CA"])].set_index("customer_id")
+    assert "amount_eur" not in loaded.columns
+    assert set(loaded["country"]) <= set(kept["country"]) and len(loaded) == len(kept)
+    key = load_hmac_key("enc-1", config.keys["enc-1"], state)
+    first = loaded.iloc[0]
+    assert (
+        decrypt_value(first["email"], "email", {key.key_id: key.secret})
+        == (kept.loc[first["customer_id"], "email"])
+    )
+    assert first["phone"] == "****" + kept.loc[first["customer_id"], "phone"][-3:]
+    filtered = len(raw.dropna(subset=["customer_id"])) - len(kept)
+    assert f"+ filtered {filtered}" in checks["rows_reconcile"][1] and filtered > 0
