@@ -113,7 +113,7 @@ def method_ours(work: Path, table: str, target: str) -> dict:
     import datetime as dt
 
     from secure_etl.etl import storage
-    from secure_etl.etl.connectors import ClientTls, destination_for, source_chunks
+    from secure_etl.etl.connectors import ClientTls, destination_for, raw_crypto, source_chunks
     from secure_etl.etl.one_pass import run_one_pass
     from secure_etl.etl.transforms import Lineage, Pseudonymiser, PseudonymiseStep
 
@@ -135,6 +135,7 @@ def method_ours(work: Path, table: str, target: str) -> dict:
         [step],
         Lineage("bench", "1", dt.datetime.now(dt.UTC)),
         lambda batches, schema: target_table.load_batches(HOUR, batches, schema),
+        crypto=raw_crypto(platform),  # raw and quarantine encrypted, as the assets do
     )
     return {}
 
@@ -144,7 +145,7 @@ def method_ours_staged(work: Path, table: str, target: str) -> dict:
     import datetime as dt
 
     from secure_etl.etl import storage
-    from secure_etl.etl.connectors import ClientTls, destination_for, source_chunks
+    from secure_etl.etl.connectors import ClientTls, destination_for, raw_crypto, source_chunks
     from secure_etl.etl.transforms import (
         Lineage,
         Pseudonymiser,
@@ -161,9 +162,10 @@ def method_ours_staged(work: Path, table: str, target: str) -> dict:
     state = work / "state" / target
     raw = storage.partition_file(state, "raw", "bench", HOUR)
     hashed = storage.partition_file(state, "hashed", "bench", HOUR)
+    crypto = raw_crypto(platform)  # raw and quarantine encrypted, as the assets do
     stages = {}
     started = time.perf_counter()
-    storage.write_partition_chunks(raw, source_chunks(source, HOUR, tls))
+    storage.write_partition_chunks(raw, source_chunks(source, HOUR, tls), crypto)
     stages["extract_s"] = time.perf_counter() - started
     stages["extract_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     step = PseudonymiseStep(PII, Pseudonymiser(bytes.fromhex(SECRET_HEX)), "bench")
@@ -174,6 +176,7 @@ def method_ours_staged(work: Path, table: str, target: str) -> dict:
         "id",
         [step],
         Lineage("bench", "1", dt.datetime.now(dt.UTC)),
+        crypto=crypto,
     )
     stages["transform_s"] = time.perf_counter() - started - stages["extract_s"]
     stages["transform_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -535,6 +535,14 @@ class AuditConfig(_Strict):
     checkpoint_every: int = Field(100, ge=1)
 
 
+class LocalKms(_Strict):
+    """The master key that wraps the data keys of encrypted files: a 0600 file (relative
+    to state_dir), created on first use."""
+
+    type: Literal["local_file"] = "local_file"
+    path: str = "keys/kms-master.key"
+
+
 class PlatformConfig(_Strict):
     state_dir: str = ".secure_etl"
     certificate_check_schedule: str = "*/30 * * * *"
@@ -543,6 +551,9 @@ class PlatformConfig(_Strict):
     keys: dict[Name, HmacKeyConfig] = {}
     pipelines: dict[Name, PipelineConfig] = {}
     audit: AuditConfig = AuditConfig()
+    kms: LocalKms = LocalKms()
+    # Raw and quarantined partitions (they hold PII) as encrypted Parquet.
+    encrypt_raw: bool = True
 
     @model_validator(mode="after")
     def _references_resolve(self) -> PlatformConfig:

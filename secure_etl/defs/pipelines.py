@@ -32,6 +32,7 @@ from secure_etl.etl.connectors import (
     Destination,
     destination_for,
     incremental_chunks,
+    raw_crypto,
     source_chunks,
 )
 from secure_etl.etl.demo_source import PII_COLUMNS
@@ -74,6 +75,7 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
     load_resources = {cert_resource, bq_resource} - {None}
     pii = _pii_columns(p)
     audit = platform_audit_log(platform)
+    crypto = raw_crypto(platform)
     # Extract and load talk to other systems: retried (3 times, 5 minutes apart, backing
     # off, unless the pipeline says otherwise).
     io_retry = RetryPolicy(
@@ -106,16 +108,16 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
                 f"(high-water mark {previous or 'none'}, lag {cursor.lag_s:g} s)"
             )
             rows, size = storage.write_partition_chunks(
-                path, incremental_chunks(p.source, since, tls)
+                path, incremental_chunks(p.source, since, tls), crypto
             )
-            high = storage.column_max(path, cursor.cursor_column) or previous
+            high = storage.column_max(path, cursor.cursor_column, crypto) or previous
             extra = {
                 "extracted_since": since.isoformat() if since else "the beginning",
                 HIGH_WATER: high.isoformat() if high else "",
             }
         else:
             chunks = source_chunks(p.source, context.partition_key, tls)
-            rows, size = storage.write_partition_chunks(path, chunks)
+            rows, size = storage.write_partition_chunks(path, chunks, crypto)
         context.log.info(f"extracted {rows} rows from {p.source.type} into {path}")
         _audit_extract(audit, certificate, context, p, name, _file_key(context), path, rows)
         return MaterializeResult(
@@ -148,6 +150,7 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
             p.key_column,
             steps,
             Lineage(context.run.run_id, p.version, dt.datetime.now(dt.UTC)),
+            crypto=crypto,
         )
         if result.quarantined:
             context.log.warning(
@@ -190,7 +193,9 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
         _audit_load(audit, certificate, context, name, partition, hashed_file, target, rows)
         return MaterializeResult(
             metadata={"rows": rows, "destination": target.description},
-            check_results=_loaded_checks(state, name, p, target, files, partition, pii, audit),
+            check_results=_loaded_checks(
+                state, name, p, target, files, partition, pii, audit, crypto
+            ),
         )
 
     return [raw, hashed, loaded]
@@ -206,6 +211,7 @@ def one_pass_assets(platform: PlatformConfig, name: str) -> list:
     bq_resource = bigquery_resource_key(name) if p.destination.type == "bigquery" else None
     pii = _pii_columns(p)
     audit = platform_audit_log(platform)
+    crypto = raw_crypto(platform)
     keys = {stage: stage_key(stage, name) for stage in ("raw", "hashed", "loaded")}
 
     @multi_asset(
@@ -266,6 +272,7 @@ def one_pass_assets(platform: PlatformConfig, name: str) -> list:
             steps,
             Lineage(context.run.run_id, p.version, dt.datetime.now(dt.UTC)),
             (lambda batches, schema: stream(partition, batches, schema)) if stream else None,
+            crypto=crypto,
         )
         loaded = result.loaded if stream else target.load(partition, files["hashed"])
         _audit_extract(
@@ -292,7 +299,9 @@ def one_pass_assets(platform: PlatformConfig, name: str) -> list:
         yield MaterializeResult(
             asset_key=keys["loaded"],
             metadata={"rows": loaded, "destination": target.description},
-            check_results=_loaded_checks(state, name, p, target, partition, partition, pii, audit),
+            check_results=_loaded_checks(
+                state, name, p, target, partition, partition, pii, audit, crypto
+            ),
         )
 
     return [one_pass]
@@ -396,15 +405,16 @@ def _loaded_checks(
     partition: str,
     pii: list[str],
     audit: AuditLog,
+    crypto: storage.ParquetCrypto | None,
 ) -> list[AssetCheckResult]:
     """The checks of one load: ``files`` names the stage files, ``partition`` the rows
     in the destination (the hour, or an incremental run's id)."""
     raw = storage.partition_file(state, "raw", name, files)
     hashed = storage.partition_file(state, "hashed", name, files)
     qfile = storage.partition_file(state, "quarantine", name, files)
-    raw_rows = storage.partition_rows(raw)
-    raw_columns = set(storage.partition_schema(raw).names)
-    quarantined = storage.partition_rows(qfile) if qfile.exists() else 0
+    raw_rows = storage.partition_rows(raw, crypto)
+    raw_columns = set(storage.partition_schema(raw, crypto).names)
+    quarantined = storage.partition_rows(qfile, crypto) if qfile.exists() else 0
     stats = target.stats(partition, p.key_column)
     loaded_rows = stats["rows"]
 
@@ -418,7 +428,9 @@ def _loaded_checks(
     duplicates = stats["duplicate_keys"]
     loaded_columns = list(storage.partition_schema(hashed).names)
     leaks = quality.pii_leaks(
-        lambda: storage.iter_partition(raw, columns=[c for c in pii if c in raw_columns]),
+        lambda: storage.iter_partition(
+            raw, columns=[c for c in pii if c in raw_columns], crypto=crypto
+        ),
         pii,
         {
             "hashed": lambda: storage.iter_partition(hashed),

@@ -16,6 +16,7 @@ from secure_etl.config import (
     DemoSource,
     DuckDBDestination,
     HttpsApiSource,
+    PlatformConfig,
     PostgresDestination,
     PostgresSource,
     _PostgresConnection,
@@ -48,6 +49,18 @@ def pg_endpoint(config: _PostgresConnection, tls: ClientTls) -> postgres.PgEndpo
         sslrootcert=config.ca_bundle or tls.ca_bundle,
         sslcert=tls.cert,
         sslkey=tls.key,
+    )
+
+
+def raw_crypto(platform: PlatformConfig) -> storage.ParquetCrypto | None:
+    """How raw and quarantined files are encrypted (None: they are not)."""
+    if not platform.encrypt_raw:
+        return None
+    from secure_etl.security.kms import LocalKeyFile
+
+    path = Path(platform.kms.path)
+    return storage.ParquetCrypto(
+        LocalKeyFile(path if path.is_absolute() else platform.resolved_state_dir() / path)
     )
 
 

@@ -99,6 +99,7 @@ def run_one_pass(
     lineage: Lineage,
     load: Loader | None,
     workers: int | None = None,
+    crypto: storage.ParquetCrypto | None = None,
 ) -> OnePassResult:
     """Run the pass. With ``load`` the destination consumes the batches as they are
     made; without (a destination that loads files only), the hashed file is complete
@@ -106,7 +107,7 @@ def run_one_pass(
     if workers is None:
         workers = len(os.sched_getaffinity(0))
     prefetch = _Prefetch(chunks)
-    raw_out = storage.PartitionWriter(raw)
+    raw_out = storage.PartitionWriter(raw, crypto)
     hashed_out = storage.PartitionWriter(hashed)
     rejected: list[storage.PartitionWriter] = []
     counts = {"quarantined": 0, "filtered": 0}
@@ -124,7 +125,7 @@ def run_one_pass(
             valid, bad = split_valid(table, key_column, seen)
             if bad.num_rows:
                 if not rejected:
-                    rejected.append(storage.PartitionWriter(quarantine))
+                    rejected.append(storage.PartitionWriter(quarantine, crypto))
                 rejected[0].write(bad)
                 counts["quarantined"] += bad.num_rows
             pending, dropped = transform_later(valid, steps, pool)

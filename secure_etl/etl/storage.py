@@ -3,6 +3,7 @@ and owner-only (raw and quarantined rows hold PII), read back in bounded batches
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import secrets
@@ -15,6 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from secure_etl.security.files import SECRET_MODE, write_secret
+from secure_etl.security.kms import KeyProvider
 
 STAGES = ("raw", "quarantine", "hashed")
 # The column that tells, in a destination table, which partition (or incremental run)
@@ -29,12 +31,53 @@ def partition_file(state_dir: Path, stage: str, pipeline: str, partition: str) -
     return Path(state_dir) / "data" / stage / pipeline / f"{safe}.parquet"
 
 
+class ParquetCrypto:
+    """Parquet modular encryption for files that hold PII (raw, quarantine): uniform
+    encryption with AES-GCM, footer included, each file's data keys wrapped by a
+    ``KeyProvider``. Reading without the provider fails; a changed byte fails to
+    authenticate."""
+
+    MASTER_KEY_ID = "secure_etl-raw"
+
+    def __init__(self, provider: KeyProvider) -> None:
+        import pyarrow.parquet.encryption as pe
+
+        class _Kms(pe.KmsClient):
+            def __init__(self, _config) -> None:
+                super().__init__()
+
+            def wrap_key(self, key_bytes, master_key_identifier):
+                return provider.wrap(bytes(key_bytes), master_key_identifier)
+
+            def unwrap_key(self, wrapped_key, master_key_identifier):
+                return provider.unwrap(wrapped_key, master_key_identifier)
+
+        self._factory = pe.CryptoFactory(_Kms)
+        self._connection = pe.KmsConnectionConfig()
+        self._encryption = pe.EncryptionConfiguration(
+            footer_key=self.MASTER_KEY_ID,
+            uniform_encryption=True,
+            encryption_algorithm="AES_GCM_V1",
+            plaintext_footer=False,
+            double_wrapping=False,
+            cache_lifetime=dt.timedelta(minutes=10),
+        )
+        self._decryption = pe.DecryptionConfiguration(cache_lifetime=dt.timedelta(minutes=10))
+
+    def write_properties(self):
+        return self._factory.file_encryption_properties(self._connection, self._encryption)
+
+    def read_properties(self):
+        return self._factory.file_decryption_properties(self._connection, self._decryption)
+
+
 class PartitionWriter:
     """Writes a partition table by table; the file appears complete on ``commit`` or not
     at all. Every table must have the first one's schema (a later one is cast to it)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, crypto: ParquetCrypto | None = None) -> None:
         self.path = Path(path)
+        self._crypto = crypto
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = self.path.with_name(
             f".{self.path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
@@ -58,7 +101,11 @@ class PartitionWriter:
             # lz4 without dictionaries: hashed columns are unique values, where trying a
             # dictionary costs more time than it saves space.
             self._writer = pq.ParquetWriter(
-                self._handle, table.schema, compression="lz4", use_dictionary=False
+                self._handle,
+                table.schema,
+                compression="lz4",
+                use_dictionary=False,
+                encryption_properties=self._crypto.write_properties() if self._crypto else None,
             )
         elif table.schema != self._writer.schema:
             try:
@@ -96,45 +143,55 @@ class PartitionWriter:
             self.abort()
 
 
-def write_partition(path: Path, frame: pd.DataFrame | pa.Table) -> int:
+def write_partition(
+    path: Path, frame: pd.DataFrame | pa.Table, crypto: ParquetCrypto | None = None
+) -> int:
     """Write a whole partition at once; returns bytes."""
-    with PartitionWriter(path) as writer:
+    with PartitionWriter(path, crypto) as writer:
         writer.write(frame)
         return writer.commit()[1]
 
 
 def write_partition_chunks(
-    path: Path, chunks: Iterable[pa.Table | pd.DataFrame]
+    path: Path, chunks: Iterable[pa.Table | pd.DataFrame], crypto: ParquetCrypto | None = None
 ) -> tuple[int, int]:
     """Write a partition chunk by chunk (memory stays bounded by one chunk); returns
     (rows, bytes)."""
-    with PartitionWriter(path) as writer:
+    with PartitionWriter(path, crypto) as writer:
         for chunk in chunks:
             writer.write(chunk)
         return writer.commit()
 
 
-def _existing(path: Path) -> pq.ParquetFile:
+def _existing(path: Path, crypto: ParquetCrypto | None = None) -> pq.ParquetFile:
     if not path.exists():
         raise FileNotFoundError(f"{path}: partition not materialized yet")
-    return pq.ParquetFile(path)
+    try:
+        return pq.ParquetFile(
+            path, decryption_properties=crypto.read_properties() if crypto else None
+        )
+    except OSError as err:
+        raise OSError(f"{path}: cannot read ({err})") from None
 
 
 def iter_partition(
-    path: Path, columns: list[str] | None = None, batch_rows: int = 100_000
+    path: Path,
+    columns: list[str] | None = None,
+    batch_rows: int = 100_000,
+    crypto: ParquetCrypto | None = None,
 ) -> Iterator[pa.Table]:
     """The partition in tables of at most ``batch_rows`` rows, read one row group at a
     time (``ParquetFile.iter_batches`` reads ahead without bound: 1 GiB at 5M rows)."""
-    file = _existing(path)
+    file = _existing(path, crypto)
     for group in range(file.num_row_groups):
         table = file.read_row_group(group, columns=columns)
         for offset in range(0, table.num_rows, batch_rows):
             yield table.slice(offset, batch_rows)
 
 
-def partition_rows(path: Path) -> int:
+def partition_rows(path: Path, crypto: ParquetCrypto | None = None) -> int:
     """Rows in a partition file, from its footer (no data is read)."""
-    return _existing(path).metadata.num_rows
+    return _existing(path, crypto).metadata.num_rows
 
 
 def counts_file(path: Path) -> Path:
@@ -151,22 +208,20 @@ def read_counts(path: Path) -> dict[str, int]:
     return json.loads(file.read_bytes()) if file.exists() else {}
 
 
-def column_max(path: Path, column: str):
+def column_max(path: Path, column: str, crypto: ParquetCrypto | None = None):
     """The largest value of ``column`` in the partition (None if it has no values), read
     one batch of that column at a time."""
     best = None
-    for table in iter_partition(path, columns=[column]):
+    for table in iter_partition(path, columns=[column], crypto=crypto):
         value = pc.max(table[column]).as_py()
         if value is not None and (best is None or value > best):
             best = value
     return best
 
 
-def partition_schema(path: Path) -> pa.Schema:
-    return _existing(path).schema_arrow
+def partition_schema(path: Path, crypto: ParquetCrypto | None = None) -> pa.Schema:
+    return _existing(path, crypto).schema_arrow
 
 
-def read_partition(path: Path) -> pd.DataFrame:
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: partition not materialized yet")
-    return pd.read_parquet(path)
+def read_partition(path: Path, crypto: ParquetCrypto | None = None) -> pd.DataFrame:
+    return _existing(path, crypto).read().to_pandas()

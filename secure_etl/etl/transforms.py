@@ -210,34 +210,38 @@ def transform_partition(
     lineage: Lineage,
     batch_rows: int = 100_000,
     workers: int | None = None,
+    crypto: storage.ParquetCrypto | None = None,
 ) -> TransformResult:
     """raw -> hashed (valid rows, pseudonymised, with lineage columns) and quarantine
-    (the rest, or no file when there is none), one batch at a time. A partition of
+    (the rest, or no file when there is none), one batch at a time. ``crypto`` reads
+    raw and writes quarantine (both hold PII) encrypted. A partition of
     ``PARALLEL_MIN_ROWS`` or more is hashed by ``workers`` processes (default: one per
     CPU) while this one reads and writes the next batches."""
     if workers is None:
         workers = len(os.sched_getaffinity(0))
     hashing = any(isinstance(step, PseudonymiseStep) for step in steps)
-    parallel = workers > 1 and hashing and storage.partition_rows(raw) >= PARALLEL_MIN_ROWS
+    parallel = workers > 1 and hashing and storage.partition_rows(raw, crypto) >= PARALLEL_MIN_ROWS
     with HashWorkers(workers) if parallel else contextlib.nullcontext() as pool:
-        return _transform(raw, hashed, quarantine, key_column, steps, lineage, batch_rows, pool)
+        return _transform(
+            raw, hashed, quarantine, key_column, steps, lineage, batch_rows, pool, crypto
+        )
 
 
-def _transform(raw, hashed, quarantine, key_column, steps, lineage, batch_rows, pool):
+def _transform(raw, hashed, quarantine, key_column, steps, lineage, batch_rows, pool, crypto):
     seen = SeenKeys()
     filtered = 0
     rejected: storage.PartitionWriter | None = None
     with storage.PartitionWriter(hashed) as valid_out:
         try:
-            tables = storage.iter_partition(raw, batch_rows=batch_rows)
+            tables = storage.iter_partition(raw, batch_rows=batch_rows, crypto=crypto)
             first = next(tables, None)
             if first is None:  # an empty partition still has its columns
-                first = storage.partition_schema(raw).empty_table()
+                first = storage.partition_schema(raw, crypto).empty_table()
             in_flight: list[Callable[[], pa.Table]] = []
             for table in itertools.chain([first], tables):
                 valid, bad = split_valid(table, key_column, seen)
                 if bad.num_rows:
-                    rejected = rejected or storage.PartitionWriter(quarantine)
+                    rejected = rejected or storage.PartitionWriter(quarantine, crypto)
                     rejected.write(bad)
                 pending, dropped = transform_later(valid, steps, pool)
                 filtered += dropped

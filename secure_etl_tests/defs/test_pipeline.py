@@ -17,6 +17,7 @@ from secure_etl.defs.certificates import RENEWAL_JOB
 from secure_etl.defs.demo import latest_complete_partitions, run_demo
 from secure_etl.defs.pipelines import LOADED_CHECKS
 from secure_etl.etl import duckdb_dest, storage
+from secure_etl.etl.connectors import raw_crypto
 from secure_etl.security.hmac_keys import load_hmac_key
 
 PARTITION = "2026-03-01-10:00"
@@ -60,7 +61,9 @@ def test_a_partition_flows_to_the_warehouse_with_every_data_check_passing(platfo
 def test_pii_is_replaced_by_the_keyed_hmac_and_the_key_id_is_recorded(platform, instance):
     _materialize(platform, instance)
     state = platform.resolved_state_dir()
-    raw = storage.read_partition(storage.partition_file(state, "raw", "customers", PARTITION))
+    raw = storage.read_partition(
+        storage.partition_file(state, "raw", "customers", PARTITION), raw_crypto(platform)
+    )
     loaded = duckdb_dest.read_partition(state / "warehouse.duckdb", "customers", PARTITION)
     key = load_hmac_key("pseudo-1", platform.keys["pseudo-1"], state)
 
@@ -195,7 +198,9 @@ def test_every_kind_of_transform_in_one_pipeline(write_config, instance):
     checks = _checks(result)
     assert all(passed for passed, _ in checks.values()), checks
     state = config.resolved_state_dir()
-    raw = storage.read_partition(storage.partition_file(state, "raw", "customers", PARTITION))
+    raw = storage.read_partition(
+        storage.partition_file(state, "raw", "customers", PARTITION), raw_crypto(config)
+    )
     loaded = duckdb_dest.read_partition(state / "warehouse.duckdb", "customers", PARTITION)
     kept = raw.dropna(subset=["customer_id"])
     kept = kept[~kept["country"].isin(["US", "CA"])].set_index("customer_id")
@@ -210,3 +215,25 @@ def test_every_kind_of_transform_in_one_pipeline(write_config, instance):
     assert first["phone"] == "****" + kept.loc[first["customer_id"], "phone"][-3:]
     filtered = len(raw.dropna(subset=["customer_id"])) - len(kept)
     assert f"+ filtered {filtered}" in checks["rows_reconcile"][1] and filtered > 0
+
+
+def test_raw_data_is_encrypted_at_rest_and_a_flipped_byte_is_detected(platform, instance):
+    import pytest
+
+    _materialize(platform, instance)
+    state = platform.resolved_state_dir()
+    path = storage.partition_file(state, "raw", "customers", PARTITION)
+    crypto = raw_crypto(platform)
+    frame = storage.read_partition(path, crypto)
+    email = frame["email"].dropna().iloc[0]
+    assert email.encode() not in path.read_bytes()  # no plaintext on disk
+    with pytest.raises(OSError, match="cannot read"):
+        storage.read_partition(path)  # without the key
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    flipped = path.with_name("flipped.parquet")
+    flipped.write_bytes(bytes(data))
+    with pytest.raises(OSError):
+        storage.read_partition(flipped, crypto)
+    master = state / platform.kms.path
+    assert oct(master.stat().st_mode & 0o777) == "0o600"
