@@ -417,6 +417,14 @@ class RetryConfig(_Strict):
     delay_s: float = Field(300, ge=0)
 
 
+class Retention(_Strict):
+    """Raw and quarantined partitions go ``raw_grace_hours`` after their partition was
+    loaded; hashed partitions ``hashed_days`` after it (never, if unset)."""
+
+    raw_grace_hours: float = Field(24, ge=0)
+    hashed_days: float | None = Field(None, gt=0)
+
+
 class Quality(_Strict):
     max_null_rate: float = Field(0.0, ge=0, le=1)
 
@@ -431,6 +439,7 @@ class PipelineConfig(_Strict):
     partitions: Partitions
     quality: Quality = Quality()
     retry: RetryConfig = RetryConfig()
+    retention: Retention = Retention()
     # Extract, pseudonymise and load in one step, overlapped (faster for big partitions;
     # a failure retries the whole pass). Hourly partitions only.
     one_pass: bool = False
@@ -551,6 +560,7 @@ class PlatformConfig(_Strict):
     keys: dict[Name, HmacKeyConfig] = {}
     pipelines: dict[Name, PipelineConfig] = {}
     audit: AuditConfig = AuditConfig()
+    retention_schedule: str = "35 * * * *"
     kms: LocalKms = LocalKms()
     # Raw and quarantined partitions (they hold PII) as encrypted Parquet.
     encrypt_raw: bool = True

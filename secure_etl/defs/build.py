@@ -14,6 +14,7 @@ from secure_etl.defs.pipelines import (
 )
 from secure_etl.defs.renewal_sensor import renewal_sensor
 from secure_etl.defs.resources import bigquery_resources, certificate_resources
+from secure_etl.defs.retention import retention_job_and_schedule
 
 
 def build_definitions(platform: PlatformConfig) -> Definitions:
@@ -38,11 +39,12 @@ def build_definitions(platform: PlatformConfig) -> Definitions:
         data_jobs.append(job)
         data_schedules.append(schedule)
 
+    retention_job, retention_schedule = retention_job_and_schedule(platform)
     return Definitions(
         assets=certificates + data_assets,
         asset_checks=checks,
-        jobs=[checks_job, renewal_job, *data_jobs],
-        schedules=[check_schedule, *data_schedules],
+        jobs=[checks_job, renewal_job, retention_job, *data_jobs],
+        schedules=[check_schedule, retention_schedule, *data_schedules],
         sensors=[renewal_sensor(platform, renewal_job)],
         resources={**certificate_resources(platform), **bigquery_resources(platform)},
     )

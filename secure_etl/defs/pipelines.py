@@ -38,6 +38,7 @@ from secure_etl.etl.connectors import (
 from secure_etl.etl.demo_source import PII_COLUMNS
 from secure_etl.etl.one_pass import run_one_pass
 from secure_etl.etl.protect import ColumnCipher
+from secure_etl.etl.retention import mark_loaded
 from secure_etl.etl.transforms import (
     DropStep,
     EncryptStep,
@@ -347,6 +348,7 @@ def _audit_transform(audit, context, name: str, partition: str, state: Path, key
 
 
 def _audit_load(audit, certificate, context, name, partition, hashed, target, rows) -> None:
+    mark_loaded(hashed, target.description, rows, dt.datetime.now(dt.UTC))  # for retention
     audit.append(
         certificate.subject(),
         "load",

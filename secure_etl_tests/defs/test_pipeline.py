@@ -10,6 +10,7 @@ import stat
 import duckdb
 import pandas as pd
 import yaml
+from dagster import AssetKey
 
 from secure_etl.config import load_config
 from secure_etl.defs.build import build_definitions
@@ -237,3 +238,35 @@ def test_raw_data_is_encrypted_at_rest_and_a_flipped_byte_is_detected(platform, 
         storage.read_partition(flipped, crypto)
     master = state / platform.kms.path
     assert oct(master.stat().st_mode & 0o777) == "0o600"
+
+
+def test_retention_deletes_raw_after_the_load_and_its_grace_and_records_it(write_config, instance):
+    from secure_etl.defs.retention import RETENTION_JOB
+    from secure_etl.security.audit import platform_audit_log, verify_log
+
+    data = copy.deepcopy(yaml.safe_load(write_config().read_text()))
+    data["pipelines"]["customers"]["retention"] = {"raw_grace_hours": 0, "hashed_days": 30}
+    config = load_config(write_config(data, "retention.yaml"))
+    state = config.resolved_state_dir()
+    defs = build_definitions(config)
+    defs.resolve_job_def(RENEWAL_JOB).execute_in_process(instance=instance)
+    # Extracted but not loaded yet: nothing may go.
+    defs.resolve_job_def("customers_etl").execute_in_process(
+        partition_key=PARTITION, instance=instance, asset_selection=[AssetKey(["raw", "customers"])]
+    )
+    retention = defs.resolve_job_def(RETENTION_JOB)
+    first = retention.execute_in_process(instance=instance)
+    assert first.output_for_node("apply_retention") == 0
+    raw = storage.partition_file(state, "raw", "customers", PARTITION)
+    assert raw.exists()
+
+    _materialize(config, instance)
+    quarantine = storage.partition_file(state, "quarantine", "customers", PARTITION)
+    assert quarantine.exists()
+    second = retention.execute_in_process(instance=instance)
+    assert second.output_for_node("apply_retention") == 2
+    assert not raw.exists() and not quarantine.exists()
+    assert storage.partition_file(state, "hashed", "customers", PARTITION).exists()  # 30 days
+    log = platform_audit_log(config)
+    actions = [line for line in log.path.read_text().splitlines() if "retention.delete" in line]
+    assert len(actions) == 2 and verify_log(log).ok
