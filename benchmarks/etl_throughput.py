@@ -107,15 +107,9 @@ def _connect(work: Path, dbname: str):
 # --- the methods, each run in a child process -------------------------------------------
 
 
-def method_ours(work: Path, table: str, target: str) -> dict:
-    """The code the one-pass asset runs (``one_pass: true``): extraction, hashing and
-    loading overlapped, the raw and hashed files written on the way."""
-    import datetime as dt
-
-    from secure_etl.etl import storage
-    from secure_etl.etl.connectors import ClientTls, destination_for, raw_crypto, source_chunks
-    from secure_etl.etl.one_pass import run_one_pass
-    from secure_etl.etl.transforms import Lineage, Pseudonymiser, PseudonymiseStep
+def _bench_pipeline(work: Path, table: str, target: str):
+    """The benchmark pipeline's config pieces, reading ``table`` and writing ``target``."""
+    from secure_etl.etl.connectors import ClientTls
 
     platform = _platform(work)
     p = platform.pipelines["bench"]
@@ -123,7 +117,20 @@ def method_ours(work: Path, table: str, target: str) -> dict:
     destination = p.destination.model_copy(update={"table": target})
     t = _tls(work)
     tls = ClientTls(t["sslcert"], t["sslkey"], t["sslrootcert"])
-    state = work / "state" / target
+    return platform, source, destination, tls, work / "state" / target
+
+
+def method_ours(work: Path, table: str, target: str) -> dict:
+    """The code the one-pass asset runs (``one_pass: true``): extraction, hashing and
+    loading overlapped, the raw and hashed files written on the way."""
+    import datetime as dt
+
+    from secure_etl.etl import storage
+    from secure_etl.etl.connectors import destination_for, raw_crypto, source_chunks
+    from secure_etl.etl.one_pass import run_one_pass
+    from secure_etl.etl.transforms import Lineage, Pseudonymiser, PseudonymiseStep
+
+    platform, source, destination, tls, state = _bench_pipeline(work, table, target)
     target_table = destination_for(destination, state, tls)
     step = PseudonymiseStep(PII, Pseudonymiser(bytes.fromhex(SECRET_HEX)), "bench")
     run_one_pass(
@@ -145,7 +152,7 @@ def method_ours_staged(work: Path, table: str, target: str) -> dict:
     import datetime as dt
 
     from secure_etl.etl import storage
-    from secure_etl.etl.connectors import ClientTls, destination_for, raw_crypto, source_chunks
+    from secure_etl.etl.connectors import destination_for, raw_crypto, source_chunks
     from secure_etl.etl.transforms import (
         Lineage,
         Pseudonymiser,
@@ -153,13 +160,7 @@ def method_ours_staged(work: Path, table: str, target: str) -> dict:
         transform_partition,
     )
 
-    platform = _platform(work)
-    p = platform.pipelines["bench"]
-    source = p.source.model_copy(update={"table": table})
-    destination = p.destination.model_copy(update={"table": target})
-    t = _tls(work)
-    tls = ClientTls(t["sslcert"], t["sslkey"], t["sslrootcert"])
-    state = work / "state" / target
+    platform, source, destination, tls, state = _bench_pipeline(work, table, target)
     raw = storage.partition_file(state, "raw", "bench", HOUR)
     hashed = storage.partition_file(state, "hashed", "bench", HOUR)
     crypto = raw_crypto(platform)  # raw and quarantine encrypted, as the assets do

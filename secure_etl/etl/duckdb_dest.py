@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -23,6 +24,17 @@ def _quoted(identifier: str) -> str:
     return f'"{identifier}"'
 
 
+@contextlib.contextmanager
+def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
 def load_partition(path: Path, table: str, partition: str, parquet: Path) -> int:
     """Replace exactly ``partition`` of ``table`` by the rows of the Parquet file
     ``parquet`` (DuckDB streams it); loading twice changes nothing."""
@@ -35,17 +47,12 @@ def load_partition(path: Path, table: str, partition: str, parquet: Path) -> int
             f"FROM {source} LIMIT 0",
             [partition, str(parquet)],
         )
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with _transaction(con):
             con.execute(f"DELETE FROM {name} WHERE {PARTITION_COLUMN} = ?", [partition])
             rows = con.execute(
                 f"INSERT INTO {name} BY NAME SELECT *, ? AS {PARTITION_COLUMN} FROM {source}",
                 [partition, str(parquet)],
             ).fetchone()[0]
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
     return rows
 
 
@@ -68,17 +75,12 @@ def load_partition_stream(
             [partition],
         )
         con.register("incoming", reader)
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with _transaction(con):
             con.execute(f"DELETE FROM {name} WHERE {PARTITION_COLUMN} = ?", [partition])
             rows = con.execute(
                 f"INSERT INTO {name} BY NAME SELECT *, ? AS {PARTITION_COLUMN} FROM incoming",
                 [partition],
             ).fetchone()[0]
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
     return rows
 
 
@@ -93,8 +95,7 @@ def merge_batch(path: Path, table: str, batch_id: str, key_column: str, parquet:
             "FROM read_parquet(?) LIMIT 0",
             [batch_id, str(parquet)],
         )
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with _transaction(con):
             con.execute(
                 f"DELETE FROM {name} WHERE {key} IN (SELECT {key} FROM read_parquet(?))",
                 [str(parquet)],
@@ -104,10 +105,6 @@ def merge_batch(path: Path, table: str, batch_id: str, key_column: str, parquet:
                 "FROM read_parquet(?)",
                 [batch_id, str(parquet)],
             ).fetchone()[0]
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
     return rows
 
 
