@@ -55,3 +55,19 @@ def test_the_secret_never_appears_in_repr(tmp_path, monkeypatch):
     monkeypatch.setenv("K1", "cd" * 32)
     key = load_hmac_key("k1", HmacKeyConfig(env="K1"), tmp_path)
     assert "cd" * 8 not in repr(key) and "k1" in repr(key)
+
+
+def test_a_key_file_others_can_read_is_refused_at_start_up(platform):
+    import os
+
+    from secure_etl.defs.build import build_definitions
+    from secure_etl.errors import UserError
+
+    key = platform.resolved_state_dir() / platform.keys["pseudo-1"].file
+    key.parent.mkdir(parents=True, exist_ok=True)
+    key.write_bytes(b"x" * 32)
+    os.chmod(key, 0o644)
+    with pytest.raises(UserError, match=f"refusing to start: {key}: mode 0644"):
+        build_definitions(platform)
+    os.chmod(key, 0o600)
+    assert build_definitions(platform)

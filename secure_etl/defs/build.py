@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from dagster import DefaultScheduleStatus as Status
 from dagster import Definitions, ScheduleDefinition
 
@@ -15,9 +17,16 @@ from secure_etl.defs.pipelines import (
 from secure_etl.defs.renewal_sensor import renewal_sensor
 from secure_etl.defs.resources import bigquery_resources, certificate_resources
 from secure_etl.defs.retention import retention_job_and_schedule
+from secure_etl.errors import UserError
+from secure_etl.security.hmac_keys import insecure_key_files
 
 
 def build_definitions(platform: PlatformConfig) -> Definitions:
+    state = platform.resolved_state_dir()
+    extra = [Path(platform.kms.path), Path(platform.audit.signing_key)]
+    problems = insecure_key_files(platform.keys, extra, state)
+    if problems:
+        raise UserError("refusing to start: " + "; ".join(problems))
     certificates = [certificate_asset(platform, name) for name in platform.certificates]
     checks = [certificate_checks(platform, name) for name in platform.certificates]
     checks_job, renewal_job = certificate_jobs(platform)

@@ -7,6 +7,7 @@ import binascii
 import hashlib
 import os
 import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,3 +69,20 @@ def _decode(text: str, where: str) -> bytes:
             )
         return secret
     raise KeyUnavailable(f"{where}: the key is neither hex nor base64")
+
+
+def insecure_key_files(
+    keys: dict[str, HmacKeyConfig], extra: list[Path], state_dir: Path
+) -> list[str]:
+    """Key files that exist but others can read or write: refused at start-up, before any
+    run uses them."""
+    paths = [Path(k.file) for k in keys.values() if k.file] + list(extra)
+    problems = []
+    for path in paths:
+        path = path if path.is_absolute() else state_dir / path
+        if path.exists() and path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            problems.append(
+                f"{path}: mode {stat.S_IMODE(path.stat().st_mode):04o} lets others read it; "
+                f"run: chmod 600 {path}"
+            )
+    return problems
