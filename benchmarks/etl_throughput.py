@@ -384,19 +384,12 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], help="methods to leave out")
     args = parser.parse_args()
 
-    from secure_etl.pki.renewal import certificate_store, ensure_certificate, trust_bundle
-    from secure_etl_tests.servers import Postgres
+    from secure_etl_tests.servers import postgres_for_platform
 
     with tempfile.TemporaryDirectory(prefix="etl-bench-") as tmp:
         work = Path(tmp)
         (work / "platform.yaml").write_text(yaml.safe_dump(_config(work, 5432, "t", 0)))
-        platform = _platform(work)
-        for name in ("db-server", "etl-client"):
-            ensure_certificate(platform, name)
-        paths = certificate_store(platform).paths("db-server")
-        server = Postgres(
-            work / "pg", paths.fullchain, paths.privkey, trust_bundle(platform, "db-server")
-        ).start()
+        server = postgres_for_platform(_platform(work), work / "pg")
         try:
             _bench(args, work, server)
         finally:

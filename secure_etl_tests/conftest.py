@@ -142,15 +142,9 @@ def bind9(tmp_path):
 def postgres_tls(platform, tmp_path):
     """PostgreSQL whose server certificate (db-server) and client CA come from the
     platform's internal CA; the etl-client certificate authenticates as user etl."""
-    from secure_etl.pki.renewal import certificate_store, ensure_certificate, trust_bundle
-    from secure_etl_tests.servers import Postgres
+    from secure_etl_tests.servers import postgres_for_platform
 
-    for name in ("db-server", "etl-client"):
-        ensure_certificate(platform, name)
-    paths = certificate_store(platform).paths("db-server")
-    server = Postgres(
-        tmp_path / "pg", paths.fullchain, paths.privkey, trust_bundle(platform, "db-server")
-    ).start()
+    server = postgres_for_platform(platform, tmp_path / "pg")
     # `cert` authentication maps the client certificate's CN to the user name.
     server.psql('CREATE ROLE "etl-client.test" LOGIN SUPERUSER')
     yield server

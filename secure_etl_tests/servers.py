@@ -439,3 +439,16 @@ fsync = off
                 ],
                 capture_output=True,
             )
+
+
+def postgres_for_platform(platform, workdir: Path) -> Postgres:
+    """A started PostgreSQL whose server certificate (db-server) and client CA come
+    from the platform's issuer; etl-client is issued too, ready to connect."""
+    from secure_etl.pki.renewal import certificate_store, ensure_certificate, trust_bundle
+
+    for name in ("db-server", "etl-client"):
+        ensure_certificate(platform, name)
+    paths = certificate_store(platform).paths("db-server")
+    return Postgres(
+        workdir, paths.fullchain, paths.privkey, trust_bundle(platform, "db-server")
+    ).start()

@@ -26,21 +26,10 @@ def key_pads(secret: bytes) -> tuple[bytes, bytes]:
 
 
 def hex_many(pads: tuple[bytes, bytes], values: Iterable[bytes | None]) -> list[str | None]:
-    """HMAC-SHA256 as hex per value; the keyed inner and outer SHA-256 states are computed
-    once and copied per value (two copies and two updates instead of re-keying)."""
-    inner, outer = sha256(pads[0]).copy, sha256(pads[1]).copy
-    out: list[str | None] = []
-    append = out.append
-    for value in values:
-        if value is None:
-            append(None)
-            continue
-        i = inner()
-        i.update(value)
-        o = outer()
-        o.update(i.digest())
-        append(o.hexdigest())
-    return out
+    """HMAC-SHA256 as hex per value (None stays None)."""
+    values = list(values)
+    digests = _digests(pads, values)
+    return [None if v is None else d.hex() for v, d in zip(values, digests, strict=True)]
 
 
 _SAMPLE = 2048
@@ -60,6 +49,8 @@ def _digests_as_hex(digests: list[bytes], validity: pa.Array | None) -> pa.Array
 
 
 def _digests(pads: tuple[bytes, bytes], values: list[bytes | None]) -> list[bytes]:
+    """HMAC-SHA256 per value; the keyed inner and outer SHA-256 states are computed once
+    and copied per value (two copies and two updates instead of re-keying)."""
     inner, outer = sha256(pads[0]).copy, sha256(pads[1]).copy
     out: list[bytes] = []
     append = out.append
