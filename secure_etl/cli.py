@@ -104,7 +104,99 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--public-key", type=Path, metavar="PEM", help="checkpoint public key")
     verify.add_argument("--config", type=Path, help="platform config")
     verify.set_defaults(handler=_audit_verify)
+
+    keys = commands.add_parser(
+        "keys", help="use the pseudonym and encryption keys (every key id, old ones included)"
+    )
+    keys_commands = keys.add_subparsers(metavar="COMMAND")
+    pseudonym = keys_commands.add_parser(
+        "pseudonym",
+        help="the pseudonyms of values (one per line on stdin) under every id of a key",
+        description="Prints one JSON object per input line: key id -> pseudonym, for the "
+        "current id and each previous one, so data written before a rotation can be found "
+        "and verified. The use is recorded in the audit log (counts and key ids, no values).",
+    )
+    pseudonym.add_argument("key", metavar="KEY", help="the key's name in the config")
+    pseudonym.add_argument(
+        "--truncate", type=int, metavar="N", help="hex digits kept, as the pipeline does"
+    )
+    pseudonym.add_argument("--config", type=Path, help="platform config")
+    pseudonym.set_defaults(handler=_keys_pseudonym)
+    decrypt = keys_commands.add_parser(
+        "decrypt",
+        help="decrypt encrypted column values (one per line on stdin) with any id of a key",
+        description="The key id in each value picks the secret: current or previous. "
+        "The use is recorded in the audit log (counts and key ids, no values).",
+    )
+    decrypt.add_argument("key", metavar="KEY", help="the key's name in the config")
+    decrypt.add_argument("--column", required=True, help="the column the values came from")
+    decrypt.add_argument("--config", type=Path, help="platform config")
+    decrypt.set_defaults(handler=_keys_decrypt)
     return parser
+
+
+def _key_ring(args: argparse.Namespace):
+    from secure_etl.config import load_config
+    from secure_etl.security.hmac_keys import KeyUnavailable, load_key_ring
+
+    platform = load_config(args.config)
+    if args.key not in platform.keys:
+        raise UserError(f"no key {args.key!r} (configured: {', '.join(platform.keys) or 'none'})")
+    try:
+        ring = load_key_ring(args.key, platform.keys[args.key], platform.resolved_state_dir())
+    except KeyUnavailable as err:
+        raise UserError(str(err)) from None
+    return platform, ring
+
+
+def _audit_key_use(platform, action: str, key: str, ring, values: int, failed: int = 0) -> None:
+    import getpass
+
+    from secure_etl.security.audit import platform_audit_log
+
+    platform_audit_log(platform).append(
+        actor=f"cli:{getpass.getuser()}",
+        action=action,
+        asset=f"keys/{key}",
+        outputs={"values": str(values), "failed": str(failed)},
+        key_ids=sorted(ring),
+    )
+
+
+def _keys_pseudonym(args: argparse.Namespace) -> int:
+    from secure_etl.config import MIN_PSEUDONYM_HEX
+    from secure_etl.etl.transforms import Pseudonymiser
+
+    if args.truncate is not None and not MIN_PSEUDONYM_HEX <= args.truncate <= 64:
+        raise UserError(f"--truncate must be between {MIN_PSEUDONYM_HEX} and 64")
+    platform, ring = _key_ring(args)
+    hashers = {key_id: Pseudonymiser(key.secret) for key_id, key in ring.items()}
+    count = 0
+    for line in sys.stdin:
+        value = line.rstrip("\n").encode("utf-8")
+        digests = {k: h.hex_many([value])[0][: args.truncate] for k, h in hashers.items()}
+        print(json.dumps(digests), flush=True)
+        count += 1
+    _audit_key_use(platform, "key.pseudonym", args.key, ring, count)
+    return EXIT_OK
+
+
+def _keys_decrypt(args: argparse.Namespace) -> int:
+    from secure_etl.etl.protect import DecryptError, decrypt_value
+
+    platform, ring = _key_ring(args)
+    secrets = {key_id: key.secret for key_id, key in ring.items()}
+    count = failed = 0
+    for number, line in enumerate(sys.stdin, 1):
+        count += 1
+        try:
+            print(decrypt_value(line.strip(), args.column, secrets), flush=True)
+        except DecryptError as err:
+            failed += 1
+            print(f"secure-etl: line {number}: {err}", file=sys.stderr)
+            print("", flush=True)  # keep the output aligned with the input
+    _audit_key_use(platform, "key.decrypt", args.key, ring, count, failed)
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def _audit_verify(args: argparse.Namespace) -> int:

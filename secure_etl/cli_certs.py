@@ -90,6 +90,12 @@ def add_commands(commands, certs_commands) -> None:
         metavar="PRIVKEY",
         help="sign with the certificate's own key instead of the account key",
     )
+    revoke.add_argument(
+        "--config",
+        type=Path,
+        help="record the revocation in this platform's audit log "
+        "(default: $SECURE_ETL_CONFIG when set, else no record)",
+    )
     _server_args(revoke)
     revoke.set_defaults(handler=acme_revoke)
 
@@ -254,8 +260,38 @@ def acme_revoke(args: argparse.Namespace) -> int:
         return _fail(str(err), EXIT_FAILED)
     finally:
         client.transport.close()
-    print(f"revoked serial {facts(cert).serial}" + (f" ({args.reason})" if args.reason else ""))
+    serial = facts(cert).serial
+    print(f"revoked serial {serial}" + (f" ({args.reason})" if args.reason else ""))
+    _audit_revocation(args, cert, serial)
     return EXIT_OK
+
+
+def _audit_revocation(args: argparse.Namespace, cert, serial: str) -> None:
+    """Record a revocation in the platform's audit log, when a platform is named."""
+    import getpass
+    import os
+
+    from cryptography.hazmat.primitives import hashes
+
+    from secure_etl.config import CONFIG_ENV, load_config
+    from secure_etl.security.audit import platform_audit_log
+
+    if args.config is None and not os.environ.get(CONFIG_ENV):
+        return
+    log = platform_audit_log(load_config(args.config))
+    record = log.append(
+        actor=f"cli:{getpass.getuser()}",
+        action="certificate.revoked",
+        asset=str(args.cert),
+        inputs={"directory": args.directory, "signed_with": "cert key" if args.key else "account"},
+        outputs={
+            "serial": serial,
+            "certificate": "sha256:" + cert.fingerprint(hashes.SHA256()).hex(),
+            "reason": args.reason or "unspecified",
+        },
+    )
+    log.checkpoint()
+    print(f"audit: record {record['seq']} in {log.path}")
 
 
 def certs_renew(args: argparse.Namespace) -> int:

@@ -31,6 +31,8 @@ STATE_DIR_ENV = "SECURE_ETL_STATE_DIR"
 
 KeyType = Literal["ec256", "ec384", "rsa2048", "rsa3072", "rsa4096"]
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
+KeyId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
+MIN_PSEUDONYM_HEX = 32  # the truncation floor: 128 bits
 
 
 class ConfigError(UserError):
@@ -288,6 +290,9 @@ class PseudonymiseTransform(_Strict):
     type: Literal["pseudonymise"]
     columns: list[str] = Field(min_length=1)
     key: Name
+    # Keep only the first ``truncate`` hex digits. The floor, 32 (128 bits), keeps the
+    # odds that two values of a billion share a pseudonym below 1e-20.
+    truncate: int | None = Field(None, ge=MIN_PSEUDONYM_HEX, le=64)
 
 
 class EncryptTransform(_Strict):
@@ -515,21 +520,39 @@ class PipelineConfig(_Strict):
         return self.partitions.type == "incremental"
 
 
-class HmacKeyConfig(_Strict):
-    """A keyed-hash secret: from ``env`` when set, otherwise the key ``file``.
+class KeySource(_Strict):
+    """Where a secret is: the environment variable ``env`` when set, else the key ``file``
+    (relative to state_dir, mode 0600)."""
 
+    env: str | None = None
+    file: str | None = None
+
+    @model_validator(mode="after")
+    def _has_a_source(self) -> KeySource:
+        if not self.env and not self.file:
+            raise ValueError("give env, file, or both")
+        return self
+
+
+class HmacKeyConfig(KeySource):
+    """A key for pseudonyms or column encryption.
+
+    ``id`` is the key id written beside every value it produces (default: the key's
+    name). To rotate, give the new secret a new ``id`` and move the old one under
+    ``previous``: new data gets the new id, and values written under an old id stay
+    verifiable (pseudonyms) or readable (encrypted columns) with ``secure-etl keys``.
     With ``create: true`` a missing file is generated (32 random bytes, mode 0600);
     that is meant for the offline demo only.
     """
 
-    env: str | None = None
-    file: str | None = None
     create: bool = False
+    id: KeyId | None = None
+    previous: dict[KeyId, KeySource] = {}
 
     @model_validator(mode="after")
-    def _has_a_source(self) -> HmacKeyConfig:
-        if not self.env and not self.file:
-            raise ValueError("give env, file, or both")
+    def _current_id_is_not_retired(self) -> HmacKeyConfig:
+        if self.id is not None and self.id in self.previous:
+            raise ValueError(f"key id {self.id!r} is both current and under previous")
         return self
 
 

@@ -55,10 +55,16 @@ def test_acme_issue_writes_the_four_files_and_revoke_revokes(acme_ca, tmp_path):
     full = load_chain_file(out / "fullchain.pem")
     assert len(leaf) == 1 and full[0] == leaf[0] and full[1:] == load_chain_file(out / "chain.pem")
 
+    platform = tmp_path / "platform.yaml"
+    platform.write_text(
+        f"state_dir: {tmp_path / 'state'}\nissuers: {{ca: {{type: internal_ca}}}}\n"
+    )
     revoked = _run(
         "acme",
         "revoke",
         str(out / "cert.pem"),
+        "--config",
+        str(platform),
         "--reason",
         "superseded",
         "--directory",
@@ -69,7 +75,16 @@ def test_acme_issue_writes_the_four_files_and_revoke_revokes(acme_ca, tmp_path):
         str(account),
     )
     assert revoked.returncode == 0, revoked.stderr
-    assert acme_ca.certificate_status(format(leaf[0].serial_number, "x"))["Status"] == "Revoked"
+    serial = format(leaf[0].serial_number, "x")
+    assert acme_ca.certificate_status(serial)["Status"] == "Revoked"
+    # The revocation is in the platform's audit log, and the log verifies.
+    log = tmp_path / "state" / "audit" / "audit.log"
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["action"] for r in records] == ["certificate.revoked"]
+    assert records[0]["outputs"]["reason"] == "superseded"
+    assert records[0]["outputs"]["serial"] == serial
+    verified = _run("audit", "verify", "--config", str(platform))
+    assert verified.returncode == 0 and "ok: 1 records, 1 signed checkpoints" in verified.stdout
 
 
 def test_acme_issue_needs_exactly_one_challenge_method(tmp_path):

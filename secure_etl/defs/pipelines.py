@@ -376,7 +376,11 @@ def _pseudonymise_steps(platform: PlatformConfig, p: PipelineConfig):
             key = load_hmac_key(transform.key, platform.keys[transform.key], state)
             if transform.type == "pseudonymise":
                 pseudonymiser = Pseudonymiser(key.secret)
-                steps.append(PseudonymiseStep(transform.columns, pseudonymiser, key.key_id))
+                steps.append(
+                    PseudonymiseStep(
+                        transform.columns, pseudonymiser, key.key_id, transform.truncate
+                    )
+                )
             else:
                 cipher = ColumnCipher(key.secret, key.key_id, transform.deterministic)
                 steps.append(EncryptStep(transform.columns, cipher))

@@ -91,6 +91,7 @@ class PseudonymiseStep:
     columns: Sequence[str]
     pseudonymiser: Pseudonymiser
     key_id: str
+    truncate: int | None = None  # hex digits kept (the config enforces the floor)
 
 
 @dataclass(frozen=True)
@@ -157,10 +158,11 @@ def transform_later(
                 continue
             values = table.column(index).combine_chunks()
             if isinstance(step, PseudonymiseStep) and workers:
-                jobs.append((index, column, workers.submit(step.pseudonymiser.pads, values).result))
+                future = workers.submit(step.pseudonymiser.pads, values)
+                jobs.append((index, column, lambda f=future, s=step: _truncate(f.result(), s)))
                 continue
             if isinstance(step, PseudonymiseStep):
-                done = hmac_column(step.pseudonymiser.pads, values)
+                done = _truncate(hmac_column(step.pseudonymiser.pads, values), step)
             elif isinstance(step, EncryptStep):
                 done = step.cipher.column(values, column)
             else:
@@ -176,6 +178,12 @@ def transform_later(
         return out.append_column(KEY_ID_COLUMN, _constant(key_ids, out.num_rows))
 
     return result, before - table.num_rows
+
+
+def _truncate(digests: pa.Array, step: PseudonymiseStep) -> pa.Array:
+    if step.truncate is None:
+        return digests
+    return pc.utf8_slice_codeunits(digests, 0, step.truncate)
 
 
 def add_metadata(table: pa.Table, lineage: Lineage) -> pa.Table:

@@ -11,7 +11,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from secure_etl.config import HmacKeyConfig
+from secure_etl.config import HmacKeyConfig, KeySource
 from secure_etl.security.files import InsecureSecretFile, read_secret, write_secret
 
 MIN_KEY_BYTES = 16
@@ -36,24 +36,40 @@ class HmacKey:
         return f"HmacKey(key_id={self.key_id!r}, fingerprint={self.fingerprint!r})"
 
 
-def load_hmac_key(key_id: str, config: HmacKeyConfig, state_dir: Path) -> HmacKey:
-    """The env variable wins (base64 or hex); else the key file, created if allowed."""
-    if config.env and os.environ.get(config.env):
-        return HmacKey(key_id, _decode(os.environ[config.env], f"${config.env}"))
-    if not config.file:
-        raise KeyUnavailable(f"key {key_id!r}: environment variable {config.env} is not set")
-    path = Path(config.file)
+def load_hmac_key(name: str, config: HmacKeyConfig, state_dir: Path) -> HmacKey:
+    """The current secret of key ``name``, with its key id (``id``, default the name).
+    The env variable wins (base64 or hex); else the key file, created if allowed."""
+    key_id = config.id or name
+    return HmacKey(key_id, _load_secret(f"key {name!r}", config, state_dir, config.create))
+
+
+def load_key_ring(name: str, config: HmacKeyConfig, state_dir: Path) -> dict[str, HmacKey]:
+    """Every secret of key ``name`` by key id: the current one and those under
+    ``previous`` (rotated out, kept to verify or read what was written with them)."""
+    ring = {key.key_id: key for key in [load_hmac_key(name, config, state_dir)]}
+    for key_id, source in config.previous.items():
+        label = f"key {name!r} previous id {key_id!r}"
+        ring[key_id] = HmacKey(key_id, _load_secret(label, source, state_dir, create=False))
+    return ring
+
+
+def _load_secret(label: str, source: KeySource, state_dir: Path, create: bool) -> bytes:
+    if source.env and os.environ.get(source.env):
+        return _decode(os.environ[source.env], f"${source.env}")
+    if not source.file:
+        raise KeyUnavailable(f"{label}: environment variable {source.env} is not set")
+    path = Path(source.file)
     path = path if path.is_absolute() else state_dir / path
     if not path.exists():
-        if not config.create:
-            where = f"${config.env} is not set and " if config.env else ""
-            raise KeyUnavailable(f"key {key_id!r}: {where}key file {path} does not exist")
+        if not create:
+            where = f"${source.env} is not set and " if source.env else ""
+            raise KeyUnavailable(f"{label}: {where}key file {path} does not exist")
         write_secret(path, base64.b64encode(secrets.token_bytes(32)) + b"\n")
     try:
         raw = read_secret(path)
     except InsecureSecretFile as err:
-        raise KeyUnavailable(f"key {key_id!r}: {err}") from None
-    return HmacKey(key_id, _decode(raw.decode("ascii", "replace"), str(path)))
+        raise KeyUnavailable(f"{label}: {err}") from None
+    return _decode(raw.decode("ascii", "replace"), str(path))
 
 
 def _decode(text: str, where: str) -> bytes:
@@ -76,7 +92,8 @@ def insecure_key_files(
 ) -> list[str]:
     """Key files that exist but others can read or write: refused at start-up, before any
     run uses them."""
-    paths = [Path(k.file) for k in keys.values() if k.file] + list(extra)
+    sources = [s for k in keys.values() for s in [k, *k.previous.values()]]
+    paths = [Path(s.file) for s in sources if s.file] + list(extra)
     problems = []
     for path in paths:
         path = path if path.is_absolute() else state_dir / path
