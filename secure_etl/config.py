@@ -575,6 +575,33 @@ class LocalKms(_Strict):
     path: str = "keys/kms-master.key"
 
 
+class VaultTransitKms(_Strict):
+    """HashiCorp Vault's (or OpenBao's) transit engine wraps the data keys: the master key
+    never leaves the server, and rotating it there keeps old files readable."""
+
+    type: Literal["vault_transit"]
+    address: str = Field(pattern=r"^https://")
+    key: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # the transit key's name
+    mount: str = Field("transit", pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
+    token_env: str = "VAULT_TOKEN"  # noqa: S105 - the name of the variable holding it
+    namespace: str | None = None  # Vault Enterprise / OpenBao namespaces
+    ca_bundle: str | None = None  # verifies Vault's certificate (default: system roots)
+    timeout_s: float = Field(10, gt=0)
+
+
+def _kms_kind(value: object) -> str:
+    kind = (
+        value.get("type", "local_file") if isinstance(value, dict) else getattr(value, "type", "")
+    )
+    return kind if kind in ("local_file", "vault_transit") else "local_file"
+
+
+Kms = Annotated[
+    Annotated[LocalKms, Tag("local_file")] | Annotated[VaultTransitKms, Tag("vault_transit")],
+    Discriminator(_kms_kind),
+]
+
+
 class PlatformConfig(_Strict):
     state_dir: str = ".secure_etl"
     certificate_check_schedule: str = "*/30 * * * *"
@@ -584,7 +611,7 @@ class PlatformConfig(_Strict):
     pipelines: dict[Name, PipelineConfig] = {}
     audit: AuditConfig = AuditConfig()
     retention_schedule: str = "35 * * * *"
-    kms: LocalKms = LocalKms()
+    kms: Kms = LocalKms()
     # Raw and quarantined partitions (they hold PII) as encrypted Parquet.
     encrypt_raw: bool = True
 

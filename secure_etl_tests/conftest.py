@@ -149,3 +149,13 @@ def postgres_tls(platform, tmp_path):
     server.psql('CREATE ROLE "etl-client.test" LOGIN SUPERUSER')
     yield server
     server.stop()
+
+
+@pytest.fixture
+def openbao(tmp_path):
+    """A real OpenBao (Vault API) dev server with the transit engine mounted."""
+    from secure_etl_tests.servers import OpenBao
+
+    server = OpenBao(tmp_path / "openbao").start()
+    yield server
+    server.stop()

@@ -23,7 +23,9 @@ from secure_etl.security.hmac_keys import insecure_key_files
 
 def build_definitions(platform: PlatformConfig) -> Definitions:
     state = platform.resolved_state_dir()
-    extra = [Path(platform.kms.path), Path(platform.audit.signing_key)]
+    extra = [Path(platform.audit.signing_key)]
+    if platform.kms.type == "local_file":
+        extra.append(Path(platform.kms.path))
     problems = insecure_key_files(platform.keys, extra, state)
     if problems:
         raise UserError("refusing to start: " + "; ".join(problems))

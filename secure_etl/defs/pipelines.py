@@ -1,6 +1,8 @@
 """Pipeline assets raw/<p> -> hashed/<p> -> loaded/<p>, with lineage to the client certificate."""
 
 import datetime as dt
+import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from dagster import (
@@ -8,6 +10,7 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
+    AssetRecordsFilter,
     AssetSelection,
     AssetSpec,
     Backoff,
@@ -20,6 +23,7 @@ from dagster import (
     build_schedule_from_partitioned_job,
     define_asset_job,
     multi_asset,
+    serialize_value,
 )
 from dagster import DefaultScheduleStatus as Status
 
@@ -195,7 +199,16 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
         return MaterializeResult(
             metadata={"rows": rows, "destination": target.description},
             check_results=_loaded_checks(
-                state, name, p, target, files, partition, pii, audit, crypto
+                state,
+                name,
+                p,
+                target,
+                files,
+                partition,
+                pii,
+                audit,
+                crypto,
+                _run_texts(context, name),
             ),
         )
 
@@ -301,7 +314,16 @@ def one_pass_assets(platform: PlatformConfig, name: str) -> list:
             asset_key=keys["loaded"],
             metadata={"rows": loaded, "destination": target.description},
             check_results=_loaded_checks(
-                state, name, p, target, partition, partition, pii, audit, crypto
+                state,
+                name,
+                p,
+                target,
+                partition,
+                partition,
+                pii,
+                audit,
+                crypto,
+                _run_texts(context, name),
             ),
         )
 
@@ -412,6 +434,7 @@ def _loaded_checks(
     pii: list[str],
     audit: AuditLog,
     crypto: storage.ParquetCrypto | None,
+    event_log: Callable[[], Iterator[str]],
 ) -> list[AssetCheckResult]:
     """The checks of one load: ``files`` names the stage files, ``partition`` the rows
     in the destination (the hour, or an incremental run's id)."""
@@ -442,6 +465,7 @@ def _loaded_checks(
             "hashed": lambda: storage.iter_partition(hashed),
             "loaded": lambda: target.chunks(partition, loaded_columns),
         },
+        {"event_log": event_log},
     )
     return [
         AssetCheckResult(
@@ -505,6 +529,37 @@ def _high_water(context: AssetExecutionContext, key: AssetKey) -> dt.datetime | 
     materialization = event.asset_materialization if event else None
     entry = materialization.metadata.get(HIGH_WATER) if materialization else None
     return dt.datetime.fromisoformat(entry.value) if entry and entry.value else None
+
+
+def _run_texts(context: AssetExecutionContext, name: str) -> Callable[[], Iterator[str]]:
+    """Every string in the event log (log messages, metadata, errors) of this run and of
+    the runs that made this partition's raw and hashed files."""
+
+    def texts() -> Iterator[str]:
+        runs = {context.run.run_id}
+        partition = [context.partition_key] if context.has_partition_key else None
+        for stage in ("raw", "hashed"):
+            found = context.instance.fetch_materializations(
+                AssetRecordsFilter(asset_key=stage_key(stage, name), asset_partitions=partition),
+                limit=1,
+            ).records
+            runs.update(record.run_id for record in found)
+        for run_id in sorted(runs):
+            for entry in context.instance.all_logs(run_id):
+                yield from _strings(json.loads(serialize_value(entry)))
+
+    return texts
+
+
+def _strings(value) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
 
 
 def _pii_columns(p: PipelineConfig) -> list[str]:

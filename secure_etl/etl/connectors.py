@@ -56,12 +56,9 @@ def raw_crypto(platform: PlatformConfig) -> storage.ParquetCrypto | None:
     """How raw and quarantined files are encrypted (None: they are not)."""
     if not platform.encrypt_raw:
         return None
-    from secure_etl.security.kms import LocalKeyFile
+    from secure_etl.security.kms import provider_for
 
-    path = Path(platform.kms.path)
-    return storage.ParquetCrypto(
-        LocalKeyFile(path if path.is_absolute() else platform.resolved_state_dir() / path)
-    )
+    return storage.ParquetCrypto(provider_for(platform))
 
 
 def incremental_chunks(

@@ -33,16 +33,25 @@ def _as_text(table: pa.Table, columns: Iterable[str]) -> pa.Table:
     return pa.table(arrays, names=names)
 
 
+MIN_TEXT_MATCH = 4  # shorter raw values are not looked for in free text (too common)
+
+
 def pii_leaks(
     raw: Tables,
     pii_columns: Iterable[str],
     downstream: Mapping[str, Tables],
+    texts: Mapping[str, Callable[[], Iterable[str]]] | None = None,
     memory_limit: str = "256MB",
 ) -> dict[str, int]:
     """How many values of each downstream text column, as ``label.column``, are raw PII
-    values: counts only, never values. The distinct raw values and each downstream
-    dataset go into a scratch DuckDB (bounded by ``memory_limit``, spilling to a private
-    temporary directory beyond it, deleted afterwards); one join per column counts."""
+    values, and how many distinct raw PII values appear in each free text source
+    (``texts``: logs, metadata), as ``label``: counts only, never values.
+
+    The distinct raw values and each downstream dataset go into a scratch DuckDB
+    (bounded by ``memory_limit``, spilling to a private temporary directory beyond it,
+    deleted afterwards); one join per column counts. In free text, a raw value counts
+    when it appears between word boundaries and has at least MIN_TEXT_MATCH characters.
+    """
     pii_columns = list(pii_columns)
     with tempfile.TemporaryDirectory(prefix="secure-etl-leaks-") as scratch:
         con = duckdb.connect(config={"memory_limit": memory_limit, "temp_directory": scratch})
@@ -61,6 +70,10 @@ def pii_leaks(
             leaks: dict[str, int] = {}
             for label, tables in downstream.items():
                 leaks.update(_scan(con, label, tables))
+            for label, text in (texts or {}).items():
+                hits = _scan_text(con, text())
+                if hits:
+                    leaks[label] = hits
         finally:
             con.close()
     return leaks
@@ -94,3 +107,33 @@ def _scan(con: duckdb.DuckDBPyConnection, label: str, tables: Tables) -> dict[st
         if hits:
             leaks[f"{label}.{name}"] = hits
     return leaks
+
+
+def _scan_text(con: duckdb.DuckDBPyConnection, texts: Iterable[str]) -> int:
+    """Distinct raw PII values found in ``texts``: every substring that starts and ends
+    at a word boundary and has the length of some raw value is a candidate; one join
+    with the raw values counts the candidates that are PII."""
+    lengths = sorted(
+        n
+        for (n,) in con.execute(
+            f"SELECT DISTINCT length(v) FROM pii_set WHERE length(v) >= {MIN_TEXT_MATCH}"  # noqa: S608
+        ).fetchall()
+    )
+    if not lengths:
+        return 0
+    con.execute("CREATE OR REPLACE TEMP TABLE candidates (v VARCHAR)")
+    for text in texts:
+        found = _candidates(text, lengths)
+        if found:
+            chunk = pa.table({"v": pa.array(sorted(found), pa.string())})  # noqa: F841
+            con.execute("INSERT INTO candidates SELECT v FROM chunk")
+    return con.execute(
+        "SELECT count(DISTINCT c.v) FROM candidates c SEMI JOIN pii_set p ON c.v = p.v"
+    ).fetchone()[0]
+
+
+def _candidates(text: str, lengths: list[int]) -> set[str]:
+    size = len(text)
+    starts = [i for i in range(size) if i == 0 or not text[i - 1].isalnum()]
+    ends = {j for j in range(1, size + 1) if j == size or not text[j].isalnum()}
+    return {text[i : i + n] for i in starts for n in lengths if i + n in ends}

@@ -12,6 +12,7 @@ from typing import Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from secure_etl.config import PlatformConfig
 from secure_etl.security.files import read_secret, write_secret
 
 
@@ -53,3 +54,14 @@ class LocalKeyFile:
             return self._aead.decrypt(data[:12], data[12:], key_id.encode())
         except (InvalidTag, ValueError):
             raise KeyUnwrapError(f"{self.path}: cannot unwrap the key for {key_id!r}") from None
+
+
+def provider_for(platform: PlatformConfig) -> KeyProvider:
+    """The configured key provider: the local master-key file or Vault transit."""
+    kms = platform.kms
+    if kms.type == "vault_transit":
+        from secure_etl.security.vault_transit import VaultTransit
+
+        return VaultTransit.from_config(kms)
+    path = Path(kms.path)
+    return LocalKeyFile(path if path.is_absolute() else platform.resolved_state_dir() / path)

@@ -340,3 +340,32 @@ def test_a_truncation_below_the_floor_is_refused_naming_the_key(write_config):
     data["pipelines"]["customers"]["transforms"][0]["truncate"] = 16
     with pytest.raises(ConfigError, match=r"transforms\[0\]\.truncate: .* 32 \(got 16\)"):
         load_config(write_config(data, "short.yaml"))
+
+
+def test_the_leak_guard_finds_a_raw_value_written_to_the_event_log(platform, instance):
+    result = _materialize(platform, instance)
+    assert _checks(result)["no_pii_leak"][0] is True  # previews and logs hold no raw PII
+    state = platform.resolved_state_dir()
+    raw = storage.read_partition(
+        storage.partition_file(state, "raw", "customers", PARTITION), raw_crypto(platform)
+    )
+    email = raw["email"].dropna().iloc[0]
+    # A careless log line in the run that made the raw and hashed files...
+    instance.report_engine_event(
+        f"debug: first row has {email}", run_id=result.run_id, job_name="customers_etl"
+    )
+
+    # ...is found when the partition is loaded again, in another run.
+    again = (
+        build_definitions(platform)
+        .resolve_job_def("customers_etl")
+        .execute_in_process(
+            partition_key=PARTITION,
+            instance=instance,
+            asset_selection=[AssetKey(["loaded", "customers"])],
+            raise_on_error=False,
+        )
+    )
+    passed, description = _checks(again)["no_pii_leak"]
+    assert passed is False
+    assert description == "raw PII values found in event_log (1)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import json
 
 import pandas as pd
 import pyarrow as pa
@@ -159,6 +160,24 @@ def test_leaks_are_counted_per_column_without_values():
     assert quality.pii_leaks(lambda: [raw], ["email"], {"x": lambda: [raw.drop(["email"])]}) == {}
     stats = {"rows": 4, "duplicate_keys": 1, "nulls": {"a": 2, "b": 0}}
     assert quality.null_rates(stats) == {"a": 0.5, "b": 0.0}
+
+
+def test_raw_values_in_log_and_metadata_text_are_counted_at_word_boundaries():
+    raw = pa.table(
+        {"email": ["ann@example.org", "bo@x.io", None], "name": ["José Núñez", "Al", "Li"]}
+    )
+    texts = [
+        'loaded 3 rows; first was "ann@example.org"',  # a log line: a leak
+        json.dumps({"preview": "| José Núñez | ... |"}, ensure_ascii=False),  # metadata: a leak
+        "xbo@x.iox and ann@example.org.",  # inside another word: not a leak; the email again
+        "Al was here",  # shorter than MIN_TEXT_MATCH: not looked for
+    ]
+    leaks = quality.pii_leaks(
+        lambda: [raw], ["email", "name"], {}, {"event_log": lambda: iter(texts)}
+    )
+    assert leaks == {"event_log": 2}  # distinct values: the email and the name
+    clean = quality.pii_leaks(lambda: [raw], ["email"], {}, {"event_log": lambda: ["no pii"]})
+    assert clean == {}
 
 
 def test_hash_workers_match_in_process_hashing_and_a_dead_worker_is_an_error():
