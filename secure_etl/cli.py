@@ -276,6 +276,9 @@ def _demo(args: argparse.Namespace) -> int:
     for label, (ok, why) in summary.checks.items():
         if not ok:
             print(f"  FAIL {label}: {why}")
+    print(f"Retention: deleted {len(summary.deleted)} files")
+    for line in summary.deleted:
+        print(f"  {line}")
     print(f"State: {platform.resolved_state_dir()}")
     return EXIT_OK if summary.all_checks_passed else EXIT_FAILED
 

@@ -10,6 +10,7 @@ from secure_etl.config import PlatformConfig
 from secure_etl.defs.build import build_definitions
 from secure_etl.defs.certificates import RENEWAL_JOB
 from secure_etl.defs.pipelines import pipeline_job_name
+from secure_etl.defs.retention import RETENTION_JOB
 
 # Dagster's console logger at INFO: our progress lines, without every engine event.
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
@@ -20,6 +21,7 @@ class DemoSummary:
     certificates: dict[str, dict] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
     checks: dict[str, tuple[bool, str]] = field(default_factory=dict)
+    deleted: list[str] = field(default_factory=list)  # what the retention job removed
 
     @property
     def all_checks_passed(self) -> bool:
@@ -70,7 +72,22 @@ def run_demo(platform: PlatformConfig, partitions: int = 1, log=print) -> DemoSu
             for event in result.get_asset_materialization_events():
                 label = f"{event.asset_key.to_user_string()}[{partition}]"
                 summary.rows[label] = int(event.materialization.metadata["rows"].value)
+
+    log("retention: deleting what the policies let go (raw files after their load and grace)")
+    result = defs.resolve_job_def(RETENTION_JOB).execute_in_process(
+        run_config=QUIET, instance=instance
+    )
+    summary.deleted = _retention_files(result)
     return summary
+
+
+def _retention_files(result) -> list[str]:
+    for event in result.all_events:
+        if event.event_type_value == "STEP_OUTPUT":
+            metadata = event.event_specific_data.metadata
+            if "files" in metadata:
+                return [line for line in str(metadata["files"].value).splitlines() if line]
+    return []
 
 
 def _collect(result, summary: DemoSummary, suffix: str = "") -> None:

@@ -40,6 +40,8 @@ def retention_job_and_schedule(platform: PlatformConfig):
                     outputs={"bytes_deleted": str(item.bytes)},
                 )
                 deleted.append(f"{item.stage}/{name}[{item.partition}] ({item.bytes} bytes)")
+        if deleted:
+            audit.checkpoint()  # sign the head the deletions left
         context.log.info(
             f"retention deleted {len(deleted)} files" + "".join(f"\n  {line}" for line in deleted)
         )
