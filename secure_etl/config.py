@@ -602,6 +602,69 @@ Kms = Annotated[
 ]
 
 
+class SlackChannel(_Strict):
+    """A Slack incoming webhook; its URL (a secret) is in the environment variable."""
+
+    type: Literal["slack"]
+    url_env: str
+    ca_bundle: str | None = None
+    timeout_s: float = Field(10, gt=0)
+
+
+class WebhookChannel(_Strict):
+    """Any HTTP(S) receiver of a JSON POST; the URL is in the environment variable."""
+
+    type: Literal["webhook"]
+    url_env: str
+    ca_bundle: str | None = None
+    timeout_s: float = Field(10, gt=0)
+
+
+class EmailChannel(_Strict):
+    """Mail over SMTP. ``tls``: ``starttls`` (default), ``implicit`` (SMTPS) or ``none``
+    (only for a relay on the same host)."""
+
+    type: Literal["email"]
+    host: str
+    port: int = Field(587, ge=1, le=65535)
+    tls: Literal["starttls", "implicit", "none"] = "starttls"
+    sender: str
+    recipients: list[str] = Field(min_length=1)
+    username_env: str | None = None
+    password_env: str | None = None
+    ca_bundle: str | None = None
+    timeout_s: float = Field(30, gt=0)
+
+    @model_validator(mode="after")
+    def _login_needs_both(self) -> EmailChannel:
+        if bool(self.username_env) != bool(self.password_env):
+            raise ValueError("give username_env and password_env together")
+        return self
+
+
+AlertChannel = Annotated[SlackChannel | WebhookChannel | EmailChannel, Field(discriminator="type")]
+
+
+class AlertsConfig(_Strict):
+    """Notifications for failed and recovered asset checks and failed runs."""
+
+    channels: list[AlertChannel] = []
+    min_severity: Literal["WARN", "ERROR"] = "WARN"  # WARN: every failure; ERROR: the worst
+    attempts: int = Field(3, ge=1, le=10)
+    backoff_s: float = Field(2.0, ge=0)
+    interval_s: int = Field(30, ge=5)  # how often the sensor looks
+
+
+class MonitoringConfig(_Strict):
+    """The health report: ``prometheus_textfile`` (relative to state_dir) is written for
+    node_exporter's textfile collector; the freshness limits mark stalled work."""
+
+    prometheus_textfile: str = "metrics/secure_etl.prom"
+    schedule: str = "*/10 * * * *"
+    loaded_max_lag_hours: float = Field(3, gt=0)  # a loaded/ asset older than this is stale
+    certificate_checks_max_age_hours: float = Field(2, gt=0)  # last certificate check
+
+
 class PlatformConfig(_Strict):
     state_dir: str = ".secure_etl"
     certificate_check_schedule: str = "*/30 * * * *"
@@ -614,6 +677,8 @@ class PlatformConfig(_Strict):
     kms: Kms = LocalKms()
     # Raw and quarantined partitions (they hold PII) as encrypted Parquet.
     encrypt_raw: bool = True
+    alerts: AlertsConfig = AlertsConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
 
     @model_validator(mode="after")
     def _references_resolve(self) -> PlatformConfig:

@@ -8,6 +8,7 @@ from dagster import DefaultScheduleStatus as Status
 from dagster import Definitions, ScheduleDefinition
 
 from secure_etl.config import PlatformConfig
+from secure_etl.defs.alerts import check_alerts_sensor, run_failure_alerts
 from secure_etl.defs.certificates import certificate_asset, certificate_checks, certificate_jobs
 from secure_etl.defs.pipelines import (
     one_pass_assets,
@@ -51,11 +52,16 @@ def build_definitions(platform: PlatformConfig) -> Definitions:
         data_schedules.append(schedule)
 
     retention_job, retention_schedule = retention_job_and_schedule(platform)
+    check_keys = [key for d in [*certificates, *checks, *data_assets] for key in d.check_keys]
     return Definitions(
         assets=certificates + data_assets,
         asset_checks=checks,
         jobs=[checks_job, renewal_job, retention_job, *data_jobs],
         schedules=[check_schedule, retention_schedule, *data_schedules],
-        sensors=[renewal_sensor(platform, renewal_job)],
+        sensors=[
+            renewal_sensor(platform, renewal_job),
+            check_alerts_sensor(platform, check_keys),
+            run_failure_alerts(platform),
+        ],
         resources={**certificate_resources(platform), **bigquery_resources(platform)},
     )

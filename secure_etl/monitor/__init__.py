@@ -1,0 +1,1 @@
+"""Operating the platform: notifications, the health report, Prometheus metrics. No Dagster."""

@@ -1,0 +1,188 @@
+"""Notifications through Slack incoming webhooks, a generic JSON webhook and SMTP.
+
+Every URL and secret comes from the environment (the config names the variables). A
+delivery is retried with exponential backoff; what still fails is reported back to the
+caller, never raised, so a broken channel cannot stop the sensor that notifies.
+"""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+
+import httpx
+
+from secure_etl.config import AlertsConfig, EmailChannel, SlackChannel, WebhookChannel
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One event worth telling people about."""
+
+    kind: str  # "check_failed", "check_recovered", "run_failed"
+    title: str  # one line
+    text: str  # a few lines, no data values
+    severity: str  # "ERROR" or "WARN"
+    dedupe_key: str  # the same event never goes out twice under this key
+    fields: dict[str, str] = field(default_factory=dict)
+
+    def as_json(self) -> dict:
+        return {
+            "source": "secure_etl",
+            "kind": self.kind,
+            "severity": self.severity,
+            "title": self.title,
+            "text": self.text,
+            "dedupe_key": self.dedupe_key,
+            **self.fields,
+        }
+
+
+@dataclass(frozen=True)
+class Delivery:
+    channel: str
+    ok: bool
+    attempts: int
+    error: str = ""
+
+
+class DeliveryError(Exception):
+    pass
+
+
+class Channel:
+    name: str
+
+    def send(self, notification: Notification) -> None:
+        raise NotImplementedError
+
+
+def _env(variable: str, what: str) -> str:
+    value = os.environ.get(variable)
+    if not value:
+        raise DeliveryError(f"{what}: the environment variable {variable} is not set")
+    return value
+
+
+class _Http(Channel):
+    def __init__(self, url_env: str, ca_bundle: str | None, timeout_s: float) -> None:
+        self.url_env, self.ca_bundle, self.timeout_s = url_env, ca_bundle, timeout_s
+
+    def _post(self, body: dict) -> None:
+        url = _env(self.url_env, self.name)
+        verify = ssl.create_default_context(cafile=self.ca_bundle) if self.ca_bundle else True
+        try:
+            response = httpx.post(url, json=body, timeout=self.timeout_s, verify=verify)
+        except httpx.HTTPError as err:  # the URL is a secret: never in the message
+            reason = str(err).replace(url, f"${self.url_env}")
+            raise DeliveryError(f"{self.name}: {type(err).__name__}: {reason}") from None
+        if not response.is_success:
+            raise DeliveryError(f"{self.name}: HTTP {response.status_code}")
+
+
+class Slack(_Http):
+    """A Slack incoming webhook: a text with a one-line header."""
+
+    name = "slack"
+
+    def send(self, notification: Notification) -> None:
+        icon = {"check_recovered": ":white_check_mark:"}.get(notification.kind, ":rotating_light:")
+        self._post({"text": f"{icon} *{notification.title}*\n{notification.text}"})
+
+
+class Webhook(_Http):
+    """Any receiver of a JSON POST: the notification's fields as one object."""
+
+    name = "webhook"
+
+    def send(self, notification: Notification) -> None:
+        self._post(notification.as_json())
+
+
+class Email(Channel):
+    """Mail over SMTP: STARTTLS (or implicit TLS) unless ``tls: none`` is set explicitly
+    for a relay on the same host; login when a user is configured."""
+
+    name = "email"
+
+    def __init__(self, config: EmailChannel) -> None:
+        self.config = config
+
+    def send(self, notification: Notification) -> None:
+        c = self.config
+        message = EmailMessage()
+        message["From"], message["To"] = c.sender, ", ".join(c.recipients)
+        message["Subject"] = f"[secure_etl {notification.severity}] {notification.title}"
+        message.set_content(notification.text + "\n\n" + notification.dedupe_key + "\n")
+        context = ssl.create_default_context(cafile=c.ca_bundle) if c.ca_bundle else None
+        try:
+            if c.tls == "implicit":
+                client = smtplib.SMTP_SSL(
+                    c.host,
+                    c.port,
+                    timeout=c.timeout_s,
+                    context=context or ssl.create_default_context(),
+                )
+            else:
+                client = smtplib.SMTP(c.host, c.port, timeout=c.timeout_s)
+            with client:
+                if c.tls == "starttls":
+                    client.starttls(context=context or ssl.create_default_context())
+                if c.username_env:
+                    client.login(_env(c.username_env, "email"), _env(c.password_env or "", "email"))
+                client.send_message(message)
+        except (OSError, smtplib.SMTPException) as err:
+            raise DeliveryError(f"email: {type(err).__name__}: {err}") from None
+
+
+def channels_for(config: AlertsConfig) -> list[Channel]:
+    out: list[Channel] = []
+    for channel in config.channels:
+        if isinstance(channel, SlackChannel):
+            out.append(Slack(channel.url_env, channel.ca_bundle, channel.timeout_s))
+        elif isinstance(channel, WebhookChannel):
+            out.append(Webhook(channel.url_env, channel.ca_bundle, channel.timeout_s))
+        else:
+            out.append(Email(channel))
+    return out
+
+
+SEVERITY_RANK = {"WARN": 1, "ERROR": 2}
+
+
+def deliver(
+    notification: Notification,
+    channels: Sequence[Channel],
+    attempts: int = 3,
+    backoff_s: float = 1.0,
+    log: Callable[[str], None] = lambda _: None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[Delivery]:
+    """Send through every channel, each up to ``attempts`` times with exponential
+    backoff; returns what happened per channel and never raises."""
+    return [
+        _deliver_one(notification, channel, attempts, backoff_s, log, sleep) for channel in channels
+    ]
+
+
+def _deliver_one(notification, channel, attempts, backoff_s, log, sleep) -> Delivery:
+    error = ""
+    for attempt in range(1, attempts + 1):
+        try:
+            channel.send(notification)
+            return Delivery(channel.name, True, attempt)
+        except DeliveryError as err:
+            error = str(err)
+        except Exception as err:  # a bug in one channel must not stop the others
+            error = f"{channel.name}: {type(err).__name__}: {err}"
+            log(error)
+            return Delivery(channel.name, False, attempt, error)
+        log(f"{channel.name}: attempt {attempt}/{attempts} failed: {error}")
+        if attempt < attempts:
+            sleep(backoff_s * 2 ** (attempt - 1))
+    return Delivery(channel.name, False, attempts, error)
