@@ -7,6 +7,7 @@ caller, never raised, so a broken channel cannot stop the sensor that notifies.
 
 from __future__ import annotations
 
+import email.policy
 import os
 import smtplib
 import ssl
@@ -115,7 +116,9 @@ class Email(Channel):
 
     def send(self, notification: Notification) -> None:
         c = self.config
-        message = EmailMessage()
+        # One-line headers (RFC 5322 allows 998 characters): folding a long subject
+        # right after "Subject:" leaves a leading space in some readers.
+        message = EmailMessage(policy=email.policy.SMTP.clone(max_line_length=998))
         message["From"], message["To"] = c.sender, ", ".join(c.recipients)
         message["Subject"] = f"[secure_etl {notification.severity}] {notification.title}"
         message.set_content(notification.text + "\n\n" + notification.dedupe_key + "\n")
