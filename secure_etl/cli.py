@@ -105,6 +105,20 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--config", type=Path, help="platform config")
     verify.set_defaults(handler=_audit_verify)
 
+    status = commands.add_parser(
+        "status",
+        help="the health report: pipelines, certificates, data quality, security",
+        description="Reads the Dagster instance ($DAGSTER_HOME, else ./.dagster_home as "
+        "`make demo` leaves it), the certificate store and the audit log. Exit 0 when "
+        "nothing needs attention, 1 when something does, 2 on unusable input.",
+    )
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument(
+        "--prometheus", type=Path, metavar="FILE", help="also write the Prometheus textfile"
+    )
+    status.add_argument("--config", type=Path, help="platform config")
+    status.set_defaults(handler=_status)
+
     keys = commands.add_parser(
         "keys", help="use the pseudonym and encryption keys (every key id, old ones included)"
     )
@@ -133,6 +147,35 @@ def _parser() -> argparse.ArgumentParser:
     decrypt.add_argument("--config", type=Path, help="platform config")
     decrypt.set_defaults(handler=_keys_decrypt)
     return parser
+
+
+def _status(args: argparse.Namespace) -> int:
+    import os
+
+    from secure_etl.config import load_config
+    from secure_etl.monitor import health
+
+    platform = load_config(args.config)
+    if not os.environ.get("DAGSTER_HOME") and Path(".dagster_home").is_dir():
+        os.environ["DAGSTER_HOME"] = str(Path(".dagster_home").resolve())
+    from dagster import DagsterInstance  # the report reads runs and checks from it
+
+    from secure_etl.defs.health import collect
+
+    if os.environ.get("DAGSTER_HOME"):
+        with DagsterInstance.get() as instance:
+            report = collect(platform, instance)
+    else:
+        report = collect(platform, None)
+    if args.prometheus:
+        health.write_prometheus(report, args.prometheus)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(health.render_text(report), end="")
+        if not report["problems"]:
+            print("\nNothing needs attention.")
+    return EXIT_FAILED if report["problems"] else EXIT_OK
 
 
 def _key_ring(args: argparse.Namespace):

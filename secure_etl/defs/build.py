@@ -10,6 +10,7 @@ from dagster import Definitions, ScheduleDefinition
 from secure_etl.config import PlatformConfig
 from secure_etl.defs.alerts import check_alerts_sensor, run_failure_alerts
 from secure_etl.defs.certificates import certificate_asset, certificate_checks, certificate_jobs
+from secure_etl.defs.health import health_definitions
 from secure_etl.defs.pipelines import (
     one_pass_assets,
     pipeline_assets,
@@ -52,12 +53,15 @@ def build_definitions(platform: PlatformConfig) -> Definitions:
         data_schedules.append(schedule)
 
     retention_job, retention_schedule = retention_job_and_schedule(platform)
-    check_keys = [key for d in [*certificates, *checks, *data_assets] for key in d.check_keys]
+    health_report, health_job, health_schedule = health_definitions(platform)
+    check_keys = [
+        key for d in [*certificates, *checks, *data_assets, health_report] for key in d.check_keys
+    ]
     return Definitions(
-        assets=certificates + data_assets,
+        assets=[*certificates, *data_assets, health_report],
         asset_checks=checks,
-        jobs=[checks_job, renewal_job, retention_job, *data_jobs],
-        schedules=[check_schedule, retention_schedule, *data_schedules],
+        jobs=[checks_job, renewal_job, retention_job, health_job, *data_jobs],
+        schedules=[check_schedule, retention_schedule, health_schedule, *data_schedules],
         sensors=[
             renewal_sensor(platform, renewal_job),
             check_alerts_sensor(platform, check_keys),

@@ -21,6 +21,8 @@ class CheckEvaluation:
     passed: bool
     severity: str
     description: str
+    timestamp: float  # when it was evaluated (Unix seconds)
+    metadata: dict  # the numbers and text the check reported
 
 
 def latest_check_evaluations(
@@ -42,5 +44,7 @@ def latest_check_evaluations(
             passed=evaluation.passed,
             severity=evaluation.severity.value,
             description=evaluation.description or "",
+            timestamp=record.create_timestamp,
+            metadata={k: getattr(v, "value", v) for k, v in evaluation.metadata.items()},
         )
     return out

@@ -9,6 +9,7 @@ from dagster import DagsterInstance
 from secure_etl.config import PlatformConfig
 from secure_etl.defs.build import build_definitions
 from secure_etl.defs.certificates import RENEWAL_JOB
+from secure_etl.defs.health import HEALTH_JOB
 from secure_etl.defs.pipelines import pipeline_job_name
 from secure_etl.defs.retention import RETENTION_JOB
 
@@ -45,7 +46,10 @@ def run_demo(platform: PlatformConfig, partitions: int = 1, log=print) -> DemoSu
     """Run the renewal job (issue or renew every certificate, then check them) and each
     pipeline's job for the latest complete partitions, on ``$DAGSTER_HOME`` if set."""
     defs = build_definitions(platform)
-    instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else None
+    # One instance for every job, so the health report sees the runs before it.
+    instance = (
+        DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
+    )
     summary = DemoSummary()
 
     log(f"certificates: issuing or renewing {len(platform.certificates)}, then checking them")
@@ -78,6 +82,12 @@ def run_demo(platform: PlatformConfig, partitions: int = 1, log=print) -> DemoSu
         run_config=QUIET, instance=instance
     )
     summary.deleted = _retention_files(result)
+
+    log("health: the report of what is true now (also a Prometheus textfile)")
+    result = defs.resolve_job_def(HEALTH_JOB).execute_in_process(
+        run_config=QUIET, instance=instance
+    )
+    _collect(result, summary)
     return summary
 
 

@@ -14,6 +14,7 @@ from dagster import (
     AssetSelection,
     AssetSpec,
     Backoff,
+    FreshnessPolicy,
     HourlyPartitionsDefinition,
     MaterializeResult,
     MetadataValue,
@@ -174,6 +175,7 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
         retry_policy=io_retry,
         required_resource_keys=load_resources,
         kinds={p.destination.type},
+        freshness_policy=_freshness(platform),
         check_specs=[
             AssetCheckSpec(check, asset=stage_key("loaded", name), description=text)
             for check, text in LOADED_CHECKS.items()
@@ -251,6 +253,7 @@ def one_pass_assets(platform: PlatformConfig, name: str) -> list:
                 deps=[keys["hashed"]],
                 group_name=name,
                 kinds={p.destination.type},
+                freshness_policy=_freshness(platform),
                 description=f"The hashed partition in {p.destination.type} table "
                 f"{p.destination.table}; re-running a partition replaces it.",
             ),
@@ -328,6 +331,13 @@ def one_pass_assets(platform: PlatformConfig, name: str) -> list:
         )
 
     return [one_pass]
+
+
+def _freshness(platform: PlatformConfig) -> FreshnessPolicy:
+    """A loaded/ asset not updated within the limit shows as stale in the UI (and fails
+    the health report's ``loaded_fresh`` check)."""
+    limit = dt.timedelta(hours=platform.monitoring.loaded_max_lag_hours)
+    return FreshnessPolicy.time_window(fail_window=limit, warn_window=limit / 2)
 
 
 def _source_name(p: PipelineConfig) -> str:

@@ -137,7 +137,8 @@ def test_the_demo_materializes_the_whole_graph_and_summarises_it(platform, monke
     }
     assert len(summary.rows) == 6
     assert summary.all_checks_passed
-    assert len(summary.checks) == 2 * 8 + 2 * len(LOADED_CHECKS)
+    # 8 per certificate, the loaded checks per partition, the health report's 2.
+    assert len(summary.checks) == 2 * 8 + 2 * len(LOADED_CHECKS) + 2
     # The base config keeps raw files 24 h after their load: the retention job ran and
     # deleted nothing yet.
     assert summary.deleted == []
@@ -380,7 +381,8 @@ def test_the_bundled_demo_protects_its_data_end_to_end_and_its_audit_log_verifie
     """What `make demo` runs, on the bundled config: a filter, pseudonyms, an encrypted
     column, encrypted raw files, retention and the audit log."""
     monkeypatch.setenv("SECURE_ETL_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    (tmp_path / "dagster_home").mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     monkeypatch.delenv("SECURE_ETL_CONFIG", raising=False)
     done = subprocess.run(
         [sys.executable, "-m", "secure_etl.cli", "demo"],
@@ -389,7 +391,7 @@ def test_the_bundled_demo_protects_its_data_end_to_end_and_its_audit_log_verifie
         timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "Checks: 21/21 passed" in done.stdout
+    assert "Checks: 23/23 passed" in done.stdout
     assert "Retention: deleted 2 files" in done.stdout  # raw and quarantine, once loaded
     platform = load_config()
     state = platform.resolved_state_dir()
@@ -412,3 +414,25 @@ def test_the_bundled_demo_protects_its_data_end_to_end_and_its_audit_log_verifie
     log = (state / "audit" / "audit.log").read_text()
     assert all(f'"action":"{a}"' in log for a in ("extract", "transform", "load"))
     assert '"action":"retention.delete"' in log
+
+    # `secure-etl status` reports from the same instance, store and log.
+    status = subprocess.run(
+        [sys.executable, "-m", "secure_etl.cli", "status", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert status.returncode == 0, status.stdout + status.stderr
+    report = json.loads(status.stdout)
+    [pipeline] = report["pipelines"]
+    assert pipeline["last_run_status"] == "SUCCESS" and pipeline["fresh"] is True
+    assert pipeline["rows_loaded"] == len(loaded)
+    assert 0 < pipeline["quarantine_rate"] < 0.02 and pipeline["filtered_rows"] > 0
+    assert {c["name"] for c in report["certificates"]} == {"warehouse-server", "etl-client"}
+    assert all(c["ready"] and 29 < c["days_left"] <= 30 for c in report["certificates"])
+    assert report["security"]["audit_chain_ok"] and report["security"]["renewals_30d"] == 2
+    assert report["problems"] == []
+    prom = (state / "metrics" / "secure_etl.prom").read_text()
+    ready = 'secure_etl_certificate_ready_status{name="etl-client",issuer="demo-ca",'
+    assert ready + 'condition="True"} 1.0' in prom and ready + 'condition="False"} 0.0' in prom
+    assert f'secure_etl_pipeline_rows_loaded{{pipeline="customers"}} {float(len(loaded))!r}' in prom

@@ -1,0 +1,329 @@
+"""The health report: what is true now about pipelines, certificates, data quality and
+security, as a JSON-able dict, rendered as Markdown (the UI), text (the terminal) and
+Prometheus text format (node_exporter's textfile collector).
+
+The Dagster side (runs, materializations, check evaluations) is collected in
+``defs/health.py``; this module reads the certificate store, the config and the audit
+log, and renders. Certificate gauges are named like cert-manager's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from pathlib import Path
+
+from secure_etl.config import PlatformConfig
+from secure_etl.pki.inspect import facts, renewal_threshold_days
+from secure_etl.pki.renewal import current_leaf, inspect_current
+from secure_etl.security.audit import platform_audit_log, verify_log
+from secure_etl.security.files import write_atomic
+
+PREFIX = "secure_etl"
+# Step failures whose error is one of these count as a refused TLS handshake or login.
+AUTH_FAILURE = re.compile(
+    r"certificate verify failed|certificate required|unknown ca|bad certificate|"
+    r"tlsv1 alert|sslv3 alert|ssl error|hostname mismatch|"
+    r"password authentication failed|no pg_hba\.conf entry|authentication failed|"
+    r"permission denied|\b401\b|\b403\b",
+    re.IGNORECASE,
+)
+
+
+def certificate_status(platform: PlatformConfig, now: dt.datetime) -> list[dict]:
+    """Per certificate: issuer, serial, days left, when it was issued, when renewal is due,
+    and whether every check passes now (inspected from the store, as the checks do)."""
+    out = []
+    for name, cert in platform.certificates.items():
+        row: dict = {"name": name, "issuer": cert.issuer, "use": cert.use}
+        leaf = current_leaf(platform, name)
+        if leaf is None:
+            row.update(ready=False, failing_checks=["not issued"])
+            out.append(row)
+            continue
+        info = facts(leaf, now)
+        threshold = renewal_threshold_days(
+            info.lifetime_days, cert.renewal.fraction_left, cert.renewal.min_days_left
+        )
+        failing = [r.name for r in inspect_current(platform, name) or [] if not r.passed]
+        row.update(
+            serial=info.serial,
+            not_after=info.not_after.isoformat(),
+            days_left=round(info.days_remaining, 2),
+            issued_at=info.not_before.isoformat(),
+            next_renewal_due=(info.not_after - dt.timedelta(days=threshold)).isoformat(),
+            ready=not failing,
+            failing_checks=failing,
+        )
+        out.append(row)
+    return out
+
+
+def connection_security(platform: PlatformConfig) -> dict:
+    """Of the network connections the pipelines make, how many verify the peer (TLS with
+    certificate and host name checks)."""
+    total = verified = 0
+    for pipeline in platform.pipelines.values():
+        for end in (pipeline.source, pipeline.destination):
+            if end.type in ("demo", "duckdb"):
+                continue  # no network
+            total += 1
+            if end.type == "postgres":
+                verified += end.sslmode == "verify-full"
+            elif end.type == "bigquery":
+                verified += not end.anonymous and not (end.api_endpoint or "").startswith("http:")
+            else:
+                verified += 1  # https_api: always TLS with verification
+    return {"connections": total, "connections_verified": verified}
+
+
+def audit_status(platform: PlatformConfig, now: dt.datetime) -> dict:
+    log = platform_audit_log(platform)
+    verdict = verify_log(log)
+    since = now - dt.timedelta(days=30)
+    renewals = 0
+    if log.path.exists():
+        with log.path.open("rb") as handle:
+            for line in handle:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue  # the verdict names it
+                if record.get("action") in ("certificate.issued", "certificate.renewed") and (
+                    dt.datetime.fromisoformat(record["time"]) >= since
+                ):
+                    renewals += 1
+    return {
+        "audit_chain_ok": verdict.ok,
+        "audit_records": verdict.records,
+        "audit_checkpoints": verdict.checkpoints,
+        "audit_problem": verdict.problem or "",
+        "renewals_30d": renewals,
+    }
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or "-"
+    return str(value).replace("|", "/")
+
+
+def _table(rows: list[dict], columns: list[tuple[str, str]]) -> list[str]:
+    lines = ["| " + " | ".join(title for _, title in columns) + " |"]
+    lines.append("|" + "---|" * len(columns))
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(key)) for key, _ in columns) + " |")
+    return lines
+
+
+PIPELINE_COLUMNS = [
+    ("name", "pipeline"),
+    ("last_run_status", "last run"),
+    ("last_run_ended_at", "ended"),
+    ("last_run_duration_s", "duration s"),
+    ("rows_loaded", "rows loaded"),
+    ("last_partition", "partition"),
+    ("age_hours", "age h"),
+    ("fresh", "fresh"),
+]
+QUALITY_COLUMNS = [
+    ("name", "pipeline"),
+    ("null_rate", "max null rate"),
+    ("duplicate_rate", "duplicate rate"),
+    ("quarantine_rate", "schema violations (quarantined)"),
+    ("filtered_rows", "filtered"),
+    ("failing_checks", "failing checks"),
+]
+CERT_COLUMNS = [
+    ("name", "certificate"),
+    ("issuer", "issuer"),
+    ("days_left", "days left"),
+    ("issued_at", "last issued"),
+    ("next_renewal_due", "renewal due"),
+    ("ready", "ready"),
+    ("failing_checks", "failing checks"),
+    ("checks_age_hours", "checked h ago"),
+]
+
+
+def render_markdown(report: dict) -> str:
+    s = report["security"]
+    lines = [f"## secure_etl health, {report['generated_at']}", "", "### Pipelines", ""]
+    lines += _table(report["pipelines"], PIPELINE_COLUMNS)
+    lines += ["", "### Data quality", ""] + _table(report["pipelines"], QUALITY_COLUMNS)
+    lines += ["", "### Certificates", ""] + _table(report["certificates"], CERT_COLUMNS)
+    share = (
+        f"{s['connections_verified'] / s['connections']:.0%}"
+        if s["connections"]
+        else "no network connections"
+    )
+    lines += [
+        "",
+        "### Security",
+        "",
+        f"- connections verified: {s['connections_verified']}/{s['connections']} ({share})",
+        f"- failed authentications (30 days): {s['failed_authentications_30d']}",
+        f"- certificate issuances and renewals (30 days): {s['renewals_30d']}",
+        f"- audit chain: {'verifies' if s['audit_chain_ok'] else 'BROKEN: ' + s['audit_problem']}"
+        f" ({s['audit_records']} records, {s['audit_checkpoints']} signed checkpoints)",
+    ]
+    if report.get("problems"):
+        lines += ["", "### Needs attention", ""] + [f"- {p}" for p in report["problems"]]
+    return "\n".join(lines) + "\n"
+
+
+def render_text(report: dict) -> str:
+    """The terminal form: the Markdown without its table rules."""
+    return (
+        "\n".join(
+            line.replace("### ", "").replace("## ", "")
+            for line in render_markdown(report).splitlines()
+            if not line.startswith("|---")
+        )
+        + "\n"
+    )
+
+
+def _labels(**labels: str) -> str:
+    def escape(value: str) -> str:
+        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{k}="{escape(str(v))}"' for k, v in labels.items()) + "}"
+
+
+def render_prometheus(report: dict) -> str:
+    """Prometheus text exposition format. Certificate gauges follow cert-manager's names
+    (``…_certificate_expiration_timestamp_seconds``, ``…_certificate_ready_status``)."""
+    out: list[str] = []
+
+    def gauge(name: str, help_text: str, samples: list[tuple[dict, float]]) -> None:
+        out.append(f"# HELP {PREFIX}_{name} {help_text}")
+        out.append(f"# TYPE {PREFIX}_{name} gauge")
+        out.extend(
+            f"{PREFIX}_{name}{_labels(**labels)} {float(value)!r}" for labels, value in samples
+        )
+
+    certs = report["certificates"]
+    gauge(
+        "certificate_expiration_timestamp_seconds",
+        "The date after which the certificate expires, in Unix seconds.",
+        [
+            (
+                {"name": c["name"], "issuer": c["issuer"]},
+                dt.datetime.fromisoformat(c["not_after"]).timestamp(),
+            )
+            for c in certs
+            if "not_after" in c
+        ],
+    )
+    gauge(
+        "certificate_renewal_timestamp_seconds",
+        "When the renewal policy makes the certificate due, in Unix seconds.",
+        [
+            (
+                {"name": c["name"], "issuer": c["issuer"]},
+                dt.datetime.fromisoformat(c["next_renewal_due"]).timestamp(),
+            )
+            for c in certs
+            if "next_renewal_due" in c
+        ],
+    )
+    gauge(
+        "certificate_ready_status",
+        "1 for the certificate's current condition (True: every check passes).",
+        [
+            (
+                {"name": c["name"], "issuer": c["issuer"], "condition": cond},
+                float(c["ready"] == (cond == "True")),
+            )
+            for c in certs
+            for cond in ("True", "False")
+        ],
+    )
+    pipelines = report["pipelines"]
+    gauge(
+        "pipeline_last_run_success",
+        "1 if the pipeline's last run succeeded, 0 if it failed or none finished.",
+        [
+            ({"pipeline": p["name"]}, float(p.get("last_run_status") == "SUCCESS"))
+            for p in pipelines
+        ],
+    )
+    gauge(
+        "pipeline_last_run_duration_seconds",
+        "Duration of the pipeline's last finished run.",
+        [
+            ({"pipeline": p["name"]}, p["last_run_duration_s"])
+            for p in pipelines
+            if p.get("last_run_duration_s") is not None
+        ],
+    )
+    gauge(
+        "pipeline_rows_loaded",
+        "Rows in the last loaded partition.",
+        [
+            ({"pipeline": p["name"]}, p["rows_loaded"])
+            for p in pipelines
+            if p.get("rows_loaded") is not None
+        ],
+    )
+    gauge(
+        "pipeline_last_load_timestamp_seconds",
+        "When the pipeline last loaded a partition, in Unix seconds.",
+        [
+            ({"pipeline": p["name"]}, dt.datetime.fromisoformat(p["loaded_at"]).timestamp())
+            for p in pipelines
+            if p.get("loaded_at")
+        ],
+    )
+    gauge(
+        "pipeline_null_rate",
+        "Highest null rate of a loaded column in the last partition.",
+        [
+            ({"pipeline": p["name"]}, p["null_rate"])
+            for p in pipelines
+            if p.get("null_rate") is not None
+        ],
+    )
+    s = report["security"]
+    gauge(
+        "connections_verified",
+        "Pipeline connections that verify their peer.",
+        [({}, s["connections_verified"])],
+    )
+    gauge("connections", "Pipeline connections over the network.", [({}, s["connections"])])
+    gauge(
+        "failed_authentications_30d",
+        "Step failures that were TLS or login refusals.",
+        [({}, s["failed_authentications_30d"])],
+    )
+    gauge(
+        "certificate_renewals_30d",
+        "Certificate issuances and renewals in 30 days.",
+        [({}, s["renewals_30d"])],
+    )
+    gauge(
+        "audit_chain_ok",
+        "1 if the audit log's chain and checkpoints verify.",
+        [({}, float(s["audit_chain_ok"]))],
+    )
+    gauge(
+        "health_report_timestamp_seconds",
+        "When this report was made: alert if it gets old (the scheduler stalled).",
+        [({}, dt.datetime.fromisoformat(report["generated_at"]).timestamp())],
+    )
+    return "\n".join(out) + "\n"
+
+
+def write_prometheus(report: dict, path: Path) -> None:
+    """Atomically (the collector must never read half a file), world-readable."""
+    write_atomic(Path(path), render_prometheus(report).encode(), mode=0o644)
