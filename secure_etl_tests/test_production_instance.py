@@ -1,0 +1,93 @@
+"""The production instance (deploy/dagster.yaml): runs, events and schedules in a real
+PostgreSQL reached over verify-full TLS with a client certificate; a run submitted to
+the queue is dequeued by the running daemon and succeeds."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
+
+from secure_etl.pki.renewal import certificate_store, trust_bundle
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def production_home(platform, postgres_tls, tmp_path, monkeypatch):
+    """A DAGSTER_HOME holding deploy/dagster.yaml, its URL in the environment."""
+    postgres_tls.psql('CREATE DATABASE dagster OWNER "etl-client.test"')
+    client = certificate_store(platform).paths("etl-client")
+    url = (
+        f"postgresql+psycopg2://{quote('etl-client.test')}@localhost:{postgres_tls.port}/dagster"
+        f"?sslmode=verify-full&sslrootcert={trust_bundle(platform, 'db-server')}"
+        f"&sslcert={client.cert}&sslkey={client.privkey}"
+    )
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copyfile(ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_POSTGRES_URL", url)
+    monkeypatch.setenv("SECURE_ETL_CONFIG", str(tmp_path / "platform.yaml"))
+    return home
+
+
+def _wait_for(predicate, timeout_s: float, what: str, log: Path):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"{what} within {timeout_s} s; daemon log:\n{log.read_text()[-3000:]}")
+
+
+def test_a_queued_run_is_dequeued_by_the_daemon_and_succeeds_on_postgres(production_home, tmp_path):
+    bin_dir = Path(sys.executable).parent
+    log = tmp_path / "daemon.log"
+    with DagsterInstance.get() as instance:
+        coordinator = instance.run_coordinator
+        assert type(coordinator).__name__ == "QueuedRunCoordinator"
+        assert coordinator.get_run_queue_config().max_concurrent_runs == 4
+        assert "postgres" in type(instance.run_storage).__module__
+
+        with log.open("wb") as out:
+            daemon = subprocess.Popen(
+                [str(bin_dir / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            launched = subprocess.run(
+                [str(bin_dir / "dagster"), "job", "launch", "-w", str(ROOT / "workspace.yaml")]
+                + ["-j", "certificate_renewal"],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=180,
+            )
+            assert launched.returncode == 0, launched.stderr
+            [run] = instance.get_runs(limit=1)
+            finished = _wait_for(
+                lambda: (r := instance.get_run_by_id(run.run_id)).is_finished and r,
+                180,
+                "the run did not finish",
+                log,
+            )
+        finally:
+            daemon.terminate()
+            daemon.wait(30)
+        assert finished.status == DagsterRunStatus.SUCCESS, finished.status
+        events = {
+            e.dagster_event.event_type for e in instance.all_logs(run.run_id) if e.is_dagster_event
+        }
+        # Through the queue: enqueued by `job launch`; only the daemon starts queued runs.
+        assert {DagsterEventType.RUN_ENQUEUED, DagsterEventType.RUN_STARTING} <= events
+        assert DagsterEventType.ASSET_MATERIALIZATION in events
