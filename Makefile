@@ -7,7 +7,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # System packages the test suite needs (Debian names). Installed by `make test` when
 # run as root; otherwise listed so you can install them yourself.
-APT_PACKAGES := pebble bind9 postgresql-15
+# chromium drives the UI test; prometheus brings promtool, which checks the metrics file
+# and the shipped alert rules.
+APT_PACKAGES := pebble bind9 postgresql-15 chromium prometheus
 
 .PHONY: demo test lint dev system-deps clean
 
@@ -38,7 +40,7 @@ system-deps:
 	    || missing="$$missing $$p"; done; \
 	if [ -z "$$missing" ]; then echo "system packages: all present"; \
 	elif [ "$$(id -u)" = 0 ]; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	else echo "install these Debian packages first (as root):$$missing"; exit 1; fi
 
 test: system-deps $(VENV)/.installed-test

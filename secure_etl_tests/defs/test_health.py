@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+from pathlib import Path
 
 from dagster import job, op
 
@@ -10,7 +12,9 @@ from secure_etl.defs.build import build_definitions
 from secure_etl.defs.certificates import RENEWAL_JOB
 from secure_etl.defs.health import HEALTH_JOB, collect
 from secure_etl.monitor.health import render_markdown, render_prometheus
+from secure_etl_tests.servers import require_binary
 
+ROOT = Path(__file__).resolve().parents[2]
 PARTITION = "2026-03-01-10:00"
 SAMPLE = re.compile(r'^[a-z_][a-z0-9_]*(\{([a-z_]+="[^"]*",?)*\})? -?[0-9.e+-]+$')
 
@@ -76,6 +80,19 @@ def test_the_health_report_asset_writes_metrics_and_its_freshness_checks_fail_wh
     prom = platform.resolved_state_dir() / "metrics" / "secure_etl.prom"
     assert "secure_etl_health_report_timestamp_seconds" in prom.read_text()
     assert oct(prom.stat().st_mode & 0o777) == "0o644"  # node_exporter reads it
+    # Prometheus's own parser and linter accept the file, and the shipped rules.
+    promtool = require_binary("promtool", "prometheus")
+    checked = subprocess.run(
+        [promtool, "check", "metrics"], input=prom.read_bytes(), capture_output=True, timeout=60
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    rules = subprocess.run(
+        [promtool, "check", "rules", str(ROOT / "deploy" / "prometheus-rules.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert rules.returncode == 0 and "SUCCESS: 7 rules found" in rules.stdout, rules.stdout
 
     defs.resolve_job_def(RENEWAL_JOB).execute_in_process(instance=instance)
     defs.resolve_job_def("customers_etl").execute_in_process(
