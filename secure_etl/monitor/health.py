@@ -200,126 +200,117 @@ def _labels(**labels: str) -> str:
     return "{" + ",".join(f'{k}="{escape(str(v))}"' for k, v in labels.items()) + "}"
 
 
+def _timestamp(text: str) -> float:
+    return dt.datetime.fromisoformat(text).timestamp()
+
+
+# (metric, help, field of a report row, how to turn it into a number)
+CERTIFICATE_GAUGES = [
+    (
+        "certificate_expiration_timestamp_seconds",
+        "The date after which the certificate expires, in Unix seconds.",
+        "not_after",
+        _timestamp,
+    ),
+    (
+        "certificate_renewal_timestamp_seconds",
+        "When the renewal policy makes the certificate due, in Unix seconds.",
+        "next_renewal_due",
+        _timestamp,
+    ),
+]
+PIPELINE_GAUGES = [
+    (
+        "pipeline_last_run_duration_seconds",
+        "Duration of the pipeline's last finished run.",
+        "last_run_duration_s",
+        float,
+    ),
+    ("pipeline_rows_loaded", "Rows in the last loaded partition.", "rows_loaded", float),
+    (
+        "pipeline_last_load_timestamp_seconds",
+        "When the pipeline last loaded a partition, in Unix seconds.",
+        "loaded_at",
+        _timestamp,
+    ),
+    (
+        "pipeline_null_rate",
+        "Highest null rate of a loaded column in the last partition.",
+        "null_rate",
+        float,
+    ),
+]
+SECURITY_GAUGES = [
+    ("connections", "Pipeline connections over the network.", "connections", float),
+    (
+        "connections_verified",
+        "Pipeline connections that verify their peer.",
+        "connections_verified",
+        float,
+    ),
+    (
+        "failed_authentications_30d",
+        "Step failures that were TLS or login refusals.",
+        "failed_authentications_30d",
+        float,
+    ),
+    (
+        "certificate_renewals_30d",
+        "Certificate issuances and renewals in 30 days.",
+        "renewals_30d",
+        float,
+    ),
+    (
+        "audit_chain_ok",
+        "1 if the audit log's chain and checkpoints verify.",
+        "audit_chain_ok",
+        float,
+    ),
+]
+
+
 def render_prometheus(report: dict) -> str:
     """Prometheus text exposition format. Certificate gauges follow cert-manager's names
     (``…_certificate_expiration_timestamp_seconds``, ``…_certificate_ready_status``)."""
     out: list[str] = []
 
-    def gauge(name: str, help_text: str, samples: list[tuple[dict, float]]) -> None:
+    def gauge(name: str, help_text: str, samples) -> None:
         out.append(f"# HELP {PREFIX}_{name} {help_text}")
         out.append(f"# TYPE {PREFIX}_{name} gauge")
         out.extend(
             f"{PREFIX}_{name}{_labels(**labels)} {float(value)!r}" for labels, value in samples
         )
 
-    certs = report["certificates"]
-    gauge(
-        "certificate_expiration_timestamp_seconds",
-        "The date after which the certificate expires, in Unix seconds.",
-        [
-            (
-                {"name": c["name"], "issuer": c["issuer"]},
-                dt.datetime.fromisoformat(c["not_after"]).timestamp(),
-            )
-            for c in certs
-            if "not_after" in c
-        ],
-    )
-    gauge(
-        "certificate_renewal_timestamp_seconds",
-        "When the renewal policy makes the certificate due, in Unix seconds.",
-        [
-            (
-                {"name": c["name"], "issuer": c["issuer"]},
-                dt.datetime.fromisoformat(c["next_renewal_due"]).timestamp(),
-            )
-            for c in certs
-            if "next_renewal_due" in c
-        ],
-    )
+    def each(rows, labels, field, number):
+        return [(labels(r), number(r[field])) for r in rows if r.get(field) is not None]
+
+    certs, pipelines = report["certificates"], report["pipelines"]
+    cert_labels = lambda c: {"name": c["name"], "issuer": c["issuer"]}  # noqa: E731
+    for name, text, field, number in CERTIFICATE_GAUGES:
+        gauge(name, text, each(certs, cert_labels, field, number))
+    ready = [
+        ({**cert_labels(c), "condition": cond}, c["ready"] == (cond == "True"))
+        for c in certs
+        for cond in ("True", "False")
+    ]
     gauge(
         "certificate_ready_status",
         "1 for the certificate's current condition (True: every check passes).",
-        [
-            (
-                {"name": c["name"], "issuer": c["issuer"], "condition": cond},
-                float(c["ready"] == (cond == "True")),
-            )
-            for c in certs
-            for cond in ("True", "False")
-        ],
+        ready,
     )
-    pipelines = report["pipelines"]
     gauge(
         "pipeline_last_run_success",
         "1 if the pipeline's last run succeeded, 0 if it failed or none finished.",
-        [
-            ({"pipeline": p["name"]}, float(p.get("last_run_status") == "SUCCESS"))
-            for p in pipelines
-        ],
+        [({"pipeline": p["name"]}, p.get("last_run_status") == "SUCCESS") for p in pipelines],
     )
-    gauge(
-        "pipeline_last_run_duration_seconds",
-        "Duration of the pipeline's last finished run.",
-        [
-            ({"pipeline": p["name"]}, p["last_run_duration_s"])
-            for p in pipelines
-            if p.get("last_run_duration_s") is not None
-        ],
-    )
-    gauge(
-        "pipeline_rows_loaded",
-        "Rows in the last loaded partition.",
-        [
-            ({"pipeline": p["name"]}, p["rows_loaded"])
-            for p in pipelines
-            if p.get("rows_loaded") is not None
-        ],
-    )
-    gauge(
-        "pipeline_last_load_timestamp_seconds",
-        "When the pipeline last loaded a partition, in Unix seconds.",
-        [
-            ({"pipeline": p["name"]}, dt.datetime.fromisoformat(p["loaded_at"]).timestamp())
-            for p in pipelines
-            if p.get("loaded_at")
-        ],
-    )
-    gauge(
-        "pipeline_null_rate",
-        "Highest null rate of a loaded column in the last partition.",
-        [
-            ({"pipeline": p["name"]}, p["null_rate"])
-            for p in pipelines
-            if p.get("null_rate") is not None
-        ],
-    )
-    s = report["security"]
-    gauge(
-        "connections_verified",
-        "Pipeline connections that verify their peer.",
-        [({}, s["connections_verified"])],
-    )
-    gauge("connections", "Pipeline connections over the network.", [({}, s["connections"])])
-    gauge(
-        "failed_authentications_30d",
-        "Step failures that were TLS or login refusals.",
-        [({}, s["failed_authentications_30d"])],
-    )
-    gauge(
-        "certificate_renewals_30d",
-        "Certificate issuances and renewals in 30 days.",
-        [({}, s["renewals_30d"])],
-    )
-    gauge(
-        "audit_chain_ok",
-        "1 if the audit log's chain and checkpoints verify.",
-        [({}, float(s["audit_chain_ok"]))],
-    )
+    for name, text, field, number in PIPELINE_GAUGES:
+        gauge(name, text, each(pipelines, lambda p: {"pipeline": p["name"]}, field, number))
+    for name, text, field, number in SECURITY_GAUGES:
+        gauge(name, text, each([report["security"]], lambda _: {}, field, number))
     gauge(
         "health_report_timestamp_seconds",
         "When this report was made: alert if it gets old (the scheduler stalled).",
-        [({}, dt.datetime.fromisoformat(report["generated_at"]).timestamp())],
+        [({}, _timestamp(report["generated_at"]))],
     )
     return "\n".join(out) + "\n"
 
