@@ -112,3 +112,20 @@ def test_the_package_has_no_eval_exec_shell_or_unsafe_yaml():
     ]
     assert hits == []
     assert FORBIDDEN.search("x = eval(s)") and FORBIDDEN.search("run(a, shell=True)")
+
+
+def test_the_repository_holds_no_private_key():
+    """Keys are made at run time (tests, demo); none may be committed."""
+    import shutil
+    import subprocess
+
+    root = PACKAGE.parent
+    git = shutil.which("git") or "/usr/bin/git"
+    tracked = subprocess.run(
+        [git, "ls-files", "-z"], cwd=root, capture_output=True, check=True, timeout=60
+    ).stdout.split(b"\0")
+    marker = b"PRIVATE" + b" KEY-----"  # spelled in two parts so this file does not match
+    found = [
+        name.decode() for name in tracked if name and marker in (root / name.decode()).read_bytes()
+    ]
+    assert found == []

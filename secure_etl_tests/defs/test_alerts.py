@@ -71,7 +71,7 @@ def smtp(tmp_path):
     """aiosmtpd on loopback with STARTTLS required, its certificate from a test CA."""
     from aiosmtpd.controller import Controller
 
-    ca = InternalCA(tmp_path / "smtp-ca", "smtp test CA")
+    ca = InternalCA("smtp-test", tmp_path / "smtp-ca", common_name="smtp test CA")
     ca.ensure_root()
     key = generate_private_key("ec256")
     issued = ca.issue(["127.0.0.1"], "server", key)
@@ -247,3 +247,19 @@ def test_a_failed_run_is_announced(write_config, receiver, smtp, instance, monke
     assert hook["run_id"] == result.run_id
     assert "the database went away" not in json.dumps(hook)  # Dagster's summary only
     assert len(receiver.by_path("/slack")) == 1 and len(smtp.messages) == 1
+
+
+def test_the_severity_filter_holds_back_warnings(
+    write_config, receiver, smtp, instance, monkeypatch
+):
+    data = _alerting_config(write_config, receiver, smtp, monkeypatch, min_severity="ERROR")
+    defs = build_definitions(load_config(write_config(data)))
+    defs.resolve_job_def(RENEWAL_JOB).execute_in_process(instance=instance)
+    strict = copy.deepcopy(data)
+    for cert in strict["certificates"].values():
+        cert["renewal"] = {"min_days_left": 60}
+    _run_checks(strict, write_config, instance, "strict.yaml")  # expiry_window: WARN
+
+    cursor = _tick(defs, instance, None)
+    assert receiver.posts == [] and smtp.messages == []
+    assert json.loads(cursor)["failing"] == []  # not announced, so no recovery later either

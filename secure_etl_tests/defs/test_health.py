@@ -100,3 +100,15 @@ def test_the_health_report_asset_writes_metrics_and_its_freshness_checks_fail_wh
     )
     result = defs.resolve_job_def(HEALTH_JOB).execute_in_process(instance=instance)
     assert all(e.passed for e in result.get_asset_check_evaluations())
+
+
+def test_loaded_assets_carry_a_freshness_policy_from_the_config(platform):
+    import datetime as dt
+
+    from dagster import AssetKey
+
+    assets = build_definitions(platform).resolve_assets_def(AssetKey(["loaded", "customers"]))
+    [spec] = assets.specs
+    limit = dt.timedelta(hours=platform.monitoring.loaded_max_lag_hours)
+    assert spec.freshness_policy.fail_window.to_timedelta() == limit
+    assert spec.freshness_policy.warn_window.to_timedelta() == limit / 2
