@@ -10,6 +10,7 @@ again. A delivery that fails after its retries waits in the cursor for the next 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 
@@ -28,6 +29,9 @@ from secure_etl.defs.check_state import CheckEvaluation, latest_check_evaluation
 from secure_etl.monitor.notify import SEVERITY_RANK, Notification, channels_for, deliver
 
 MAX_PENDING = 200  # undelivered notifications kept for later ticks; the oldest go first
+# Deliveries start only in the first 30 s of a tick (Dagster stops a sensor at 60 s); the
+# rest wait in the cursor for the next tick.
+TICK_BUDGET_S = 30.0
 
 
 def _check_notification(evaluation: CheckEvaluation, recovered: bool) -> Notification:
@@ -83,12 +87,22 @@ def check_alerts_sensor(platform: PlatformConfig, check_keys: Sequence[AssetChec
         sent, still_pending = 0, []
         queue = [(Notification(**p["notification"]), p["channels"]) for p in pending]
         queue += [(n, [c.name for c in channels]) for n in fresh]
+        deadline = time.monotonic() + TICK_BUDGET_S
+        down: set[str] = set()  # failed after its retries this tick: not tried again now,
+        # so an outage costs one retry sequence per tick, well inside the sensor's timeout
         for notification, targets in queue:
-            chosen = [c for c in channels if c.name in targets]
+            chosen = [c for c in channels if c.name in targets and c.name not in down]
             results = deliver(
-                notification, chosen, config.attempts, config.backoff_s, context.log.warning
+                notification,
+                chosen,
+                config.attempts,
+                config.backoff_s,
+                context.log.warning,
+                deadline=deadline,
             )
+            down.update(r.channel for r in results if not r.ok)
             failed = [r.channel for r in results if not r.ok]
+            failed += [name for name in targets if name in down and name not in failed]
             sent += sum(r.ok for r in results)
             for result in results:
                 if result.ok:

@@ -165,17 +165,22 @@ def deliver(
     backoff_s: float = 1.0,
     log: Callable[[str], None] = lambda _: None,
     sleep: Callable[[float], None] = time.sleep,
+    deadline: float | None = None,
 ) -> list[Delivery]:
     """Send through every channel, each up to ``attempts`` times with exponential
-    backoff; returns what happened per channel and never raises."""
+    backoff, starting no attempt after ``deadline`` (``time.monotonic()``); returns what
+    happened per channel and never raises."""
     return [
-        _deliver_one(notification, channel, attempts, backoff_s, log, sleep) for channel in channels
+        _deliver_one(notification, channel, attempts, backoff_s, log, sleep, deadline)
+        for channel in channels
     ]
 
 
-def _deliver_one(notification, channel, attempts, backoff_s, log, sleep) -> Delivery:
-    error = ""
+def _deliver_one(notification, channel, attempts, backoff_s, log, sleep, deadline) -> Delivery:
+    error = "no time left in this round"
     for attempt in range(1, attempts + 1):
+        if deadline is not None and time.monotonic() >= deadline:
+            return Delivery(channel.name, False, attempt - 1, error)
         try:
             channel.send(notification)
             return Delivery(channel.name, True, attempt)
@@ -187,5 +192,8 @@ def _deliver_one(notification, channel, attempts, backoff_s, log, sleep) -> Deli
             return Delivery(channel.name, False, attempt, error)
         log(f"{channel.name}: attempt {attempt}/{attempts} failed: {error}")
         if attempt < attempts:
-            sleep(backoff_s * 2 ** (attempt - 1))
+            delay = backoff_s * 2 ** (attempt - 1)
+            if deadline is not None:
+                delay = min(delay, max(0.0, deadline - time.monotonic()))
+            sleep(delay)
     return Delivery(channel.name, False, attempts, error)

@@ -10,6 +10,7 @@ import email.policy
 import json
 import ssl
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -19,6 +20,7 @@ from dagster import build_run_status_sensor_context, build_sensor_context, job, 
 from secure_etl.config import load_config
 from secure_etl.defs.build import build_definitions
 from secure_etl.defs.certificates import CHECKS_JOB, RENEWAL_JOB
+from secure_etl.monitor.notify import Channel, DeliveryError, Notification, deliver
 from secure_etl.pki.internal_ca import InternalCA
 from secure_etl.pki.keys import generate_private_key
 from secure_etl_tests.servers import free_port
@@ -209,8 +211,12 @@ def test_a_500_is_retried_with_backoff_and_an_outage_waits_for_the_next_tick(
     # An outage longer than the retries: the notifications wait in the cursor...
     _run_checks(strict, write_config, instance, "strict-again.yaml")
     receiver.fail = 1000
+    before = receiver.attempts
     cursor = _tick(defs, instance, cursor)
     assert len(receiver.by_path("/hook")) == first_wave
+    # One retry sequence (3 attempts) for the first; the channel is then known to be
+    # down for this tick, so the second is not tried until the next one.
+    assert receiver.attempts - before == 3
     assert len(json.loads(cursor)["pending"]) == 2
     # ...and go out on the next tick once the receiver is back, exactly once.
     receiver.fail = 0
@@ -263,3 +269,23 @@ def test_the_severity_filter_holds_back_warnings(
     cursor = _tick(defs, instance, None)
     assert receiver.posts == [] and smtp.messages == []
     assert json.loads(cursor)["failing"] == []  # not announced, so no recovery later either
+
+
+def test_no_attempt_starts_after_the_deadline():
+    class Down(Channel):
+        name = "down"
+        calls = 0
+
+        def send(self, notification):
+            Down.calls += 1
+            raise DeliveryError("down: HTTP 503")
+
+    note = Notification("check_failed", "t", "x", "WARN", "k")
+    slept = []
+    [late] = deliver(
+        note, [Down()], attempts=5, backoff_s=10, sleep=slept.append, deadline=time.monotonic()
+    )
+    assert (late.ok, late.attempts, Down.calls, slept) == (False, 0, 0, [])
+    [tried] = deliver(note, [Down()], attempts=3, backoff_s=0.5, sleep=slept.append)
+    assert (tried.ok, tried.attempts, tried.error) == (False, 3, "down: HTTP 503")
+    assert Down.calls == 3 and slept == [0.5, 1.0]  # exponential backoff
