@@ -49,7 +49,7 @@ def apply_retention(
     deleted: list[Deleted] = []
     raw_dir = storage.partition_file(state, "raw", pipeline, "x").parent
     for raw in sorted(raw_dir.glob("*.parquet")) if raw_dir.is_dir() else []:
-        partition = raw.stem
+        partition = storage.partition_of(raw)
         hashed = storage.partition_file(state, "hashed", pipeline, partition)
         loaded_at = _loaded_at(hashed)
         if loaded_at is None or now - loaded_at < raw_grace:
@@ -69,5 +69,5 @@ def apply_retention(
             size = hashed.stat().st_size
             for path in (hashed, storage.counts_file(hashed), loaded_marker(hashed)):
                 path.unlink(missing_ok=True)
-            deleted.append(Deleted("hashed", hashed.stem, hashed, size))
+            deleted.append(Deleted("hashed", storage.partition_of(hashed), hashed, size))
     return deleted

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import secrets
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -29,6 +30,14 @@ def partition_file(state_dir: Path, stage: str, pipeline: str, partition: str) -
         raise ValueError(f"unknown stage {stage!r}")
     safe = partition.replace(":", "-")
     return Path(state_dir) / "data" / stage / pipeline / f"{safe}.parquet"
+
+
+def partition_of(path: Path) -> str:
+    """The partition key a stage file holds (the inverse of ``partition_file``)."""
+    stem = Path(path).stem
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}-\d{2}-\d{2}", stem):
+        return stem[:-3] + ":" + stem[-2:]  # an hourly key: YYYY-MM-DD-HH:MM
+    return stem
 
 
 class ParquetCrypto:

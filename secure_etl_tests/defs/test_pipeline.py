@@ -276,8 +276,10 @@ def test_retention_deletes_raw_after_the_load_and_its_grace_and_records_it(write
     assert not raw.exists() and not quarantine.exists()
     assert storage.partition_file(state, "hashed", "customers", PARTITION).exists()  # 30 days
     log = platform_audit_log(config)
-    actions = [line for line in log.path.read_text().splitlines() if "retention.delete" in line]
+    actions = [json.loads(line) for line in log.path.open() if "retention.delete" in line]
     assert len(actions) == 2 and verify_log(log).ok
+    # The same partition key as the extract, transform and load records.
+    assert {a["partition"] for a in actions} == {PARTITION}
 
 
 def test_a_rotated_key_gives_new_data_a_new_id_and_old_pseudonyms_stay_verifiable(
