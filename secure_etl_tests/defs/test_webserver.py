@@ -19,6 +19,7 @@ from dagster import DagsterInstance
 from secure_etl.config import load_config
 from secure_etl.defs.build import build_definitions
 from secure_etl.defs.certificates import CHECKS_JOB, RENEWAL_JOB
+from secure_etl.defs.health import HEALTH_JOB
 from secure_etl_tests.servers import free_port, require_binary
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,6 +100,7 @@ def test_the_ui_serves_certificates_with_checks_joined_to_the_pipeline(tmp_path,
 
 def test_the_asset_graph_and_a_certificates_checks_in_a_real_browser(tmp_path, write_config):
     chromium = require_binary("chromium", "chromium")
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     # Real history: certificates issued, a partition loaded, then db-server checked
@@ -116,6 +118,7 @@ def test_the_asset_graph_and_a_certificates_checks_in_a_real_browser(tmp_path, w
         build_definitions(load_config(write_config(strict, "strict.yaml"))).resolve_job_def(
             CHECKS_JOB
         ).execute_in_process(instance=instance, raise_on_error=False)
+        defs.resolve_job_def(HEALTH_JOB).execute_in_process(instance=instance)
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with _webserver(home, config) as url, sync_playwright() as playwright:
@@ -131,7 +134,9 @@ def test_the_asset_graph_and_a_certificates_checks_in_a_real_browser(tmp_path, w
             skip = page.get_by_role("button", name="Skip")  # the first-visit newsletter dialog
             with contextlib.suppress(Exception):
                 skip.click(timeout=10_000)
+            # Each node loads its own status: wait for both before reading the page.
             page.get_by_text("5 / 5 Passed").wait_for(timeout=60_000)
+            page.get_by_text("8 / 8 Passed").wait_for(timeout=60_000)
             body = page.inner_text("body")
             assert "etl-client" in body and "certificates" in body
             assert "5 / 5 Passed" in body  # loaded/customers: every data check
@@ -143,6 +148,7 @@ def test_the_asset_graph_and_a_certificates_checks_in_a_real_browser(tmp_path, w
             page.goto(f"{url}/assets/certificates/db-server?view=checks")
             page.get_by_text("Checks (8)").wait_for(timeout=60_000)
             page.get_by_text("Failed").first.wait_for(timeout=60_000)
+            page.get_by_text("Succeeded").nth(6).wait_for(timeout=60_000)
             rows = page.inner_text("body")
             for check in ("chain_trusted", "covers_identifiers", "eku_fits_use", "key_strength"):
                 assert check in rows
@@ -151,10 +157,28 @@ def test_the_asset_graph_and_a_certificates_checks_in_a_real_browser(tmp_path, w
             page.get_by_text("renewal is due below 60.0 days").first.wait_for(timeout=30_000)
             checks_shot = SCREENSHOTS / "certificate-checks.png"
             page.screenshot(path=str(checks_shot))
+
+            # The health report, rendered from its Markdown metadata.
+            page.goto(f"{url}/assets/operations/health_report")
+            # The page refreshes itself and can close the dialog: open it until it shows.
+            for attempt in range(3):
+                page.get_by_text("[Show Markdown]").first.click(timeout=60_000)
+                try:
+                    page.get_by_text("audit chain: verifies").wait_for(timeout=10_000)
+                    break
+                except PlaywrightTimeout:
+                    if attempt == 2:
+                        raise
+            report = page.get_by_role("dialog").inner_text()
+            assert "Data quality" in report and "Certificates" in report
+            assert "customers" in report and "SUCCESS" in report and "db-server" in report
+            report_shot = SCREENSHOTS / "health-report.png"
+            page.wait_for_timeout(1000)  # the dialog fades in
+            page.screenshot(path=str(report_shot))
         finally:
             browser.close()
-    print(f"screenshots: {graph} {checks_shot}")
-    assert graph.stat().st_size > 10_000 and checks_shot.stat().st_size > 10_000
+    print(f"screenshots: {graph} {checks_shot} {report_shot}")
+    assert all(p.stat().st_size > 10_000 for p in (graph, checks_shot, report_shot))
 
     # The same truth through GraphQL.
     statuses = {
