@@ -4,7 +4,10 @@ the queue is dequeued by the running daemon and succeeds."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -38,6 +41,18 @@ def production_home(platform, postgres_tls, tmp_path, monkeypatch):
     return home
 
 
+def _stop_group(process: subprocess.Popen) -> None:
+    """The daemon and the code server it started; killed if they do not stop in 30 s."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(10)
+
+
 def _wait_for(predicate, timeout_s: float, what: str, log: Path):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -63,6 +78,7 @@ def test_a_queued_run_is_dequeued_by_the_daemon_and_succeeds_on_postgres(product
                 cwd=ROOT,
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,  # its code server is in the group: stop both
             )
         try:
             launched = subprocess.run(
@@ -82,8 +98,7 @@ def test_a_queued_run_is_dequeued_by_the_daemon_and_succeeds_on_postgres(product
                 log,
             )
         finally:
-            daemon.terminate()
-            daemon.wait(30)
+            _stop_group(daemon)
         assert finished.status == DagsterRunStatus.SUCCESS, finished.status
         events = {
             e.dagster_event.event_type for e in instance.all_logs(run.run_id) if e.is_dagster_event
