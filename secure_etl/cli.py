@@ -150,23 +150,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _status(args: argparse.Namespace) -> int:
-    import os
-
     from secure_etl.config import load_config
+    from secure_etl.defs.health import report_for  # Dagster only for this command
     from secure_etl.monitor import health
 
-    platform = load_config(args.config)
-    if not os.environ.get("DAGSTER_HOME") and Path(".dagster_home").is_dir():
-        os.environ["DAGSTER_HOME"] = str(Path(".dagster_home").resolve())
-    from dagster import DagsterInstance  # the report reads runs and checks from it
-
-    from secure_etl.defs.health import collect
-
-    if os.environ.get("DAGSTER_HOME"):
-        with DagsterInstance.get() as instance:
-            report = collect(platform, instance)
-    else:
-        report = collect(platform, None)
+    report = report_for(load_config(args.config))
     if args.prometheus:
         health.write_prometheus(report, args.prometheus)
     if args.json:

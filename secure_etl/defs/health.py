@@ -5,6 +5,8 @@ the collector ``secure-etl status`` uses."""
 from __future__ import annotations
 
 import datetime as dt
+import os
+from pathlib import Path
 
 from dagster import (
     AssetCheckKey,
@@ -70,6 +72,18 @@ def collect(platform: PlatformConfig, instance: DagsterInstance | None) -> dict:
     }
     report["problems"] = _problems(report, platform)
     return report
+
+
+def report_for(platform: PlatformConfig) -> dict:
+    """The report from ``$DAGSTER_HOME``'s instance, else ``./.dagster_home`` (where
+    ``make demo`` keeps its runs), else without run history."""
+    home = os.environ.get("DAGSTER_HOME")
+    if not home and Path(".dagster_home").is_dir():
+        home = str(Path(".dagster_home").resolve())
+    if not home:
+        return collect(platform, None)
+    with DagsterInstance.from_config(home) as instance:
+        return collect(platform, instance)
 
 
 def _pipeline(platform: PlatformConfig, name: str, instance, now: dt.datetime) -> dict:
