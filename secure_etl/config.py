@@ -404,14 +404,22 @@ class IncrementalRuns(_Strict):
     schedule: str = "*/15 * * * *"
 
 
-def _partitions_kind(value: object) -> str:
-    kind = value.get("type", "hourly") if isinstance(value, dict) else getattr(value, "type", "")
-    return kind if kind in ("hourly", "incremental") else "hourly"
+def _kind(default: str, known: tuple[str, ...]):
+    """A union's discriminator whose ``type`` may be left out (then ``default``): an
+    unknown type is judged against the default's model, which names the allowed one."""
+
+    def kind(value: object) -> str:
+        found = (
+            value.get("type", default) if isinstance(value, dict) else getattr(value, "type", "")
+        )
+        return found if found in known else default
+
+    return kind
 
 
 Partitions = Annotated[
     Annotated[HourlyPartitions, Tag("hourly")] | Annotated[IncrementalRuns, Tag("incremental")],
-    Discriminator(_partitions_kind),
+    Discriminator(_kind("hourly", ("hourly", "incremental"))),
 ]
 
 
@@ -589,16 +597,9 @@ class VaultTransitKms(_Strict):
     timeout_s: float = Field(10, gt=0)
 
 
-def _kms_kind(value: object) -> str:
-    kind = (
-        value.get("type", "local_file") if isinstance(value, dict) else getattr(value, "type", "")
-    )
-    return kind if kind in ("local_file", "vault_transit") else "local_file"
-
-
 Kms = Annotated[
     Annotated[LocalKms, Tag("local_file")] | Annotated[VaultTransitKms, Tag("vault_transit")],
-    Discriminator(_kms_kind),
+    Discriminator(_kind("local_file", ("local_file", "vault_transit"))),
 ]
 
 
