@@ -179,10 +179,13 @@ def _problems(report: dict, platform: PlatformConfig) -> list[str]:
     for c in report["certificates"]:
         if not c["ready"]:
             problems.append(f"certificate {c['name']}: failing {', '.join(c['failing_checks'])}")
-        if not c.get("checks_fresh"):
+        limit = platform.monitoring.certificate_checks_max_age_hours
+        if c.get("checks_age_hours") is None:
+            problems.append(f"certificate {c['name']}: no check evaluation found")
+        elif not c["checks_fresh"]:
             problems.append(
-                f"certificate {c['name']}: checks last ran {c.get('checks_age_hours')} h ago "
-                f"(limit {platform.monitoring.certificate_checks_max_age_hours} h)"
+                f"certificate {c['name']}: checks last ran {c['checks_age_hours']} h ago "
+                f"(limit {limit} h)"
             )
     s = report["security"]
     if not s["audit_chain_ok"]:

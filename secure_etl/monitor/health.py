@@ -155,7 +155,13 @@ CERT_COLUMNS = [
 
 def render_markdown(report: dict) -> str:
     s = report["security"]
-    lines = [f"## secure_etl health, {report['generated_at']}", "", "### Pipelines", ""]
+    lines = [f"## secure_etl health, {report['generated_at']}", ""]
+    if report.get("instance") != "dagster":
+        lines += [
+            "No Dagster instance (set DAGSTER_HOME): runs and check results are left out.",
+            "",
+        ]
+    lines += ["### Pipelines", ""]
     lines += _table(report["pipelines"], PIPELINE_COLUMNS)
     lines += ["", "### Data quality", ""] + _table(report["pipelines"], QUALITY_COLUMNS)
     lines += ["", "### Certificates", ""] + _table(report["certificates"], CERT_COLUMNS)

@@ -112,3 +112,12 @@ def test_loaded_assets_carry_a_freshness_policy_from_the_config(platform):
     limit = dt.timedelta(hours=platform.monitoring.loaded_max_lag_hours)
     assert spec.freshness_policy.fail_window.to_timedelta() == limit
     assert spec.freshness_policy.warn_window.to_timedelta() == limit / 2
+
+
+def test_without_an_instance_the_report_says_what_it_left_out(platform):
+    from secure_etl.monitor.health import render_text
+
+    report = collect(platform, None)
+    assert report["instance"].startswith("none")
+    assert "certificate etl-client: no check evaluation found" in report["problems"]
+    assert "No Dagster instance (set DAGSTER_HOME)" in render_text(report)
