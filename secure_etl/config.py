@@ -654,6 +654,8 @@ class AlertsConfig(_Strict):
     attempts: int = Field(3, ge=1, le=10)
     backoff_s: float = Field(2.0, ge=0)
     interval_s: int = Field(30, ge=5)  # how often the sensor looks
+    # The web UI's address as people reach it: messages then link to the run.
+    dagster_url: str | None = Field(None, pattern=r"^https?://")
 
 
 class MonitoringConfig(_Strict):

@@ -34,7 +34,13 @@ MAX_PENDING = 200  # undelivered notifications kept for later ticks; the oldest 
 TICK_BUDGET_S = 30.0
 
 
-def _check_notification(evaluation: CheckEvaluation, recovered: bool) -> Notification:
+def _run_line(run_id: str, dagster_url: str | None) -> str:
+    return f"run {dagster_url.rstrip('/')}/runs/{run_id}" if dagster_url else f"run {run_id}"
+
+
+def _check_notification(
+    evaluation: CheckEvaluation, recovered: bool, dagster_url: str | None
+) -> Notification:
     key = evaluation.key
     asset = key.asset_key.to_user_string()
     if recovered:
@@ -44,7 +50,8 @@ def _check_notification(evaluation: CheckEvaluation, recovered: bool) -> Notific
     return Notification(
         kind="check_recovered" if recovered else "check_failed",
         title=title,
-        text=f"{evaluation.description or '(no description)'}\nrun {evaluation.run_id}",
+        text=f"{evaluation.description or '(no description)'}\n"
+        + _run_line(evaluation.run_id, dagster_url),
         severity=evaluation.severity,
         dedupe_key=f"check:{asset}:{key.name}:{evaluation.storage_id}",
         fields={"asset": asset, "check": key.name, "run_id": evaluation.run_id},
@@ -78,10 +85,10 @@ def check_alerts_sensor(platform: PlatformConfig, check_keys: Sequence[AssetChec
             seen[name] = evaluation.storage_id
             if not evaluation.passed:
                 if SEVERITY_RANK.get(evaluation.severity, 2) >= SEVERITY_RANK[config.min_severity]:
-                    fresh.append(_check_notification(evaluation, recovered=False))
+                    fresh.append(_check_notification(evaluation, False, config.dagster_url))
                     failing.add(name)
             elif name in failing:
-                fresh.append(_check_notification(evaluation, recovered=True))
+                fresh.append(_check_notification(evaluation, True, config.dagster_url))
                 failing.discard(name)
 
         sent, still_pending = 0, []
@@ -150,7 +157,7 @@ def run_failure_alerts(platform: PlatformConfig):
             title=f"failed: run of {run.job_name}",
             # Dagster's own summary (job and steps), not the exception text: an error
             # message can quote a data value.
-            text=f"{context.failure_event.message}\nrun {run.run_id}",
+            text=f"{context.failure_event.message}\n{_run_line(run.run_id, config.dagster_url)}",
             severity="ERROR",
             dedupe_key=f"run:{run.run_id}",
             fields={"job": run.job_name, "run_id": run.run_id},

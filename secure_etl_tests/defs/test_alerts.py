@@ -228,7 +228,9 @@ def test_a_500_is_retried_with_backoff_and_an_outage_waits_for_the_next_tick(
 
 
 def test_a_failed_run_is_announced(write_config, receiver, smtp, instance, monkeypatch):
-    data = _alerting_config(write_config, receiver, smtp, monkeypatch)
+    data = _alerting_config(
+        write_config, receiver, smtp, monkeypatch, dagster_url="https://dagster.corp.example/"
+    )
     defs = build_definitions(load_config(write_config(data)))
 
     @op
@@ -251,6 +253,7 @@ def test_a_failed_run_is_announced(write_config, receiver, smtp, instance, monke
     [hook] = receiver.by_path("/hook")
     assert hook["kind"] == "run_failed" and hook["job"] == "nightly"
     assert hook["run_id"] == result.run_id
+    assert f"https://dagster.corp.example/runs/{result.run_id}" in hook["text"]
     assert "the database went away" not in json.dumps(hook)  # Dagster's summary only
     assert len(receiver.by_path("/slack")) == 1 and len(smtp.messages) == 1
 
