@@ -136,6 +136,15 @@ def _tick(defs, instance, cursor):
     return context.cursor
 
 
+def _wanting_60_days(data: dict) -> dict:
+    """The config with a policy that wants 60 days left: the 30-day certificates then
+    fail expiry_window (a WARN)."""
+    strict = copy.deepcopy(data)
+    for cert in strict["certificates"].values():
+        cert["renewal"] = {"min_days_left": 60}
+    return strict
+
+
 def _run_checks(data, write_config, instance, name):
     platform = load_config(write_config(data, name))
     defs = build_definitions(platform)
@@ -153,10 +162,7 @@ def test_one_message_per_failed_evaluation_none_on_the_next_tick_and_one_recover
     cursor = _tick(defs, instance, None)
     assert receiver.posts == [] and smtp.messages == []  # everything passes
 
-    # A policy that wants 60 days left makes the 30-day certificates fail expiry_window.
-    strict = copy.deepcopy(data)
-    for cert in strict["certificates"].values():
-        cert["renewal"] = {"min_days_left": 60}
+    strict = _wanting_60_days(data)
     _run_checks(strict, write_config, instance, "strict.yaml")
     cursor = _tick(defs, instance, cursor)
 
@@ -197,9 +203,7 @@ def test_a_500_is_retried_with_backoff_and_an_outage_waits_for_the_next_tick(
     data["alerts"]["channels"] = data["alerts"]["channels"][1:2]  # the JSON webhook
     defs = build_definitions(load_config(write_config(data)))
     defs.resolve_job_def(RENEWAL_JOB).execute_in_process(instance=instance)
-    strict = copy.deepcopy(data)
-    for cert in strict["certificates"].values():
-        cert["renewal"] = {"min_days_left": 60}
+    strict = _wanting_60_days(data)
     _run_checks(strict, write_config, instance, "strict.yaml")
 
     receiver.fail = 2  # two 500s, then 200: delivered on the third attempt
@@ -264,9 +268,7 @@ def test_the_severity_filter_holds_back_warnings(
     data = _alerting_config(write_config, receiver, smtp, monkeypatch, min_severity="ERROR")
     defs = build_definitions(load_config(write_config(data)))
     defs.resolve_job_def(RENEWAL_JOB).execute_in_process(instance=instance)
-    strict = copy.deepcopy(data)
-    for cert in strict["certificates"].values():
-        cert["renewal"] = {"min_days_left": 60}
+    strict = _wanting_60_days(data)
     _run_checks(strict, write_config, instance, "strict.yaml")  # expiry_window: WARN
 
     cursor = _tick(defs, instance, None)
