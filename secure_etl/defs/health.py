@@ -197,6 +197,16 @@ def _problems(report: dict, platform: PlatformConfig) -> list[str]:
     return problems
 
 
+def _freshness_result(check: str, late: list[str], ok: str, late_label: str):
+    """A WARN check: passes when nothing is ``late``, else names what is."""
+    return AssetCheckResult(
+        check_name=check,
+        passed=not late,
+        severity=AssetCheckSeverity.WARN,
+        description=ok if not late else f"{late_label}: {', '.join(late)}",
+    )
+
+
 def health_definitions(platform: PlatformConfig):
     state = platform.resolved_state_dir()
     prom = state / platform.monitoring.prometheus_textfile
@@ -243,21 +253,12 @@ def health_definitions(platform: PlatformConfig):
                 "prometheus_textfile": str(prom),
             },
             check_results=[
-                AssetCheckResult(
-                    check_name="loaded_fresh",
-                    passed=not stale,
-                    severity=AssetCheckSeverity.WARN,
-                    description="every pipeline loaded recently"
-                    if not stale
-                    else f"stale: {', '.join(stale)}",
-                ),
-                AssetCheckResult(
-                    check_name="certificate_checks_recent",
-                    passed=not unchecked,
-                    severity=AssetCheckSeverity.WARN,
-                    description="every certificate was checked recently"
-                    if not unchecked
-                    else f"not checked recently: {', '.join(unchecked)}",
+                _freshness_result("loaded_fresh", stale, "every pipeline loaded recently", "stale"),
+                _freshness_result(
+                    "certificate_checks_recent",
+                    unchecked,
+                    "every certificate was checked recently",
+                    "not checked recently",
                 ),
             ],
         )
