@@ -40,14 +40,15 @@ def identifier_for(value: str) -> Identifier:
 
 
 def make_csr(identifiers: Sequence[str], key) -> bytes:
-    """A DER CSR naming every identifier in the SAN (the CN is the first, if it fits)."""
+    """A DER CSR naming every identifier in the SAN. The CN is the first DNS name that fits
+    in one (64 characters), or absent: CAs (OpenBao, Boulder) refuse an IP address there."""
+    parsed = [identifier_for(i) for i in identifiers]
     names = [
         x509.IPAddress(ipaddress.ip_address(i.value)) if i.type == "ip" else x509.DNSName(i.value)
-        for i in map(identifier_for, identifiers)
+        for i in parsed
     ]
-    subject = []
-    if len(identifiers[0]) <= 64:
-        subject = [x509.NameAttribute(NameOID.COMMON_NAME, identifiers[0])]
+    common_name = next((i.value for i in parsed if i.type == "dns" and len(i.value) <= 64), None)
+    subject = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)] if common_name else []
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name(subject))

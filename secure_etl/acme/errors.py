@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import html
+import json
+import re
 from dataclasses import dataclass
 
 ACME_ERROR_PREFIX = "urn:ietf:params:acme:error:"
+# How much of a server's own text an error message quotes.
+QUOTED_TEXT_LIMIT = 300
+_TAG = re.compile(r"<[^>]*>")
+# Control characters, and the invisible ones that reorder what a terminal shows.
+_UNPRINTABLE = re.compile(r"[^\S ]|[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 class AcmeError(Exception):
@@ -36,9 +44,13 @@ class AcmeProblem(AcmeError):
     ) -> None:
         self.type, self.detail, self.status = type, detail, status
         self.subproblems, self.url, self.retry_after = tuple(subproblems), url, retry_after
-        text = f"{short_type(type)}: {detail}" if detail else short_type(type)
+        if type == "about:blank":
+            # Not RFC 7807 (or saying nothing): the server's own words, or that there were none.
+            text = detail or "no error text"
+        else:
+            text = f"{short_type(type)}: {detail}" if detail else short_type(type)
         if status:
-            text += f" (HTTP {status})"
+            text += f" (HTTP {status} from {url})" if url else f" (HTTP {status})"
         if subproblems:
             text += "; " + "; ".join(str(s) for s in subproblems)
         if retry_after is not None:
@@ -50,23 +62,38 @@ class AcmeProblem(AcmeError):
         return short_type(self.type)
 
     @classmethod
+    def from_response(
+        cls, body: bytes, status: int, url: str, retry_after: float | None = None
+    ) -> AcmeProblem:
+        """The problem an error response describes, whatever its body: a problem document,
+        another JSON error (Vault's ``{"errors": [...]}``), an HTML page or nothing."""
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            text = body[:65536].decode(errors="replace")
+            if text.lstrip().startswith("<"):
+                text = html.unescape(_TAG.sub(" ", text))
+            parsed = {"detail": text}
+        return cls.from_json(parsed, status, url, retry_after)
+
+    @classmethod
     def from_json(
         cls, body: dict, status: int | None = None, url: str = "", retry_after: float | None = None
     ) -> AcmeProblem:
         subproblems = tuple(
             Subproblem(
-                type=str(s.get("type", "")),
-                detail=str(s.get("detail", "")),
+                type=quoted(str(s.get("type", ""))),
+                detail=quoted(str(s.get("detail", ""))),
                 identifier=(s.get("identifier") or {}).get("value"),
             )
             for s in body.get("subproblems") or ()
             if isinstance(s, dict)
         )
-        kind = str(body.get("type", "about:blank"))
+        kind = quoted(str(body.get("type") or "about:blank"))
         problem_class = PROBLEM_CLASSES.get(short_type(kind), AcmeProblem)
-        return problem_class(
-            kind, str(body.get("detail", "")), status, subproblems, url, retry_after
-        )
+        return problem_class(kind, _detail(body), status, subproblems, url, retry_after)
 
 
 class BadNonce(AcmeProblem):
@@ -105,6 +132,28 @@ PROBLEM_CLASSES: dict[str, type[AcmeProblem]] = {
 
 def short_type(kind: str) -> str:
     return kind.removeprefix(ACME_ERROR_PREFIX)
+
+
+def _detail(body: dict) -> str:
+    """The human text of an error body: RFC 7807's ``detail``, else Vault's ``errors``
+    list or a ``message``/``error`` string, else the body itself, quoted."""
+    if "detail" in body:
+        return quoted(str(body["detail"]))
+    if isinstance(body.get("errors"), list):
+        return quoted("; ".join(str(e) for e in body["errors"] if e))
+    for key in ("message", "error"):
+        if isinstance(body.get(key), str):
+            return quoted(body[key])
+    if "type" in body:
+        return ""
+    return quoted(json.dumps(body, ensure_ascii=False))
+
+
+def quoted(text: str, limit: int = QUOTED_TEXT_LIMIT) -> str:
+    """A server's text made safe to print: control characters out, whitespace collapsed,
+    cut to ``limit`` characters."""
+    text = " ".join(_UNPRINTABLE.sub(" ", text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class ProtocolError(AcmeError):

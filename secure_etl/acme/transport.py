@@ -169,10 +169,6 @@ class Transport:
     def _raise_for_problem(response: Response) -> None:
         if response.status < 400:
             return
-        try:
-            body = json.loads(response.body)
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
-            body = {"type": "about:blank", "detail": response.body[:200].decode(errors="replace")}
-        raise AcmeProblem.from_json(body, response.status, response.url, response.retry_after)
+        raise AcmeProblem.from_response(
+            response.body, response.status, response.url, response.retry_after
+        )

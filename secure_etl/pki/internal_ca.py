@@ -35,6 +35,13 @@ def san_entries(identifiers: Sequence[str]) -> list[x509.GeneralName]:
     ]
 
 
+def leaf_subject(identifiers: Sequence[str]) -> list[x509.NameAttribute]:
+    """CN = the first DNS name that fits (64 characters), or none: never an IP address,
+    never a name cut short (the SAN carries every identifier either way)."""
+    name = next((i for i in identifiers if not is_ip_address(i) and len(i) <= 64), None)
+    return [x509.NameAttribute(NameOID.COMMON_NAME, name)] if name else []
+
+
 def signing_hash(key: PrivateKey) -> hashes.HashAlgorithm:
     if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 256:
         return hashes.SHA384()
@@ -135,9 +142,10 @@ class InternalCA:
         start = not_before or dt.datetime.now(dt.UTC) - CLOCK_SKEW
         end = min(start + (lifetime or self.lifetime), root.not_valid_after_utc)
         public = key.public_key()
+        subject = leaf_subject(identifiers)
         cert = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identifiers[0][:64])]))
+            .subject_name(x509.Name(subject))
             .issuer_name(root.subject)
             .public_key(public)
             .serial_number(x509.random_serial_number())
@@ -159,7 +167,10 @@ class InternalCA:
                 critical=True,
             )
             .add_extension(x509.ExtendedKeyUsage([EKU_FOR_USE[use]]), critical=False)
-            .add_extension(x509.SubjectAlternativeName(san_entries(identifiers)), critical=False)
+            # RFC 5280 §4.2.1.6: with an empty subject the SAN must be critical.
+            .add_extension(
+                x509.SubjectAlternativeName(san_entries(identifiers)), critical=not subject
+            )
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
