@@ -45,6 +45,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def require_port(address: str, port: int, why: str) -> None:
+    """Fail (never skip) when a port a CA must reach us on is taken; without the right to
+    bind it (not root), skip locally and fail in CI."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((address, port))
+        except PermissionError:
+            message = f"binding {address}:{port} ({why}) needs root or CAP_NET_BIND_SERVICE"
+            if os.environ.get("CI"):
+                pytest.fail(message)
+            pytest.skip(message)
+        except OSError as err:
+            pytest.fail(f"{address}:{port} is taken ({err.strerror}); {why} needs it free")
+
+
 def _wait_until(ready, timeout_s: float, what: str, log: Path) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -469,7 +485,8 @@ def openbao_binary() -> str:
 @dataclass
 class OpenBao:
     """An OpenBao dev server (in memory, unsealed, TLS with its own CA) with the transit
-    engine mounted: the same API as HashiCorp Vault's."""
+    engine mounted, and on request a PKI mount with ACME: the same API as HashiCorp
+    Vault's."""
 
     workdir: Path
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
@@ -510,14 +527,86 @@ class OpenBao:
         self.request("POST", "sys/mounts/transit", {"type": "transit"})
         return self
 
-    def request(self, method: str, path: str, body: dict | None = None) -> dict:
-        response = httpx.request(
+    def enable_pki_acme(self, dns_resolver: str | None = None) -> OpenBao:
+        """Mount ``pki`` with a root CA and its ACME server on, and two roles, each with its
+        own directory (``acme_directory(role)``): ``server`` (serverAuth) and ``client``
+        (clientAuth: ``client_flag``), both for example.test, its subdomains and IP
+        addresses. ``dns_resolver`` (``host:port``): where OpenBao's challenge validation
+        looks names up, instead of the system's resolver."""
+        self.request(
+            "POST", "sys/mounts/pki", {"type": "pki", "config": {"max_lease_ttl": "87600h"}}
+        )
+        root = self.request(
+            "POST",
+            "pki/root/generate/internal",
+            {"common_name": "OpenBao test root", "key_type": "ec", "ttl": "87600h"},
+        )
+        self.pki_root.write_text(root["data"]["certificate"] + "\n")
+        # ACME needs the mount's own address (its URLs), and these headers let through.
+        mount_url = f"{self.address}/v1/pki"
+        self.request("POST", "pki/config/cluster", {"path": mount_url, "aia_path": mount_url})
+        self.request(
+            "POST",
+            "sys/mounts/pki/tune",
+            {
+                "allowed_response_headers": ["Replay-Nonce", "Link", "Location", "Retry-After"],
+                "passthrough_request_headers": ["If-Modified-Since"],
+            },
+        )
+        names = {
+            "allowed_domains": ["example.test"],
+            "allow_bare_domains": True,
+            "allow_subdomains": True,
+            "allow_ip_sans": True,
+            "key_type": "any",
+            "no_store": False,  # ACME fetches the certificate from storage
+            "ttl": "24h",
+        }
+        self.request(
+            "POST", "pki/roles/server", {**names, "server_flag": True, "client_flag": False}
+        )
+        self.request(
+            "POST", "pki/roles/client", {**names, "server_flag": False, "client_flag": True}
+        )
+        # Without allow_role_ext_key_usage every ACME certificate is serverAuth only.
+        acme = {"enabled": True, "allow_role_ext_key_usage": True}
+        self.request("POST", "pki/config/acme", {**acme, "dns_resolver": dns_resolver or ""})
+        return self
+
+    @property
+    def pki_root(self) -> Path:
+        """The root the ``pki`` mount issues under, as PEM (after ``enable_pki_acme``)."""
+        return self.workdir / "pki-root.pem"
+
+    def acme_directory(self, role: str) -> str:
+        return f"{self.address}/v1/pki/roles/{role}/acme/directory"
+
+    def revocation_time(self, serial: int) -> int:
+        """When the ``pki`` mount revoked this certificate (Unix time; 0: not revoked)."""
+        hex_serial = f"{serial:x}"
+        hex_serial = hex_serial.zfill(len(hex_serial) + len(hex_serial) % 2)
+        colons = ":".join(hex_serial[i : i + 2] for i in range(0, len(hex_serial), 2))
+        return self.request("GET", f"pki/cert/{colons}")["data"]["revocation_time"]
+
+    def revoked_serials(self) -> list[str]:
+        """``LIST pki/certs/revoked`` (colon-separated hex serials)."""
+        response = self._send("LIST", "pki/certs/revoked")
+        if response.status_code == 404:  # OpenBao's answer while nothing is revoked
+            return []
+        response.raise_for_status()
+        return response.json()["data"]["keys"]
+
+    def _send(self, method: str, path: str, body: dict | None = None) -> httpx.Response:
+        return httpx.request(
             method,
             f"{self.address}/v1/{path}",
             json=body,
             headers={"X-Vault-Token": self.token},
             verify=self.verify(),
         )
+
+    def request(self, method: str, path: str, body: dict | None = None) -> dict:
+        response = self._send(method, path, body)
         response.raise_for_status()
         return response.json() if response.content else {}
 
