@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -219,12 +221,52 @@ def test_openbao_refusing_an_identifier_names_it_and_the_url(openbao_acme):
 
 
 def test_openbao_with_acme_disabled_says_so_with_status_and_url(openbao_acme):
-    openbao_acme.request("POST", "pki/config/acme", {"enabled": False})
+    config = openbao_acme.request("GET", "pki/config/acme")["data"]
+    openbao_acme.request("POST", "pki/config/acme", {**config, "enabled": False})
     try:
         client = _client(openbao_acme, "server")
         with pytest.raises(AcmeProblem) as caught:
             client.register()
     finally:
-        openbao_acme.request("POST", "pki/config/acme", {"enabled": True})
+        openbao_acme.request("POST", "pki/config/acme", config)
     url = openbao_acme.acme_directory("server")
     assert str(caught.value) == f"no error text (HTTP 404 from {url})"
+    assert openbao_acme.request("GET", "pki/config/acme")["data"] == config
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "secure_etl.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_cli_acme_issue_from_openbao_ip_first_and_a_wrong_directory_is_one_line(
+    openbao_acme, tmp_path
+):
+    common = ["--ca-bundle", str(openbao_acme.ca_bundle), "--http-01-address", HTTP01[0]]
+    common += ["--http-01-port", str(HTTP01[1]), "--account-key", str(tmp_path / "acct.key")]
+    issued = _cli(
+        "acme",
+        "issue",
+        *("-d", "127.0.0.1", "-d", "cli.example.test"),
+        *("--directory", openbao_acme.acme_directory("server")),
+        *common,
+        *("--out", str(tmp_path / "out")),
+    )
+    assert issued.returncode == 0, issued.stderr
+    assert issued.stdout.startswith("issued 127.0.0.1, cli.example.test")
+
+    wrong = f"{openbao_acme.address}/v1/pki-typo/acme/directory"
+    refused = _cli(
+        "acme",
+        "issue",
+        *("-d", "cli.example.test", "--directory", wrong),
+        *common,
+        *("--out", str(tmp_path / "not-written")),
+    )
+    assert refused.returncode != 0
+    assert refused.stderr == f"secure-etl: permission denied (HTTP 403 from {wrong})\n"
+    assert not (tmp_path / "not-written").exists()
