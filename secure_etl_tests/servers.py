@@ -528,11 +528,11 @@ class OpenBao:
         return self
 
     def enable_pki_acme(self, dns_resolver: str | None = None) -> OpenBao:
-        """Mount ``pki`` with a root CA and its ACME server on, and two roles, each with its
-        own directory (``acme_directory(role)``): ``server`` (serverAuth) and ``client``
-        (clientAuth: ``client_flag``), both for example.test, its subdomains and IP
-        addresses. ``dns_resolver`` (``host:port``): where OpenBao's challenge validation
-        looks names up, instead of the system's resolver."""
+        """Mount ``pki`` with a root CA and its ACME server on, and roles, each with its own
+        directory (``acme_directory(role)``): ``server`` (serverAuth), ``server-no-cn`` (the
+        same without ``require_cn``) and ``client`` (clientAuth: ``client_flag``), all for
+        example.test, its subdomains and IP addresses. ``dns_resolver`` (``host:port``):
+        where OpenBao's challenge validation looks names up, instead of the system's."""
         self.request(
             "POST", "sys/mounts/pki", {"type": "pki", "config": {"max_lease_ttl": "87600h"}}
         )
@@ -562,12 +562,12 @@ class OpenBao:
             "no_store": False,  # ACME fetches the certificate from storage
             "ttl": "24h",
         }
-        self.request(
-            "POST", "pki/roles/server", {**names, "server_flag": True, "client_flag": False}
-        )
-        self.request(
-            "POST", "pki/roles/client", {**names, "server_flag": False, "client_flag": True}
-        )
+        server = {**names, "server_flag": True, "client_flag": False}
+        self.request("POST", "pki/roles/server", server)
+        # A certificate for IP addresses alone has no CN: its role must not require one.
+        self.request("POST", "pki/roles/server-no-cn", {**server, "require_cn": False})
+        client = {**names, "server_flag": False, "client_flag": True}
+        self.request("POST", "pki/roles/client", client)
         # Without allow_role_ext_key_usage every ACME certificate is serverAuth only.
         acme = {"enabled": True, "allow_role_ext_key_usage": True}
         self.request("POST", "pki/config/acme", {**acme, "dns_resolver": dns_resolver or ""})

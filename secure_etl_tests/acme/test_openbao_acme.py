@@ -90,6 +90,19 @@ def test_openbao_issues_a_server_certificate_for_an_ip_first_order(openbao_acme,
         assert results[check].passed, results[check].reason
 
 
+def test_an_ip_only_certificate_has_no_cn_and_openbao_issues_it(openbao_acme, solver):
+    # With no DNS name there is no CN; OpenBao then needs a role without require_cn.
+    client = _client(openbao_acme, "server-no-cn")
+    client.register()
+
+    chain = client.issue(["127.0.0.1"], generate_private_key("ec256"), solver)
+
+    leaf = load_pem_chain(chain.pem, chain.url)[0]
+    assert not leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    results = _judge(chain.pem, ["127.0.0.1"], "server", openbao_acme)
+    assert results["covers_identifiers"].passed and results["chain_trusted"].passed
+
+
 def test_openbao_client_role_issues_an_mtls_client_certificate(openbao_acme, solver):
     client = _client(openbao_acme, "client")
     client.register()
