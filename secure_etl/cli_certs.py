@@ -216,8 +216,11 @@ def _solver(args: argparse.Namespace):
         )
         return Dns01(provider, wait=lambda fqdn, value: wait_for_txt(fqdn, value, [server]))
     if args.dns_01 == "route53":
-        from secure_etl.acme.route53 import Route53Provider
+        from secure_etl.acme.route53 import Route53Provider, missing_environment
 
+        problem = missing_environment()
+        if problem:
+            raise ValueError(problem)
         return Dns01(Route53Provider(args.route53_zone_id))
     if not args.challtestsrv:
         raise ValueError("--dns-01 challtestsrv needs --challtestsrv URL")

@@ -80,10 +80,10 @@ def authoritative_servers(
     return str(zone), sorted(set(addresses))
 
 
-def _txt_values(fqdn: str, server: str) -> set[str]:
+def _txt_values(fqdn: str, server: str, timeout_s: float) -> set[str]:
     host, port = hostport(server)
     query = dns.message.make_query(fqdn, dns.rdatatype.TXT)
-    answer, _ = dns.query.udp_with_fallback(query, host, _QUERY_TIMEOUT_S, port=port)
+    answer, _ = dns.query.udp_with_fallback(query, host, timeout_s, port=port)
     return {
         b"".join(r.strings).decode()
         for rrset in answer.answer
@@ -101,7 +101,8 @@ def wait_for_txt(
     last_error = ""
     while pending:
         try:
-            if value in _txt_values(fqdn, pending[0]):
+            left = timeout_s - (time.monotonic() - started)
+            if value in _txt_values(fqdn, pending[0], min(_QUERY_TIMEOUT_S, max(left, 0.2))):
                 pending.pop(0)
                 continue
             last_error = f"{pending[0]} does not serve it yet"

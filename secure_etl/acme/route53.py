@@ -43,6 +43,20 @@ def txt_unquote(quoted: str) -> str:
     return "".join(out)
 
 
+def missing_environment() -> str | None:
+    """Why Route 53 cannot be used here (boto3 or credentials missing), or None."""
+    try:
+        import boto3  # noqa: F401
+    except ImportError:
+        return "dns-01 route53 needs boto3: pip install 'secure_etl[route53]'"
+    if not (os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY")):
+        return (
+            "dns-01 route53: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            "(and AWS_SESSION_TOKEN for temporary credentials) in the environment"
+        )
+    return None
+
+
 def _lock_for(fqdn: str) -> threading.Lock:
     with _locks_guard:
         return _locks.setdefault(fqdn, threading.Lock())
@@ -74,20 +88,13 @@ class Route53Provider:
         """The boto3 Route 53 client, built on first use from the environment."""
         if self._client is not None:
             return self._client
-        try:
-            import boto3
-            from botocore.config import Config
-        except ImportError:
-            raise SolverError(
-                "dns-01 route53 needs boto3: pip install 'secure_etl[route53]'"
-            ) from None
-        key_id = os.environ.get("AWS_ACCESS_KEY_ID")
-        secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
-        if not (key_id and secret):
-            raise SolverError(
-                "dns-01 route53: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-                "(and AWS_SESSION_TOKEN for temporary credentials) in the environment"
-            )
+        problem = missing_environment()
+        if problem:
+            raise SolverError(problem)
+        import boto3
+        from botocore.config import Config
+
+        key_id, secret = os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]
         session = boto3.session.Session(
             aws_access_key_id=key_id,
             aws_secret_access_key=secret,

@@ -104,7 +104,8 @@ class _Listener:
             self.socket = socket.create_server((address, port), family=family)
         except OSError as err:
             raise SolverError(
-                f"tls-alpn-01: cannot listen on {address}:{port}: {err.strerror}"
+                f"tls-alpn-01: cannot listen on {address}:{port}: "
+                f"{os.strerror(err.errno) if err.errno else err}"
             ) from None
         self.socket.settimeout(0.05)  # how long close() may wait for the accept loop
         # The default context has no certificate: a name we hold no challenge for fails.

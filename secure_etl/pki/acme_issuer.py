@@ -55,7 +55,7 @@ class AcmeConfigError(Exception):
 
 def build_solver(challenge) -> Solver:
     from secure_etl.acme.propagation import propagation_wait
-    from secure_etl.acme.route53 import Route53Provider
+    from secure_etl.acme.route53 import Route53Provider, missing_environment
     from secure_etl.acme.tls_alpn import TlsAlpn01
     from secure_etl.config import Dns01Route53Challenge, TlsAlpn01Challenge
 
@@ -94,6 +94,9 @@ def build_solver(challenge) -> Solver:
         )
         return Dns01(provider, wait=authoritative_wait())
     if isinstance(challenge, Dns01Route53Challenge):
+        problem = missing_environment()
+        if problem:
+            raise AcmeConfigError(problem)
         provider = Route53Provider(
             challenge.hosted_zone_id,
             region=challenge.region,

@@ -164,3 +164,56 @@ def test_missing_credentials_are_named_before_any_request(monkeypatch):
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
     with pytest.raises(SolverError, match="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"):
         Route53Provider("Z1").set_txt("_acme-challenge.x.example.", "v")
+
+
+def test_the_cli_refuses_route53_without_credentials_before_contacting_the_ca(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "secure_etl.cli",
+            "acme",
+            "issue",
+            "-d",
+            "a.example",
+            "--directory",
+            "https://127.0.0.1:9/dir",
+            "--dns-01",
+            "route53",
+            "--account-key",
+            str(tmp_path / "account.key"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "secure-etl: dns-01 route53: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+        "(and AWS_SESSION_TOKEN for temporary credentials) in the environment"
+    )
+    assert not (tmp_path / "account.key").exists()
+
+
+def test_emulated_the_config_builds_a_route53_solver_that_presents_and_cleans_up(zone, moto_url):
+    from secure_etl.acme.challenges import Dns01
+    from secure_etl.config import Dns01Route53Challenge
+    from secure_etl.pki.acme_issuer import build_solver
+
+    name, zone_id = zone
+    challenge = Dns01Route53Challenge(
+        type="dns-01-route53", hosted_zone_id=zone_id, endpoint_url=moto_url, ttl=30
+    )
+    solver = build_solver(challenge)
+    assert isinstance(solver, Dns01) and solver.wait is None  # INSYNC is the wait
+    solver.present(name, "tok", "tok.thumb")
+    assert solver.provider.values(f"_acme-challenge.{name}.") == (
+        [dns01_txt_value("tok.thumb")],
+        30,
+    )
+    solver.cleanup(name, "tok")
+    assert solver.provider.values(f"_acme-challenge.{name}.") == ([], None)

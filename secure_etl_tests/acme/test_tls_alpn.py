@@ -141,3 +141,39 @@ def test_the_cli_issues_through_tls_alpn01(acme_ca, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "issued cli-alpn.example.com" in result.stdout
+
+
+def test_the_cli_names_a_busy_tls_alpn01_port_in_one_line(acme_ca, tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "secure_etl.cli",
+                "acme",
+                "issue",
+                "-d",
+                "busy.example.com",
+                "--directory",
+                acme_ca.directory_url,
+                "--ca-bundle",
+                str(acme_ca.ca_bundle),
+                "--tls-alpn-01-address",
+                "127.0.0.1",
+                "--tls-alpn-01-port",
+                str(port),
+                "--account-key",
+                str(tmp_path / "account.key"),
+                "--out",
+                str(tmp_path / "out"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"secure-etl: tls-alpn-01: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
+    assert "Traceback" not in result.stderr
