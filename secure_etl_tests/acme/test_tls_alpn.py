@@ -177,3 +177,33 @@ def test_the_cli_names_a_busy_tls_alpn01_port_in_one_line(acme_ca, tmp_path):
         f"secure-etl: tls-alpn-01: cannot listen on 127.0.0.1:{port}: Address already in use"
     )
     assert "Traceback" not in result.stderr
+
+
+def test_a_platform_configured_for_tls_alpn01_issues_and_its_checks_pass(
+    acme_ca, write_config, tmp_path
+):
+    import copy
+
+    from secure_etl.config import load_config
+    from secure_etl.pki.renewal import ensure_certificate, inspect_current
+    from secure_etl_tests.conftest import BASE_CONFIG
+
+    roots = tmp_path / "pebble-roots.pem"
+    roots.write_bytes(acme_ca.issuing_roots())
+    data = copy.deepcopy(BASE_CONFIG)
+    data["issuers"]["pebble"] = {
+        "type": "acme",
+        "directory_url": acme_ca.directory_url,
+        "server_ca_bundle": str(acme_ca.ca_bundle),
+        "trust_bundle": str(roots),
+        "challenge": {"type": "tls-alpn-01", "address": "127.0.0.1", "port": acme_ca.ports["tls"]},
+    }
+    data["certificates"]["web"] = {
+        "issuer": "pebble",
+        "use": "server",
+        "identifiers": ["alpn-web.example.com", "127.0.0.1"],
+    }
+    platform = load_config(write_config(data, "alpn.yaml"))
+
+    assert ensure_certificate(platform, "web").outcome == "issued"
+    assert [r for r in inspect_current(platform, "web") if not r.passed] == []
