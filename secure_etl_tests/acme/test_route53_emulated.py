@@ -217,3 +217,81 @@ def test_emulated_the_config_builds_a_route53_solver_that_presents_and_cleans_up
     )
     solver.cleanup(name, "tok")
     assert solver.provider.values(f"_acme-challenge.{name}.") == ([], None)
+
+
+class _StrictRoute53Mock:
+    """Route 53's change-batch rules, which moto does not enforce: CREATE of an existing
+    set and DELETE of a set that does not match exactly are refused (InvalidChangeBatch).
+    ``intruder`` runs once, after our first read, as another writer would."""
+
+    def __init__(self, intruder) -> None:
+        self.sets: dict[str, tuple[int, list[str]]] = {}
+        self.intruder, self.reads = intruder, 0
+
+    def list_resource_record_sets(self, HostedZoneId, StartRecordName, **_):  # noqa: N803
+        self.reads += 1
+        found = self.sets.get(StartRecordName)
+        if self.reads == 1:
+            self.intruder(self.sets)
+        if found is None:
+            return {"ResourceRecordSets": []}
+        ttl, values = found
+        records = [{"Value": v} for v in values]
+        return {
+            "ResourceRecordSets": [
+                {"Name": StartRecordName, "Type": "TXT", "TTL": ttl, "ResourceRecords": records}
+            ]
+        }
+
+    def change_resource_record_sets(self, HostedZoneId, ChangeBatch):  # noqa: N803
+        from botocore.exceptions import ClientError
+
+        sets = dict(self.sets)
+        for change in ChangeBatch["Changes"]:
+            rrset = change["ResourceRecordSet"]
+            mine = (rrset["TTL"], [r["Value"] for r in rrset["ResourceRecords"]])
+            exists = sets.get(rrset["Name"])
+            if (change["Action"] == "CREATE" and exists) or (
+                change["Action"] == "DELETE" and exists != mine
+            ):
+                error = {"Code": "InvalidChangeBatch", "Message": "precondition failed"}
+                raise ClientError({"Error": error}, "ChangeResourceRecordSets")
+            if change["Action"] == "DELETE":
+                del sets[rrset["Name"]]
+            else:
+                sets[rrset["Name"]] = mine
+        self.sets = sets
+        return {"ChangeInfo": {"Id": "/change/C1", "Status": "PENDING"}}
+
+    def get_change(self, Id):  # noqa: N803
+        return {"ChangeInfo": {"Id": Id, "Status": "INSYNC"}}
+
+
+@pytest.mark.parametrize("before", [[], ['"first"']])
+def test_mock_a_value_written_by_someone_else_between_read_and_write_is_kept(before):
+    fqdn = "_acme-challenge.race.example."
+
+    def intruder(sets):
+        sets[fqdn] = (60, [*before, '"theirs"'])
+
+    mock = _StrictRoute53Mock(intruder)
+    if before:
+        mock.sets[fqdn] = (60, list(before))
+    provider = Route53Provider("ZRACE", poll_interval_s=0)
+    provider._client = mock
+
+    provider.set_txt(fqdn, "ours")
+
+    assert sorted(mock.sets[fqdn][1]) == sorted([*before, '"theirs"', '"ours"'])
+    assert mock.reads >= 2  # it read again after the stale change was refused
+
+
+def test_mock_a_refused_change_that_is_not_a_race_is_reported_not_retried():
+    mock = _StrictRoute53Mock(lambda sets: None)
+    fqdn = "_acme-challenge.x.example."
+    mock.sets[fqdn] = (60, ['"a"'])
+    mock.list_resource_record_sets = lambda **kw: {"ResourceRecordSets": []}  # lies: empty
+    provider = Route53Provider("ZX", poll_interval_s=0)
+    provider._client = mock
+    with pytest.raises(SolverError, match="InvalidChangeBatch: precondition failed"):
+        provider.set_txt(fqdn, "b")
