@@ -76,7 +76,8 @@ class Route53Provider:
         timeout_s: float = 300.0,
         poll_interval_s: float = 5.0,
     ) -> None:
-        self.zone_id, self.region, self.ttl = zone_id, region, ttl
+        self.zone_id = zone_id.removeprefix("/hostedzone/") if zone_id else None
+        self.region, self.ttl = region, ttl
         self.endpoint_url = endpoint_url or os.environ.get(ENDPOINT_ENV) or None
         self.timeout_s, self.poll_interval_s = timeout_s, poll_interval_s
         self._client = None
