@@ -44,6 +44,13 @@ def add_commands(commands, certs_commands) -> None:
         metavar="N",
         help="answer http-01 from our own listener on this port",
     )
+    issue.add_argument("--tls-alpn-01-address", default="0.0.0.0", metavar="A")  # noqa: S104
+    issue.add_argument(
+        "--tls-alpn-01-port",
+        type=int,
+        metavar="N",
+        help="answer tls-alpn-01 from our own TLS listener on this port (443 for a public CA)",
+    )
     issue.add_argument(
         "--webroot",
         type=Path,
@@ -52,9 +59,9 @@ def add_commands(commands, certs_commands) -> None:
     )
     issue.add_argument(
         "--dns-01",
-        choices=["exec", "rfc2136", "challtestsrv"],
+        choices=["exec", "rfc2136", "route53", "challtestsrv"],
         metavar="PROVIDER",
-        help="answer dns-01 through a provider: exec, rfc2136 or challtestsrv",
+        help="answer dns-01 through a provider: exec, rfc2136, route53 or challtestsrv",
     )
     issue.add_argument(
         "--dns-01-hook",
@@ -77,6 +84,12 @@ def add_commands(commands, certs_commands) -> None:
     )
     issue.add_argument(
         "--rfc2136-algorithm", default="hmac-sha256", metavar="ALG", help="TSIG algorithm"
+    )
+    issue.add_argument(
+        "--route53-zone-id",
+        metavar="ID",
+        help="route53 provider: the hosted zone (default: found from each name); "
+        "credentials from $AWS_ACCESS_KEY_ID, $AWS_SECRET_ACCESS_KEY [, $AWS_SESSION_TOKEN]",
     )
     issue.add_argument("--out", type=Path, required=True, metavar="DIR")
     issue.set_defaults(handler=acme_issue)
@@ -171,11 +184,17 @@ def _solver(args: argparse.Namespace):
         Http01Webroot,
     )
 
-    chosen = [args.http_01_port is not None, args.webroot is not None, args.dns_01 is not None]
-    if sum(chosen) != 1:
-        raise ValueError("choose one of --http-01-port, --webroot or --dns-01")
+    chosen = [args.http_01_port, args.tls_alpn_01_port, args.webroot, args.dns_01]
+    if sum(option is not None for option in chosen) != 1:
+        raise ValueError("choose one of --http-01-port, --tls-alpn-01-port, --webroot or --dns-01")
     if args.http_01_port is not None:
         return Http01Standalone(args.http_01_address, args.http_01_port)
+    if args.tls_alpn_01_port is not None:
+        from secure_etl.acme.tls_alpn import TlsAlpn01
+
+        if not 1 <= args.tls_alpn_01_port <= 65535:
+            raise ValueError(f"--tls-alpn-01-port {args.tls_alpn_01_port}: not a port number")
+        return TlsAlpn01(args.tls_alpn_01_address, args.tls_alpn_01_port)
     if args.webroot is not None:
         return Http01Webroot(args.webroot)
     if args.dns_01 == "exec":
@@ -196,6 +215,13 @@ def _solver(args: argparse.Namespace):
             server, args.rfc2136_key_name, secret, algorithm=args.rfc2136_algorithm
         )
         return Dns01(provider, wait=lambda fqdn, value: wait_for_txt(fqdn, value, [server]))
+    if args.dns_01 == "route53":
+        from secure_etl.acme.route53 import Route53Provider, missing_environment
+
+        problem = missing_environment()
+        if problem:
+            raise ValueError(problem)
+        return Dns01(Route53Provider(args.route53_zone_id))
     if not args.challtestsrv:
         raise ValueError("--dns-01 challtestsrv needs --challtestsrv URL")
     return Dns01(ChallTestSrvProvider(args.challtestsrv))

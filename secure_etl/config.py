@@ -66,6 +66,15 @@ class Http01StandaloneChallenge(_Strict):
     port: int = Field(80, ge=1, le=65535)
 
 
+class TlsAlpn01Challenge(_Strict):
+    """Answer tls-alpn-01 (RFC 8737) from a TLS listener of our own (the CA connects to
+    port 443 normally); not for wildcards."""
+
+    type: Literal["tls-alpn-01"]
+    address: str = "0.0.0.0"  # noqa: S104 (the CA must reach it)
+    port: int = Field(443, ge=1, le=65535)
+
+
 class Http01WebrootChallenge(_Strict):
     """Write the http-01 token under a running web server's document root."""
 
@@ -88,7 +97,19 @@ class Dns01ChallTestSrvChallenge(_Strict):
     url: str
 
 
-class Dns01Rfc2136Challenge(_Strict):
+class _DnsPropagation(_Strict):
+    """Before the CA is told to look, every authoritative server of the record's zone must
+    answer it: found by SOA/NS lookups through ``propagation_resolver`` (host[:port];
+    default: the system resolver) and asked on ``propagation_port``, unless
+    ``propagation_servers`` (host[:port] each) names the servers to ask instead."""
+
+    propagation_servers: list[str] | None = None
+    propagation_resolver: str | None = None
+    propagation_port: int = Field(53, ge=1, le=65535)
+    propagation_timeout_s: float = Field(120, gt=0)
+
+
+class Dns01Rfc2136Challenge(_DnsPropagation):
     """dns-01 through RFC 2136 dynamic updates signed with a TSIG key (BIND and others)."""
 
     type: Literal["dns-01-rfc2136"]
@@ -98,17 +119,32 @@ class Dns01Rfc2136Challenge(_Strict):
     algorithm: Literal["hmac-sha256", "hmac-sha384", "hmac-sha512"] = "hmac-sha256"
     zone: str | None = None  # default: found by asking the server for the SOA
     ttl: int = Field(60, ge=1)
-    # Authoritative servers that must serve the record before the CA is told to look.
-    propagation_servers: list[str] | None = None  # default: the update server
-    propagation_timeout_s: float = Field(120, gt=0)
+
+
+class Dns01Route53Challenge(_DnsPropagation):
+    """dns-01 through Amazon Route 53 (the ``route53`` extra brings boto3). Credentials
+    come from the environment only: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and, for
+    temporary ones, AWS_SESSION_TOKEN. Each change is awaited until Route 53 reports it
+    INSYNC (on all its servers); the authoritative check runs too with ``propagation_check``
+    or ``propagation_servers``."""
+
+    type: Literal["dns-01-route53"]
+    hosted_zone_id: str | None = None  # default: the public zone found from the name
+    region: str = "us-east-1"
+    ttl: int = Field(60, ge=1)
+    endpoint_url: str | None = Field(None, pattern=r"^https?://")  # default: AWS's
+    change_timeout_s: float = Field(300, gt=0)
+    propagation_check: bool = False
 
 
 Challenge = Annotated[
     Http01StandaloneChallenge
     | Http01WebrootChallenge
+    | TlsAlpn01Challenge
     | Dns01ExecChallenge
     | Dns01ChallTestSrvChallenge
-    | Dns01Rfc2136Challenge,
+    | Dns01Rfc2136Challenge
+    | Dns01Route53Challenge,
     Field(discriminator="type"),
 ]
 

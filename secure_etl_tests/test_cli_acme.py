@@ -100,7 +100,7 @@ def test_acme_issue_needs_exactly_one_challenge_method(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "secure-etl: choose one of --http-01-port, --webroot or --dns-01"
+        "secure-etl: choose one of --http-01-port, --tls-alpn-01-port, --webroot or --dns-01"
     )
 
 

@@ -17,10 +17,12 @@ from typing import Protocol
 
 import httpx
 
+from secure_etl.acme.errors import AcmeError
+
 CHALLENGE_PATH = "/.well-known/acme-challenge/"
 
 
-class SolverError(Exception):
+class SolverError(AcmeError):
     """A challenge could not be put in place (the message says where and why)."""
 
 

@@ -1,10 +1,6 @@
-"""dns-01 through RFC 2136 dynamic updates signed with TSIG (BIND, Knot, PowerDNS...),
-and a propagation check against the zone's authoritative servers."""
+"""dns-01 through RFC 2136 dynamic updates signed with TSIG (BIND, Knot, PowerDNS...)."""
 
 from __future__ import annotations
-
-import time
-from collections.abc import Sequence
 
 import dns.exception
 import dns.message
@@ -12,23 +8,20 @@ import dns.name
 import dns.query
 import dns.rcode
 import dns.rdatatype
-import dns.resolver
 import dns.tsig
 import dns.tsigkeyring
 import dns.update
 
 from secure_etl.acme.challenges import SolverError
+from secure_etl.acme.propagation import hostport, wait_for_txt
+
+__all__ = ["TSIG_ALGORITHMS", "Rfc2136Provider", "wait_for_txt"]  # wait_for_txt: old home
 
 TSIG_ALGORITHMS = {
     "hmac-sha256": "hmac-sha256.",
     "hmac-sha384": "hmac-sha384.",
     "hmac-sha512": "hmac-sha512.",
 }
-
-
-def _hostport(server: str, default_port: int = 53) -> tuple[str, int]:
-    host, _, port = server.rpartition(":") if server.count(":") == 1 else (server, "", "")
-    return (host, int(port)) if port else (server, default_port)
 
 
 class Rfc2136Provider:
@@ -47,7 +40,7 @@ class Rfc2136Provider:
     ) -> None:
         if algorithm not in TSIG_ALGORITHMS:
             raise ValueError(f"unknown TSIG algorithm {algorithm!r} ({', '.join(TSIG_ALGORITHMS)})")
-        self.host, self.port = _hostport(server)
+        self.host, self.port = hostport(server)
         self.keyring = dns.tsigkeyring.from_text({key_name: key_secret})
         self.key_name, self.algorithm = key_name, TSIG_ALGORITHMS[algorithm]
         self.zone, self.ttl, self.timeout_s = zone, ttl, timeout_s
@@ -103,35 +96,3 @@ class Rfc2136Provider:
 
     def clear_txt(self, fqdn: str, value: str) -> None:
         self._send(fqdn, value, "delete")
-
-
-def wait_for_txt(
-    fqdn: str, value: str, servers: Sequence[str], timeout_s: float = 60.0, interval_s=0.2
-) -> float:
-    """Block until every server answers the TXT value; returns the seconds it took."""
-    started = time.monotonic()
-    pending = list(servers)
-    last_error = ""
-    while pending:
-        host, port = _hostport(pending[0])
-        try:
-            query = dns.message.make_query(fqdn, dns.rdatatype.TXT)
-            answer = dns.query.udp(query, host, min(5.0, timeout_s), port=port)
-            values = {
-                b"".join(r.strings).decode()
-                for rrset in answer.answer
-                if rrset.rdtype == dns.rdatatype.TXT
-                for r in rrset
-            }
-            if value in values:
-                pending.pop(0)
-                continue
-            last_error = f"{pending[0]} does not serve it yet"
-        except (dns.exception.DNSException, OSError) as err:
-            last_error = f"{pending[0]}: {type(err).__name__}"
-        if time.monotonic() - started > timeout_s:
-            raise SolverError(
-                f"dns-01: TXT {fqdn} not visible within {timeout_s:.0f} s ({last_error})"
-            )
-        time.sleep(interval_s)
-    return time.monotonic() - started

@@ -31,7 +31,7 @@ from secure_etl.acme.challenges import (
 from secure_etl.acme.client import AcmeClient, ari_cert_id
 from secure_etl.acme.errors import AccountDoesNotExist, AcmeProblem, ProtocolError
 from secure_etl.acme.jws import AccountKey
-from secure_etl.acme.rfc2136 import Rfc2136Provider, wait_for_txt
+from secure_etl.acme.rfc2136 import Rfc2136Provider
 from secure_etl.acme.transport import Transport
 from secure_etl.config import (
     AcmeIssuer as AcmeIssuerConfig,
@@ -54,8 +54,23 @@ class AcmeConfigError(Exception):
 
 
 def build_solver(challenge) -> Solver:
+    from secure_etl.acme.propagation import propagation_wait
+    from secure_etl.acme.route53 import Route53Provider, missing_environment
+    from secure_etl.acme.tls_alpn import TlsAlpn01
+    from secure_etl.config import Dns01Route53Challenge, TlsAlpn01Challenge
+
+    def authoritative_wait():
+        return propagation_wait(
+            challenge.propagation_servers,
+            resolver=challenge.propagation_resolver,
+            port=challenge.propagation_port,
+            timeout_s=challenge.propagation_timeout_s,
+        )
+
     if isinstance(challenge, Http01StandaloneChallenge):
         return Http01Standalone(challenge.address, challenge.port)
+    if isinstance(challenge, TlsAlpn01Challenge):
+        return TlsAlpn01(challenge.address, challenge.port)
     if isinstance(challenge, Http01WebrootChallenge):
         return Http01Webroot(challenge.path)
     if isinstance(challenge, Dns01ExecChallenge):
@@ -77,13 +92,20 @@ def build_solver(challenge) -> Solver:
             zone=challenge.zone,
             ttl=challenge.ttl,
         )
-        servers = challenge.propagation_servers or [challenge.server]
-        return Dns01(
-            provider,
-            wait=lambda fqdn, value: wait_for_txt(
-                fqdn, value, servers, challenge.propagation_timeout_s
-            ),
+        return Dns01(provider, wait=authoritative_wait())
+    if isinstance(challenge, Dns01Route53Challenge):
+        problem = missing_environment()
+        if problem:
+            raise AcmeConfigError(problem)
+        provider = Route53Provider(
+            challenge.hosted_zone_id,
+            region=challenge.region,
+            ttl=challenge.ttl,
+            endpoint_url=challenge.endpoint_url,
+            timeout_s=challenge.change_timeout_s,
         )
+        check = challenge.propagation_check or challenge.propagation_servers
+        return Dns01(provider, wait=authoritative_wait() if check else None)
     raise NotImplementedError(type(challenge).__name__)
 
 
