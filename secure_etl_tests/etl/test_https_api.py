@@ -401,8 +401,13 @@ def test_records_that_are_not_objects_are_quarantined_in_one_pass_and_staged(api
         assert UNPARSED_COLUMN not in hashed.columns and len(hashed) == 25
 
 
+@pytest.mark.parametrize(
+    ("path", "one_pass", "raw", "quarantined"),
+    [("items", False, 25, 0), ("mixed", False, 37, 12), ("mixed", True, 37, 12)],
+    ids=["objects", "non-objects-staged", "non-objects-one-pass"],
+)
 def test_a_pipeline_extracts_from_the_api_with_the_platforms_client_certificate(
-    platform, write_config, instance
+    platform, write_config, instance, path, one_pass, raw, quarantined
 ):
     import copy
 
@@ -411,6 +416,8 @@ def test_a_pipeline_extracts_from_the_api_with_the_platforms_client_certificate(
     from secure_etl.config import load_config
     from secure_etl.defs.build import build_definitions
     from secure_etl.defs.certificates import RENEWAL_JOB
+    from secure_etl.etl import storage
+    from secure_etl.etl.connectors import raw_crypto
     from secure_etl.pki.renewal import certificate_store, ensure_certificate, trust_bundle
 
     for name in ("db-server", "etl-client"):
@@ -425,24 +432,66 @@ def test_a_pipeline_extracts_from_the_api_with_the_platforms_client_certificate(
         data["pipelines"]["customers"].update(
             source={
                 "type": "https_api",
-                "url": f"{url}/items",
+                "url": f"{url}/{path}?tenant=a",
                 "cursor_param": "cursor",
                 "start_param": "since",
                 "end_param": "until",
+                "max_pages": 3,
+                "max_response_bytes": 4096,
+                "deadline_s": 60,
             },
             key_column="id",
+            one_pass=one_pass,
             transforms=[{"type": "pseudonymise", "columns": ["email"], "key": "pseudo-1"}],
         )
-        defs = build_definitions(load_config(write_config(data, "api.yaml")))
+        config = load_config(write_config(data, "api.yaml"))
+        defs = build_definitions(config)
         defs.resolve_job_def(RENEWAL_JOB).execute_in_process(instance=instance)
         result = defs.resolve_job_def("customers_etl").execute_in_process(
             partition_key="2026-03-01-10:00", instance=instance
         )
-    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-    assert all(checks.values()), checks
-    rows = {
-        e.asset_key.path[0]: e.materialization.metadata["rows"].value
+    checks = {e.check_name: (e.passed, e.description) for e in result.get_asset_check_evaluations()}
+    assert all(passed for passed, _ in checks.values()), checks
+    assert checks["rows_reconcile"][1] == (
+        f"raw {raw} = loaded 25 + quarantined {quarantined} + filtered 0"
+    )
+    metadata = {
+        e.asset_key.path[0]: e.materialization.metadata
         for e in result.get_asset_materialization_events()
     }
-    assert rows == {"raw": 25, "hashed": 25, "loaded": 25}
+    assert {stage: m["rows"].value for stage, m in metadata.items()} == {
+        "raw": raw,
+        "hashed": 25,
+        "loaded": 25,
+    }
+    assert metadata["hashed"]["quarantined_rows"].value == quarantined
     assert ((("commonName", "etl-client.test"),),) in Api.seen_clients
+    assert all("tenant=a" in p for _, p in Api.requests)
+    if quarantined:  # the records are kept, encrypted, in the quarantine file
+        qfile = storage.partition_file(
+            config.resolved_state_dir(), "quarantine", "customers", "2026-03-01-10:00"
+        )
+        assert b"a string" not in qfile.read_bytes()
+        kept = storage.read_partition(qfile, raw_crypto(config))
+        assert kept[UNPARSED_COLUMN].tolist() == ['"a string"', "7", "null", '["a", "list"]'] * 3
+
+
+def test_the_pipelines_bounds_reach_the_source(api, pki):
+    from secure_etl.config import HttpsApiSource
+    from secure_etl.etl.connectors import ClientTls, source_chunks
+
+    source = HttpsApiSource(type="https_api", url=f"{api}/links", max_pages=1)
+    with pytest.raises(ApiError, match=r"max_pages \(1\)"):
+        list(source_chunks(source, "2026-03-01-10:00", ClientTls(*pki["client"], pki["ca"])))
+
+
+@pytest.mark.parametrize(
+    "origin", ["http://api2.example.com", "https://api2.example.com/path", "https://u@h"]
+)
+def test_an_allowed_origin_is_https_scheme_host_and_port_only(origin):
+    from pydantic import ValidationError
+
+    from secure_etl.config import HttpsApiSource
+
+    with pytest.raises(ValidationError, match="allowed_origins.0"):
+        HttpsApiSource(type="https_api", url="https://api.example.com", allowed_origins=[origin])
