@@ -315,6 +315,12 @@ class HttpsApiSource(_Strict):
     ca_bundle: str | None = None
     timeout_s: float = Field(30, gt=0)
     max_retries: int = Field(5, ge=0)
+    # Next links are followed only over https to the url's origin or one of these
+    # (``https://host[:port]``): the client certificate is presented nowhere else.
+    allowed_origins: list[Annotated[str, Field(pattern=r"^https://[^/?#@\s]+$")]] = []
+    max_pages: int = Field(10_000, ge=1)
+    max_response_bytes: int = Field(64 * 1024 * 1024, ge=1)
+    deadline_s: float = Field(600, gt=0)  # the whole extraction of a partition
 
 
 Source = Annotated[DemoSource | PostgresSource | HttpsApiSource, Field(discriminator="type")]

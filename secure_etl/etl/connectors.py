@@ -102,6 +102,10 @@ def source_chunks(
             params=tuple(params.items()),
             timeout_s=source.timeout_s,
             max_retries=source.max_retries,
+            allowed_origins=tuple(source.allowed_origins),
+            max_pages=source.max_pages,
+            max_response_bytes=source.max_response_bytes,
+            deadline_s=source.deadline_s,
         )
         context = https_api.client_context(tls.cert, tls.key, source.ca_bundle or tls.ca_bundle)
         yield from https_api.fetch_pages(api, context)

@@ -1,8 +1,15 @@
-"""An HTTPS API as a source: mutual TLS, pagination, and retries that respect the server."""
+"""An HTTPS API as a source: mutual TLS, pagination, and retries that respect the server.
+
+Every extraction is bounded: next links are followed only to the configured origin (or an
+allow-listed one) over https, a URL seen before is a loop, and the pages, each page's
+size and the whole extraction's time are capped. Redirects are refused, not followed: the
+client certificate goes only where the config says, and a redirect's body is not data.
+"""
 
 from __future__ import annotations
 
 import email.utils
+import json
 import ssl
 import time
 from collections.abc import Callable, Iterator
@@ -11,7 +18,10 @@ from dataclasses import dataclass
 import httpx
 import pandas as pd
 
+from secure_etl.etl.transforms import UNPARSED_COLUMN
+
 RETRY_STATUSES = {429, 500, 502, 503, 504}
+DEFAULT_PORTS = {"https": 443, "http": 80}
 
 
 class ApiError(Exception):
@@ -30,6 +40,10 @@ class ApiSource:
     timeout_s: float = 30.0
     max_retries: int = 5
     max_backoff_s: float = 60.0
+    allowed_origins: tuple[str, ...] = ()  # besides the url's own, e.g. "https://api2.example.com"
+    max_pages: int = 10_000
+    max_response_bytes: int = 64 * 1024 * 1024
+    deadline_s: float = 600.0
 
 
 def client_context(cert: str, key: str, ca_bundle: str) -> ssl.SSLContext:
@@ -39,6 +53,60 @@ def client_context(cert: str, key: str, ca_bundle: str) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert, key)
     return context
+
+
+def origin(url: str | httpx.URL) -> str:
+    """``scheme://host:port`` of a URL, the port always written out."""
+    url = httpx.URL(url)
+    port = url.port or DEFAULT_PORTS.get(url.scheme)
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    return f"{url.scheme}://{host}:{port}"
+
+
+def shown(url: str | httpx.URL) -> str:
+    """The URL fit for an error or a log: no user info, and the query (which may carry a
+    token) replaced by ``?...``."""
+    url = httpx.URL(url)
+    return f"{origin(url)}{url.path}{'?...' if url.query else ''}"
+
+
+def with_params(url: str, params: dict[str, str]) -> httpx.URL:
+    """``url`` with ``params`` added to its own query (a name in both takes ``params``'s
+    value). httpx would drop the URL's query instead."""
+    base = httpx.URL(url)
+    kept = [(k, v) for k, v in base.params.multi_items() if k not in params]
+    return base.copy_with(params=httpx.QueryParams([*kept, *params.items()]))
+
+
+class _Deadline:
+    """The extraction's overall time limit, checked before each request, between the
+    chunks of a body and before each wait (a read timeout alone never ends a body that
+    arrives a byte at a time)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._end = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        return self._end - time.monotonic()
+
+    def check(self, url: httpx.URL) -> None:
+        if self.remaining() <= 0:
+            raise ApiError(
+                f"GET {shown(url)}: the extraction ran past its deadline_s "
+                f"({self.seconds:g} s); raise deadline_s or ask for less (shorter partitions)"
+            )
+
+    def timeout(self, timeout_s: float) -> float:
+        return max(0.001, min(timeout_s, self.remaining()))
+
+    def sleep(self, url: httpx.URL, seconds: float, sleep: Callable[[float], None]) -> None:
+        if seconds >= self.remaining():
+            raise ApiError(
+                f"GET {shown(url)}: waiting {seconds:.1f} s to retry would pass the "
+                f"extraction's deadline_s ({self.seconds:g} s)"
+            )
+        sleep(seconds)
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -53,40 +121,136 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
-def _get(client: httpx.Client, source: ApiSource, url: str, params, sleep) -> dict:
+def _read_body(response: httpx.Response, source: ApiSource, url, deadline: _Deadline) -> bytes:
+    """The body, streamed: refused as soon as it passes ``max_response_bytes`` or the
+    deadline, so a huge or endless answer is never held whole."""
+    limit = source.max_response_bytes
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ApiError(
+            f"GET {shown(url)}: the answer is {int(declared):,} bytes, more than "
+            f"max_response_bytes ({limit:,}); raise it or ask for smaller pages"
+        )
+    chunks, size = [], 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(
+                f"GET {shown(url)}: the answer passed max_response_bytes ({limit:,}); "
+                "raise it or ask for smaller pages"
+            )
+        chunks.append(chunk)
+        deadline.check(url)
+    return b"".join(chunks)
+
+
+def _get(
+    client: httpx.Client,
+    source: ApiSource,
+    url: httpx.URL,
+    deadline: _Deadline,
+    sleep: Callable[[float], None],
+) -> dict:
     backoff = 0.5
     for attempt in range(source.max_retries + 1):
+        deadline.check(url)
+        last = attempt == source.max_retries
         try:
-            response = client.get(url, params=params)
+            status, wait, content = _attempt(client, source, url, deadline, retry=not last)
         except httpx.TransportError as err:
-            if attempt == source.max_retries:
-                raise ApiError(f"GET {url}: {type(err).__name__}: {err}") from None
-            sleep(min(backoff, source.max_backoff_s))
+            deadline.check(url)  # a read cut short by the deadline is the deadline's error
+            if last:
+                raise ApiError(f"GET {shown(url)}: {type(err).__name__}: {err}") from None
+            deadline.sleep(url, min(backoff, source.max_backoff_s), sleep)
             backoff *= 2
             continue
-        if response.status_code in RETRY_STATUSES and attempt < source.max_retries:
-            wait = _retry_after(response)
-            if wait is not None:  # the server said when: never sooner
-                if wait > source.max_backoff_s:
-                    raise ApiError(
-                        f"GET {url}: HTTP {response.status_code}, Retry-After {wait:.0f} s is "
-                        f"longer than max_backoff_s ({source.max_backoff_s:.0f} s); giving up"
-                    )
-                sleep(wait)
-            else:
-                sleep(min(backoff, source.max_backoff_s))
-                backoff *= 2
-            continue
-        if response.status_code >= 400:
-            raise ApiError(f"GET {url}: HTTP {response.status_code}: {response.text[:200]}")
-        try:
-            body = response.json()
-        except ValueError:
-            raise ApiError(f"GET {url}: the answer is not JSON") from None
-        if not isinstance(body, dict) or not isinstance(body.get(source.records_key), list):
-            raise ApiError(f"GET {url}: no {source.records_key!r} list in the answer")
-        return body
+        if content is not None:
+            return _page(content, source, url)
+        if wait is not None:  # the server said when: never sooner
+            if wait > source.max_backoff_s:
+                raise ApiError(
+                    f"GET {shown(url)}: HTTP {status}, Retry-After {wait:.0f} s is "
+                    f"longer than max_backoff_s ({source.max_backoff_s:.0f} s); giving up"
+                )
+            deadline.sleep(url, wait, sleep)
+        else:
+            deadline.sleep(url, min(backoff, source.max_backoff_s), sleep)
+            backoff *= 2
     raise AssertionError("unreachable")
+
+
+def _attempt(
+    client: httpx.Client, source: ApiSource, url: httpx.URL, deadline: _Deadline, retry: bool
+) -> tuple[int, float | None, bytes | None]:
+    """One GET: ``(status, Retry-After, None)`` when it is to be retried, else
+    ``(status, None, body)``; errors, redirects and oversized bodies raise."""
+    with client.stream("GET", url, timeout=deadline.timeout(source.timeout_s)) as response:
+        status = response.status_code
+        if status in RETRY_STATUSES and retry:
+            return status, _retry_after(response), None
+        _refuse_redirect(response, url)
+        content = _read_body(response, source, url, deadline)
+        if status >= 400:
+            text = content[:200].decode(errors="replace")
+            raise ApiError(f"GET {shown(url)}: HTTP {status}: {text}")
+        return status, None, content
+
+
+def _page(content: bytes, source: ApiSource, url: httpx.URL) -> dict:
+    try:
+        body = json.loads(content)
+    except ValueError:
+        raise ApiError(f"GET {shown(url)}: the answer is not JSON") from None
+    if not isinstance(body, dict) or not isinstance(body.get(source.records_key), list):
+        raise ApiError(f"GET {shown(url)}: no {source.records_key!r} list in the answer")
+    return body
+
+
+def _refuse_redirect(response: httpx.Response, url: httpx.URL) -> None:
+    """A redirect is refused: following it would present our certificate where the config
+    did not say, and its body is not data."""
+    if 300 <= response.status_code < 400:
+        location = response.headers.get("Location")
+        where = "no Location"
+        if location:
+            try:
+                where = f"a redirect to {origin(url.join(location))}"
+            except (httpx.InvalidURL, TypeError):
+                where = "an unreadable Location"
+        raise ApiError(
+            f"GET {shown(url)}: HTTP {response.status_code}, {where}; redirects are not "
+            "followed: set url to the address that answers"
+        )
+
+
+def _next_link(source: ApiSource, current: httpx.URL, link: object) -> httpx.URL:
+    """The next page's URL, refused unless it is https on an origin we may present our
+    client certificate to (the configured one, or one in ``allowed_origins``)."""
+    try:
+        following = current.join(str(link))
+    except (httpx.InvalidURL, TypeError):
+        raise ApiError(f"GET {shown(current)}: the next link is not a URL") from None
+    allowed = {origin(source.url), *(origin(o) for o in source.allowed_origins)}
+    if following.scheme != "https" or origin(following) not in allowed:
+        raise ApiError(
+            f"GET {shown(current)}: refused the next link {shown(following)}: only https "
+            f"links on {origin(source.url)} are followed; add its origin to allowed_origins "
+            "if the API may send our client certificate there"
+        )
+    return following
+
+
+def page_frame(records: list, columns: list[str]) -> pd.DataFrame:
+    """One DataFrame of a page's records. A record that is not an object becomes a row
+    with only ``UNPARSED_COLUMN`` (its JSON text), which has no key and so goes to
+    quarantine. ``columns`` (the fields seen so far, updated here) keeps every page's
+    columns in the same order, missing ones empty."""
+    rows = [r if isinstance(r, dict) else {UNPARSED_COLUMN: json.dumps(r)} for r in records]
+    frame = pd.DataFrame.from_records(rows)
+    columns.extend(c for c in frame.columns if c not in columns and c != UNPARSED_COLUMN)
+    frame = frame.reindex(columns=[*columns, UNPARSED_COLUMN])
+    frame[UNPARSED_COLUMN] = frame[UNPARSED_COLUMN].astype("string")
+    return frame
 
 
 def fetch_pages(
@@ -98,18 +262,43 @@ def fetch_pages(
     """One DataFrame per page until the API gives no next page."""
     own = client is None
     client = client or httpx.Client(verify=context, timeout=source.timeout_s)
+    deadline = _Deadline(source.deadline_s)
+    columns: list[str] = []
     try:
-        url, params = source.url, dict(source.params)
+        url = with_params(source.url, dict(source.params))
+        seen = {url}
+        held: list = []  # records of the first pages while none is an object yet
         while True:
-            body = _get(client, source, url, params, sleep)
-            yield pd.DataFrame.from_records(body[source.records_key])
+            body = _get(client, source, url, deadline, sleep)
+            held.extend(body[source.records_key])
+            if any(isinstance(r, dict) for r in held):  # the columns are known
+                yield page_frame(held, columns)
+                held = []
             following = body.get(source.next_key)
             if not following:
+                if held:
+                    raise ApiError(
+                        f"GET {shown(source.url)}: none of the {len(held):,} records is a JSON "
+                        f"object (the first is {type(held[0]).__name__}); nothing to load"
+                    )
                 return
             if source.cursor_param:
-                params = {**dict(source.params), source.cursor_param: following}
+                paging = {**dict(source.params), source.cursor_param: str(following)}
+                next_url = with_params(source.url, paging)
             else:
-                url, params = str(following), None  # the link carries its own query
+                next_url = _next_link(source, url, following)  # the link carries its query
+            if next_url in seen:
+                raise ApiError(
+                    f"GET {shown(url)}: the next page {shown(next_url)} was fetched before "
+                    "in this extraction; the API's paging loops"
+                )
+            if len(seen) >= source.max_pages:
+                raise ApiError(
+                    f"GET {shown(source.url)}: more than max_pages ({source.max_pages:,}) "
+                    "pages; raise max_pages or ask for less (shorter partitions)"
+                )
+            seen.add(next_url)
+            url = next_url
     finally:
         if own:
             client.close()

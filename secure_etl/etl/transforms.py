@@ -22,6 +22,9 @@ from secure_etl.etl.protect import ColumnCipher, mask_column
 
 KEY_ID_COLUMN = "_pseudonym_key_id"
 METADATA_COLUMNS = ("_run_id", "_pipeline_version", "_processed_at", KEY_ID_COLUMN)
+# A source's record that is not a row (an API's string or null where an object belongs),
+# as JSON text: its row has no key, so it is quarantined; valid rows leave the column out.
+UNPARSED_COLUMN = "_unparsed_record"
 
 
 PARALLEL_MIN_ROWS = 200_000  # below this, starting worker processes costs more than it saves
@@ -83,7 +86,10 @@ def split_valid(table: pa.Table, key_column: str, seen: SeenKeys) -> tuple[pa.Ta
     bad = missing.copy()
     present = ~missing
     bad[present] = seen.repeated(keys.filter(pa.array(present)))
-    return table.filter(pa.array(~bad)), table.filter(pa.array(bad))
+    valid = table.filter(pa.array(~bad))
+    if UNPARSED_COLUMN in valid.column_names:
+        valid = valid.drop_columns([UNPARSED_COLUMN])
+    return valid, table.filter(pa.array(bad))
 
 
 @dataclass(frozen=True)
