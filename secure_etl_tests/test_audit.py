@@ -3,6 +3,7 @@ record is caught, and so is a rewrite that recomputes every hash."""
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 
@@ -10,6 +11,7 @@ import pytest
 
 from secure_etl import cli
 from secure_etl.security.audit import AuditLog, canonical, record_hash, verify
+from secure_etl_tests.conftest import BASE_CONFIG
 
 RECORDS = 10
 
@@ -51,7 +53,9 @@ def _write(audit: AuditLog, lines: list[bytes]) -> None:
 
 def test_an_untouched_log_verifies_with_its_checkpoints(log):
     verdict = _verify(log)
-    assert (verdict.ok, verdict.records, verdict.checkpoints) == (True, RECORDS, 3)
+    # The first checkpoint adds the record that says checkpoints are on.
+    assert (verdict.ok, verdict.records, verdict.checkpoints) == (True, RECORDS + 1, 3)
+    assert json.loads(_lines(log)[4])["action"] == "audit.checkpoints"
     assert oct(log.path.stat().st_mode & 0o777) == "0o600"
     assert oct(log.signing_key_path.stat().st_mode & 0o777) == "0o600"
     first = json.loads(_lines(log)[0])
@@ -124,7 +128,7 @@ def test_concurrent_writers_keep_one_chain(tmp_path):
     for thread in threads:
         thread.join()
     verdict = _verify(audit)
-    assert (verdict.ok, verdict.records, verdict.checkpoints) == (True, 160, 3)
+    assert (verdict.ok, verdict.records, verdict.checkpoints) == (True, 161, 3)
 
 
 def test_the_cli_verifies_and_names_the_first_bad_record(log, capsys):
@@ -138,7 +142,7 @@ def test_the_cli_verifies_and_names_the_first_bad_record(log, capsys):
         str(log.signing_key_path.with_suffix(".pub")),
     ]
     assert cli.main(args) == 0
-    assert "ok: 10 records, 3 signed checkpoints" in capsys.readouterr().out
+    assert "ok: 11 records, 3 signed checkpoints" in capsys.readouterr().out
     lines = _lines(log)
     del lines[0]
     _write(log, lines)
@@ -146,15 +150,22 @@ def test_the_cli_verifies_and_names_the_first_bad_record(log, capsys):
     assert f"FAILED: {log.path}:1: sequence 2 where 1 was due" in capsys.readouterr().out
 
 
-def test_the_cli_without_a_path_verifies_the_configured_log_and_prints_it(
+def test_the_cli_without_a_path_verifies_the_configured_log_with_its_pinned_key(
     platform, write_config, capsys, monkeypatch
 ):
-    from secure_etl.security.audit import platform_audit_log
+    from secure_etl.security.audit import key_pin, load_signing_key, platform_audit_log
 
     audit = platform_audit_log(platform)
     audit.append("CN=x", "extract")
     audit.checkpoint()
+    # Unpinned: the key beside the log is what a forger would replace, so it is not used.
     monkeypatch.setenv("SECURE_ETL_CONFIG", str(write_config()))
+    assert cli.main(["audit", "verify"]) == 1
+    pin = key_pin(load_signing_key(audit.signing_key_path).public_key())
+    out = capsys.readouterr().out
+    assert "FAILED: the checkpoint public key is not pinned" in out and pin in out
+    pinned = copy.deepcopy(BASE_CONFIG) | {"audit": {"public_key": pin}}
+    monkeypatch.setenv("SECURE_ETL_CONFIG", str(write_config(pinned, "pinned.yaml")))
     assert cli.main(["audit", "verify"]) == 0
     out = capsys.readouterr().out
-    assert f"audit log: {audit.path}" in out and "ok: 1 records, 1 signed checkpoints" in out
+    assert f"audit log: {audit.path}" in out and "ok: 2 records, 1 signed checkpoints" in out
