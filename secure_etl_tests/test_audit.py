@@ -465,3 +465,10 @@ def test_an_install_is_recorded_before_and_after(platform):
     assert [r["action"] for r in records] == ["certificate.installing", "certificate.issued"]
     assert records[1]["outputs"]["version"] == result.version
     assert records[0]["outputs"]["certificate"] == records[1]["outputs"]["certificate"]
+
+
+def test_an_older_checkpoint_copied_over_a_newer_one_fails(log):
+    older, *_, newest = sorted(log.checkpoint_dir.glob("*.json"))
+    newest.write_bytes(older.read_bytes())  # hides that the log was cut back
+    verdict = _verify(log)
+    assert not verdict.ok and f"{newest}: signs record 5, not its name" in verdict.problem

@@ -214,7 +214,7 @@ class AuditLog:
             "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
         signed = {**body, "signature": base64.b64encode(key.sign(canonical(body))).decode()}
-        write_atomic(self.checkpoint_dir / f"{last['seq']:012d}.json", canonical(signed))
+        write_atomic(self.checkpoint_dir / _checkpoint_name(last["seq"]), canonical(signed))
         return signed
 
     def _last_checkpoint(self, public: Ed25519PublicKey) -> dict | None:
@@ -224,8 +224,8 @@ class AuditLog:
         if not points:
             return None
         body = _signed_body(points[-1], public)
-        if body is None:
-            raise AuditChainBroken(f"{points[-1]}: checkpoint signature is not valid")
+        if body is None or points[-1].name != _checkpoint_name(body["records"]):
+            raise AuditChainBroken(f"{points[-1]}: not a checkpoint this key signed under its name")
         return body
 
 
@@ -235,7 +235,11 @@ def _write(handle: BinaryIO, **fields) -> dict:
     record = {
         "seq": (last["seq"] + 1) if last else 1,
         "time": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
-        **{"asset": "", "partition": "", "run_id": "", "inputs": {}, "outputs": {}},
+        "asset": "",
+        "partition": "",
+        "run_id": "",
+        "inputs": {},
+        "outputs": {},
         "key_ids": [],
         **fields,
         "prev": last["hash"] if last else GENESIS,
@@ -292,6 +296,10 @@ def _lines_backwards(handle: BinaryIO, end: int, block: int = BLOCK) -> Iterator
             pieces = []
     if line_end > 0:
         yield 0, b"".join(reversed(pieces))
+
+
+def _checkpoint_name(records: object) -> str:
+    return f"{records:012d}.json" if isinstance(records, int) else ""
 
 
 def _signed_body(point: Path, public: Ed25519PublicKey) -> dict | None:
@@ -453,6 +461,11 @@ def verify(
             body = _signed_body(point, public_key)
             if body is None:
                 return Verdict(False, 0, 0, f"{point}: checkpoint signature is not valid")
+            if point.name != _checkpoint_name(body["records"]):
+                # An older checkpoint copied over a newer one would hide a rollback.
+                return Verdict(
+                    False, 0, 0, f"{point}: signs record {body['records']}, not its name"
+                )
             points.append((point, body))
     wanted = {body["records"] for _, body in points}
     heads: dict[int, tuple[str, int]] = {}  # seq -> (hash, log size after it)
