@@ -472,3 +472,15 @@ def test_an_older_checkpoint_copied_over_a_newer_one_fails(log):
     newest.write_bytes(older.read_bytes())  # hides that the log was cut back
     verdict = _verify(log)
     assert not verdict.ok and f"{newest}: signs record 5, not its name" in verdict.problem
+
+
+def test_a_pin_that_is_not_a_key_is_one_line_and_exit_2(log, write_config, capsys, monkeypatch):
+    args = ["audit", "verify", str(log.path), "--checkpoints", str(log.checkpoint_dir)]
+    assert cli.main([*args, "--public-key", str(log.path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--public-key: {log.path}: not a readable PEM" in err
+    bad = copy.deepcopy(BASE_CONFIG) | {"audit": {"public_key": "ed25519:not-hex"}}
+    monkeypatch.setenv("SECURE_ETL_CONFIG", str(write_config(bad, "bad.yaml")))
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "audit.public_key" in err
