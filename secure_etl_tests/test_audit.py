@@ -484,3 +484,19 @@ def test_a_pin_that_is_not_a_key_is_one_line_and_exit_2(log, write_config, capsy
     assert cli.main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "audit.public_key" in err
+
+
+def test_the_health_report_says_whether_the_checkpoint_key_is_pinned(platform, write_config):
+    import datetime as dt
+
+    from secure_etl.config import load_config
+    from secure_etl.monitor.health import audit_status
+
+    audit = platform_audit_log(platform)
+    audit.append("CN=x", "extract")
+    audit.checkpoint()
+    now = dt.datetime.now(dt.UTC)
+    assert audit_status(platform, now)["audit_key_pinned"] is False
+    pinned = copy.deepcopy(BASE_CONFIG) | {"audit": {"public_key": _pin(audit)}}
+    status = audit_status(load_config(write_config(pinned, "pinned.yaml")), now)
+    assert status["audit_key_pinned"] is True and status["audit_chain_ok"] is True
