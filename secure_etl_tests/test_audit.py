@@ -13,6 +13,8 @@ import sys
 import threading
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from secure_etl import cli
 from secure_etl.security.audit import (
@@ -500,3 +502,22 @@ def test_the_health_report_says_whether_the_checkpoint_key_is_pinned(platform, w
     pinned = copy.deepcopy(BASE_CONFIG) | {"audit": {"public_key": _pin(audit)}}
     status = audit_status(load_config(write_config(pinned, "pinned.yaml")), now)
     assert status["audit_key_pinned"] is True and status["audit_chain_ok"] is True
+
+
+@given(
+    st.lists(st.binary(max_size=12).map(lambda b: b.replace(b"\n", b"")), max_size=8),
+    st.booleans(),
+    st.integers(1, 7),
+)
+def test_lines_read_backwards_are_the_lines_read_forwards(lines, torn, block):
+    import io
+
+    from secure_etl.security.audit import _lines_backwards
+
+    data = b"".join(line + b"\n" for line in lines) + (b"cut" if torn else b"")
+    forwards, offset = [], 0
+    for line in io.BytesIO(data):
+        forwards.append((offset, line))
+        offset += len(line)
+    backwards = list(_lines_backwards(io.BytesIO(data), len(data), block))
+    assert backwards == forwards[::-1]
