@@ -340,7 +340,7 @@ def _check(line: bytes, previous: str, count: int) -> tuple[dict | None, str]:
 def _is_torn(line: bytes) -> bool:
     """A record cut short by a killed writer: the start of one, and not JSON."""
     text = line.rstrip(b"\n")
-    if not (text.startswith(_TORN_START) or _TORN_START.startswith(text)) or not text:
+    if not text or not (text.startswith(_TORN_START) or _TORN_START.startswith(text)):
         return False
     try:
         json.loads(text)
