@@ -180,18 +180,25 @@ def _key_ring(args: argparse.Namespace):
     return platform, ring
 
 
-def _audit_key_use(platform, action: str, key: str, ring, values: int, failed: int = 0) -> None:
+def _audit_key_use(platform, action: str, key: str, ring, **fields) -> bool:
+    """Record a use of a key (ids, counts, intent: never a value); False, with one line
+    on stderr, if the audit log refuses it (its chain is broken)."""
     import getpass
 
-    from secure_etl.security.audit import platform_audit_log
+    from secure_etl.security.audit import AuditChainBroken, platform_audit_log
 
-    platform_audit_log(platform).append(
-        actor=f"cli:{getpass.getuser()}",
-        action=action,
-        asset=f"keys/{key}",
-        outputs={"values": str(values), "failed": str(failed)},
-        key_ids=sorted(ring),
-    )
+    try:
+        platform_audit_log(platform).append(
+            actor=f"cli:{getpass.getuser()}",
+            action=action,
+            asset=f"keys/{key}",
+            key_ids=sorted(ring),
+            **fields,
+        )
+    except AuditChainBroken as err:
+        print(f"secure-etl: audit log: {err}", file=sys.stderr)
+        return False
+    return True
 
 
 def _keys_pseudonym(args: argparse.Namespace) -> int:
@@ -201,6 +208,10 @@ def _keys_pseudonym(args: argparse.Namespace) -> int:
     if args.truncate is not None and not MIN_PSEUDONYM_HEX <= args.truncate <= 64:
         raise UserError(f"--truncate must be between {MIN_PSEUDONYM_HEX} and 64")
     platform, ring = _key_ring(args)
+    # Recorded before the first value is printed: a killed process leaves the record.
+    intent = {"intent": "print the pseudonyms of values read from stdin"}
+    if not _audit_key_use(platform, "key.pseudonym.begin", args.key, ring, inputs=intent):
+        return EXIT_FAILED
     hashers = {key_id: Pseudonymiser(key.secret) for key_id, key in ring.items()}
     count = 0
     for line in sys.stdin:
@@ -208,14 +219,20 @@ def _keys_pseudonym(args: argparse.Namespace) -> int:
         digests = {k: h.hex_many([value])[0][: args.truncate] for k, h in hashers.items()}
         print(json.dumps(digests), flush=True)
         count += 1
-    _audit_key_use(platform, "key.pseudonym", args.key, ring, count)
-    return EXIT_OK
+    done = _audit_key_use(
+        platform, "key.pseudonym", args.key, ring, outputs={"values": str(count), "failed": "0"}
+    )
+    return EXIT_OK if done else EXIT_FAILED
 
 
 def _keys_decrypt(args: argparse.Namespace) -> int:
     from secure_etl.etl.protect import DecryptError, decrypt_value
 
     platform, ring = _key_ring(args)
+    # Recorded before the first plaintext is printed: a killed process leaves the record.
+    intent = {"intent": "print the plaintext of values read from stdin", "column": args.column}
+    if not _audit_key_use(platform, "key.decrypt.begin", args.key, ring, inputs=intent):
+        return EXIT_FAILED
     secrets = {key_id: key.secret for key_id, key in ring.items()}
     count = failed = 0
     for number, line in enumerate(sys.stdin, 1):
@@ -226,23 +243,46 @@ def _keys_decrypt(args: argparse.Namespace) -> int:
             failed += 1
             print(f"secure-etl: line {number}: {err}", file=sys.stderr)
             print("", flush=True)  # keep the output aligned with the input
-    _audit_key_use(platform, "key.decrypt", args.key, ring, count, failed)
-    return EXIT_FAILED if failed else EXIT_OK
+    outcome = {"values": str(count), "failed": str(failed)}
+    done = _audit_key_use(platform, "key.decrypt", args.key, ring, outputs=outcome)
+    return EXIT_FAILED if failed or not done else EXIT_OK
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
     from secure_etl.config import load_config
-    from secure_etl.security.audit import platform_audit_log, verify
+    from secure_etl.security.audit import key_pin, pinned_key, platform_audit_log, verify
 
     log = platform_audit_log(load_config(args.config))
     path = args.path or log.path
     if args.path is None:
         print(f"audit log: {path}")
-    public_key = args.public_key or log.signing_key_path.with_suffix(".pub")
-    checkpoints = args.checkpoints or log.checkpoint_dir
-    if checkpoints.is_dir() and any(checkpoints.glob("*.json")) and not public_key.exists():
-        raise UserError(f"{public_key}: no checkpoint public key (give --public-key)")
-    verdict = verify(path, checkpoints, public_key)
+    if args.checkpoints is not None and not args.checkpoints.is_dir():
+        what = "is not a directory" if args.checkpoints.exists() else "does not exist"
+        raise UserError(f"--checkpoints {args.checkpoints}: {what} (give the checkpoint directory)")
+    pin = str(args.public_key) if args.public_key else log.public_key
+    if pin is None:
+        # The key beside the log is the one a forger would replace: never trust it here.
+        beside = log.signing_key_path.with_suffix(".pub")
+        hint = ""
+        try:
+            hint = f"; the key at {beside} is {key_pin(pinned_key(str(beside)))}"
+        except ValueError:
+            pass
+        print(
+            "FAILED: the checkpoint public key is not pinned: set audit.public_key in the "
+            f"config or give --public-key{hint} (pin it only if you know it is yours)"
+        )
+        return EXIT_FAILED
+    try:
+        public = pinned_key(pin)
+    except ValueError as err:
+        raise UserError(
+            f"{'--public-key' if args.public_key else 'audit.public_key'}: {err}"
+        ) from None
+    verdict = verify(path, args.checkpoints or log.checkpoint_dir, public)
+    if verdict.torn:
+        lines = ", ".join(map(str, verdict.torn))
+        print(f"note: {path}: line {lines}: a write cut short (its process was killed), skipped")
     if verdict.ok:
         print(f"ok: {verdict.records} records, {verdict.checkpoints} signed checkpoints")
         return EXIT_OK

@@ -615,6 +615,9 @@ class AuditConfig(_Strict):
     checkpoint_dir: str = "audit-checkpoints"
     signing_key: str = "audit/checkpoint.key"
     checkpoint_every: int = Field(100, ge=1)
+    # The key the verifier trusts: ``ed25519:<64 hex>`` (``audit verify`` prints it) or a
+    # PEM path kept where whoever can write the log cannot. Never the one beside the key.
+    public_key: str | None = Field(None, pattern=r"^(ed25519:[0-9a-f]{64}|[^:]+)$")
 
 
 class LocalKms(_Strict):

@@ -80,11 +80,12 @@ def test_acme_issue_writes_the_four_files_and_revoke_revokes(acme_ca, tmp_path):
     # The revocation is in the platform's audit log, and the log verifies.
     log = tmp_path / "state" / "audit" / "audit.log"
     records = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [r["action"] for r in records] == ["certificate.revoked"]
+    assert [r["action"] for r in records] == ["certificate.revoked", "audit.checkpoints"]
     assert records[0]["outputs"]["reason"] == "superseded"
     assert records[0]["outputs"]["serial"] == serial
-    verified = _run("audit", "verify", "--config", str(platform))
-    assert verified.returncode == 0 and "ok: 1 records, 1 signed checkpoints" in verified.stdout
+    public_key = tmp_path / "state" / "audit" / "checkpoint.pub"
+    verified = _run("audit", "verify", "--config", str(platform), "--public-key", str(public_key))
+    assert verified.returncode == 0 and "ok: 2 records, 1 signed checkpoints" in verified.stdout
 
 
 def test_acme_issue_needs_exactly_one_challenge_method(tmp_path):

@@ -99,6 +99,7 @@ def audit_status(platform: PlatformConfig, now: dt.datetime) -> dict:
         "audit_records": verdict.records,
         "audit_checkpoints": verdict.checkpoints,
         "audit_problem": verdict.problem or "",
+        "audit_key_pinned": log.public_key is not None,  # else checked with the key beside it
         "renewals_30d": renewals,
     }
 
@@ -178,7 +179,9 @@ def render_markdown(report: dict) -> str:
         f"- failed authentications (30 days): {s['failed_authentications_30d']}",
         f"- certificate issuances and renewals (30 days): {s['renewals_30d']}",
         f"- audit chain: {'verifies' if s['audit_chain_ok'] else 'BROKEN: ' + s['audit_problem']}"
-        f" ({s['audit_records']} records, {s['audit_checkpoints']} signed checkpoints)",
+        f" ({s['audit_records']} records, {s['audit_checkpoints']} signed checkpoints"
+        + ("" if s.get("audit_key_pinned", True) else "; key NOT pinned: set audit.public_key")
+        + ")",
     ]
     if report.get("problems"):
         lines += ["", "### Needs attention", ""] + [f"- {p}" for p in report["problems"]]

@@ -126,18 +126,9 @@ def ensure_certificate(
                 issued = issuer.issue(cert.identifiers, cert.use, key, previous=previous)
             else:
                 issued = issuer.issue(cert.identifiers, cert.use, key)
+            _audit_install(config, name, issued.cert_pem, "certificate.installing")  # intent
             version = store.install(name, issued, keep=cert.keep_versions)
-            leaf = x509.load_pem_x509_certificate(issued.cert_pem)
-            platform_audit_log(config).append(
-                actor=f"issuer:{cert.issuer}",
-                action=f"certificate.{outcome}",
-                asset=f"certificates/{name}",
-                outputs={
-                    "version": version,
-                    "serial": format(leaf.serial_number, "x"),
-                    "certificate": "sha256:" + leaf.fingerprint(hashes.SHA256()).hex(),
-                },
-            )
+            _audit_install(config, name, issued.cert_pem, f"certificate.{outcome}", version=version)
     # Deploy outside the lock: a slow reload must not block the next renewal check.
     deployed = run_deploy_actions(cert.deploy, _deploy_context(config, name, version, outcome))
     return RenewalResult(
@@ -149,6 +140,24 @@ def ensure_certificate(
         deployed,
         issuer=cert.issuer,
         order_url=getattr(issuer, "last_order_url", None),
+    )
+
+
+def _audit_install(
+    config: PlatformConfig, name: str, cert_pem: bytes, action: str, **outputs: str
+) -> None:
+    """Record a certificate install: the intent before ``current`` moves, the outcome
+    after, so a kill in between still leaves the fingerprint now current in the log."""
+    leaf = x509.load_pem_x509_certificate(cert_pem)
+    platform_audit_log(config).append(
+        actor=f"issuer:{config.certificates[name].issuer}",
+        action=action,
+        asset=f"certificates/{name}",
+        outputs={
+            **outputs,
+            "serial": format(leaf.serial_number, "x"),
+            "certificate": "sha256:" + leaf.fingerprint(hashes.SHA256()).hex(),
+        },
     )
 
 

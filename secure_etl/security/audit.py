@@ -3,6 +3,13 @@ holding the hash of the one before; signed checkpoints (Ed25519) of its size and
 hash are written to a second place, so that a rewritten or truncated log is caught even
 if whoever rewrote it recomputed every hash.
 
+Nothing is signed over a broken chain: a checkpoint first verifies every record since
+the one before it. The first checkpoint also writes a record saying checkpoints are on,
+so a log that has it and a checkpoint store that is gone or empty fails verification.
+A line cut short by a killed writer (no newline, not a record) is terminated by the next
+append, which chains to the last whole record; the verifier names such torn lines and
+passes over them, since a fragment cannot stand in for a record.
+
 Records carry names, ids and digests only: never a data value.
 """
 
@@ -17,6 +24,7 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -39,6 +47,14 @@ FIELDS = (
     "key_ids",
     "prev",
 )
+CHECKPOINTS_ON = "audit.checkpoints"  # written once, with the first checkpoint
+PIN_PREFIX = "ed25519:"
+BLOCK = 1 << 16
+_TORN_START = b'{"action":"'  # how every canonical record begins
+
+
+class AuditChainBroken(Exception):
+    """The log does not verify since its last checkpoint: nothing was signed over it."""
 
 
 def canonical(record: Mapping) -> bytes:
@@ -85,12 +101,36 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
+def key_pin(public: Ed25519PublicKey) -> str:
+    """The key itself as one short string for the config: ``ed25519:<64 hex digits>``."""
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return PIN_PREFIX + raw.hex()
+
+
+def pinned_key(pin: str) -> Ed25519PublicKey:
+    """The public key a pin names: ``ed25519:<hex>``, or the path of a PEM file.
+    ValueError (naming it) when it is neither."""
+    if pin.startswith(PIN_PREFIX):
+        try:
+            return Ed25519PublicKey.from_public_bytes(bytes.fromhex(pin[len(PIN_PREFIX) :]))
+        except ValueError:
+            raise ValueError(f"{pin[:80]!r}: not ed25519: and 64 hex digits") from None
+    try:
+        public = serialization.load_pem_public_key(Path(pin).read_bytes())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{pin}: not a readable PEM public key ({err})") from None
+    if not isinstance(public, Ed25519PublicKey):
+        raise ValueError(f"{pin}: not an Ed25519 public key")
+    return public
+
+
 @dataclass
 class AuditLog:
     path: Path
     checkpoint_dir: Path
     signing_key_path: Path
     checkpoint_every: int = 100
+    public_key: str | None = None  # the pin (``ed25519:<hex>`` or a PEM path), if any
 
     def append(
         self,
@@ -103,85 +143,277 @@ class AuditLog:
         outputs: Mapping[str, str] | None = None,
         key_ids: list[str] | None = None,
     ) -> dict:
-        """Append one record (under an exclusive lock: concurrent writers queue up)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, SECRET_MODE)
-        with os.fdopen(fd, "r+b") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            last = _last_record(handle)
-            record = {
-                "seq": (last["seq"] + 1) if last else 1,
-                "time": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
-                "actor": actor,
-                "action": action,
-                "asset": asset,
-                "partition": partition,
-                "run_id": run_id,
-                "inputs": dict(inputs or {}),
-                "outputs": dict(outputs or {}),
-                "key_ids": list(key_ids or []),
-                "prev": last["hash"] if last else GENESIS,
-            }
-            record["hash"] = record_hash(record)
-            handle.write(canonical(record) + b"\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-            size = handle.tell()
+        """Append one record (under an exclusive lock: concurrent writers queue up).
+        Every ``checkpoint_every`` records the head is signed; AuditChainBroken (after the
+        record is written) if the chain since the last checkpoint does not verify."""
+        with self._locked() as handle:
+            record = _write(
+                handle,
+                actor=actor,
+                action=action,
+                asset=asset,
+                partition=partition,
+                run_id=run_id,
+                inputs=dict(inputs or {}),
+                outputs=dict(outputs or {}),
+                key_ids=list(key_ids or []),
+            )
             if record["seq"] % self.checkpoint_every == 0:
-                self._checkpoint(record, size)
+                self._sign(handle)
         return record
 
     def checkpoint(self) -> dict | None:
-        """Sign the log's current head now (e.g. at the end of a run)."""
+        """Sign the log's current head now (e.g. at the end of a run); AuditChainBroken if
+        the chain since the last checkpoint does not verify."""
         if not self.path.exists():
             return None
-        with self.path.open("rb") as handle:
-            fcntl.flock(handle, fcntl.LOCK_SH)
-            last = _last_record(handle)
-            size = handle.seek(0, os.SEEK_END)
-        return self._checkpoint(last, size) if last else None
+        with self._locked() as handle:
+            return self._sign(handle)
 
-    def _checkpoint(self, record: dict, size: int) -> dict:
+    def _locked(self) -> BinaryIO:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, SECRET_MODE)
+        handle = os.fdopen(fd, "r+b")
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the handle closes
+        return handle
+
+    def _sign(self, handle: BinaryIO) -> dict | None:
+        if _tail(handle)[0] is None:
+            return None  # an empty log: nothing to sign
         key = load_signing_key(self.signing_key_path)
+        public = key.public_key()
+        try:
+            pinned = pinned_key(self.public_key) if self.public_key else public
+        except ValueError as err:
+            raise AuditChainBroken(f"audit.public_key: {err}") from None
+        if key_pin(pinned) != key_pin(public):
+            raise AuditChainBroken(
+                f"{self.signing_key_path}: not the key audit.public_key pins: refusing to sign"
+            )
+        last_point = self._last_checkpoint(public)
+        announced = _verify_since(handle, self.path, last_point)
+        if last_point is None:
+            if announced:
+                raise AuditChainBroken(
+                    f"{self.path}: checkpoints were written (record {announced}), but "
+                    f"{self.checkpoint_dir} has none: restore it; nothing is signed until then"
+                )
+            _write(
+                handle,
+                actor="audit",
+                action=CHECKPOINTS_ON,
+                outputs={"checkpoint_dir": str(self.checkpoint_dir), "public_key": key_pin(public)},
+            )
+        last, size = _tail(handle)
+        if last_point and last_point["records"] == last["seq"]:
+            return last_point  # nothing new since
         body = {
-            "records": record["seq"],
+            "records": last["seq"],
             "size": size,
-            "head": record["hash"],
+            "head": last["hash"],
             "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
         signed = {**body, "signature": base64.b64encode(key.sign(canonical(body))).decode()}
-        write_atomic(self.checkpoint_dir / f"{record['seq']:012d}.json", canonical(signed))
+        write_atomic(self.checkpoint_dir / _checkpoint_name(last["seq"]), canonical(signed))
         return signed
+
+    def _last_checkpoint(self, public: Ed25519PublicKey) -> dict | None:
+        if not self.checkpoint_dir.is_dir():
+            return None
+        points = sorted(self.checkpoint_dir.glob("*.json"))
+        if not points:
+            return None
+        body = _signed_body(points[-1], public)
+        if body is None or points[-1].name != _checkpoint_name(body["records"]):
+            raise AuditChainBroken(f"{points[-1]}: not a checkpoint this key signed under its name")
+        return body
+
+
+def _write(handle: BinaryIO, **fields) -> dict:
+    """Append the next record to the locked log and make it durable."""
+    last, _ = _tail(handle)
+    record = {
+        "seq": (last["seq"] + 1) if last else 1,
+        "time": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
+        "asset": "",
+        "partition": "",
+        "run_id": "",
+        "inputs": {},
+        "outputs": {},
+        "key_ids": [],
+        **fields,
+        "prev": last["hash"] if last else GENESIS,
+    }
+    record["hash"] = record_hash(record)
+    handle.write(canonical(record) + b"\n")
+    handle.flush()
+    os.fsync(handle.fileno())
+    return record
+
+
+def _tail(handle: BinaryIO) -> tuple[dict | None, int]:
+    """The last whole record of the locked log and the offset after its line. A tail cut
+    short (no newline) is terminated first, so the next record starts on a line of its own."""
+    end = handle.seek(0, os.SEEK_END)
+    if end:
+        handle.seek(end - 1)
+        if handle.read(1) != b"\n":
+            handle.write(b"\n")
+            handle.flush()
+            end += 1
+    for offset, line in _lines_backwards(handle, end):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a torn line: the record before it is the head
+        if isinstance(record, dict) and {"seq", "hash"} <= set(record):
+            handle.seek(0, os.SEEK_END)
+            return record, offset + len(line)
+    handle.seek(0, os.SEEK_END)
+    return None, 0
+
+
+def _lines_backwards(handle: BinaryIO, end: int, block: int = BLOCK) -> Iterator[tuple[int, bytes]]:
+    """(offset, line with its newline) of each line before ``end``, the last first.
+    Reads blocks backwards and touches each byte once, however long a line is."""
+    pieces: list[bytes] = []
+    position = line_end = end
+    while position > 0:
+        step = min(block, position)
+        position -= step
+        handle.seek(position)
+        chunk = handle.read(step)
+        stop = len(chunk)
+        while True:
+            # Search below the current line's own last byte: its newline ends it.
+            cut = chunk.rfind(b"\n", 0, min(stop, line_end - 1 - position))
+            if cut < 0:
+                pieces.append(chunk[:stop])
+                break
+            pieces.append(chunk[cut + 1 : stop])
+            line_end, stop = position + cut + 1, cut + 1
+            yield line_end, b"".join(reversed(pieces))
+            pieces = []
+    if line_end > 0:
+        yield 0, b"".join(reversed(pieces))
+
+
+def _checkpoint_name(records: object) -> str:
+    return f"{records:012d}.json" if isinstance(records, int) else ""
+
+
+def _signed_body(point: Path, public: Ed25519PublicKey) -> dict | None:
+    """The body of a checkpoint file whose signature verifies, else None."""
+    try:
+        signed = json.loads(point.read_bytes())
+        body = {k: signed[k] for k in ("records", "size", "head", "time")}
+        public.verify(base64.b64decode(signed["signature"]), canonical(body))
+    except (OSError, ValueError, KeyError, TypeError, InvalidSignature):
+        return None
+    return body
+
+
+def _check(line: bytes, previous: str, count: int) -> tuple[dict | None, str]:
+    """The record on ``line`` if it is the next link of the chain, else why not."""
+    if not line.endswith(b"\n"):
+        line += b"\n"  # a whole record whose newline a killed writer did not write
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None, "not a JSON record"
+    if not isinstance(record, dict) or set(record) != {*FIELDS, "hash"}:
+        return None, "not an audit record"
+    if canonical(record) + b"\n" != line:
+        return None, "not in canonical form (edited?)"
+    if record["seq"] != count + 1:
+        return None, (
+            f"sequence {record['seq']} where {count + 1} was due "
+            "(a record was removed, moved or inserted)"
+        )
+    if record["prev"] != previous:
+        return None, "does not follow the record before it"
+    if record_hash(record) != record["hash"]:
+        return None, "its hash does not match (modified)"
+    return record, ""
+
+
+def _is_torn(line: bytes) -> bool:
+    """A record cut short by a killed writer: the start of one, and not JSON."""
+    text = line.rstrip(b"\n")
+    if not text or not (text.startswith(_TORN_START) or _TORN_START.startswith(text)):
+        return False
+    try:
+        json.loads(text)
+    except ValueError:
+        return True
+    return False
+
+
+def _verify_since(handle: BinaryIO, path: Path, point: dict | None) -> int:
+    """Verify the locked log from the checkpoint ``point`` (or from the start) to its end;
+    AuditChainBroken naming the first bad line. Returns the seq of the checkpoints-on
+    record if one was read, else 0."""
+    previous, count, start = GENESIS, 0, 0
+    if point:
+        end = handle.seek(0, os.SEEK_END)
+        head = next(_lines_backwards(handle, min(point["size"], end)), (0, b""))[1]
+        try:
+            signed = json.loads(head) if point["size"] <= end else {}
+        except ValueError:
+            signed = {}
+        if not isinstance(signed, dict) or (signed.get("seq"), signed.get("hash")) != (
+            point["records"],
+            point["head"],
+        ):
+            raise AuditChainBroken(
+                f"{path}: record {point['records']} is not the one its last checkpoint "
+                "signed (rewritten or truncated): refusing to sign"
+            )
+        previous, count, start = point["head"], point["records"], point["size"]
+    handle.seek(start)
+    announced = 0
+    for line in handle:
+        record, problem = _check(line, previous, count)
+        if record is None:
+            if _is_torn(line):
+                continue
+            raise AuditChainBroken(
+                f"{path}: record after {count}: {problem}: refusing to sign a broken chain"
+            )
+        if record["action"] == CHECKPOINTS_ON:
+            announced = record["seq"]
+        previous, count = record["hash"], count + 1
+    handle.seek(0, os.SEEK_END)
+    return announced
 
 
 def platform_audit_log(config: PlatformConfig) -> AuditLog:
     """The configured platform's audit log."""
     state = config.resolved_state_dir()
     audit = config.audit
+    pin = audit.public_key
+    if pin and not pin.startswith(PIN_PREFIX):
+        pin = str(state / pin)
     return AuditLog(
         state / audit.path,
         state / audit.checkpoint_dir,
         state / audit.signing_key,
         audit.checkpoint_every,
+        pin,
     )
 
 
 def verify_log(log: AuditLog) -> Verdict:
-    return verify(log.path, log.checkpoint_dir, log.signing_key_path.with_suffix(".pub"))
-
-
-def _last_record(handle) -> dict | None:
-    end = handle.seek(0, os.SEEK_END)
-    if end == 0:
-        return None
-    position, tail = end, b""
-    while position > 0 and tail.count(b"\n") < 2:
-        step = min(4096, position)
-        position -= step
-        handle.seek(position)
-        tail = handle.read(step) + tail
-    handle.seek(0, os.SEEK_END)
-    return json.loads(tail.rstrip(b"\n").rsplit(b"\n", 1)[-1])
+    """Verify a platform's log with its pinned key, else (unpinned) the ``.pub`` beside
+    its signing key."""
+    if log.public_key:
+        try:
+            public: Ed25519PublicKey | Path = pinned_key(log.public_key)
+        except ValueError as err:
+            return Verdict(False, 0, 0, f"audit.public_key: {err}")
+    else:
+        public = log.signing_key_path.with_suffix(".pub")
+    return verify(log.path, log.checkpoint_dir, public)
 
 
 @dataclass(frozen=True)
@@ -190,6 +422,7 @@ class Verdict:
     records: int
     checkpoints: int
     problem: str = ""
+    torn: tuple[int, ...] = ()  # line numbers of writes cut short, passed over
 
 
 def _lines(path: Path) -> Iterator[tuple[int, int, bytes]]:
@@ -201,53 +434,64 @@ def _lines(path: Path) -> Iterator[tuple[int, int, bytes]]:
             yield number, offset, line
 
 
-def verify(path: Path, checkpoint_dir: Path | None, public_key_path: Path | None) -> Verdict:
+def verify(
+    path: Path,
+    checkpoint_dir: Path | None,
+    public_key: Ed25519PublicKey | Path | None,
+) -> Verdict:
     """Check every signed checkpoint's signature, recompute the chain, then compare
-    each checkpoint with the chain. Names the first bad record (by line) or checkpoint."""
+    each checkpoint with the chain. Names the first bad record (by line) or checkpoint.
+    A log that says checkpoints are on fails when the checkpoint store has none."""
     path = Path(path)
     if not path.exists():
         return Verdict(False, 0, 0, f"{path}: no audit log")
+    if checkpoint_dir and Path(checkpoint_dir).exists() and not Path(checkpoint_dir).is_dir():
+        return Verdict(False, 0, 0, f"{checkpoint_dir}: not a checkpoint directory")
+    files = sorted(Path(checkpoint_dir).glob("*.json")) if checkpoint_dir else []
     points: list[tuple[Path, dict]] = []
-    if checkpoint_dir and Path(checkpoint_dir).is_dir():
-        public = serialization.load_pem_public_key(Path(public_key_path).read_bytes())
-        if not isinstance(public, Ed25519PublicKey):
-            return Verdict(False, 0, 0, f"{public_key_path}: not an Ed25519 public key")
-        for point in sorted(Path(checkpoint_dir).glob("*.json")):
+    if files:
+        if public_key is None:
+            return Verdict(False, 0, 0, "no checkpoint public key to check the checkpoints")
+        if isinstance(public_key, Path):
             try:
-                signed = json.loads(point.read_bytes())
-                body = {k: signed[k] for k in ("records", "size", "head", "time")}
-                public.verify(base64.b64decode(signed["signature"]), canonical(body))
-            except (ValueError, KeyError, TypeError, InvalidSignature):
+                public_key = pinned_key(str(public_key))
+            except ValueError as err:
+                return Verdict(False, 0, 0, str(err))
+        for point in files:
+            body = _signed_body(point, public_key)
+            if body is None:
                 return Verdict(False, 0, 0, f"{point}: checkpoint signature is not valid")
+            if point.name != _checkpoint_name(body["records"]):
+                # An older checkpoint copied over a newer one would hide a rollback.
+                return Verdict(
+                    False, 0, 0, f"{point}: signs record {body['records']}, not its name"
+                )
             points.append((point, body))
     wanted = {body["records"] for _, body in points}
     heads: dict[int, tuple[str, int]] = {}  # seq -> (hash, log size after it)
-    previous, count = GENESIS, 0
+    previous, count, torn, announced = GENESIS, 0, [], ""
     for number, offset, line in _lines(path):
         where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except ValueError:
-            return Verdict(False, count, 0, f"{where}: not a JSON record")
-        if not isinstance(record, dict) or set(record) != {*FIELDS, "hash"}:
-            return Verdict(False, count, 0, f"{where}: not an audit record")
-        if canonical(record) + b"\n" != line:
-            return Verdict(False, count, 0, f"{where}: not in canonical form (edited?)")
-        if record["seq"] != count + 1:
-            return Verdict(
-                False,
-                count,
-                0,
-                f"{where}: sequence {record['seq']} where {count + 1} was due "
-                "(a record was removed, moved or inserted)",
-            )
-        if record["prev"] != previous:
-            return Verdict(False, count, 0, f"{where}: does not follow the record before it")
-        if record_hash(record) != record["hash"]:
-            return Verdict(False, count, 0, f"{where}: its hash does not match (modified)")
+        record, problem = _check(line, previous, count)
+        if record is None:
+            if _is_torn(line):
+                torn.append(number)
+                continue
+            return Verdict(False, count, 0, f"{where}: {problem}", tuple(torn))
+        if record["action"] == CHECKPOINTS_ON and not announced:
+            announced = where
         previous, count = record["hash"], count + 1
         if count in wanted:
             heads[count] = (previous, offset)
+    if announced and not points:
+        return Verdict(
+            False,
+            count,
+            0,
+            f"{announced}: checkpoints have been written since this record, but "
+            f"{checkpoint_dir} has none (deleted or emptied)",
+            tuple(torn),
+        )
     for checked, (point, body) in enumerate(points):
         if body["records"] > count:
             return Verdict(
@@ -256,6 +500,7 @@ def verify(path: Path, checkpoint_dir: Path | None, public_key_path: Path | None
                 checked,
                 f"{path}: truncated: checkpoint {point.name} signed {body['records']} "
                 f"records, the log has {count}",
+                tuple(torn),
             )
         if heads[body["records"]] != (body["head"], body["size"]):
             return Verdict(
@@ -264,5 +509,6 @@ def verify(path: Path, checkpoint_dir: Path | None, public_key_path: Path | None
                 checked,
                 f"{path}: record {body['records']} differs from checkpoint {point.name} "
                 "(the log was rewritten)",
+                tuple(torn),
             )
-    return Verdict(True, count, len(points))
+    return Verdict(True, count, len(points), torn=tuple(torn))
