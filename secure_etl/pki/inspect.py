@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -85,17 +85,37 @@ class CertificateFacts:
 
 
 def load_pem_chain(data: bytes, source: str) -> list[x509.Certificate]:
-    """Every certificate in a PEM blob, leaf first; ``source`` names it in errors."""
+    """Every certificate in a PEM blob, leaf first; ``source`` names it in errors.
+
+    cryptography parses most fields only when they are read, so a malformed key, algorithm,
+    version or date would otherwise fail mid-check; every field is read here instead."""
     if b"-----BEGIN CERTIFICATE-----" not in data:
         raise PemError(f"{source}: no PEM certificate found")
     try:
         chain = x509.load_pem_x509_certificates(data)
         for cert in chain:
-            # Extensions are parsed lazily: a malformed one must fail here, not mid-check.
-            _ = cert.extensions
-    except ValueError as err:
-        raise PemError(f"{source}: broken PEM certificate ({err})") from None
+            _read_every_field(cert)
+    except BROKEN_CERTIFICATE as err:
+        raise PemError(f"{source}: broken PEM certificate ({_one_line(err)})") from None
     return chain
+
+
+BROKEN_CERTIFICATE = (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion)
+
+
+def _read_every_field(cert: x509.Certificate) -> None:
+    """Read what the checks and facts read, so that parsing errors surface at load time."""
+    _ = cert.version, cert.serial_number, cert.signature_algorithm_oid
+    _ = cert.not_valid_before_utc, cert.not_valid_after_utc
+    _ = cert.subject.rfc4514_string(), cert.issuer.rfc4514_string()
+    _ = cert.signature_hash_algorithm, cert.public_key()
+    for extension in cert.extensions:
+        _ = extension.value
+
+
+def _one_line(err: Exception) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def load_chain_file(path: Path | str) -> list[x509.Certificate]:
