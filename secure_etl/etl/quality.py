@@ -59,6 +59,8 @@ def pii_leaks(
             con.execute("CREATE TEMP TABLE pii (v VARCHAR)")
             for table in raw():
                 present = [c for c in pii_columns if c in table.column_names]
+                if not present:
+                    continue
                 chunk = con.from_arrow(_as_text(table, present))
                 for column in present:
                     # DuckDB quotes the name itself: no column name is ever spliced into SQL.

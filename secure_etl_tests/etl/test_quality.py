@@ -24,3 +24,9 @@ def test_a_column_name_with_a_double_quote_is_read():
     downstream = pa.table({QUOTED: ["w@x.org", "other"]})
     leaks = quality.pii_leaks(lambda: [raw], [QUOTED], {"d": lambda: [downstream]})
     assert leaks == {f"d.{QUOTED}": 1}
+
+
+def test_a_batch_without_any_pii_column_is_skipped():
+    raw = [pa.table({"n": [1]}), pa.table({"email": ["a@x.org"]})]
+    downstream = pa.table({"note": ["a@x.org"]})
+    assert quality.pii_leaks(lambda: raw, ["email"], {"d": lambda: [downstream]}) == {"d.note": 1}
