@@ -288,13 +288,13 @@ def _covers(
 
 
 def _key_strength(info: CertificateFacts, leaf: x509.Certificate, use: str | None) -> CheckResult:
-    problem = key_problem(leaf.public_key(), info.key_type, use)
+    problem = _key_problem(leaf.public_key(), info.key_type, use)
     if problem:
         return CheckResult("key_strength", False, "ERROR", problem)
     return CheckResult("key_strength", True, "ERROR", info.key_type)
 
 
-def key_problem(key: object, name: str, use: str | None) -> str | None:
+def _key_problem(key: object, name: str, use: str | None) -> str | None:
     """Why a TLS certificate may not carry ``key`` (described as ``name``), or None.
 
     An allow-list: RSA >= 2048, EC on the NIST curves TLS clients support, and Ed25519
