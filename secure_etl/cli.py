@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from secure_etl import cli_certs
-from secure_etl.errors import UserError
+from secure_etl.errors import UserError, escape_controls
 
 EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
 
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except UserError as err:
-        print(f"secure-etl: {err}", file=sys.stderr)
+        print(f"secure-etl: {escape_controls(str(err))}", file=sys.stderr)
         return EXIT_UNUSABLE
 
 

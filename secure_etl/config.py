@@ -7,6 +7,7 @@ Every error names the file, the key path and what was expected. Unknown keys are
 from __future__ import annotations
 
 import os
+import reprlib
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
@@ -23,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from secure_etl.errors import UserError
+from secure_etl.errors import UserError, escape_controls
 from secure_etl.identifiers import is_dns_name, is_ip_address
 
 CONFIG_ENV = "SECURE_ETL_CONFIG"
@@ -39,9 +40,10 @@ class ConfigError(UserError):
     """A platform config that cannot be used; the message names file and key."""
 
     def __init__(self, path: Path | str, key: str, message: str) -> None:
-        self.path, self.key, self.message = str(path), key, message
-        where = f"{self.path}: {key}" if key else self.path
-        super().__init__(f"{where}: {message}")
+        self.path = str(path)
+        self.key, self.message = escape_controls(key), escape_controls(message)
+        where = f"{escape_controls(self.path)}: {self.key}" if key else escape_controls(self.path)
+        super().__init__(f"{where}: {self.message}")
 
 
 class _Strict(BaseModel):
@@ -239,7 +241,7 @@ class CertificateConfig(_Strict):
     def _identifiers_are_names_or_addresses(cls, values: list[str]) -> list[str]:
         for value in values:
             if not is_ip_address(value) and not is_dns_name(value):
-                raise ValueError(f"{value!r} is neither a DNS name nor an IP address")
+                raise ValueError(f"{echo(value)} is neither a DNS name nor an IP address")
         return values
 
 
@@ -773,7 +775,7 @@ class _RefError(ValueError):
         self.loc = loc
         kind = what or loc[-1].replace("_", " ")
         choices = ", ".join(sorted(known)) or "none defined"
-        super().__init__(f"unknown {kind} {value!r} (defined: {choices})")
+        super().__init__(f"unknown {kind} {echo(value)} (defined: {choices})")
 
 
 def default_config_path() -> Path:
@@ -786,6 +788,70 @@ def config_path_from_env() -> Path:
     return Path(value) if value else default_config_path()
 
 
+# What a config may ask of the YAML composer: real configs are far below these bounds.
+MAX_ALIASES = 100
+MAX_NODES = 100_000  # counting every node an alias stands for, as often as it is used
+MAX_DEPTH = 50
+_ECHO = reprlib.Repr()  # keyword arguments only from Python 3.12
+_ECHO.maxlevel, _ECHO.maxdict, _ECHO.maxlist, _ECHO.maxtuple = 2, 4, 4, 4
+_ECHO.maxstring = _ECHO.maxother = 60
+
+
+def echo(value: object, limit: int = 80) -> str:
+    """A short repr of a config value for an error: bounded work, at most ``limit`` chars."""
+    text = _ECHO.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses documents too deep or too large once aliases are
+    expanded (a "billion laughs" file is a few lines that stand for 10^9 nodes), before
+    anything is built from them; the composer's recursion never reaches Python's limit."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._aliases = self._depth = 0
+        self._sizes: dict[int, int] = {}  # id(node) -> nodes it stands for, expanded
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                self._refuse(event, f"more than {MAX_ALIASES} aliases (*name); use fewer")
+            return super().compose_node(parent, index)
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            self._refuse(event, f"nested more than {MAX_DEPTH} levels deep; flatten it")
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        children = node.value if isinstance(node.value, list) else []
+        if isinstance(node, yaml.MappingNode):
+            children = [part for pair in children for part in pair]
+        size = 1 + sum(self._sizes.get(id(child), 1) for child in children)
+        if size > MAX_NODES:
+            self._refuse(
+                event,
+                f"stands for more than {MAX_NODES} values once aliases expand; use fewer aliases",
+            )
+        self._sizes[id(node)] = size
+        return node
+
+    @staticmethod
+    def _refuse(event, problem: str):
+        raise yaml.composer.ComposerError(None, None, problem, event.start_mark)
+
+
+def _load_yaml(text: str) -> object:
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_config(path: Path | str | None = None) -> PlatformConfig:
     """Load and validate a platform config; ``None`` means ``$SECURE_ETL_CONFIG`` or the demo."""
     path = Path(path) if path is not None else config_path_from_env()
@@ -796,7 +862,7 @@ def load_config(path: Path | str | None = None) -> PlatformConfig:
     except UnicodeDecodeError:
         raise ConfigError(path, "", "the config file is not UTF-8 text") from None
     try:
-        data = yaml.safe_load(text)
+        data = _load_yaml(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f"line {mark.line + 1}: " if mark else ""
@@ -825,7 +891,7 @@ def _first_error(path: Path, data: object, err: ValidationError) -> ConfigError:
     else:
         message = detail["msg"].removeprefix("Value error, ")
         if kind not in {"value_error", "assertion_error"} and "input" in detail:
-            message += f" (got {detail['input']!r})"
+            message += f" (got {echo(detail['input'])})"
     return ConfigError(path, _key_path(_without_union_tags(data, detail["loc"])), message)
 
 

@@ -106,3 +106,46 @@ def test_unusable_input_exits_2_with_one_line_and_no_traceback(files, case):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("secure-etl: ")
     assert (files / "no-bundle.pem").name in lines[0] or target.name in lines[0]
+
+
+def _der_of(cert) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+EC_KEY_OID = bytes.fromhex("06072a8648ce3d0201")  # id-ecPublicKey
+P256_OID = bytes.fromhex("06082a8648ce3d030107")  # prime256v1
+ECDSA_SHA256_OID = bytes.fromhex("06082a8648ce3d040302")
+VERSION_3 = bytes.fromhex("a003020102")
+
+
+@pytest.mark.parametrize(
+    ("found", "put", "error"),
+    [
+        (EC_KEY_OID, EC_KEY_OID[:-1] + b"\x09", "Unknown key type"),
+        (P256_OID, P256_OID[:-1] + b"\x08", "is not supported"),
+        (ECDSA_SHA256_OID, ECDSA_SHA256_OID[:-1] + b"\x09", "not recognized"),
+        (VERSION_3, VERSION_3[:-1] + b"\x05", "version"),
+        (P256_OID + bytes.fromhex("034200 04"), P256_OID + bytes.fromhex("034200 05"), "key"),
+    ],
+    ids=["unknown-key-type", "unknown-curve", "unknown-signature", "bad-version", "bad-point"],
+)
+def test_a_certificate_broken_in_a_lazily_parsed_field_exits_2_in_one_line(
+    tmp_path, capsys, found, put, error
+):
+    """Inputs that crashed the command with ValueError, UnsupportedAlgorithm or InvalidVersion."""
+    import base64
+
+    der = _der_of(leaf(authority()))
+    assert found in der
+    path = tmp_path / "lazy.pem"
+    path.write_bytes(
+        b"-----BEGIN CERTIFICATE-----\n"
+        + base64.encodebytes(der.replace(found, put))
+        + b"-----END CERTIFICATE-----\n"
+    )
+    assert main(["certs", "inspect", str(path), "--use", "server"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"secure-etl: {path}: broken PEM certificate")
+    assert error in lines[0]

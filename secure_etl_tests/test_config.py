@@ -111,3 +111,88 @@ def test_a_certificate_named_like_a_union_tag_keeps_its_name_in_errors(write_con
 
     err = _error(write_config, _with(change))
     assert err.key == "certificates.command.identifiers"
+
+
+def _billion_laughs(levels: int = 9) -> str:
+    """The classic YAML bomb: nine short lines that stand for 9**9 strings."""
+    lines = ['  - &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    names = "abcdefghij"
+    for previous, name in zip(names, names[1:levels], strict=False):
+        lines.append(f"  - &{name} [" + ",".join([f"*{previous}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def _yaml_with_state_dir(write_config, state_dir_yaml: str):
+    """The base config with ``state_dir:`` followed by raw YAML (kept out of safe_dump)."""
+    path = write_config()
+    data = yaml.safe_load(path.read_text())
+    data.pop("state_dir")
+    path.write_text(yaml.safe_dump(data) + "state_dir:" + state_dir_yaml)
+    return path
+
+
+def test_a_billion_laughs_is_refused_before_anything_is_built(write_config, monkeypatch):
+    from secure_etl import config as config_module
+
+    def never(*args, **kwargs):
+        raise AssertionError("the expansion was built")
+
+    # Before the fix, validating the bomb as state_dir and repr-ing it ran for minutes.
+    monkeypatch.setattr(config_module._BoundedLoader, "construct_document", never)
+    monkeypatch.setattr(config_module.PlatformConfig, "model_validate", never)
+    path = _yaml_with_state_dir(write_config, "\n" + _billion_laughs())
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    err = caught.value
+    assert str(err).startswith(f"{path}: line ")
+    assert "more than 100000 values once aliases expand" in err.message
+    assert len(str(err).splitlines()) == 1
+
+
+def test_more_aliases_than_the_budget_is_refused(write_config):
+    path = _yaml_with_state_dir(write_config, " &x s\nlabels: [" + ", ".join(["*x"] * 101) + "]\n")
+    with pytest.raises(ConfigError, match="more than 100 aliases"):
+        load_config(path)
+
+
+def test_a_few_aliases_are_still_fine(write_config):
+    path = write_config()
+    text = path.read_text().replace("issuer: test-ca", "issuer: &ca test-ca", 1)
+    path.write_text(text.replace("issuer: test-ca", "issuer: *ca"))
+    assert {c.issuer for c in load_config(path).certificates.values()} == {"test-ca"}
+
+
+def test_a_thousand_nested_lists_is_one_line_not_a_recursion_error(write_config):
+    path = _yaml_with_state_dir(write_config, " " + "[" * 1000 + "]" * 1000 + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert "nested more than 50 levels deep" in caught.value.message
+    assert str(caught.value).startswith(f"{path}: line ")
+
+
+def test_a_huge_wrong_value_is_echoed_in_at_most_80_characters(write_config):
+    data = _with(lambda d: d.update(state_dir=["x" * 1000] * 1000))
+    err = _error(write_config, data)
+    assert err.key == "state_dir"
+    echoed = err.message.partition("(got ")[2]
+    assert echoed and len(echoed) <= 81 and "..." in echoed
+
+
+def test_control_characters_in_a_key_or_value_are_escaped(write_config, capsys):
+    from secure_etl.cli import main
+
+    hostile = "evil\x1b[31m\nsecure-etl: all good\x00"
+    data = _with(lambda d: d["certificates"]["etl-client"].update({hostile: hostile}))
+    err = _error(write_config, data)
+    assert "evil\\x1b[31m\\nsecure-etl: all good\\x00" in err.key
+    data = _with(lambda d: d["certificates"]["etl-client"].update(issuer=hostile))
+    err = _error(write_config, data)
+    assert "\\x1b[31m" in err.message and "\\n" in err.message
+    for text in (str(err), err.key, err.message):
+        assert not any(c in text for c in "\x1b\n\x00")
+
+    data = _with(lambda d: d["certificates"]["etl-client"].update({hostile: 1}))
+    assert main(["status", "--config", str(write_config(data, "hostile.yaml"))]) == 2
+    printed = capsys.readouterr().err
+    assert printed.count("\n") == 1 and "\x1b" not in printed and "\x00" not in printed
+    assert "evil\\x1b[31m\\nsecure-etl: all good\\x00" in printed

@@ -51,7 +51,9 @@ def _load(tmp_path_factory, text: str):
     return load_config(path)
 
 
-@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(text=st.text(max_size=300))
 def test_any_text_as_a_config_loads_or_raises_config_error(tmp_path_factory, text):
     try:
@@ -60,7 +62,9 @@ def test_any_text_as_a_config_loads_or_raises_config_error(tmp_path_factory, tex
         assert str(err.path).endswith("platform.yaml")
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(where=st.sampled_from(PATHS), value=values)
 def test_any_value_anywhere_in_a_valid_config_loads_or_names_a_key(tmp_path_factory, where, value):
     data = copy.deepcopy(BASE_CONFIG)
@@ -129,3 +133,64 @@ def test_the_repository_holds_no_private_key():
         name.decode() for name in tracked if name and marker in (root / name.decode()).read_bytes()
     ]
     assert found == []
+
+
+def _real_ders() -> list[bytes]:
+    from cryptography.hazmat.primitives import serialization
+
+    from secure_etl_tests.pki.certs import authority, leaf, new_key
+
+    ca = authority()
+    certs = [ca.cert, leaf(ca), leaf(ca, key=new_key("rsa2048"))]
+    return [c.public_bytes(serialization.Encoding.DER) for c in certs]
+
+
+REAL_DERS = _real_ders()
+mutations = st.lists(
+    st.tuples(st.sampled_from(["flip", "insert", "delete"]), st.floats(0, 1), st.integers(0, 255)),
+    min_size=1,
+    max_size=4,
+)
+
+
+def _mutate(der: bytes, steps) -> bytes:
+    out = bytearray(der)
+    for op, where, byte in steps:
+        at = min(int(where * len(out)), len(out) - 1)
+        if op == "flip":
+            out[at] ^= byte or 1
+        elif op == "insert":
+            out.insert(at, byte)
+        elif len(out) > 1:
+            del out[at]
+    return bytes(out)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(which=st.integers(0, len(REAL_DERS) - 1), steps=mutations, as_json=st.booleans())
+def test_certs_inspect_on_a_mutated_real_certificate_exits_0_1_or_2_in_one_line(
+    tmp_path_factory, which, steps, as_json
+):
+    """Mutations of real DER (not random bytes) reach the lazily parsed fields: key, curve,
+    algorithms, version, dates. Each gives a verdict or one line and exit 2."""
+    import base64
+    import contextlib
+    import io
+
+    from secure_etl.cli import main
+
+    path = tmp_path_factory.mktemp("pem") / "mutated.pem"
+    body = base64.encodebytes(_mutate(REAL_DERS[which], steps))
+    path.write_bytes(b"-----BEGIN CERTIFICATE-----\n" + body + b"-----END CERTIFICATE-----\n")
+    args = ["certs", "inspect", str(path), "-d", "svc.example.com", "--use", "server"]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([*args, "--json"] if as_json else args)
+    assert code in {0, 1, 2}
+    if code == 2:
+        lines = err.getvalue().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"secure-etl: {path}: ")
+    else:
+        assert out.getvalue() and "Traceback" not in err.getvalue()

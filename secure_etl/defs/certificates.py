@@ -23,7 +23,12 @@ from secure_etl.config import PlatformConfig
 from secure_etl.pki.acme_issuer import AcmeConfigError
 from secure_etl.pki.endpoints import stale_endpoints
 from secure_etl.pki.inspect import CHECKS, CheckResult, PemError, facts
-from secure_etl.pki.renewal import current_leaf, ensure_certificate, inspect_current
+from secure_etl.pki.renewal import (
+    current_chain,
+    current_leaf,
+    ensure_certificate,
+    inspect_current,
+)
 
 GROUP = "certificates"
 CHECKS_JOB = "certificate_checks"
@@ -38,8 +43,8 @@ def certificate_key(name: str) -> AssetKey:
 ENDPOINT_CHECK = "served_by_endpoint"
 ALL_CHECKS = {
     **CHECKS,
-    ENDPOINT_CHECK: "every configured endpoint presents the current certificate (a real "
-    "TLS handshake; PostgreSQL after its SSLRequest)",
+    ENDPOINT_CHECK: "every configured endpoint presents the current certificate and chain, "
+    "compared by SHA-256 fingerprint (a real TLS handshake; PostgreSQL after its SSLRequest)",
 }
 
 
@@ -141,7 +146,7 @@ def _served(platform: PlatformConfig, name: str) -> CheckResult:
     endpoints = platform.certificates[name].endpoints
     if not endpoints:
         return CheckResult(ENDPOINT_CHECK, True, "ERROR", "no endpoints configured", skipped=True)
-    stale = stale_endpoints(endpoints, current_leaf(platform, name))
+    stale = stale_endpoints(endpoints, current_chain(platform, name))
     if stale:
         return CheckResult(ENDPOINT_CHECK, False, "ERROR", "; ".join(stale))
     where = ", ".join(f"{e.host}:{e.port}" for e in endpoints)

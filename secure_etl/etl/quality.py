@@ -59,12 +59,13 @@ def pii_leaks(
             con.execute("CREATE TEMP TABLE pii (v VARCHAR)")
             for table in raw():
                 present = [c for c in pii_columns if c in table.column_names]
-                chunk = _as_text(table, present)  # noqa: F841 - read by DuckDB by name
+                if not present:
+                    continue
+                chunk = con.from_arrow(_as_text(table, present))
                 for column in present:
-                    con.execute(
-                        f'INSERT INTO pii SELECT "{column}" FROM chunk '  # noqa: S608
-                        f'WHERE "{column}" IS NOT NULL'
-                    )
+                    # DuckDB quotes the name itself: no column name is ever spliced into SQL.
+                    value = duckdb.ColumnExpression(column)
+                    chunk.filter(value.isnotnull()).select(value.alias("v")).insert_into("pii")
             con.execute("CREATE TEMP TABLE pii_set AS SELECT DISTINCT v FROM pii")
             con.execute("DROP TABLE pii")
             leaks: dict[str, int] = {}

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 
 import httpx
+from cryptography.hazmat.primitives import hashes
 
 from secure_etl.config import CommandDeploy, DeployAction, PostgresReloadDeploy, WebhookDeploy
 from secure_etl.pki.endpoints import EndpointError, served_leaf
@@ -23,7 +24,8 @@ class DeployContext:
     version: str
     directory: str
     event: str  # "issued", "renewed" or "redeployed"
-    serial: int = 0  # of the certificate that should now be served
+    serial: int = 0  # of the certificate that should now be served, for messages
+    fingerprint: str = ""  # its SHA-256 fingerprint (hex): what proves it is served
     ca_bundle: str = ""  # roots that verify servers presenting this certificate
     # name -> (fullchain, privkey) of the platform's client certificates
     client_files: dict[str, tuple[str, str]] | None = None
@@ -108,13 +110,15 @@ def _postgres_reload(action: PostgresReloadDeploy, ctx: DeployContext) -> str:
     if not reloaded:
         raise DeployError(f"postgres_reload {where}: pg_reload_conf() returned false")
     # The postmaster reloads asynchronously: wait until new connections get the new leaf.
+    wanted = f"sha256:{ctx.fingerprint[:16]} (serial {ctx.serial:x})"
     deadline = time.monotonic() + action.timeout_s
     while True:
         try:
-            if served_leaf(action.host, action.port, "postgres").serial_number == ctx.serial:
-                return f"postgres_reload {where}: serving serial {ctx.serial:x}"
+            served = served_leaf(action.host, action.port, "postgres")
+            if served.fingerprint(hashes.SHA256()).hex() == ctx.fingerprint:
+                return f"postgres_reload {where}: serving {wanted}"
         except EndpointError:
             pass
         if time.monotonic() > deadline:
-            raise DeployError(f"postgres_reload {where}: still not serving serial {ctx.serial:x}")
+            raise DeployError(f"postgres_reload {where}: still not serving {wanted}")
         time.sleep(0.05)

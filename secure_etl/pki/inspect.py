@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Literal
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from secure_etl.errors import UserError
@@ -29,13 +29,15 @@ Severity = Literal["ERROR", "WARN"]
 WEAK_HASHES = (hashes.MD5, hashes.SHA1)
 EKU_OID = {"server": ExtendedKeyUsageOID.SERVER_AUTH, "client": ExtendedKeyUsageOID.CLIENT_AUTH}
 MAX_CHAIN_DEPTH = 8
+ALLOWED_CURVES = ("secp256r1", "secp384r1", "secp521r1")
 
 # name -> what passing means; the order in which checks are reported.
 CHECKS: dict[str, str] = {
     "expiry_window": "more time is left than the renewal window",
     "validity_started": "the certificate's notBefore has passed",
     "covers_identifiers": "the SANs cover every configured identifier (RFC 6125 wildcards)",
-    "key_strength": "RSA of at least 2048 bits, EC of at least P-256",
+    "key_strength": "RSA of at least 2048 bits, EC on P-256, P-384 or P-521, or Ed25519 for a "
+    "client certificate; nothing else",
     "signature_algorithm": "no certificate in the chain is signed with MD5 or SHA-1",
     "chain_trusted": "the chain leads to a configured root",
     "eku_fits_use": "the extended key usage fits the certificate's use",
@@ -83,17 +85,37 @@ class CertificateFacts:
 
 
 def load_pem_chain(data: bytes, source: str) -> list[x509.Certificate]:
-    """Every certificate in a PEM blob, leaf first; ``source`` names it in errors."""
+    """Every certificate in a PEM blob, leaf first; ``source`` names it in errors.
+
+    cryptography parses most fields only when they are read, so a malformed key, algorithm,
+    version or date would otherwise fail mid-check; every field is read here instead."""
     if b"-----BEGIN CERTIFICATE-----" not in data:
         raise PemError(f"{source}: no PEM certificate found")
     try:
         chain = x509.load_pem_x509_certificates(data)
         for cert in chain:
-            # Extensions are parsed lazily: a malformed one must fail here, not mid-check.
-            _ = cert.extensions
-    except ValueError as err:
-        raise PemError(f"{source}: broken PEM certificate ({err})") from None
+            _read_every_field(cert)
+    except BROKEN_CERTIFICATE as err:
+        raise PemError(f"{source}: broken PEM certificate ({_one_line(err)})") from None
     return chain
+
+
+BROKEN_CERTIFICATE = (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion)
+
+
+def _read_every_field(cert: x509.Certificate) -> None:
+    """Read what the checks and facts read, so that parsing errors surface at load time."""
+    _ = cert.version, cert.serial_number, cert.signature_algorithm_oid
+    _ = cert.not_valid_before_utc, cert.not_valid_after_utc
+    _ = cert.subject.rfc4514_string(), cert.issuer.rfc4514_string()
+    _ = cert.signature_hash_algorithm, cert.public_key()
+    for extension in cert.extensions:
+        _ = extension.value
+
+
+def _one_line(err: Exception) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def load_chain_file(path: Path | str) -> list[x509.Certificate]:
@@ -202,7 +224,7 @@ def inspect_chain(
         _expiry(info, now, min_days, fraction_left),
         _started(info, now),
         _covers(info, leaf, identifiers),
-        _key_strength(info, leaf),
+        _key_strength(info, leaf, use),
         _signatures(chain),
         _chain_trusted(chain, roots, roots_source, now),
         _eku_fits(leaf, use),
@@ -265,19 +287,32 @@ def _covers(
     return CheckResult("covers_identifiers", True, "ERROR", f"covers {', '.join(identifiers)}")
 
 
-def _key_strength(info: CertificateFacts, leaf: x509.Certificate) -> CheckResult:
-    key = leaf.public_key()
-    weak = (isinstance(key, rsa.RSAPublicKey) and key.key_size < 2048) or (
-        isinstance(key, ec.EllipticCurvePublicKey) and key.curve.key_size < 256
-    )
-    if weak:
-        return CheckResult(
-            "key_strength",
-            False,
-            "ERROR",
-            f"{info.key_type} is too weak (need RSA >= 2048 or EC >= P-256)",
-        )
+def _key_strength(info: CertificateFacts, leaf: x509.Certificate, use: str | None) -> CheckResult:
+    problem = _key_problem(leaf.public_key(), info.key_type, use)
+    if problem:
+        return CheckResult("key_strength", False, "ERROR", problem)
     return CheckResult("key_strength", True, "ERROR", info.key_type)
+
+
+def _key_problem(key: object, name: str, use: str | None) -> str | None:
+    """Why a TLS certificate may not carry ``key`` (described as ``name``), or None.
+
+    An allow-list: RSA >= 2048, EC on the NIST curves TLS clients support, and Ed25519
+    only for client certificates (browsers and most TLS clients reject it in a server
+    certificate, and the CA/Browser Forum does not allow it). Anything else is refused by
+    name, so DSA or a curve such as secp256k1 never passes as "strong enough".
+    """
+    if isinstance(key, rsa.RSAPublicKey):
+        return None if key.key_size >= 2048 else f"{name} is too weak (RSA needs >= 2048 bits)"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        if key.curve.name in ALLOWED_CURVES:
+            return None
+        return f"{name} is not allowed (EC must be on P-256, P-384 or P-521)"
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        if use == "client":
+            return None
+        return f"{name} is allowed for client certificates only, not {use or 'an unknown use'}"
+    return f"{name} is not allowed (use RSA >= 2048 or EC P-256/P-384/P-521)"
 
 
 def _signatures(chain: Sequence[x509.Certificate]) -> CheckResult:

@@ -102,7 +102,7 @@ def ensure_certificate(
     with store.lock(name):
         reason = _why_renew(config, name, force)
         if reason is None:
-            stale = stale_endpoints(cert.endpoints, current_leaf(config, name))
+            stale = stale_endpoints(cert.endpoints, current_chain(config, name))
             if not (stale and cert.deploy):
                 return RenewalResult(
                     name,
@@ -168,12 +168,14 @@ def _deploy_context(config: PlatformConfig, name: str, version: str, event: str)
         for other, c in config.certificates.items()
         if c.use == "client"
     }
+    leaf = current_leaf(config, name)
     return DeployContext(
         certificate=name,
         version=version,
         directory=str(store.paths(name).directory),
         event=event,
-        serial=current_leaf(config, name).serial_number,
+        serial=leaf.serial_number,
+        fingerprint=leaf.fingerprint(hashes.SHA256()).hex(),
         ca_bundle=str(trust_bundle(config, name) or ""),
         client_files=clients,
     )
@@ -206,7 +208,13 @@ def _why_renew(config: PlatformConfig, name: str, force: bool) -> str | None:
 
 
 def current_leaf(config: PlatformConfig, name: str) -> x509.Certificate | None:
+    chain = current_chain(config, name)
+    return chain[0] if chain else None
+
+
+def current_chain(config: PlatformConfig, name: str) -> list[x509.Certificate] | None:
+    """The current version's certificates, leaf first; None if there is none."""
     store = certificate_store(config)
     if not store.has_current(name):
         return None
-    return load_chain_file(store.paths(name).fullchain)[0]
+    return load_chain_file(store.paths(name).fullchain)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 NOW = dt.datetime.now(dt.UTC)
@@ -27,6 +27,14 @@ def new_key(kind: str = "ec256"):
         return ec.generate_private_key(ec.SECP384R1())
     if kind == "ec192":
         return ec.generate_private_key(ec.SECP192R1())
+    if kind == "ec521":
+        return ec.generate_private_key(ec.SECP521R1())
+    if kind == "secp256k1":
+        return ec.generate_private_key(ec.SECP256K1())
+    if kind == "ed25519":
+        return ed25519.Ed25519PrivateKey.generate()
+    if kind.startswith("dsa"):
+        return dsa.generate_private_key(key_size=int(kind[3:]))
     if kind.startswith("rsa"):
         return rsa.generate_private_key(public_exponent=65537, key_size=int(kind[3:]))
     raise ValueError(kind)

@@ -97,6 +97,33 @@ def test_ec_p192_is_too_weak_and_p384_is_fine():
     assert _results([leaf(ca, key=new_key("ec384"))], ca)["key_strength"].reason == "EC P-384"
 
 
+@pytest.mark.parametrize(
+    ("kind", "named"),
+    [("dsa1024", "DSA 1024 is not allowed"), ("secp256k1", "EC secp256k1 is not allowed")],
+)
+def test_keys_outside_the_allow_list_fail_by_name(kind, named):
+    ca = authority()
+    results = _results([leaf(ca, key=new_key(kind))], ca)
+    assert _only_failure(results) == "key_strength"
+    assert named in results["key_strength"].reason
+
+
+def test_p521_and_rsa_4096_are_allowed():
+    ca = authority()
+    assert _results([leaf(ca, key=new_key("ec521"))], ca)["key_strength"].reason == "EC P-521"
+    assert _results([leaf(ca, key=new_key("rsa4096"))], ca)["key_strength"].passed
+
+
+def test_ed25519_is_allowed_for_a_client_certificate_only():
+    ca = authority()
+    client = leaf(ca, key=new_key("ed25519"), eku=[CLIENT])
+    assert _results([client], ca, use="client")["key_strength"].passed
+    server = _results([leaf(ca, key=new_key("ed25519"))], ca, use="server")
+    assert _only_failure(server) == "key_strength"
+    assert "Ed25519 is allowed for client certificates only" in server["key_strength"].reason
+    assert not {r.name: r for r in inspect_chain([client])}["key_strength"].passed
+
+
 def test_sha1_signature():
     ca = authority("RSA Root", key_kind="rsa2048")
     cert = resign_with_sha1(leaf(ca), ca.key)
