@@ -68,10 +68,15 @@ def private_dir(path: Path, holds_keys: bool = False) -> Path:
     if holds_keys:
         check_key_dir(path, info)
     if info.st_mode & _GROUP_OTHER:
-        log.warning(
-            "%s: mode %04o lets others in; changed to 0700", path, stat.S_IMODE(info.st_mode)
-        )
-        os.chmod(path, PRIVATE_DIR_MODE)
+        mode = stat.S_IMODE(info.st_mode)
+        try:
+            os.chmod(path, PRIVATE_DIR_MODE)
+        except PermissionError:
+            raise UserError(
+                f"{path}: mode {mode:04o} lets others in, and {_user(info.st_uid)} owns it, "
+                f"so it cannot be changed to 0700: run chmod 700 {path} as its owner"
+            ) from None
+        log.warning("%s: mode %04o lets others in; changed to 0700", path, mode)
     return path
 
 
