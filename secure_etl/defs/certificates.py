@@ -24,11 +24,13 @@ from secure_etl.pki.acme_issuer import AcmeConfigError
 from secure_etl.pki.endpoints import stale_endpoints
 from secure_etl.pki.inspect import CHECKS, CheckResult, PemError, facts
 from secure_etl.pki.renewal import (
+    certificate_store,
     current_chain,
     current_leaf,
     ensure_certificate,
     inspect_current,
 )
+from secure_etl.pki.store import PRIVATE_KEY_CHECK
 
 GROUP = "certificates"
 CHECKS_JOB = "certificate_checks"
@@ -39,10 +41,13 @@ def certificate_key(name: str) -> AssetKey:
     return AssetKey([GROUP, name])
 
 
-# The inspection checks, plus one that needs the network: what the endpoints serve.
+# The inspection checks, the private key's file, and one that needs the network: what
+# the endpoints serve.
 ENDPOINT_CHECK = "served_by_endpoint"
 ALL_CHECKS = {
     **CHECKS,
+    PRIVATE_KEY_CHECK: "the private key is a regular file of ours that no one else may read or "
+    "write, in a directory no one else may write (not a symbolic link)",
     ENDPOINT_CHECK: "every configured endpoint presents the current certificate and chain, "
     "compared by SHA-256 fingerprint (a real TLS handshake; PostgreSQL after its SSLRequest)",
 }
@@ -139,7 +144,14 @@ def _inspect(platform: PlatformConfig, name: str) -> list[CheckResult]:
         results, reason = None, f"cannot read the current certificate: {err}"
     if results is None:
         return [CheckResult(check, False, "ERROR", reason) for check in ALL_CHECKS]
-    return [*results, _served(platform, name)]
+    return [*results, _key_protected(platform, name), _served(platform, name)]
+
+
+def _key_protected(platform: PlatformConfig, name: str) -> CheckResult:
+    problem = certificate_store(platform).private_key_problem(name)
+    if problem:
+        return CheckResult(PRIVATE_KEY_CHECK, False, "ERROR", problem)
+    return CheckResult(PRIVATE_KEY_CHECK, True, "ERROR", "owner-only, ours, not a link")
 
 
 def _served(platform: PlatformConfig, name: str) -> CheckResult:

@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow as pa
 
 from secure_etl.etl.storage import PARTITION_COLUMN
+from secure_etl.security.files import owner_only, private_dir
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -22,6 +23,18 @@ def _quoted(identifier: str) -> str:
     if not _IDENTIFIER.match(identifier):
         raise ValueError(f"invalid identifier {identifier!r}")
     return f'"{identifier}"'
+
+
+@contextlib.contextmanager
+def _connect_to_write(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection to the warehouse file, in a 0700 directory. DuckDB creates the file
+    and its WAL with the umask's mode, so they are made 0600 once they exist."""
+    path = Path(path)
+    private_dir(path.parent)
+    with duckdb.connect(str(path)) as con:
+        owner_only(path)
+        yield con
+        owner_only(path.with_name(path.name + ".wal"))
 
 
 @contextlib.contextmanager
@@ -38,10 +51,9 @@ def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
 def load_partition(path: Path, table: str, partition: str, parquet: Path) -> int:
     """Replace exactly ``partition`` of ``table`` by the rows of the Parquet file
     ``parquet`` (DuckDB streams it); loading twice changes nothing."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     name = _quoted(table)
     source = "read_parquet(?)"
-    with duckdb.connect(str(path)) as con:
+    with _connect_to_write(path) as con:
         con.execute(
             f"CREATE TABLE IF NOT EXISTS {name} AS SELECT *, ?::VARCHAR AS {PARTITION_COLUMN} "
             f"FROM {source} LIMIT 0",
@@ -64,10 +76,9 @@ def load_partition_stream(
     schema: pa.Schema,
 ) -> int:
     """Replace exactly ``partition`` of ``table`` by ``batches``, read as a stream."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     name = _quoted(table)
     reader = pa.RecordBatchReader.from_batches(schema, (b for t in batches for b in t.to_batches()))
-    with duckdb.connect(str(path)) as con:
+    with _connect_to_write(path) as con:
         con.register("shape", schema.empty_table())
         con.execute(
             f"CREATE TABLE IF NOT EXISTS {name} AS SELECT *, ?::VARCHAR AS {PARTITION_COLUMN} "
@@ -87,9 +98,8 @@ def load_partition_stream(
 def merge_batch(path: Path, table: str, batch_id: str, key_column: str, parquet: Path) -> int:
     """Upsert the rows of ``parquet`` by ``key_column`` in one transaction; they carry
     ``batch_id`` in the partition column."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     name, key = _quoted(table), _quoted(key_column)
-    with duckdb.connect(str(path)) as con:
+    with _connect_to_write(path) as con:
         con.execute(
             f"CREATE TABLE IF NOT EXISTS {name} AS SELECT *, ?::VARCHAR AS {PARTITION_COLUMN} "
             "FROM read_parquet(?) LIMIT 0",

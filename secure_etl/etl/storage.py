@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from secure_etl.security.files import SECRET_MODE, write_secret
+from secure_etl.security.files import SECRET_MODE, private_dir, write_secret
 from secure_etl.security.kms import KeyProvider
 
 STAGES = ("raw", "quarantine", "hashed")
@@ -87,7 +87,7 @@ class PartitionWriter:
     def __init__(self, path: Path, crypto: ParquetCrypto | None = None) -> None:
         self.path = Path(path)
         self._crypto = crypto
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         self._tmp = self.path.with_name(
             f".{self.path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
         )

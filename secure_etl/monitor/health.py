@@ -16,7 +16,8 @@ from pathlib import Path
 
 from secure_etl.config import PlatformConfig
 from secure_etl.pki.inspect import facts, renewal_threshold_days
-from secure_etl.pki.renewal import current_leaf, inspect_current
+from secure_etl.pki.renewal import certificate_store, current_leaf, inspect_current
+from secure_etl.pki.store import PRIVATE_KEY_CHECK
 from secure_etl.security.audit import platform_audit_log, verify_log
 from secure_etl.security.files import write_atomic
 
@@ -47,6 +48,8 @@ def certificate_status(platform: PlatformConfig, now: dt.datetime) -> list[dict]
             info.lifetime_days, cert.renewal.fraction_left, cert.renewal.min_days_left
         )
         failing = [r.name for r in inspect_current(platform, name) or [] if not r.passed]
+        if certificate_store(platform).private_key_problem(name):
+            failing.append(PRIVATE_KEY_CHECK)
         row.update(
             serial=info.serial,
             not_after=info.not_after.isoformat(),

@@ -46,7 +46,13 @@ from secure_etl.config import (
 from secure_etl.pki.inspect import load_pem_chain, system_trust_bundle
 from secure_etl.pki.issuer import IssuedCertificate, Use
 from secure_etl.pki.keys import PrivateKey, generate_private_key, load_private_key, private_key_pem
-from secure_etl.security.files import read_secret, write_atomic, write_secret
+from secure_etl.security.files import (
+    lock_file,
+    private_dir,
+    read_secret,
+    write_atomic,
+    write_secret,
+)
 
 
 class AcmeConfigError(Exception):
@@ -147,10 +153,10 @@ class AcmeIssuer:
 
     def client(self) -> AcmeClient:
         """A client with its account registered (or found again) at the CA."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_dir(self.directory, holds_keys=True)
         # One account per issuer, even when many renewals start at once (threads or
         # processes): the first creates the key and registers, the others wait and reuse.
-        with open(self.directory / ".account.lock", "a") as lock:
+        with lock_file(self.directory / ".account.lock") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 return self._client_locked()

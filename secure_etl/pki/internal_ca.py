@@ -21,7 +21,13 @@ from secure_etl.pki.keys import (
     load_private_key,
     private_key_pem,
 )
-from secure_etl.security.files import read_secret, write_atomic, write_secret
+from secure_etl.security.files import (
+    lock_file,
+    private_dir,
+    read_secret,
+    write_atomic,
+    write_secret,
+)
 
 EKU_FOR_USE = {"server": ExtendedKeyUsageOID.SERVER_AUTH, "client": ExtendedKeyUsageOID.CLIENT_AUTH}
 # Leaves are back-dated a little so a peer whose clock runs behind still accepts them.
@@ -82,8 +88,8 @@ class InternalCA:
 
     def ensure_root(self) -> tuple[x509.Certificate, PrivateKey]:
         """Load the root, creating it (under a lock) the first time."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with open(self.directory / ".lock", "a") as lock:
+        private_dir(self.directory, holds_keys=True)
+        with lock_file(self.directory / ".lock") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not self.root_path.exists():
                 self._create_root()

@@ -9,7 +9,8 @@ Layout, per certificate::
 Services read ``<root>/<name>/current/fullchain.pem`` and ``privkey.pem``: the link is
 replaced with one ``rename``, so a reader sees the old version or the new one, never a mix.
 A version directory is complete before it is renamed into place, so nothing half-written
-ever becomes current.
+ever becomes current. Directories are 0700 and files 0600; a ``<root>/<name>`` or a
+``.lock`` that is a symbolic link, or a directory another user owns, is refused.
 """
 
 from __future__ import annotations
@@ -26,7 +27,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from secure_etl.pki.issuer import IssuedCertificate
-from secure_etl.security.files import write_atomic, write_secret
+from secure_etl.security.files import (
+    InsecureSecretFile,
+    check_key_dir,
+    lock_file,
+    private_dir,
+    secret_file_problem,
+    write_atomic,
+    write_secret,
+)
+
+# The check that the current private key is safe on disk (see private_key_problem).
+PRIVATE_KEY_CHECK = "private_key_protected"
 
 
 class StoreLocked(Exception):
@@ -82,13 +94,36 @@ class CertificateStore:
             return []
         return sorted(p.name for p in directory.iterdir() if not p.name.startswith("."))
 
+    def certificate_dir(self, name: str) -> Path:
+        """``<root>/<name>``, created 0700; refused if it is a symbolic link (it could
+        lead the keys elsewhere) or not ours."""
+        private_dir(self.root)
+        directory = self.root / name
+        if directory.is_symlink():
+            raise InsecureSecretFile(_linked_dir(directory))
+        return private_dir(directory, holds_keys=True)
+
+    def private_key_problem(self, name: str) -> str | None:
+        """Why another user could read or replace the current private key (a symbolic
+        link, not ours, group/other bits, a directory others may write in), or None."""
+        directory = self.root / name
+        if directory.is_symlink():
+            return _linked_dir(directory)
+        key = self.paths(name).privkey
+        try:
+            check_key_dir(key.parent)
+            return secret_file_problem(key)
+        except InsecureSecretFile as err:
+            return str(err)
+        except FileNotFoundError:
+            return f"{key}: missing"
+
     @contextmanager
     def lock(self, name: str, timeout_s: float = 300.0) -> Iterator[None]:
         """Hold the certificate's exclusive lock so two renewals cannot interleave."""
-        directory = self.root / name
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        directory = self.certificate_dir(name)
         deadline = time.monotonic() + timeout_s
-        with open(directory / ".lock", "a") as handle:
+        with lock_file(directory / ".lock") as handle:
             while True:
                 try:
                     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -112,8 +147,7 @@ class CertificateStore:
 
         Call with ``lock(name)`` held.
         """
-        versions = self.root / name / "versions"
-        versions.mkdir(parents=True, exist_ok=True, mode=0o700)
+        versions = private_dir(self.certificate_dir(name) / "versions", holds_keys=True)
         version = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
         staging = versions / f".staging-{version}"
         staging.mkdir(mode=0o700)
@@ -156,3 +190,10 @@ class CertificateStore:
             shutil.rmtree(versions_dir / version)
         for leftover in versions_dir.glob(".staging-*"):
             shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _linked_dir(directory: Path) -> str:
+    return (
+        f"{directory}: a certificate directory is a symbolic link, which could lead its keys "
+        "elsewhere; the store refuses it (move the real directory there)"
+    )

@@ -31,7 +31,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from secure_etl.config import PlatformConfig
-from secure_etl.security.files import SECRET_MODE, read_secret, write_atomic, write_secret
+from secure_etl.security.files import (
+    SECRET_MODE,
+    private_dir,
+    read_secret,
+    write_atomic,
+    write_secret,
+)
 
 GENESIS = "0" * 64
 FIELDS = (
@@ -171,7 +177,7 @@ class AuditLog:
             return self._sign(handle)
 
     def _locked(self) -> BinaryIO:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, SECRET_MODE)
         handle = os.fdopen(fd, "r+b")
         fcntl.flock(handle, fcntl.LOCK_EX)  # released when the handle closes
