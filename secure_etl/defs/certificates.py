@@ -24,6 +24,7 @@ from secure_etl.pki.acme_issuer import AcmeConfigError
 from secure_etl.pki.endpoints import stale_endpoints
 from secure_etl.pki.inspect import CHECKS, CheckResult, PemError, facts
 from secure_etl.pki.renewal import current_leaf, ensure_certificate, inspect_current
+from secure_etl.pki.verify import VerificationError
 
 GROUP = "certificates"
 CHECKS_JOB = "certificate_checks"
@@ -69,7 +70,7 @@ def certificate_asset(platform: PlatformConfig, name: str) -> AssetsDefinition:
     def _certificate(context, config: CertificateRunConfig) -> MaterializeResult:
         try:
             result = ensure_certificate(platform, name, force=config.force, log=context.log.info)
-        except (AcmeError, SolverError, AcmeConfigError) as err:
+        except (AcmeError, SolverError, AcmeConfigError, VerificationError) as err:
             # The previous version (if any) stays current; say what happened, in the UI too.
             outcome = "rate_limited" if isinstance(err, RateLimited) else "failed"
             metadata = {"outcome": outcome, "error": str(err), "issuer": cert.issuer}

@@ -113,6 +113,30 @@ class LyingProxy(_Running):
         return f"{self.base_url}/dir"
 
 
+def through(proxy: LyingProxy, platform, write_config, change=None):
+    """``platform`` (a PlatformConfig with an issuer ``pebble``) talking to Pebble
+    through ``proxy``; ``change(data)`` may edit the config data first."""
+    import json
+
+    from secure_etl.config import load_config
+
+    data = json.loads(json.dumps(platform.model_dump(exclude_none=True)))
+    data["issuers"]["pebble"]["directory_url"] = proxy.directory_url
+    data["issuers"]["pebble"]["server_ca_bundle"] = str(proxy.ca_bundle)
+    if change:
+        change(data)
+    return load_config(write_config(data, f"through-proxy-{proxy.port}.yaml"))
+
+
+def server_auth_only_ca(proxy: LyingProxy, workdir: Path) -> Path:
+    """Make ``proxy`` re-issue every download as a CA that gives serverAuth only (as public
+    CAs now do; Pebble 2.4 still adds clientAuth); returns that CA's root file."""
+    ca = InternalCA("server-auth-only", workdir)
+    root = ca.ensure_root()
+    proxy.forge = lambda pem: forged_leaf(pem, server_auth_only=True, issuer=root)
+    return ca.root_path
+
+
 def forged_leaf(
     chain_pem: bytes,
     *,

@@ -3,11 +3,8 @@ failed. The lying CA is a real Pebble behind a real HTTPS proxy that forges down
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from secure_etl.config import load_config
 from secure_etl.pki.internal_ca import InternalCA
 from secure_etl.pki.renewal import (
     certificate_store,
@@ -16,7 +13,12 @@ from secure_etl.pki.renewal import (
     verification_failure,
 )
 from secure_etl.pki.verify import VerificationError
-from secure_etl_tests.acme.hostile_servers import LyingProxy, forged_leaf
+from secure_etl_tests.acme.hostile_servers import (
+    LyingProxy,
+    forged_leaf,
+    server_auth_only_ca,
+    through,
+)
 
 
 @pytest.fixture
@@ -29,10 +31,7 @@ def lying_ca(acme_ca, tmp_path):
 @pytest.fixture
 def lying_platform(acme_platform, lying_ca, write_config):
     """The ACME platform, but talking to Pebble through the lying proxy."""
-    data = json.loads(json.dumps(acme_platform.model_dump(exclude_none=True)))
-    data["issuers"]["pebble"]["directory_url"] = lying_ca.directory_url
-    data["issuers"]["pebble"]["server_ca_bundle"] = str(lying_ca.ca_bundle)
-    return load_config(write_config(data, "lying.yaml"))
+    return through(lying_ca, acme_platform, write_config)
 
 
 @pytest.mark.parametrize(
@@ -87,22 +86,19 @@ def test_the_internal_ca_is_verified_too(platform, monkeypatch):
 
 
 def test_emulated_server_auth_only_ca_fails_a_client_certificate_once_clearly(
-    lying_platform, lying_ca, write_config, tmp_path
+    acme_platform, lying_ca, write_config, tmp_path
 ):
-    # Pebble 2.4 still gives clientAuth; public CAs no longer do. The proxy re-issues
-    # Pebble's answer as such a CA would: serverAuth only, under a root we trust here.
-    server_only = InternalCA("server-only", tmp_path / "server-only")
-    lying_ca.forge = lambda pem: forged_leaf(
-        pem, server_auth_only=True, issuer=server_only.ensure_root()
-    )
-    data = json.loads(json.dumps(lying_platform.model_dump(exclude_none=True)))
-    data["issuers"]["pebble"]["trust_bundle"] = str(server_only.root_path)
-    data["certificates"]["mtls"] = {
-        "issuer": "pebble",
-        "use": "client",
-        "identifiers": ["client.example.com"],
-    }
-    platform = load_config(write_config(data, "client.yaml"))
+    root = server_auth_only_ca(lying_ca, tmp_path / "server-only")
+
+    def add_client(data):
+        data["issuers"]["pebble"]["trust_bundle"] = str(root)
+        data["certificates"]["mtls"] = {
+            "issuer": "pebble",
+            "use": "client",
+            "identifiers": ["client.example.com"],
+        }
+
+    platform = through(lying_ca, acme_platform, write_config, add_client)
 
     with pytest.raises(VerificationError) as caught:
         ensure_certificate(platform, "mtls")
@@ -115,7 +111,11 @@ def test_emulated_server_auth_only_ca_fails_a_client_certificate_once_clearly(
     assert not certificate_store(platform).has_current("mtls")
     assert "clientAuth" in verification_failure(platform, "mtls")
     # Another issuer for it is another setting: no longer blocked, and it issues.
-    data["certificates"]["mtls"]["issuer"] = "test-ca"
-    fixed = load_config(write_config(data, "fixed.yaml"))
+    fixed = through(
+        lying_ca,
+        acme_platform,
+        write_config,
+        lambda data: (add_client(data), data["certificates"]["mtls"].update(issuer="test-ca")),
+    )
     assert verification_failure(fixed, "mtls") is None
     assert ensure_certificate(fixed, "mtls").outcome == "issued"
