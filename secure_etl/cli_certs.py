@@ -146,9 +146,10 @@ def _fail(message: str, code: int = EXIT_UNUSABLE) -> int:
     return code
 
 
-def _client(args: argparse.Namespace, account_key=None):
+def _client(args: argparse.Namespace, account_key=None, deadline_s: float | None = None):
     """A client for ``--directory``; its account key is ``account_key`` if given, else
-    the one at ``--account-key`` (created if missing)."""
+    the one at ``--account-key`` (created if missing); nothing it does outlasts
+    ``deadline_s``."""
     from secure_etl.acme.client import AcmeClient
     from secure_etl.acme.jws import AccountKey
     from secure_etl.acme.transport import Transport
@@ -162,7 +163,8 @@ def _client(args: argparse.Namespace, account_key=None):
             print(f"created account key {path}", file=sys.stderr)
         account_key = load_private_key(read_secret(path))
     verify = str(args.ca_bundle) if args.ca_bundle else True
-    return AcmeClient(Transport(args.directory, verify=verify), AccountKey(account_key))
+    transport = Transport(args.directory, verify=verify, deadline_s=deadline_s)
+    return AcmeClient(transport, AccountKey(account_key))
 
 
 def _bad_server_args(args: argparse.Namespace) -> str | None:
@@ -256,10 +258,10 @@ def acme_issue(args: argparse.Namespace) -> int:
         return _fail(str(err))
     started = time.monotonic()
     key = generate_private_key(args.key_type)
-    client = _client(args)
+    client = _client(args, deadline_s=args.timeout)
     try:
         client.register(args.email)
-        chain = client.issue(args.domain, key, solver, timeout_s=args.timeout)
+        chain = client.issue(args.domain, key, solver)
     except AcmeError as err:
         return _fail(str(err), EXIT_FAILED)  # the CA said no
     finally:
@@ -290,7 +292,7 @@ def acme_revoke(args: argparse.Namespace) -> int:
     from secure_etl.acme.errors import AcmeError
     from secure_etl.pki.inspect import facts, load_chain_file
     from secure_etl.pki.keys import load_private_key
-    from secure_etl.security.files import read_secret
+    from secure_etl.security.files import InsecureSecretFile, read_secret
 
     problem = _bad_server_args(args)
     if problem:
@@ -298,7 +300,10 @@ def acme_revoke(args: argparse.Namespace) -> int:
     cert = load_chain_file(args.cert)[0]
     der = cert.public_bytes(serialization.Encoding.DER)
     # Signed with the certificate's own key, a revocation needs no account (key).
-    cert_key = load_private_key(read_secret(args.key)) if args.key else None
+    try:
+        cert_key = load_private_key(read_secret(args.key)) if args.key else None
+    except (OSError, ValueError, InsecureSecretFile) as err:
+        return _fail(f"--key {args.key}: {getattr(err, 'strerror', None) or err}")
     client = _client(args, account_key=cert_key)
     try:
         if cert_key is not None:

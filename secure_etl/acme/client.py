@@ -340,7 +340,7 @@ class AcmeClient:
         try:
             start = dt.datetime.fromisoformat(window["start"].replace("Z", "+00:00"))
             end = dt.datetime.fromisoformat(window["end"].replace("Z", "+00:00"))
-        except (KeyError, AttributeError, ValueError):
+        except (KeyError, AttributeError, TypeError, ValueError):
             raise ProtocolError(f"{response.url}: no valid suggestedWindow") from None
         if end < start:
             raise ProtocolError(f"{response.url}: suggestedWindow ends before it starts")

@@ -47,7 +47,8 @@ class Response:
 
     @property
     def location(self) -> str | None:
-        return self.headers.get("Location")
+        value = self.headers.get("Location")
+        return https_url(value, f"{self.url}: Location") if value else None
 
     @property
     def retry_after(self) -> float | None:
@@ -68,7 +69,7 @@ class Response:
                     if p.strip().lower().startswith("rel=")
                 ]
                 if rel in rels:
-                    out.append(target[1:-1])
+                    out.append(https_url(target[1:-1], f"{self.url}: Link rel={rel}"))
         return out
 
 
@@ -97,10 +98,13 @@ class Transport:
         timeout: float = 30.0,
         client: httpx.Client | None = None,
         log: Callable[[str], None] | None = None,
+        deadline_s: float | None = None,
     ) -> None:
+        """``deadline_s``: every request through this transport ends within that many
+        seconds from now (``within`` narrows it further)."""
         self.directory_url = https_url(directory_url, "the ACME directory URL")
-        # When set (time.monotonic()), no request may run past it: see ``deadline_in``.
-        self.deadline: float | None = None
+        # When set (a time.monotonic() value), no request may run past it.
+        self.deadline = None if deadline_s is None else time.monotonic() + deadline_s
         self.timeout = timeout
         if isinstance(verify, str):
             verify = ssl.create_default_context(cafile=verify)

@@ -191,7 +191,10 @@ class _SlowHandler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            try:
+                self.wfile.write(body)
+            except OSError:
+                pass  # the client hung up: that is the point
             return
         if self.path == "/huge-chunked":
             self.send_response(200)
