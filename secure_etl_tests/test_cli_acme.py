@@ -256,3 +256,17 @@ def test_acme_issue_gives_up_at_its_timeout(tmp_path):
     assert result.returncode == 1
     assert "deadline for this issuance has passed" in result.stderr
     assert time.monotonic() - started < 20
+
+
+def test_a_config_with_an_http_acme_directory_is_refused_at_load(tmp_path):
+    config = tmp_path / "platform.yaml"
+    config.write_text(
+        "issuers:\n  le:\n    type: acme\n    directory_url: http://ca.test/dir\n"
+        "    challenge: {type: http-01, port: 80}\n"
+    )
+    result = _run("certs", "list", "--config", str(config))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"secure-etl: {config}: issuers.le.directory_url: 'http://ca.test/dir' is not an "
+        "https:// URL; ACME directories must use https"
+    )
