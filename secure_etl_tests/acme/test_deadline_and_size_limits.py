@@ -34,7 +34,7 @@ def test_a_directory_fed_one_byte_a_second_hits_the_issuance_deadline(slow):
     with pytest.raises(PollTimeout, match="deadline for this issuance has passed"):
         client.issue(["a.example"], generate_private_key("ec256"), solver=None, timeout_s=2)
 
-    assert time.monotonic() - started < 6  # not the 600 s the server would take
+    assert time.monotonic() - started < 10  # not the 600 s the server would take
     assert slow.requests == 1
 
 
@@ -64,4 +64,4 @@ def test_the_issuers_timeout_s_bounds_the_whole_issuance(slow, tmp_path):
     with pytest.raises(PollTimeout, match="deadline for this issuance has passed"):
         issuer.issue(["a.example"], "server", generate_private_key("ec256"))
 
-    assert time.monotonic() - started < 6
+    assert time.monotonic() - started < 10
