@@ -91,6 +91,13 @@ def add_commands(commands, certs_commands) -> None:
         help="route53 provider: the hosted zone (default: found from each name); "
         "credentials from $AWS_ACCESS_KEY_ID, $AWS_SECRET_ACCESS_KEY [, $AWS_SESSION_TOKEN]",
     )
+    issue.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="give up if the whole issuance takes longer (default 300 s)",
+    )
     issue.add_argument("--out", type=Path, required=True, metavar="DIR")
     issue.set_defaults(handler=acme_issue)
 
@@ -152,20 +159,49 @@ def _fail(message: str, code: int = EXIT_UNUSABLE) -> int:
     return code
 
 
-def _client(args: argparse.Namespace):
+def _client(args: argparse.Namespace, account_key=None, deadline_s: float | None = None):
+    """A client for ``--directory``; its account key is ``account_key`` if given, else
+    the one at ``--account-key`` (created if missing); nothing it does outlasts
+    ``deadline_s``."""
     from secure_etl.acme.client import AcmeClient
     from secure_etl.acme.jws import AccountKey
     from secure_etl.acme.transport import Transport
     from secure_etl.pki.keys import generate_private_key, load_private_key, private_key_pem
     from secure_etl.security.files import read_secret, write_secret
 
-    path = args.account_key or default_account_key_path(args.directory)
-    if not path.exists():
-        write_secret(path, private_key_pem(generate_private_key("ec256")))
-        print(f"created account key {path}", file=sys.stderr)
-    key = AccountKey(load_private_key(read_secret(path)))
+    if account_key is None:
+        path = args.account_key or default_account_key_path(args.directory)
+        if not path.exists():
+            write_secret(path, private_key_pem(generate_private_key("ec256")))
+            print(f"created account key {path}", file=sys.stderr)
+        account_key = load_private_key(read_secret(path))
     verify = str(args.ca_bundle) if args.ca_bundle else True
-    return AcmeClient(Transport(args.directory, verify=verify), key)
+    transport = Transport(args.directory, verify=verify, deadline_s=deadline_s)
+    return AcmeClient(transport, AccountKey(account_key))
+
+
+def _bad_server_args(args: argparse.Namespace) -> str | None:
+    """What is wrong with ``--directory``, before anything is created or sent."""
+    from secure_etl.acme.errors import ProtocolError
+    from secure_etl.acme.messages import https_url
+
+    try:
+        https_url(args.directory, "--directory")
+    except ProtocolError as err:
+        return str(err)
+    return None
+
+
+def _bad_domains(domains: list[str]) -> str | None:
+    from secure_etl.identifiers import is_dns_name, is_ip_address
+
+    bad = [d for d in domains if not (is_ip_address(d) or is_dns_name(d))]
+    if bad:
+        return (
+            f"-d {', '.join(map(repr, bad))}: not a DNS name or IP address "
+            "(lower-case labels of letters, digits and '-'; '*.' only as the first label)"
+        )
+    return None
 
 
 def default_account_key_path(directory_url: str) -> Path:
@@ -231,17 +267,24 @@ def acme_issue(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives import serialization
 
     from secure_etl.acme.errors import AcmeError
-    from secure_etl.pki.inspect import facts, load_pem_chain
+    from secure_etl.pki.inspect import facts
+    from secure_etl.pki.issuer import IssuedCertificate
     from secure_etl.pki.keys import generate_private_key, private_key_pem
+    from secure_etl.pki.verify import VerificationError, verify_issued
     from secure_etl.security.files import write_atomic, write_secret
 
+    problem = _bad_server_args(args) or _bad_domains(args.domain)
+    if problem is None and args.timeout <= 0:
+        problem = f"--timeout {args.timeout:g}: give a positive number of seconds"
+    if problem:
+        return _fail(problem)
     try:
         solver = _solver(args)
     except ValueError as err:
         return _fail(str(err))
     started = time.monotonic()
     key = generate_private_key(args.key_type)
-    client = _client(args)
+    client = _client(args, deadline_s=args.timeout)
     try:
         client.register(args.email)
         chain = client.issue(args.domain, key, solver)
@@ -250,7 +293,11 @@ def acme_issue(args: argparse.Namespace) -> int:
     finally:
         solver.close()
         client.transport.close()
-    certs = load_pem_chain(chain.pem, chain.url)
+    issued = IssuedCertificate(chain.pem, b"", private_key_pem(key))
+    try:
+        certs = verify_issued(issued, identifiers=args.domain, use="server", issuer=args.directory)
+    except VerificationError as err:
+        return _fail(str(err), EXIT_FAILED)
     pem = [c.public_bytes(serialization.Encoding.PEM) for c in certs]
     out: Path = args.out
     write_secret(out / "privkey.pem", private_key_pem(key))
@@ -271,14 +318,22 @@ def acme_revoke(args: argparse.Namespace) -> int:
     from secure_etl.acme.errors import AcmeError
     from secure_etl.pki.inspect import facts, load_chain_file
     from secure_etl.pki.keys import load_private_key
-    from secure_etl.security.files import read_secret
+    from secure_etl.security.files import InsecureSecretFile, read_secret
 
+    problem = _bad_server_args(args)
+    if problem:
+        return _fail(problem)
     cert = load_chain_file(args.cert)[0]
     der = cert.public_bytes(serialization.Encoding.DER)
-    client = _client(args)
+    # Signed with the certificate's own key, a revocation needs no account (key).
     try:
-        if args.key:
-            client.revoke(der, args.reason, cert_key=load_private_key(read_secret(args.key)))
+        cert_key = load_private_key(read_secret(args.key)) if args.key else None
+    except (OSError, ValueError, InsecureSecretFile) as err:
+        return _fail(f"--key {args.key}: {getattr(err, 'strerror', None) or err}")
+    client = _client(args, account_key=cert_key)
+    try:
+        if cert_key is not None:
+            client.revoke(der, args.reason, cert_key=cert_key)
         else:
             client.find_account()
             client.revoke(der, args.reason)

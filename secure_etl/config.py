@@ -11,6 +11,7 @@ import reprlib
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -155,7 +156,7 @@ class AcmeIssuer(_Strict):
     """Any RFC 8555 CA: Let's Encrypt, ZeroSSL, step-ca, Pebble..."""
 
     type: Literal["acme"]
-    directory_url: str = Field(pattern=r"^https://")
+    directory_url: str
     # Verifies the ACME server's own TLS certificate (default: the system trust store).
     server_ca_bundle: str | None = None
     # Roots the issued certificates must chain to (default: the system trust store).
@@ -169,6 +170,15 @@ class AcmeIssuer(_Strict):
     profile: str | None = None
     preferred_chain: str | None = None
     timeout_s: float = Field(300, gt=0)
+
+    @field_validator("directory_url")
+    @classmethod
+    def _https_only(cls, url: str) -> str:
+        # Plain http would carry the account, the CSR and the certificate in the clear.
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError(f"{url!r} is not an https:// URL; ACME directories must use https")
+        return url
 
 
 Issuer = Annotated[InternalCAIssuer | AcmeIssuer, Field(discriminator="type")]

@@ -146,3 +146,128 @@ def test_certs_renew_all_then_list(acme_platform, write_config, tmp_path):
 
     again = _run("certs", "renew", "web", "db-server", env=env)
     assert "web: not_due" in again.stdout and "db-server: not_due" in again.stdout
+
+
+def test_acme_issue_refuses_an_http_directory(tmp_path):
+    account = tmp_path / "acct" / "account.key"
+    result = _run(
+        "acme", "issue", "-d", "a.example", "--directory", "http://127.0.0.1:9/dir",
+        "--http-01-port", "5002", "--account-key", str(account), "--out", str(tmp_path / "o"),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "secure-etl: --directory: 'http://127.0.0.1:9/dir' is not an https:// URL; "
+        "refusing to use it"
+    )
+    assert not account.exists()
+
+
+def test_acme_issue_refuses_a_bad_domain_before_creating_an_account_key(tmp_path):
+    account = tmp_path / "acct" / "account.key"
+    result = _run(
+        "acme", "issue", "-d", "ok.example", "-d", "bad domain", "--directory",
+        "https://127.0.0.1:9/dir", "--http-01-port", "5002", "--account-key", str(account),
+        "--out", str(tmp_path / "o"),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "-d 'bad domain': not a DNS name or IP address" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not account.exists()
+
+
+def test_acme_revoke_with_the_certificate_key_creates_no_account_key(acme_ca, tmp_path):
+    from secure_etl.acme.challenges import ChallTestSrvProvider, Dns01
+    from secure_etl.acme.client import AcmeClient
+    from secure_etl.acme.jws import AccountKey
+    from secure_etl.acme.transport import Transport
+    from secure_etl.pki.keys import generate_private_key, private_key_pem
+
+    client = AcmeClient(
+        Transport(acme_ca.directory_url, verify=str(acme_ca.ca_bundle)),
+        AccountKey(generate_private_key("ec256")),
+    )
+    client.register()
+    key = generate_private_key("ec256")
+    chain = client.issue(
+        ["by-key.example.com"], key, Dns01(ChallTestSrvProvider(acme_ca.challtestsrv_url))
+    )
+    (tmp_path / "cert.pem").write_bytes(chain.pem)
+    (tmp_path / "key.pem").write_bytes(private_key_pem(key))
+    account = tmp_path / "acct" / "account.key"
+    revoke = (
+        "acme", "revoke", str(tmp_path / "cert.pem"), "--key", str(tmp_path / "key.pem"),
+        "--directory", acme_ca.directory_url, "--ca-bundle", str(acme_ca.ca_bundle),
+        "--account-key", str(account),
+    )  # fmt: skip
+    readable = _run(*revoke)
+    assert readable.returncode == 2 and "Traceback" not in readable.stderr
+    assert "key.pem: mode 0644 lets others read it" in readable.stderr
+    (tmp_path / "key.pem").chmod(0o600)
+
+    result = _run(
+        "acme", "revoke", str(tmp_path / "cert.pem"), "--key", str(tmp_path / "key.pem"),
+        "--directory", acme_ca.directory_url, "--ca-bundle", str(acme_ca.ca_bundle),
+        "--account-key", str(account),
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert not account.exists() and "created account key" not in result.stderr
+    serial = format(load_chain_file(tmp_path / "cert.pem")[0].serial_number, "x")
+    assert acme_ca.certificate_status(serial)["Status"] == "Revoked"
+
+
+def test_acme_issue_refuses_a_forged_certificate_and_writes_nothing(acme_ca, tmp_path):
+    from secure_etl_tests.acme.hostile_servers import LyingProxy, forged_leaf
+
+    proxy = LyingProxy(acme_ca, tmp_path / "proxy")
+    proxy.forge = lambda pem: forged_leaf(pem, new_key=True)
+    out = tmp_path / "out"
+    try:
+        result = _run(
+            "acme", "issue", "-d", "cli.example.com", "--directory", proxy.directory_url,
+            "--ca-bundle", str(proxy.ca_bundle), "--http-01-address", "127.0.0.1",
+            "--http-01-port", str(acme_ca.http_port), "--account-key", str(tmp_path / "a.key"),
+            "--out", str(out),
+        )  # fmt: skip
+    finally:
+        proxy.stop()
+    assert proxy.forged == 1
+    assert result.returncode == 1
+    assert "fails verification (public_key)" in result.stderr and "issued" not in result.stdout
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_acme_issue_gives_up_at_its_timeout(tmp_path):
+    import time
+
+    from secure_etl_tests.acme.hostile_servers import SlowServer
+
+    slow = SlowServer(tmp_path / "slow")
+    started = time.monotonic()
+    try:
+        result = _run(
+            "acme", "issue", "-d", "a.example", "--directory", f"{slow.base_url}/drip",
+            "--ca-bundle", str(slow.ca_bundle), "--http-01-port", "5002",
+            "--account-key", str(tmp_path / "a.key"), "--out", str(tmp_path / "o"),
+            "--timeout", "2",
+        )  # fmt: skip
+    finally:
+        slow.stop()
+    assert result.returncode == 1
+    assert "deadline for this issuance has passed" in result.stderr
+    assert time.monotonic() - started < 20
+
+
+def test_a_config_with_an_http_acme_directory_is_refused_at_load(tmp_path):
+    config = tmp_path / "platform.yaml"
+    config.write_text(
+        "issuers:\n  le:\n    type: acme\n    directory_url: http://ca.test/dir\n"
+        "    challenge: {type: http-01, port: 80}\n"
+    )
+    result = _run("certs", "list", "--config", str(config))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"secure-etl: {config}: issuers.le.directory_url: 'http://ca.test/dir' is not an "
+        "https:// URL; ACME directories must use https"
+    )

@@ -14,7 +14,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from secure_etl.acme.challenges import Solver
-from secure_etl.acme.errors import AuthorizationFailed, OrderFailed, PollTimeout, ProtocolError
+from secure_etl.acme.errors import (
+    AcmeProblem,
+    AuthorizationFailed,
+    OrderFailed,
+    PollTimeout,
+    ProtocolError,
+)
 from secure_etl.acme.jws import AccountKey, b64url, external_account_binding
 from secure_etl.acme.messages import (
     REVOCATION_REASONS,
@@ -24,11 +30,12 @@ from secure_etl.acme.messages import (
     Identifier,
     Order,
 )
-from secure_etl.acme.transport import Response, Transport
+from secure_etl.acme.transport import PEM_CHAIN, Response, Transport
 
-PEM_CHAIN = "application/pem-certificate-chain"
 FIRST_POLL_S = 0.05
 MAX_POLL_INTERVAL_S = 5.0
+# What CAs answer a newOrder whose `replaces` they cannot or will not honour.
+REPLACES_REFUSALS = {"malformed", "alreadyReplaced", "conflict"}
 
 
 def identifier_for(value: str) -> Identifier:
@@ -167,11 +174,20 @@ class AcmeClient:
         if replaces:
             payload["replaces"] = replaces
         if profile:
-            if self.directory.profiles and profile not in self.directory.profiles:
-                offered = ", ".join(self.directory.profiles)
+            if profile not in self.directory.profiles:
+                offered = ", ".join(self.directory.profiles) or "none"
                 raise ProtocolError(f"the CA offers no profile {profile!r} (offers: {offered})")
             payload["profile"] = profile
-        response = self._post(self.directory.new_order, payload)
+        try:
+            response = self._post(self.directory.new_order, payload)
+        except AcmeProblem as problem:
+            if not replaces or not _refuses_replaces(problem):
+                raise
+            # `replaces` is only a hint (RFC 9773 §5): a CA that will not take it must not
+            # block the renewal.
+            self.log(f"the CA refused replaces={replaces} ({problem}); ordering without it")
+            del payload["replaces"]
+            response = self._post(self.directory.new_order, payload)
         if not response.location:
             raise ProtocolError("newOrder answered without a Location")
         return Order.from_json(response.location, response.json())
@@ -193,7 +209,7 @@ class AcmeClient:
             if challenge is None:
                 offered = ", ".join(c.type for c in authz.challenges) or "none"
                 raise AuthorizationFailed(
-                    authz.identifier.value,
+                    authz.name,
                     solver.challenge_type,
                     None,
                     f"the CA offers no {solver.challenge_type} challenge (offered: {offered})",
@@ -210,12 +226,12 @@ class AcmeClient:
                     lambda a=authz: self._authorization_and_response(a.url),
                     lambda a: a.status not in ("pending", "processing"),
                     timeout_s,
-                    f"authorization of {authz.identifier.value}",
+                    f"authorization of {authz.name}",
                 )
                 if done.status != "valid":
                     answered = done.challenge(solver.challenge_type)
                     raise AuthorizationFailed(
-                        done.identifier.value,
+                        done.name,
                         solver.challenge_type,
                         answered.error if answered else None,
                         f"the authorization ended {done.status}",
@@ -231,16 +247,21 @@ class AcmeClient:
     def finalize(self, order: Order, csr_der: bytes, timeout_s: float = 120.0) -> Order:
         response = self._post(order.finalize, {"csr": b64url(csr_der)})
         order = Order.from_json(order.url, response.json())
-        return self.wait_for_order(order, timeout_s)
+        # A `processing` answer's Retry-After holds for the first poll too (§7.4).
+        return self.wait_for_order(order, timeout_s, retry_after=response.retry_after)
 
-    def wait_for_order(self, order: Order, timeout_s: float = 120.0) -> Order:
-        """Poll until the order leaves pending/processing; raise if it became invalid."""
+    def wait_for_order(
+        self, order: Order, timeout_s: float = 120.0, retry_after: float | None = None
+    ) -> Order:
+        """Poll until the order leaves pending/processing; raise if it became invalid.
+        ``retry_after``: what the answer that gave ``order`` asked us to wait."""
         if order.status in ("pending", "processing"):
             order = self._poll(
                 lambda: self._order_and_response(order.url),
                 lambda o: o.status not in ("pending", "processing"),
                 timeout_s,
                 f"order {order.url}",
+                first_delay=retry_after,
             )
         if order.status == "invalid":
             raise OrderFailed(order.url, order.error)
@@ -275,22 +296,25 @@ class AcmeClient:
         replaces: str | None = None,
         profile: str | None = None,
         preferred_issuer: str | None = None,
+        timeout_s: float | None = None,
     ) -> CertificateChain:
-        """Order, authorize, finalize with ``key``'s CSR, download. ``order_url`` resumes."""
-        order = self.get_order(order_url) if order_url else None
-        if order is None or order.status == "invalid":
-            order = self.new_order(identifiers, replaces=replaces, profile=profile)
-        if on_order:
-            on_order(order)
-        if order.status == "pending":
-            self.authorize(order, solver)
-            order = self.wait_for_order(self.get_order(order.url))
-        if order.status == "ready":
-            order = self.finalize(order, make_csr(identifiers, key))
-        order = self.wait_for_order(order)
-        if order.status != "valid" or not order.certificate:
-            raise ProtocolError(f"order {order.url} ended {order.status} without a certificate")
-        return self.download(order.certificate, preferred_issuer)
+        """Order, authorize, finalize with ``key``'s CSR, download. ``order_url`` resumes;
+        ``timeout_s`` bounds the whole issuance, every request and poll included."""
+        with self.transport.within(timeout_s):
+            order = self.get_order(order_url) if order_url else None
+            if order is None or order.status == "invalid":
+                order = self.new_order(identifiers, replaces=replaces, profile=profile)
+            if on_order:
+                on_order(order)
+            if order.status == "pending":
+                self.authorize(order, solver)
+                order = self.wait_for_order(self.get_order(order.url))
+            if order.status == "ready":
+                order = self.finalize(order, make_csr(identifiers, key))
+            order = self.wait_for_order(order)
+            if order.status != "valid" or not order.certificate:
+                raise ProtocolError(f"order {order.url} ended {order.status} without a certificate")
+            return self.download(order.certificate, preferred_issuer)
 
     # Revocation (§7.6) and renewal information (RFC 9773)
 
@@ -317,28 +341,41 @@ class AcmeClient:
         try:
             start = dt.datetime.fromisoformat(window["start"].replace("Z", "+00:00"))
             end = dt.datetime.fromisoformat(window["end"].replace("Z", "+00:00"))
-        except (KeyError, AttributeError, ValueError):
+        except (KeyError, AttributeError, TypeError, ValueError):
             raise ProtocolError(f"{response.url}: no valid suggestedWindow") from None
         if end < start:
             raise ProtocolError(f"{response.url}: suggestedWindow ends before it starts")
         return RenewalInfo(start, end, response.retry_after, response.json().get("explanationURL"))
 
-    def _poll(self, fetch, done, timeout_s: float, what: str):
-        """Fetch until ``done``: a fast first poll, then doubling (capped); Retry-After wins."""
+    def _poll(self, fetch, done, timeout_s: float, what: str, first_delay: float | None = None):
+        """Fetch until ``done``: a fast first poll, then doubling (capped); never sooner
+        than Retry-After. Gives up after ``timeout_s`` or at the transport's deadline."""
+        timeout_s = min(timeout_s, self.transport.remaining())
         deadline = time.monotonic() + timeout_s
-        delay = backoff = FIRST_POLL_S
+        backoff = FIRST_POLL_S
+        delay, status = max(backoff, first_delay or 0), "pending"
         while True:
+            if delay > deadline - time.monotonic():
+                raise PollTimeout(
+                    f"{what} still {status}: the next poll ({delay:.0f} s from now) would come "
+                    f"after the deadline ({timeout_s:.0f} s)"
+                )
             time.sleep(delay)
             value, response = fetch()
             if done(value):
                 return value
+            status = value.status
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise PollTimeout(f"{what} still {value.status} after {timeout_s:.0f} s")
+                raise PollTimeout(f"{what} still {status} after {timeout_s:.0f} s")
             backoff = min(backoff * 2, MAX_POLL_INTERVAL_S)
             wait = response.retry_after
             # The server knows best: never earlier than Retry-After asks.
-            delay = min(wait if wait is not None else backoff, remaining)
+            delay = wait if wait is not None else min(backoff, remaining)
+
+
+def _refuses_replaces(problem: AcmeProblem) -> bool:
+    return problem.status == 409 or problem.short_type in REPLACES_REFUSALS
 
 
 def _top_issuer(pem: bytes) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from secure_etl.acme.errors import AcmeProblem, ProtocolError
 
@@ -23,6 +24,23 @@ def _require(body: dict, key: str, what: str) -> str:
     return value
 
 
+def https_url(url: object, what: str) -> str:
+    """``url`` if it is an https URL with a host; otherwise a ProtocolError naming ``what``.
+    Plain http would carry the account, the CSR and the certificate in the clear."""
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme.lower() != "https" or not parts.hostname:
+        raise ProtocolError(f"{what}: {url!r} is not an https:// URL; refusing to use it")
+    return url
+
+
+def _url(body: dict, key: str, what: str) -> str:
+    return https_url(_require(body, key, what), f"{what} {key!r}")
+
+
+def _optional_url(body: dict, key: str, what: str) -> str | None:
+    return _url(body, key, what) if body.get(key) is not None else None
+
+
 @dataclass(frozen=True)
 class Directory:
     new_nonce: str
@@ -38,16 +56,20 @@ class Directory:
     @classmethod
     def from_json(cls, body: dict) -> Directory:
         meta = body.get("meta") or {}
+        if not isinstance(meta, dict) or not isinstance(meta.get("profiles") or {}, dict):
+            raise ProtocolError("the directory's 'meta' and its 'profiles' must be JSON objects")
+        profiles = meta.get("profiles") or {}
+        where = "the directory"
         return cls(
-            new_nonce=_require(body, "newNonce", "the directory"),
-            new_account=_require(body, "newAccount", "the directory"),
-            new_order=_require(body, "newOrder", "the directory"),
-            revoke_cert=_require(body, "revokeCert", "the directory"),
-            key_change=_require(body, "keyChange", "the directory"),
-            renewal_info=body.get("renewalInfo"),
+            new_nonce=_url(body, "newNonce", where),
+            new_account=_url(body, "newAccount", where),
+            new_order=_url(body, "newOrder", where),
+            revoke_cert=_url(body, "revokeCert", where),
+            key_change=_url(body, "keyChange", where),
+            renewal_info=_optional_url(body, "renewalInfo", where),
             terms_of_service=meta.get("termsOfService"),
             external_account_required=bool(meta.get("externalAccountRequired", False)),
-            profiles=dict(meta.get("profiles") or {}),
+            profiles={str(k): str(v) for k, v in profiles.items()},
         )
 
 
@@ -88,7 +110,7 @@ class Challenge:
         error = body.get("error")
         return cls(
             type=str(body.get("type", "")),
-            url=_require(body, "url", "a challenge"),
+            url=_url(body, "url", "a challenge"),
             status=str(body.get("status", "")),
             token=str(body.get("token", "")),
             error=AcmeProblem.from_json(error) if isinstance(error, dict) else None,
@@ -113,6 +135,11 @@ class Authorization:
             wildcard=bool(body.get("wildcard", False)),
         )
 
+    @property
+    def name(self) -> str:
+        """The identifier as ordered: ``*.example.test`` for a wildcard authorization."""
+        return f"*.{self.identifier.value}" if self.wildcard else self.identifier.value
+
     def challenge(self, kind: str) -> Challenge | None:
         return next((c for c in self.challenges if c.type == kind), None)
 
@@ -134,9 +161,11 @@ class Order:
             url=url,
             status=str(body.get("status", "")),
             identifiers=tuple(Identifier.from_json(i) for i in body.get("identifiers") or ()),
-            authorizations=tuple(body.get("authorizations") or ()),
-            finalize=_require(body, "finalize", "an order"),
-            certificate=body.get("certificate"),
+            authorizations=tuple(
+                https_url(a, f"order {url} authorization") for a in body.get("authorizations") or ()
+            ),
+            finalize=_url(body, "finalize", f"order {url}"),
+            certificate=_optional_url(body, "certificate", f"order {url}"),
             error=AcmeProblem.from_json(error) if isinstance(error, dict) else None,
         )
 

@@ -9,16 +9,21 @@ import email.utils
 import json
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import httpx
 
-from secure_etl.acme.errors import AcmeProblem, BadNonce, ProtocolError
+from secure_etl.acme.errors import AcmeProblem, BadNonce, PollTimeout, ProtocolError
 from secure_etl.acme.jws import AccountKey
-from secure_etl.acme.messages import Directory
+from secure_etl.acme.messages import Directory, https_url
 
 USER_AGENT = "secure_etl-acme/0.1"
+PEM_CHAIN = "application/pem-certificate-chain"
+# Nothing an ACME server sends is large: a JSON object, or a chain of a few certificates.
+MAX_JSON_BYTES = 1 << 20
+MAX_CHAIN_BYTES = 4 << 20
 # A CA may reject any nonce (Pebble's fault injection rejects half at random); each retry
 # costs one round trip, and 20 makes a run of refusals vanishingly unlikely to fail a flow.
 MAX_BAD_NONCE_RETRIES = 20
@@ -42,7 +47,8 @@ class Response:
 
     @property
     def location(self) -> str | None:
-        return self.headers.get("Location")
+        value = self.headers.get("Location")
+        return https_url(value, f"{self.url}: Location") if value else None
 
     @property
     def retry_after(self) -> float | None:
@@ -63,7 +69,7 @@ class Response:
                     if p.strip().lower().startswith("rel=")
                 ]
                 if rel in rels:
-                    out.append(target[1:-1])
+                    out.append(https_url(target[1:-1], f"{self.url}: Link rel={rel}"))
         return out
 
 
@@ -92,8 +98,14 @@ class Transport:
         timeout: float = 30.0,
         client: httpx.Client | None = None,
         log: Callable[[str], None] | None = None,
+        deadline_s: float | None = None,
     ) -> None:
-        self.directory_url = directory_url
+        """``deadline_s``: every request through this transport ends within that many
+        seconds from now (``within`` narrows it further)."""
+        self.directory_url = https_url(directory_url, "the ACME directory URL")
+        # When set (a time.monotonic() value), no request may run past it.
+        self.deadline = None if deadline_s is None else time.monotonic() + deadline_s
+        self.timeout = timeout
         if isinstance(verify, str):
             verify = ssl.create_default_context(cafile=verify)
         self.http = client or httpx.Client(
@@ -114,17 +126,61 @@ class Transport:
             self._directory = Directory.from_json(self.get(self.directory_url).json())
         return self._directory
 
-    def _send(self, method: str, url: str, **kwargs) -> Response:
+    @contextmanager
+    def within(self, seconds: float | None) -> Iterator[None]:
+        """Inside, every request (and the client's polls) must end within ``seconds``
+        from now; None adds no deadline. An outer, earlier deadline still holds."""
+        outer = self.deadline
+        if seconds is not None:
+            mine = time.monotonic() + seconds
+            self.deadline = mine if outer is None else min(outer, mine)
         try:
-            raw = self.http.request(method, url, **kwargs)
+            yield
+        finally:
+            self.deadline = outer
+
+    def remaining(self) -> float:
+        """Seconds left before the deadline (infinite without one)."""
+        return float("inf") if self.deadline is None else self.deadline - time.monotonic()
+
+    def _check_deadline(self, what: str) -> float:
+        left = self.remaining()
+        if left <= 0:
+            raise PollTimeout(f"{what}: the deadline for this issuance has passed")
+        return left
+
+    def _send(self, method: str, url: str, accept: str | None = None, **kwargs) -> Response:
+        https_url(url, f"{method} {url}")
+        what = f"{method} {url}"
+        timeout = min(self.timeout, self._check_deadline(what))
+        limit = MAX_CHAIN_BYTES if accept == PEM_CHAIN else MAX_JSON_BYTES
+        if accept:
+            kwargs.setdefault("headers", {})["Accept"] = accept
+        try:
+            with self.http.stream(method, url, timeout=timeout, **kwargs) as raw:
+                body = self._read_body(raw, limit, what)
         except httpx.HTTPError as err:
-            raise ProtocolError(f"{method} {url}: {type(err).__name__}: {err}") from None
+            raise ProtocolError(f"{what}: {type(err).__name__}: {err}") from None
         self.requests += 1
-        response = Response(raw.status_code, raw.headers, raw.content, url)
+        response = Response(raw.status_code, raw.headers, body, url)
         nonce = raw.headers.get("Replay-Nonce")
         if nonce:
             self._nonces.append(nonce)
         return response
+
+    def _read_body(self, raw: httpx.Response, limit: int, what: str) -> bytes:
+        """The body, refused past ``limit`` bytes or past the deadline (a slow drip)."""
+        declared = raw.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise ProtocolError(f"{what}: the response is larger than {limit} bytes; refused")
+        chunks, size = [], 0
+        for chunk in raw.iter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise ProtocolError(f"{what}: the response is larger than {limit} bytes; refused")
+            chunks.append(chunk)
+            self._check_deadline(what)
+        return b"".join(chunks)
 
     def get(self, url: str) -> Response:
         response = self._send("GET", url)
@@ -151,9 +207,7 @@ class Transport:
         for attempt in range(MAX_BAD_NONCE_RETRIES + 1):
             body = key.sign(url, payload, self.nonce(), kid)
             headers = {"Content-Type": "application/jose+json"}
-            if accept:
-                headers["Accept"] = accept
-            response = self._send("POST", url, content=json.dumps(body), headers=headers)
+            response = self._send("POST", url, accept, content=json.dumps(body), headers=headers)
             try:
                 self._raise_for_problem(response)
             except BadNonce:

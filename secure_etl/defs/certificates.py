@@ -31,6 +31,7 @@ from secure_etl.pki.renewal import (
     inspect_current,
 )
 from secure_etl.pki.store import PRIVATE_KEY_CHECK
+from secure_etl.pki.verify import VerificationError
 
 GROUP = "certificates"
 CHECKS_JOB = "certificate_checks"
@@ -79,7 +80,7 @@ def certificate_asset(platform: PlatformConfig, name: str) -> AssetsDefinition:
     def _certificate(context, config: CertificateRunConfig) -> MaterializeResult:
         try:
             result = ensure_certificate(platform, name, force=config.force, log=context.log.info)
-        except (AcmeError, SolverError, AcmeConfigError) as err:
+        except (AcmeError, SolverError, AcmeConfigError, VerificationError) as err:
             # The previous version (if any) stays current; say what happened, in the UI too.
             outcome = "rate_limited" if isinstance(err, RateLimited) else "failed"
             metadata = {"outcome": outcome, "error": str(err), "issuer": cert.issuer}

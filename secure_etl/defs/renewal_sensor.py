@@ -15,6 +15,7 @@ from dagster import (
 from secure_etl.config import PlatformConfig
 from secure_etl.defs.certificates import certificate_check_keys, certificate_key
 from secure_etl.defs.check_state import latest_check_evaluations
+from secure_etl.pki.renewal import verification_failure
 
 RENEWAL_TAG = "secure_etl/renewal_of"
 
@@ -28,7 +29,8 @@ def renewal_sensor(platform: PlatformConfig, renewal_job):
         minimum_interval_seconds=30,
         default_status=DefaultSensorStatus.RUNNING,
         description="Requests a renewal run for each certificate whose latest check "
-        "evaluation failed; once per evaluation.",
+        "evaluation failed; once per evaluation; never while the last issuance under the "
+        "same settings failed verification.",
     )
     def _sensor(context: SensorEvaluationContext) -> SensorResult:
         seen: dict[str, int] = json.loads(context.cursor) if context.cursor else {}
@@ -43,6 +45,15 @@ def renewal_sensor(platform: PlatformConfig, renewal_job):
                 seen[evaluation.key.to_user_string()] = evaluation.storage_id
             failed = [e for e in fresh if not e.passed]
             if not failed:
+                continue
+            refused = verification_failure(platform, name)
+            if refused:
+                notes.append(
+                    f"{name}: the last issuance under these settings failed verification "
+                    f"({refused}); needs a person, not another renewal (fix the config, or "
+                    f"`secure-etl certs renew {name} --force`)"
+                )
+                context.log.warning(notes[-1])
                 continue
             if _came_from_renewal(context, failed):
                 notes.append(

@@ -4,6 +4,8 @@ State, under ``<state_dir>/acme/<issuer>/``:
   account.key (0600), account.json (the account URL)
   orders/<id>.json + orders/<id>.key (0600)   an order under way, kept until it is done,
                                               so a killed process resumes the same order
+  ari/<CertID>.json                           per certificate issued here: whether it was
+                                              replaced, its last ARI window, next ARI poll
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from secure_etl.acme.challenges import (
     Http01Webroot,
     Solver,
 )
-from secure_etl.acme.client import AcmeClient, ari_cert_id
-from secure_etl.acme.errors import AccountDoesNotExist, AcmeProblem, ProtocolError
+from secure_etl.acme.client import AcmeClient, RenewalInfo, ari_cert_id
+from secure_etl.acme.errors import AccountDoesNotExist, AcmeError, AcmeProblem, ProtocolError
 from secure_etl.acme.jws import AccountKey
 from secure_etl.acme.rfc2136 import Rfc2136Provider
 from secure_etl.acme.transport import Transport
@@ -53,6 +55,23 @@ from secure_etl.security.files import (
     write_atomic,
     write_secret,
 )
+
+# How often to ask the CA for renewal information: its Retry-After, kept within a minute
+# and a day (RFC 9773 section 4.3); six hours when it says nothing, one after an error.
+ARI_MIN_POLL_S, ARI_MAX_POLL_S = 60.0, 86400.0
+ARI_DEFAULT_POLL_S, ARI_ERROR_RETRY_S = 6 * 3600.0, 3600.0
+
+
+def _cert_id(cert: x509.Certificate) -> str | None:
+    """The certificate's ARI CertID, or None when it has no AKI key identifier."""
+    try:
+        return ari_cert_id(cert)
+    except (ProtocolError, x509.ExtensionNotFound):
+        return None
+
+
+def _utc_now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat()
 
 
 class AcmeConfigError(Exception):
@@ -169,6 +188,8 @@ class AcmeIssuer:
             verify=self.config.server_ca_bundle or True,
             timeout=min(self.config.timeout_s, 60),
             log=self.log,
+            # One deadline for all this client does (an issuance: every request and poll).
+            deadline_s=self.config.timeout_s,
         )
         client = AcmeClient(transport, self._account_key(), log=self.log)
         account_file = self.directory / "account.json"
@@ -189,19 +210,86 @@ class AcmeIssuer:
     # Renewal information (RFC 9773)
 
     def renewal_due(self, leaf: x509.Certificate, now: dt.datetime | None = None) -> str | None:
-        """Why the CA wants this certificate renewed now (ARI), or None."""
-        client = self.client()
-        try:
-            info = client.renewal_info(leaf)
-        finally:
-            client.transport.close()
-        if info is None:
+        """Why the CA wants this certificate renewed now (ARI), or None. A bad or missing
+        answer leaves the decision to our own schedule; the CA is asked again no sooner
+        than its Retry-After said (the window it gave last is used meanwhile)."""
+        now = now or dt.datetime.now(dt.UTC)
+        cert_id = _cert_id(leaf)
+        record = self._ari_record(cert_id) if cert_id else {}
+        window = record.get("window")
+        if not (record.get("next_poll") and now < dt.datetime.fromisoformat(record["next_poll"])):
+            window, wait = self._ask_ari(leaf)
+            if cert_id:
+                retry = dt.timedelta(seconds=min(max(wait, ARI_MIN_POLL_S), ARI_MAX_POLL_S))
+                self._ari_update(cert_id, window=window, next_poll=(now + retry).isoformat())
+        if not window:
             return None
+        info = RenewalInfo(*(dt.datetime.fromisoformat(t) for t in window))
         # A moment in the window that stays the same for this certificate across checks.
-        when = info.renewal_time(random.Random(leaf.serial_number))
-        if (now or dt.datetime.now(dt.UTC)) >= when:
+        if now >= info.renewal_time(random.Random(leaf.serial_number)):
             return f"the CA's renewal window (ARI) opened at {info.start:%Y-%m-%d %H:%M} UTC"
         return None
+
+    def _ask_ari(self, leaf: x509.Certificate) -> tuple[list[str] | None, float]:
+        """The CA's window (start, end as ISO text) or None, and seconds until asking again."""
+        try:
+            client = self.client()
+            try:
+                info = client.renewal_info(leaf)
+            finally:
+                client.transport.close()
+        except AcmeError as err:
+            serial = format(leaf.serial_number, "x")
+            self.log(
+                f"{self.name}: no usable renewal information (ARI) for serial {serial} ({err}); "
+                "following our own renewal schedule"
+            )
+            return None, getattr(err, "retry_after", None) or ARI_ERROR_RETRY_S
+        if info is None:
+            return None, ARI_DEFAULT_POLL_S
+        window = [info.start.isoformat(), info.end.isoformat()]
+        return window, info.retry_after or ARI_DEFAULT_POLL_S
+
+    # What this issuer knows of each certificate it issued, by ARI CertID, under ari/:
+    # issued_here, replaced (a renewal of it succeeded), window, next_poll, not_after.
+
+    def _ari_record(self, cert_id: str) -> dict:
+        try:
+            return json.loads((self.directory / "ari" / f"{cert_id}.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _ari_update(self, cert_id: str, **fields) -> None:
+        record = {**self._ari_record(cert_id), **fields}
+        (self.directory / "ari").mkdir(parents=True, exist_ok=True)
+        write_atomic(self.directory / "ari" / f"{cert_id}.json", json.dumps(record).encode())
+
+    def replaces_id(self, previous: x509.Certificate | None, offers_ari: bool) -> str | None:
+        """The CertID to send as ``replaces``: only for a certificate this issuer got from
+        its CA and whose replacement was not issued yet (a CA refuses anything else)."""
+        cert_id = _cert_id(previous) if previous is not None and offers_ari else None
+        if cert_id is None:
+            return None
+        record = self._ari_record(cert_id)
+        if not record.get("issued_here") or record.get("replaced"):
+            why = "was replaced already" if record.get("replaced") else "was not issued here"
+            self.log(f"{self.name}: not sending replaces: the current certificate {why}")
+            return None
+        return cert_id
+
+    def _remember_issued(self, leaf: x509.Certificate, previous: x509.Certificate | None) -> None:
+        for old in (self.directory / "ari").glob("*.json"):
+            expired = self._ari_record(old.stem).get("not_after", "9999") < _utc_now_iso()
+            if expired:
+                old.unlink(missing_ok=True)
+        cert_id = _cert_id(leaf)
+        if cert_id:
+            self._ari_update(
+                cert_id, issued_here=True, not_after=leaf.not_valid_after_utc.isoformat()
+            )
+        previous_id = _cert_id(previous) if previous is not None else None
+        if previous_id:
+            self._ari_update(previous_id, replaced=True)
 
     # Issuance
 
@@ -231,12 +319,7 @@ class AcmeIssuer:
             write_atomic(state_file, json.dumps({"order_url": order.url}).encode())
 
         client = self.client()
-        replaces = None
-        if previous is not None and client.directory.renewal_info:
-            try:
-                replaces = ari_cert_id(previous)
-            except (ProtocolError, x509.ExtensionNotFound):
-                replaces = None  # no AKI: the CA cannot match it anyway
+        replaces = self.replaces_id(previous, bool(client.directory.renewal_info))
         solver = build_solver(self.config.challenge)
         try:
             try:
@@ -253,6 +336,7 @@ class AcmeIssuer:
             solver.close()
             client.transport.close()
         certs = load_pem_chain(chain.pem, chain.url)
+        self._remember_issued(certs[0], previous)
         state_file.unlink(missing_ok=True)
         key_file.unlink(missing_ok=True)
         pem = [c.public_bytes(serialization.Encoding.PEM) for c in certs]

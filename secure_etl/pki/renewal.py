@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +20,12 @@ from secure_etl.pki.deploy import DeployContext, run_deploy_actions
 from secure_etl.pki.endpoints import stale_endpoints
 from secure_etl.pki.inspect import CheckResult, inspect_chain, load_chain_file
 from secure_etl.pki.internal_ca import InternalCA
-from secure_etl.pki.issuer import Issuer
+from secure_etl.pki.issuer import IssuedCertificate, Issuer
 from secure_etl.pki.keys import PrivateKey, generate_private_key, key_type_of, load_private_key
 from secure_etl.pki.store import CertificateStore
+from secure_etl.pki.verify import VerificationError, verify_issued
 from secure_etl.security.audit import platform_audit_log
-from secure_etl.security.files import read_secret
+from secure_etl.security.files import read_secret, write_atomic
 
 Outcome = Literal["issued", "renewed", "redeployed", "not_due"]
 
@@ -64,18 +67,24 @@ def inspect_current(
     store = certificate_store(config)
     if not store.has_current(name):
         return None
-    bundle = trust_bundle(config, name)
-    roots = load_chain_file(bundle) if bundle and bundle.exists() else ([] if bundle else None)
+    roots, roots_source = _roots(config, name)
     return inspect_chain(
         load_chain_file(store.paths(name).fullchain),
         identifiers=cert.identifiers,
         use=cert.use,
         roots=roots,
-        roots_source=str(bundle or ""),
+        roots_source=roots_source,
         min_days=cert.renewal.min_days_left or 0.0,
         fraction_left=cert.renewal.fraction_left,
         now=now,
     )
+
+
+def _roots(config: PlatformConfig, name: str) -> tuple[list[x509.Certificate] | None, str]:
+    """The roots the certificate must chain to (None: no bundle at all) and their file."""
+    bundle = trust_bundle(config, name)
+    roots = load_chain_file(bundle) if bundle and bundle.exists() else ([] if bundle else None)
+    return roots, str(bundle or "")
 
 
 @dataclass(frozen=True)
@@ -126,6 +135,7 @@ def ensure_certificate(
                 issued = issuer.issue(cert.identifiers, cert.use, key, previous=previous)
             else:
                 issued = issuer.issue(cert.identifiers, cert.use, key)
+            _verify(config, name, issued)
             _audit_install(config, name, issued.cert_pem, "certificate.installing")  # intent
             version = store.install(name, issued, keep=cert.keep_versions)
             _audit_install(config, name, issued.cert_pem, f"certificate.{outcome}", version=version)
@@ -159,6 +169,51 @@ def _audit_install(
             "certificate": "sha256:" + leaf.fingerprint(hashes.SHA256()).hex(),
         },
     )
+
+
+def _verify(config: PlatformConfig, name: str, issued: IssuedCertificate) -> None:
+    """Verify before install; a failure is remembered so the sensor stops asking."""
+    cert = config.certificates[name]
+    roots, roots_source = _roots(config, name)
+    marker = _verification_marker(config, name)
+    try:
+        verify_issued(
+            issued,
+            identifiers=cert.identifiers,
+            use=cert.use,
+            roots=roots,
+            roots_source=roots_source,
+            issuer=cert.issuer,
+        )
+    except VerificationError as err:
+        record = {"settings": _settings_digest(config, name), "error": str(err)}
+        write_atomic(marker, json.dumps(record).encode())
+        raise
+    marker.unlink(missing_ok=True)
+
+
+def verification_failure(config: PlatformConfig, name: str) -> str | None:
+    """Why the last issuance under the current settings failed verification, or None.
+
+    Issuing again with the same issuer and settings would fail the same way, so automatic
+    renewal waits for a person (a changed config, or a forced renewal)."""
+    try:
+        record = json.loads(_verification_marker(config, name).read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("settings") != _settings_digest(config, name):
+        return None
+    return str(record.get("error") or "verification failed")
+
+
+def _verification_marker(config: PlatformConfig, name: str) -> Path:
+    return certificate_store(config).paths(name).directory / "verification-failed.json"
+
+
+def _settings_digest(config: PlatformConfig, name: str) -> str:
+    cert = config.certificates[name]
+    settings = [cert.model_dump(mode="json"), config.issuers[cert.issuer].model_dump(mode="json")]
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
 def _deploy_context(config: PlatformConfig, name: str, version: str, event: str) -> DeployContext:

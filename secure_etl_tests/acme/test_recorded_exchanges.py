@@ -18,7 +18,14 @@ from cryptography.x509.oid import NameOID
 
 from secure_etl.acme import client as client_module
 from secure_etl.acme.client import AcmeClient, ari_cert_id
-from secure_etl.acme.errors import AcmeProblem, BadNonce, ProtocolError, RateLimited
+from secure_etl.acme.errors import (
+    AcmeProblem,
+    AuthorizationFailed,
+    BadNonce,
+    PollTimeout,
+    ProtocolError,
+    RateLimited,
+)
 from secure_etl.acme.jws import AccountKey, b64url_decode
 from secure_etl.acme.transport import Transport, parse_retry_after
 from secure_etl.pki.keys import generate_private_key
@@ -39,7 +46,8 @@ PROBLEM = "application/problem+json"
 class Recording:
     """Replays answers in order and keeps the requests the client made."""
 
-    def __init__(self, answers):
+    def __init__(self, answers, directory: dict | None = None):
+        self.directory = DIRECTORY if directory is None else directory
         self.answers = list(answers)
         self.requests: list[httpx.Request] = []
         self.nonce = 0
@@ -49,7 +57,7 @@ class Recording:
         self.nonce += 1
         headers = {"Replay-Nonce": f"n{self.nonce}"}
         if request.url.path == "/dir":
-            return httpx.Response(200, json=DIRECTORY, headers=headers)
+            return httpx.Response(200, json=self.directory, headers=headers)
         if request.method == "HEAD":
             return httpx.Response(200, headers=headers)
         status, body, extra = self.answers.pop(0)
@@ -303,3 +311,282 @@ def test_recorded_ari_window_decides_whether_the_issuer_renews(
     if due:
         assert "renewal window (ARI) opened at 2020-01-01 00:00 UTC" in reason
     assert recording.requests[-1].url.path.startswith("/renewal-info/aYhba4dGQEHhs3uEe6CuLN4ByNQ")
+
+
+ORDER = {
+    "status": "pending",
+    "identifiers": [{"type": "dns", "value": "a.example"}],
+    "authorizations": [f"{CA}/authz/1"],
+    "finalize": f"{CA}/fin",
+}
+
+
+@pytest.mark.parametrize("key", ["newNonce", "newAccount", "newOrder", "renewalInfo"])
+def test_recorded_a_directory_with_an_http_url_is_refused(key):
+    directory = dict(DIRECTORY, **{key: DIRECTORY[key].replace("https://", "http://")})
+    client = _client(Recording([], directory))
+    with pytest.raises(ProtocolError, match=f"the directory '{key}': 'http://ca.test/.*https://"):
+        _ = client.directory
+
+
+@pytest.mark.parametrize(
+    ("answer", "where"),
+    [
+        ((201, ORDER, {"Location": "http://ca.test/o/1"}), "Location"),
+        ((201, dict(ORDER, finalize="http://ca.test/fin"), {"Location": f"{CA}/o/1"}), "finalize"),
+        (
+            (201, dict(ORDER, authorizations=["http://ca.test/a"]), {"Location": f"{CA}/o/1"}),
+            "authorization",
+        ),
+        (
+            (201, dict(ORDER, certificate="http://ca.test/c"), {"Location": f"{CA}/o/1"}),
+            "certificate",
+        ),
+    ],
+)
+def test_recorded_http_urls_in_an_order_answer_are_refused(answer, where):
+    recording = Recording([answer])
+    with pytest.raises(ProtocolError, match=f"{where}.*is not an https:// URL"):
+        _client(recording).new_order(["a.example"])
+    assert all(r.url.scheme == "https" for r in recording.requests)
+
+
+def test_recorded_an_http_alternate_chain_link_is_refused():
+    link = '<http://ca.test/cert/1/1>;rel="alternate"'
+    recording = Recording([(200, b"-----BEGIN CERTIFICATE-----", {"Link": link})])
+    with pytest.raises(ProtocolError, match="Link rel=alternate.*not an https:// URL"):
+        _client(recording).download(f"{CA}/cert/1")
+
+
+def test_an_http_directory_url_is_refused_before_any_request():
+    with pytest.raises(ProtocolError, match="directory URL: 'http://ca.test/dir'"):
+        Transport("http://ca.test/dir")
+
+
+@pytest.mark.parametrize("retry_after", ["5", "HTTP-DATE"])
+def test_recorded_finalize_processing_waits_for_its_retry_after(monkeypatch, retry_after):
+    slept = []
+    monkeypatch.setattr(client_module.time, "sleep", slept.append)
+    if retry_after == "HTTP-DATE":
+        later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=6)
+        retry_after = later.strftime("%a, %d %b %Y %H:%M:%S GMT")
+    processing = dict(ORDER, status="processing")
+    recording = Recording(
+        [
+            (200, processing, {"Retry-After": retry_after}),  # the finalize answer
+            (200, dict(ORDER, status="valid", certificate=f"{CA}/cert"), {}),
+        ]
+    )
+    client = _client(recording)
+    ready = client_module.Order.from_json(f"{CA}/o/1", dict(ORDER, status="ready"))
+
+    done = client.finalize(ready, b"csr")
+
+    assert done.status == "valid"
+    assert slept[0] >= 4  # never sooner than Retry-After (an HTTP date loses a second)
+
+
+def test_recorded_a_retry_after_beyond_the_deadline_gives_up_instead_of_polling_early(
+    monkeypatch,
+):
+    slept = []
+    monkeypatch.setattr(client_module.time, "sleep", slept.append)
+    processing = dict(ORDER, status="processing")
+    recording = Recording([(200, processing, {"Retry-After": "600"})])
+    client = _client(recording)
+    ready = client_module.Order.from_json(f"{CA}/o/1", dict(ORDER, status="ready"))
+
+    with pytest.raises(PollTimeout, match=r"next poll \(600 s from now\) would come after"):
+        client.finalize(ready, b"csr", timeout_s=30)
+    assert slept == []
+
+
+def test_recorded_a_profile_is_refused_by_a_ca_that_lists_none():
+    recording = Recording([], dict(DIRECTORY, meta={}))
+    with pytest.raises(ProtocolError, match=r"offers no profile 'shortlived' \(offers: none\)"):
+        _client(recording).new_order(["a.example"], profile="shortlived")
+    assert not [r for r in recording.requests if r.method == "POST"]
+
+
+@pytest.mark.parametrize("meta", [["a list"], "text", {"profiles": ["classic"]}])
+def test_recorded_a_directory_whose_meta_is_not_an_object_is_a_protocol_error(meta):
+    client = _client(Recording([], dict(DIRECTORY, meta=meta)))
+    with pytest.raises(ProtocolError, match="'meta' and its 'profiles' must be JSON objects"):
+        _ = client.directory
+
+
+def test_recorded_a_failed_wildcard_authorization_names_the_wildcard(monkeypatch):
+    monkeypatch.setattr(client_module.time, "sleep", lambda _s: None)
+    authz = {
+        "status": "pending",
+        "identifier": {"type": "dns", "value": "example.test"},
+        "wildcard": True,
+        "challenges": [{"type": "dns-01", "url": f"{CA}/chall/1", "token": "t"}],
+    }
+    failed = dict(authz, status="invalid")
+    recording = Recording([(200, authz, {}), (200, {}, {}), (200, failed, {})])
+
+    class Quiet:
+        challenge_type = "dns-01"
+
+        def present(self, *args):
+            pass
+
+        def cleanup(self, *args):
+            pass
+
+    order = client_module.Order.from_json(f"{CA}/o/1", ORDER)
+    with pytest.raises(AuthorizationFailed) as caught:
+        _client(recording).authorize(order, Quiet())
+    assert caught.value.identifier == "*.example.test"
+    assert str(caught.value).startswith("dns-01 validation of *.example.test failed")
+
+
+def _issuer(tmp_path, monkeypatch, recording, logs=None):
+    """An ACME issuer whose transport replays ``recording`` (its account already exists)."""
+    from secure_etl.config import AcmeIssuer as AcmeIssuerConfig
+    from secure_etl.pki import acme_issuer
+
+    def replaying(url, **kwargs):
+        return Transport(url, client=httpx.Client(transport=httpx.MockTransport(recording)))
+
+    monkeypatch.setattr(acme_issuer, "Transport", replaying)
+    state = tmp_path / "acme"
+    state.mkdir(exist_ok=True)
+    (state / "account.json").write_text(json.dumps({"url": f"{CA}/acct/1"}))
+    config = AcmeIssuerConfig.model_validate(
+        {"type": "acme", "directory_url": f"{CA}/dir", "challenge": {"type": "http-01"}}
+    )
+    return acme_issuer.AcmeIssuer(
+        "ca", config, state, log=logs.append if logs is not None else None
+    )
+
+
+ARI_CERT = dict(serial=0x0087654321, aki=bytes.fromhex("69885B6B87464041E1B37B847BA0AE2CDE01C8D4"))
+
+
+def _renewal_info_requests(recording) -> int:
+    return sum("/renewal-info/" in r.url.path for r in recording.requests)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        (200, b"<html>maintenance</html>", {}),
+        (200, {"explanationURL": "https://ca.test/why"}, {}),
+        (200, {"suggestedWindow": {"start": "soon", "end": "later"}}, {}),
+        (200, {"suggestedWindow": ["2026-01-01T00:00:00Z"]}, {}),
+        (
+            200,
+            {"suggestedWindow": {"start": "2026-12-03T00:00:00Z", "end": "2026-12-01T00:00:00Z"}},
+            {},
+        ),
+        (500, {"type": "urn:ietf:params:acme:error:serverInternal", "detail": "oops"}, {}),
+        (404, b"not found", {}),
+    ],
+    ids=["not-json", "no-window", "bad-times", "window-not-an-object", "ends-first", "500", "404"],
+)
+def test_recorded_a_bad_ari_answer_falls_back_to_our_own_schedule(tmp_path, monkeypatch, answer):
+    logs: list[str] = []
+    recording = Recording([answer])
+    issuer = _issuer(tmp_path, monkeypatch, recording, logs)
+
+    assert issuer.renewal_due(_cert_with(**ARI_CERT)) is None
+
+    assert _renewal_info_requests(recording) == 1
+    assert any("following our own renewal schedule" in line for line in logs), logs
+
+
+def test_recorded_ari_retry_after_is_honoured_across_runs(tmp_path, monkeypatch):
+    now = dt.datetime.now(dt.UTC)
+    start = now + dt.timedelta(hours=1)
+    window = {
+        "suggestedWindow": {
+            "start": start.isoformat(),
+            "end": (start + dt.timedelta(seconds=1)).isoformat(),
+        }
+    }
+    recording = Recording([(200, window, {"Retry-After": "21600"})])
+    issuer = _issuer(tmp_path, monkeypatch, recording)
+    cert = _cert_with(**ARI_CERT)
+
+    assert issuer.renewal_due(cert, now=now) is None  # the window has not opened
+    # Later runs inside the CA's Retry-After do not ask again, but use the window it gave.
+    assert issuer.renewal_due(cert, now=now + dt.timedelta(minutes=10)) is None
+    due = issuer.renewal_due(cert, now=now + dt.timedelta(hours=2))
+    assert due and "renewal window (ARI) opened" in due
+    assert _renewal_info_requests(recording) == 1
+
+    # After the Retry-After, the CA is asked again.
+    recording.answers.append((200, window, {"Retry-After": "21600"}))
+    issuer.renewal_due(cert, now=now + dt.timedelta(hours=7))
+    assert _renewal_info_requests(recording) == 2
+
+
+def test_recorded_ari_errors_are_not_asked_again_before_their_retry_after(tmp_path, monkeypatch):
+    problem = {"type": "urn:ietf:params:acme:error:serverInternal", "detail": "busy"}
+    recording = Recording([(503, problem, {"Retry-After": "7200"})])
+    issuer = _issuer(tmp_path, monkeypatch, recording)
+    cert = _cert_with(**ARI_CERT)
+    now = dt.datetime.now(dt.UTC)
+
+    assert issuer.renewal_due(cert, now=now) is None
+    assert issuer.renewal_due(cert, now=now + dt.timedelta(hours=1)) is None
+    assert _renewal_info_requests(recording) == 1
+
+
+def test_replaces_is_sent_only_for_a_certificate_issued_here_and_not_yet_replaced(
+    tmp_path, monkeypatch
+):
+    issuer = _issuer(tmp_path, monkeypatch, Recording([]))
+    previous = _cert_with(**ARI_CERT)
+    renewed = _cert_with(0x1234, ARI_CERT["aki"])
+
+    # From another issuer (say the internal CA before a switch to ACME): not sent.
+    assert issuer.replaces_id(previous, offers_ari=True) is None
+    issuer._remember_issued(previous, None)
+    assert issuer.replaces_id(previous, offers_ari=True) == "aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE"
+    assert issuer.replaces_id(previous, offers_ari=False) is None
+    # Once renewed, a rollback to it must not name it again (the CA says alreadyReplaced).
+    issuer._remember_issued(renewed, previous)
+    assert issuer.replaces_id(previous, offers_ari=True) is None
+    assert issuer.replaces_id(renewed, offers_ari=True) == ari_cert_id(renewed)
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "detail"),
+    [
+        (409, "alreadyReplaced", "certificate already replaced"),
+        (400, "malformed", "parsing ARI CertID failed"),
+        (409, "conflict", "duplicate replacement"),
+    ],
+)
+def test_recorded_a_ca_refusing_replaces_gets_the_order_once_more_without_it(status, kind, detail):
+    problem = {"type": f"urn:ietf:params:acme:error:{kind}", "detail": detail}
+    recording = Recording(
+        [(status, problem, {"Content-Type": PROBLEM}), (201, ORDER, {"Location": f"{CA}/o/1"})]
+    )
+    logs: list[str] = []
+    client = _client(recording)
+    client.log = logs.append
+
+    order = client.new_order(["a.example"], replaces="aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE")
+
+    assert order.url == f"{CA}/o/1"
+    first, second = recording.payloads()
+    assert first["replaces"] == "aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE" and "replaces" not in second
+    assert any("refused replaces=" in line and detail in line for line in logs)
+
+
+def test_recorded_replaces_is_dropped_once_only_and_other_refusals_are_not_retried():
+    malformed = {"type": "urn:ietf:params:acme:error:malformed", "detail": "bad identifier"}
+    recording = Recording([(400, malformed, {})] * 2)
+    with pytest.raises(AcmeProblem, match="bad identifier"):
+        _client(recording).new_order(["a.example"], replaces="x.y")
+    assert len(recording.payloads()) == 2
+
+    rejected = {"type": "urn:ietf:params:acme:error:rejectedIdentifier", "detail": "policy"}
+    recording = Recording([(400, rejected, {})])
+    with pytest.raises(AcmeProblem, match="policy"):
+        _client(recording).new_order(["a.example"], replaces="x.y")
+    assert len(recording.payloads()) == 1

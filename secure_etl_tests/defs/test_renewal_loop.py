@@ -85,7 +85,7 @@ def test_a_failed_check_is_renewed_by_the_run_the_sensor_requests(platform, inst
     assert not settled.run_requests
 
 
-def test_a_check_that_still_fails_after_renewal_is_not_renewed_again(
+def test_a_certificate_that_can_never_pass_is_refused_once_and_not_renewed_again(
     platform, instance, write_config
 ):
     # A certificate that can never pass: it must chain to a root nobody issues from.
@@ -98,12 +98,20 @@ def test_a_check_that_still_fails_after_renewal_is_not_renewed_again(
     defs = build_definitions(broken)
 
     renewal = defs.resolve_job_def(RENEWAL_JOB).execute_in_process(
-        instance=instance, tags={"secure_etl/renewal_of": "etl-client"}
+        instance=instance, tags={"secure_etl/renewal_of": "etl-client"}, raise_on_error=False
     )
-    assert _check_results(renewal)[("etl-client", "chain_trusted")] is False
+    # Verified before install: refused, saying why, and nothing installed.
+    (failure,) = [e for e in renewal.all_events if e.is_step_failure]
+    assert "(chain_trusted)" in failure.step_failure_data.user_failure_data.description
+    assert not certificate_store(broken).has_current("etl-client")
+    checks = defs.resolve_job_def(CHECKS_JOB).execute_in_process(instance=instance)
+    assert _check_results(checks)[("etl-client", "chain_trusted")] is False
 
     tick = _tick(defs, instance)
     assert not tick.run_requests
+    assert "etl-client: the last issuance under these settings failed verification" in (
+        tick.skip_reason.skip_message
+    )
     assert "needs a person" in tick.skip_reason.skip_message
 
 

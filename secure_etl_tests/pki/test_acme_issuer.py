@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -76,6 +77,9 @@ def test_a_restarted_ca_that_forgot_the_account_is_recovered_from(acme_platform,
     old_account = json.loads(account_file.read_text())["url"]
 
     acme_ca.restart()
+    # A restarted Pebble issues under a new root: trust it, or verification refuses.
+    roots = acme_platform.issuers["pebble"].trust_bundle
+    Path(roots).write_bytes(acme_ca.issuing_roots())
     result = ensure_certificate(acme_platform, "web", force=True)
 
     assert result.outcome == "renewed"
