@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from secure_etl.acme.deadline import bounded, deadline
 from secure_etl.acme.errors import AcmeProblem, BadNonce, PollTimeout, ProtocolError
 from secure_etl.acme.jws import AccountKey
 from secure_etl.acme.messages import Directory, https_url
@@ -108,6 +109,10 @@ class Transport:
         self.timeout = timeout
         if isinstance(verify, str):
             verify = ssl.create_default_context(cafile=verify)
+        elif verify is True:
+            verify = httpx.create_ssl_context()
+        if isinstance(verify, ssl.SSLContext):
+            bounded(verify)  # the deadline holds while headers drip in, not only the body
         self.http = client or httpx.Client(
             verify=verify, timeout=timeout, headers={"User-Agent": USER_AGENT}
         )
@@ -157,9 +162,13 @@ class Transport:
         if accept:
             kwargs.setdefault("headers", {})["Accept"] = accept
         try:
-            with self.http.stream(method, url, timeout=timeout, **kwargs) as raw:
+            with (
+                deadline(self.deadline),
+                self.http.stream(method, url, timeout=timeout, **kwargs) as raw,
+            ):
                 body = self._read_body(raw, limit, what)
         except httpx.HTTPError as err:
+            self._check_deadline(what)  # a read cut short by the deadline is its error
             raise ProtocolError(f"{what}: {type(err).__name__}: {err}") from None
         self.requests += 1
         response = Response(raw.status_code, raw.headers, body, url)

@@ -8,7 +8,6 @@ client certificate goes only where the config says, and a redirect's body is not
 
 from __future__ import annotations
 
-import email.utils
 import json
 import ssl
 import time
@@ -18,6 +17,8 @@ from dataclasses import dataclass
 import httpx
 import pandas as pd
 
+from secure_etl.acme import deadline as socket_deadline
+from secure_etl.acme.transport import parse_retry_after
 from secure_etl.etl.transforms import UNPARSED_COLUMN
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
@@ -80,15 +81,15 @@ def with_params(url: str, params: dict[str, str]) -> httpx.URL:
 
 class _Deadline:
     """The extraction's overall time limit, checked before each request, between the
-    chunks of a body and before each wait (a read timeout alone never ends a body that
-    arrives a byte at a time)."""
+    chunks of a body and before each wait, and held by the socket itself while a request
+    runs (a read timeout alone never ends an answer that arrives a byte at a time)."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self._end = time.monotonic() + seconds
+        self.end = time.monotonic() + seconds
 
     def remaining(self) -> float:
-        return self._end - time.monotonic()
+        return self.end - time.monotonic()
 
     def check(self, url: httpx.URL) -> None:
         if self.remaining() <= 0:
@@ -107,18 +108,6 @@ class _Deadline:
                 f"extraction's deadline_s ({self.seconds:g} s)"
             )
         sleep(seconds)
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    if value.strip().isdigit():
-        return float(value)
-    try:
-        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
 
 
 def _read_body(response: httpx.Response, source: ApiSource, url, deadline: _Deadline) -> bytes:
@@ -184,10 +173,14 @@ def _attempt(
 ) -> tuple[int, float | None, bytes | None]:
     """One GET: ``(status, Retry-After, None)`` when it is to be retried, else
     ``(status, None, body)``; errors, redirects and oversized bodies raise."""
-    with client.stream("GET", url, timeout=deadline.timeout(source.timeout_s)) as response:
+    timeout = deadline.timeout(source.timeout_s)
+    with (
+        socket_deadline.deadline(deadline.end),
+        client.stream("GET", url, timeout=timeout) as response,
+    ):
         status = response.status_code
         if status in RETRY_STATUSES and retry:
-            return status, _retry_after(response), None
+            return status, parse_retry_after(response.headers.get("Retry-After")), None
         _refuse_redirect(response, url)
         content = _read_body(response, source, url, deadline)
         if status >= 400:
@@ -261,6 +254,7 @@ def fetch_pages(
 ) -> Iterator[pd.DataFrame]:
     """One DataFrame per page until the API gives no next page."""
     own = client is None
+    context = socket_deadline.bounded(context)  # the deadline holds while headers drip in
     client = client or httpx.Client(verify=context, timeout=source.timeout_s)
     deadline = _Deadline(source.deadline_s)
     columns: list[str] = []

@@ -209,6 +209,18 @@ class _SlowHandler(BaseHTTPRequestHandler):
             except OSError:
                 pass
             return
+        if self.path == "/drip-headers":
+            # The status line and headers themselves, one byte a second: only a deadline
+            # on the socket can end this (each read gets its byte well within a timeout).
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + b"X-Pad: " * 100
+            try:
+                for byte in head:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(1)
+            except OSError:
+                owner.hung_up_at = dt.datetime.now(dt.UTC)
+            return
         # /drip: a directory-sized body, one byte a second.
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -224,7 +236,8 @@ class _SlowHandler(BaseHTTPRequestHandler):
 
 
 class SlowServer(_Running):
-    """``/drip`` feeds one byte a second; ``/huge`` and ``/huge-chunked`` send 8-16 MiB."""
+    """``/drip`` feeds its body one byte a second, ``/drip-headers`` its headers; ``/huge``
+    and ``/huge-chunked`` send 8-16 MiB."""
 
     def __init__(self, workdir: Path) -> None:
         self.requests = 0

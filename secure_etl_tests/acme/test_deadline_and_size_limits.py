@@ -38,6 +38,19 @@ def test_a_directory_fed_one_byte_a_second_hits_the_issuance_deadline(slow):
     assert slow.requests == 1
 
 
+def test_headers_fed_one_byte_a_second_hit_the_issuance_deadline(slow):
+    # Each byte arrives well within the 30 s read timeout: without a deadline on the
+    # socket itself this request would last the 400 s the server takes.
+    client = _client(slow, "/drip-headers")
+    started = time.monotonic()
+
+    with pytest.raises(PollTimeout, match="deadline for this issuance has passed"):
+        client.issue(["a.example"], generate_private_key("ec256"), solver=None, timeout_s=2)
+
+    assert time.monotonic() - started < 10
+    assert slow.requests == 1
+
+
 @pytest.mark.parametrize("path", ["/huge", "/huge-chunked"])
 def test_a_response_larger_than_the_cap_is_refused_without_reading_it_all(slow, path):
     transport = Transport(f"{slow.base_url}{path}", verify=str(slow.ca_bundle))

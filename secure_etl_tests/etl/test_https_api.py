@@ -43,7 +43,7 @@ class Api(BaseHTTPRequestHandler):
             return
         url = urlsplit(self.path)
         query = parse_qs(url.query)
-        if url.path in ("/drip", "/big"):
+        if url.path in ("/drip", "/drip_headers", "/big"):
             return getattr(self, "_" + url.path[1:])(query)
         start = int(query.get("cursor", ["0"])[0])
         page = RECORDS[start : start + 10]
@@ -85,6 +85,20 @@ class Api(BaseHTTPRequestHandler):
                 self.wfile.write(b" ")
                 self.wfile.flush()
                 time.sleep(0.1)
+
+    def _drip_headers(self, query) -> None:
+        """The status line and headers themselves, one byte every 0.1 s: each read gets
+        its byte long before ``timeout_s``; only a deadline on the socket ends it."""
+        head = b"HTTP/1.1 200 OK\r\n" + b"X-Pad: 1\r\n" * 50
+        Api.big.update(sent=0, hung_up=False)
+        try:
+            for byte in head:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                Api.big["sent"] += 1
+                time.sleep(0.1)
+        except OSError:
+            Api.big["hung_up"] = True
 
     def _big(self, query) -> None:
         """100 MB, its length declared only when asked (else it ends when the server
@@ -308,6 +322,18 @@ def test_a_drip_fed_answer_hits_the_extraction_deadline(api, pki):
     source = ApiSource(url=f"{api}/drip", timeout_s=2, deadline_s=1.5, max_retries=0)
     with pytest.raises(ApiError, match=r"ran past its deadline_s \(1.5 s\)"):
         list(fetch_pages(source, _context(pki)))
+
+
+def test_headers_fed_a_byte_at_a_time_hit_the_extraction_deadline(api, pki):
+    source = ApiSource(url=f"{api}/drip_headers", timeout_s=2, deadline_s=1.5, max_retries=0)
+    with pytest.raises(ApiError, match=r"ran past its deadline_s \(1.5 s\)"):
+        list(fetch_pages(source, _context(pki)))
+    for _ in range(50):  # the server notices the hang-up when its next write fails
+        if Api.big.get("hung_up"):
+            break
+        time.sleep(0.1)
+    # Cut off at the deadline, about 15 bytes in: not after the whole 563-byte head.
+    assert Api.big["hung_up"] and Api.big["sent"] < 100
 
 
 @pytest.mark.parametrize("declared", [False, True], ids=["streamed", "content-length"])
