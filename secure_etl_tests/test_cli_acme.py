@@ -201,7 +201,7 @@ def test_acme_revoke_with_the_certificate_key_creates_no_account_key(acme_ca, tm
     )  # fmt: skip
     readable = _run(*revoke)
     assert readable.returncode == 2 and "Traceback" not in readable.stderr
-    assert "key.pem: mode 0644 lets others read it" in readable.stderr
+    assert "key.pem: mode 0644 lets others read or change it" in readable.stderr
     (tmp_path / "key.pem").chmod(0o600)
 
     result = _run(
