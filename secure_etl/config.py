@@ -6,8 +6,10 @@ Every error names the file, the key path and what was expected. Unknown keys are
 
 from __future__ import annotations
 
+import difflib
 import os
 import reprlib
+import typing
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
@@ -15,6 +17,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -25,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from secure_etl.cron import check_cron
 from secure_etl.errors import UserError, escape_controls
 from secure_etl.identifiers import is_dns_name, is_ip_address
 
@@ -34,6 +38,15 @@ STATE_DIR_ENV = "SECURE_ETL_STATE_DIR"
 KeyType = Literal["ec256", "ec384", "rsa2048", "rsa3072", "rsa4096"]
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
 KeyId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
+class _FromConfigDir:
+    """Marks a path that, when relative, is relative to the config file's directory."""
+
+
+# A file or directory on this machine, named in a user's config file: relative paths are
+# anchored at that file's directory when it loads (not at the process's working directory).
+LocalPath = Annotated[str, _FromConfigDir()]
+# A schedule: five cron fields or a macro, checked at load (not when Dagster builds it).
+Cron = Annotated[str, AfterValidator(check_cron)]
 MIN_PSEUDONYM_HEX = 32  # the truncation floor: 128 bits
 
 
@@ -82,7 +95,7 @@ class Http01WebrootChallenge(_Strict):
     """Write the http-01 token under a running web server's document root."""
 
     type: Literal["http-01-webroot"]
-    path: str
+    path: LocalPath
 
 
 class Dns01ExecChallenge(_Strict):
@@ -158,9 +171,9 @@ class AcmeIssuer(_Strict):
     type: Literal["acme"]
     directory_url: str
     # Verifies the ACME server's own TLS certificate (default: the system trust store).
-    server_ca_bundle: str | None = None
+    server_ca_bundle: LocalPath | None = None
     # Roots the issued certificates must chain to (default: the system trust store).
-    trust_bundle: str | None = None
+    trust_bundle: LocalPath | None = None
     email: str | None = None
     # Names of the environment variables holding the EAB key id and HMAC key.
     eab_kid_env: str | None = None
@@ -242,7 +255,7 @@ class CertificateConfig(_Strict):
     reuse_key: bool = False
     renewal: RenewalPolicy = RenewalPolicy()
     keep_versions: int = Field(5, ge=1)
-    ca_bundle: str | None = None
+    ca_bundle: LocalPath | None = None
     deploy: list[DeployAction] = []
     endpoints: list[Endpoint] = []
 
@@ -274,7 +287,7 @@ class _PostgresConnection(_Strict):
     db_schema: str = Field("public", alias="schema", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
     table: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
     # Roots that verify the server (default: those of the pipeline's client certificate).
-    ca_bundle: str | None = None
+    ca_bundle: LocalPath | None = None
     sslmode: Literal["verify-full", "verify-ca", "require", "disable"] = "verify-full"
     # Anything weaker than verify-full must be asked for by name.
     allow_insecure_sslmode: bool = False
@@ -324,7 +337,7 @@ class HttpsApiSource(_Strict):
     params: dict[str, str] = {}
     start_param: str | None = None
     end_param: str | None = None
-    ca_bundle: str | None = None
+    ca_bundle: LocalPath | None = None
     timeout_s: float = Field(30, gt=0)
     max_retries: int = Field(5, ge=0)
     # Next links are followed only over https to the url's origin or one of these
@@ -403,11 +416,18 @@ class DuckDBDestination(_Strict):
     path: str = "warehouse.duckdb"
     table: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
+    def target(self) -> str:
+        """Where the rows land, for telling whether two pipelines share a table."""
+        return f"duckdb:{os.path.normpath(self.path)}:{self.table}"
+
 
 class PostgresDestination(_PostgresConnection):
     """A table in which each partition is replaced in one transaction."""
 
     type: Literal["postgres"]
+
+    def target(self) -> str:
+        return f"postgres://{self.host}:{self.port}/{self.dbname}:{self.db_schema}.{self.table}"
 
 
 class BigQueryDestination(_Strict):
@@ -426,6 +446,9 @@ class BigQueryDestination(_Strict):
     api_endpoint: str | None = Field(None, pattern=r"^https?://")
     anonymous: bool = False
     timeout_s: float = Field(600, gt=0)
+
+    def target(self) -> str:
+        return f"bigquery:{self.api_endpoint or ''}:{self.project}.{self.dataset}.{self.table}"
 
     @model_validator(mode="after")
     def _anonymous_only_elsewhere(self) -> BigQueryDestination:
@@ -455,25 +478,24 @@ class IncrementalRuns(_Strict):
     the last one, as the source's ``incremental`` says, and merges it by the key."""
 
     type: Literal["incremental"]
-    schedule: str = "*/15 * * * *"
+    schedule: Cron = "*/15 * * * *"
 
 
-def _kind(default: str, known: tuple[str, ...]):
-    """A union's discriminator whose ``type`` may be left out (then ``default``): an
-    unknown type is judged against the default's model, which names the allowed one."""
+def _kind(default: str):
+    """A union's discriminator whose ``type`` may be left out (then ``default``); an
+    unknown type is returned as it is, so the error lists the known ones."""
 
     def kind(value: object) -> str:
-        found = (
-            value.get("type", default) if isinstance(value, dict) else getattr(value, "type", "")
-        )
-        return found if found in known else default
+        if isinstance(value, dict):
+            return str(value.get("type", default))
+        return getattr(value, "type", default)
 
     return kind
 
 
 Partitions = Annotated[
     Annotated[HourlyPartitions, Tag("hourly")] | Annotated[IncrementalRuns, Tag("incremental")],
-    Discriminator(_kind("hourly", ("hourly", "incremental"))),
+    Discriminator(_kind("hourly")),
 ]
 
 
@@ -629,7 +651,7 @@ class AuditConfig(_Strict):
     checkpoint_every: int = Field(100, ge=1)
     # The key the verifier trusts: ``ed25519:<64 hex>`` (``audit verify`` prints it) or a
     # PEM path kept where whoever can write the log cannot. Never the one beside the key.
-    public_key: str | None = Field(None, pattern=r"^(ed25519:[0-9a-f]{64}|[^:]+)$")
+    public_key: LocalPath | None = Field(None, pattern=r"^(ed25519:[0-9a-f]{64}|[^:]+)$")
 
 
 class LocalKms(_Strict):
@@ -650,13 +672,13 @@ class VaultTransitKms(_Strict):
     mount: str = Field("transit", pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
     token_env: str = "VAULT_TOKEN"  # noqa: S105 - the name of the variable holding it
     namespace: str | None = None  # Vault Enterprise / OpenBao namespaces
-    ca_bundle: str | None = None  # verifies Vault's certificate (default: system roots)
+    ca_bundle: LocalPath | None = None  # verifies Vault's certificate (default: system roots)
     timeout_s: float = Field(10, gt=0)
 
 
 Kms = Annotated[
     Annotated[LocalKms, Tag("local_file")] | Annotated[VaultTransitKms, Tag("vault_transit")],
-    Discriminator(_kind("local_file", ("local_file", "vault_transit"))),
+    Discriminator(_kind("local_file")),
 ]
 
 
@@ -665,7 +687,7 @@ class SlackChannel(_Strict):
 
     type: Literal["slack"]
     url_env: str
-    ca_bundle: str | None = None
+    ca_bundle: LocalPath | None = None
     timeout_s: float = Field(10, gt=0)
 
 
@@ -674,7 +696,7 @@ class WebhookChannel(_Strict):
 
     type: Literal["webhook"]
     url_env: str
-    ca_bundle: str | None = None
+    ca_bundle: LocalPath | None = None
     timeout_s: float = Field(10, gt=0)
 
 
@@ -690,7 +712,7 @@ class EmailChannel(_Strict):
     recipients: list[str] = Field(min_length=1)
     username_env: str | None = None
     password_env: str | None = None
-    ca_bundle: str | None = None
+    ca_bundle: LocalPath | None = None
     timeout_s: float = Field(30, gt=0)
 
     @model_validator(mode="after")
@@ -720,20 +742,20 @@ class MonitoringConfig(_Strict):
     node_exporter's textfile collector; the freshness limits mark stalled work."""
 
     prometheus_textfile: str = "metrics/secure_etl.prom"
-    schedule: str = "*/10 * * * *"
+    schedule: Cron = "*/10 * * * *"
     loaded_max_lag_hours: float = Field(3, gt=0)  # a loaded/ asset older than this is stale
     certificate_checks_max_age_hours: float = Field(2, gt=0)  # last certificate check
 
 
 class PlatformConfig(_Strict):
-    state_dir: str = ".secure_etl"
-    certificate_check_schedule: str = "*/30 * * * *"
+    state_dir: LocalPath = ".secure_etl"
+    certificate_check_schedule: Cron = "*/30 * * * *"
     issuers: dict[Name, Issuer]
     certificates: dict[Name, CertificateConfig] = {}
     keys: dict[Name, HmacKeyConfig] = {}
     pipelines: dict[Name, PipelineConfig] = {}
     audit: AuditConfig = AuditConfig()
-    retention_schedule: str = "35 * * * *"
+    retention_schedule: Cron = "35 * * * *"
     kms: Kms = LocalKms()
     # Raw and quarantined partitions (they hold PII) as encrypted Parquet.
     encrypt_raw: bool = True
@@ -773,19 +795,42 @@ class PlatformConfig(_Strict):
                     )
         return self
 
+    @model_validator(mode="after")
+    def _one_pipeline_per_table(self) -> PlatformConfig:
+        # Each load replaces its partition's rows: a second pipeline on the same table
+        # would delete the first one's rows while both report them loaded.
+        writers: dict[str, str] = {}
+        for name, pipeline in self.pipelines.items():
+            target = pipeline.destination.target()
+            if target in writers:
+                raise _KeyedError(
+                    ("pipelines", name, "destination"),
+                    f"pipeline {writers[target]!r} already writes this table ({target}); "
+                    "give each pipeline its own table",
+                )
+            writers[target] = name
+        return self
+
     def resolved_state_dir(self) -> Path:
         """``SECURE_ETL_STATE_DIR`` if set, else ``state_dir`` (relative to the cwd)."""
         return Path(os.environ.get(STATE_DIR_ENV) or self.state_dir).resolve()
 
 
-class _RefError(ValueError):
-    """A name that points at nothing; carries its own key path."""
+class _KeyedError(ValueError):
+    """A config error found across keys; carries the key path it belongs to."""
+
+    def __init__(self, loc: tuple, message: str) -> None:
+        self.loc = loc
+        super().__init__(message)
+
+
+class _RefError(_KeyedError):
+    """A name that points at nothing."""
 
     def __init__(self, loc: tuple, value: str, known, what: str = "") -> None:
-        self.loc = loc
         kind = what or loc[-1].replace("_", " ")
         choices = ", ".join(sorted(known)) or "none defined"
-        super().__init__(f"unknown {kind} {echo(value)} (defined: {choices})")
+        super().__init__(loc, f"unknown {kind} {echo(value)} (defined: {choices})")
 
 
 def default_config_path() -> Path:
@@ -881,35 +926,88 @@ def load_config(path: Path | str | None = None) -> PlatformConfig:
     if not isinstance(data, dict):
         raise ConfigError(path, "", "expected a mapping at the top level")
     try:
-        return PlatformConfig.model_validate(data)
+        config = PlatformConfig.model_validate(data)
     except ValidationError as err:
         raise _first_error(path, data, err) from None
-    except _RefError as err:
+    except _KeyedError as err:
         raise ConfigError(path, _key_path(err.loc), str(err)) from None
+    if path.resolve() != default_config_path().resolve():
+        # The bundled demo keeps its state in the working directory, as the README says.
+        _anchor_paths(config, path.resolve().parent)
+    return config
+
+
+def _anchor_paths(model: BaseModel, base: Path) -> None:
+    """Make every relative ``LocalPath`` in ``model`` (and the models in it) absolute
+    against ``base``."""
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            _anchor_paths(value, base)
+        elif isinstance(value, dict | list):
+            for item in value.values() if isinstance(value, dict) else value:
+                if isinstance(item, BaseModel):
+                    _anchor_paths(item, base)
+        elif (
+            isinstance(value, str)
+            and _is_local_path(field)
+            and not value.startswith("ed25519:")
+            and not os.path.isabs(value)
+        ):
+            object.__setattr__(model, name, str(base / value))  # frozen models
+
+
+def _is_local_path(field) -> bool:
+    marks = list(field.metadata)
+    for member in typing.get_args(field.annotation):  # LocalPath | None
+        marks += getattr(member, "__metadata__", ())
+    return any(isinstance(mark, _FromConfigDir) for mark in marks)
 
 
 def _first_error(path: Path, data: object, err: ValidationError) -> ConfigError:
-    detail = err.errors(include_url=False)[0]
+    errors = err.errors(include_url=False)
+    # A misspelt key shows as an unknown key plus a missing one: name the one the user
+    # wrote, with the closest valid key, rather than the one they never wrote.
+    unknown = [e for e in errors if e["type"] == "extra_forbidden"]
+    detail = unknown[0] if unknown else errors[0]
     ctx_error = (detail.get("ctx") or {}).get("error")
-    if isinstance(ctx_error, _RefError):
+    if isinstance(ctx_error, _KeyedError):
         return ConfigError(path, _key_path(ctx_error.loc), str(ctx_error))
+    loc = _without_union_tags(data, detail["loc"])
     kind = detail["type"]
     if kind == "extra_forbidden":
-        message = "unknown key (check its spelling and place)"
+        missing = [
+            e["loc"][-1]
+            for e in errors
+            if e["type"] == "missing" and _without_union_tags(data, e["loc"])[:-1] == loc[:-1]
+        ]
+        message = "unknown key" + _did_you_mean(str(loc[-1]), missing)
     elif kind == "missing":
         message = "required key is missing"
+    elif kind == "union_tag_invalid":
+        expected = detail["ctx"]["expected_tags"].replace("'", "")
+        message = f"unknown type {echo(detail['ctx']['tag'])} (one of: {expected})"
+        loc = [*loc, "type"]
     else:
         message = detail["msg"].removeprefix("Value error, ")
         if kind not in {"value_error", "assertion_error"} and "input" in detail:
             message += f" (got {echo(detail['input'])})"
-    return ConfigError(path, _key_path(_without_union_tags(data, detail["loc"])), message)
+    return ConfigError(path, _key_path(loc), message)
+
+
+def _did_you_mean(key: str, missing: list) -> str:
+    close = difflib.get_close_matches(key, [str(m) for m in missing], n=1, cutoff=0.5)
+    if close:
+        return f"; did you mean `{close[0]}`?"
+    return " (check its spelling and place)"
 
 
 def _without_union_tags(data: object, loc: tuple) -> list:
     """Drop the ``type`` tags pydantic puts into locations inside discriminated unions."""
     out, node = [], data
-    for part in loc:
-        if isinstance(node, dict) and part not in node and node.get("type") == part:
+    for i, part in enumerate(loc):
+        # A tag is a step that is not in the data; only the last step may be (a missing key).
+        if isinstance(node, dict) and part not in node and i < len(loc) - 1:
             continue
         out.append(part)
         try:
