@@ -30,16 +30,28 @@ if TYPE_CHECKING:
     from secure_etl.etl.bigquery_dest import ClientFactory
 
 
+class ClientCertificate(Protocol):
+    """The pipeline's client certificate files and the roots that verify servers: in
+    production defs' CertificateResource, elsewhere (tests, benchmarks) a ClientTls."""
+
+    @property
+    def fullchain_path(self) -> str | Path: ...
+    @property
+    def privkey_path(self) -> str | Path: ...
+    @property
+    def ca_bundle(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class ClientTls:
-    """The pipeline's client certificate files and the roots that verify servers."""
+    """A ClientCertificate from plain paths, for callers without Dagster."""
 
-    cert: str
-    key: str
+    fullchain_path: str | Path
+    privkey_path: str | Path
     ca_bundle: str
 
 
-def pg_endpoint(config: _PostgresConnection, tls: ClientTls) -> postgres.PgEndpoint:
+def pg_endpoint(config: _PostgresConnection, tls: ClientCertificate) -> postgres.PgEndpoint:
     return postgres.PgEndpoint(
         host=config.host,
         port=config.port,
@@ -47,8 +59,8 @@ def pg_endpoint(config: _PostgresConnection, tls: ClientTls) -> postgres.PgEndpo
         user=config.user,
         sslmode=config.sslmode,
         sslrootcert=config.ca_bundle or tls.ca_bundle,
-        sslcert=tls.cert,
-        sslkey=tls.key,
+        sslcert=str(tls.fullchain_path),
+        sslkey=str(tls.privkey_path),
     )
 
 
@@ -62,7 +74,7 @@ def raw_crypto(platform: PlatformConfig) -> storage.ParquetCrypto | None:
 
 
 def incremental_chunks(
-    source: PostgresSource, since: dt.datetime | None, tls: ClientTls
+    source: PostgresSource, since: dt.datetime | None, tls: ClientCertificate
 ) -> Iterator[pa.Table]:
     """The rows whose cursor column is at or past ``since`` (all rows if None), in chunks."""
     if source.incremental is None:
@@ -79,7 +91,7 @@ def incremental_chunks(
 
 
 def source_chunks(
-    source: DemoSource | PostgresSource | HttpsApiSource, partition: str, tls: ClientTls
+    source: DemoSource | PostgresSource | HttpsApiSource, partition: str, tls: ClientCertificate
 ) -> Iterator[pd.DataFrame | pa.Table]:
     """The partition's rows, in chunks."""
     if isinstance(source, DemoSource):
@@ -107,7 +119,9 @@ def source_chunks(
             max_response_bytes=source.max_response_bytes,
             deadline_s=source.deadline_s,
         )
-        context = https_api.client_context(tls.cert, tls.key, source.ca_bundle or tls.ca_bundle)
+        context = https_api.client_context(
+            str(tls.fullchain_path), str(tls.privkey_path), source.ca_bundle or tls.ca_bundle
+        )
         yield from https_api.fetch_pages(api, context)
         return
     yield from postgres.extract_range(
@@ -227,7 +241,7 @@ class PostgresTable:
 def destination_for(
     destination: DuckDBDestination | PostgresDestination | BigQueryDestination,
     state_dir: Path,
-    tls: ClientTls,
+    tls: ClientCertificate,
     bigquery_clients: ClientFactory | None = None,
 ) -> Destination:
     if isinstance(destination, DuckDBDestination):
