@@ -76,6 +76,7 @@ class PipelineSpecs:
 
 
 def pipeline_specs(platform: PlatformConfig, name: str) -> PipelineSpecs:
+    """The pipeline's three assets and the checks of loaded/<p>, for either factory."""
     p = platform.pipelines[name]
     raw = AssetSpec(
         stage_key("raw", name),
@@ -118,6 +119,7 @@ def _io_retry(p: PipelineConfig) -> RetryPolicy:
 
 
 def pipeline_assets(platform: PlatformConfig, name: str) -> list:
+    """raw/<p>, hashed/<p> and loaded/<p> as three steps, each retried on its own."""
     p = platform.pipelines[name]
     state = platform.resolved_state_dir()
     partitions = (
