@@ -119,7 +119,7 @@ def _io_retry(p: PipelineConfig) -> RetryPolicy:
 
 
 def pipeline_assets(platform: PlatformConfig, name: str) -> list:
-    """raw/<p>, hashed/<p> and loaded/<p> as three steps, each retried on its own."""
+    """raw/<p>, hashed/<p> and loaded/<p> as three steps (extract and load retried)."""
     p = platform.pipelines[name]
     state = platform.resolved_state_dir()
     partitions = (
