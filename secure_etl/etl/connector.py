@@ -19,12 +19,24 @@ Chunk = pd.DataFrame | pa.Table
 ClientFactory = Callable[[], AbstractContextManager[Any]]
 
 
+class ClientCertificate(Protocol):
+    """The pipeline's client certificate files and the roots that verify servers: in
+    production defs' CertificateResource, elsewhere (tests, benchmarks) a ClientTls."""
+
+    @property
+    def fullchain_path(self) -> str | Path: ...
+    @property
+    def privkey_path(self) -> str | Path: ...
+    @property
+    def ca_bundle(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class ClientTls:
-    """The pipeline's client certificate files and the roots that verify servers."""
+    """A ClientCertificate from plain paths, for callers without Dagster."""
 
-    cert: str
-    key: str
+    fullchain_path: str | Path
+    privkey_path: str | Path
     ca_bundle: str
 
 
@@ -35,10 +47,10 @@ class Runtime:
     is needed. Describing a connector needs none of them."""
 
     state_dir: Path | None = None
-    tls: ClientTls | None = None
+    tls: ClientCertificate | None = None
     bigquery_clients: ClientFactory | None = None
 
-    def client_tls(self, who: str) -> ClientTls:
+    def client_tls(self, who: str) -> ClientCertificate:
         if self.tls is None:
             raise ValueError(f"{who} needs the pipeline's client certificate")
         return self.tls

@@ -197,3 +197,30 @@ def test_the_config_examples_load_and_build(tmp_path, monkeypatch):
         defs = build_definitions(config)
         for name in config.pipelines:
             assert defs.resolve_job_def(f"{name}_etl")
+
+
+def _described(defs, stage: str) -> tuple:
+    key = AssetKey([stage, "customers"])
+    spec = next(s for s in defs.resolve_assets_def(key).specs if s.key == key)
+    checks = {k for k in defs.resolve_asset_graph().asset_check_keys if k.asset_key == key}
+    return (
+        spec.description,
+        spec.group_name,
+        spec.kinds,
+        {d.asset_key for d in spec.deps},
+        spec.freshness_policy,
+        checks,
+    )
+
+
+def test_the_staged_and_the_one_pass_assets_are_the_same_assets(write_config):
+    data = copy.deepcopy(BASE_CONFIG)
+    staged = build_definitions(load_config(write_config(data)))
+    data["pipelines"]["customers"]["one_pass"] = True
+    one_pass = build_definitions(load_config(write_config(data, "one-pass.yaml")))
+
+    for stage in ("raw", "hashed", "loaded"):
+        assert _described(staged, stage) == _described(one_pass, stage), stage
+    description, _, kinds, _, freshness, checks = _described(one_pass, "loaded")
+    assert description.startswith("The hashed partition in duckdb table customers")
+    assert kinds == {"duckdb"} and freshness is not None and len(checks) == 5

@@ -74,7 +74,7 @@ def test_a_source_without_the_client_certificate_says_so():
     source = registry.source(config.PostgresSource.model_validate(SOURCES["postgres"]))
     with pytest.raises(ValueError, match="needs the pipeline's client certificate"):
         next(source.chunks("2026-03-01-10:00"))
-    assert Runtime(tls=ClientTls("c", "k", "ca")).client_tls("x").cert == "c"
+    assert Runtime(tls=ClientTls("c", "k", "ca")).client_tls("x").fullchain_path == "c"
 
 
 def test_an_unknown_type_names_the_known_ones():

@@ -343,7 +343,9 @@ class HttpsApiReader:
 
     def chunks(self, partition: str) -> Iterator[pd.DataFrame]:
         tls = self.runtime.client_tls(shown(self.config.url))
-        context = client_context(tls.cert, tls.key, self.config.ca_bundle or tls.ca_bundle)
+        context = client_context(
+            str(tls.fullchain_path), str(tls.privkey_path), self.config.ca_bundle or tls.ca_bundle
+        )
         yield from fetch_pages(self.api(partition), context)
 
     def chunks_since(self, since: dt.datetime | None) -> Iterator[pd.DataFrame]:

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from psycopg import sql
 
 from secure_etl.config import PostgresSource, _PostgresConnection
-from secure_etl.etl.connector import ClientTls, Runtime, partition_hour
+from secure_etl.etl.connector import ClientCertificate, Runtime, partition_hour
 from secure_etl.security.postgres_tls import PgEndpoint
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -130,7 +130,7 @@ def _normalised(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
-def pg_endpoint(config: _PostgresConnection, tls: ClientTls) -> PgEndpoint:
+def pg_endpoint(config: _PostgresConnection, tls: ClientCertificate) -> PgEndpoint:
     """The endpoint of a postgres source or destination, with the pipeline's certificate."""
     return PgEndpoint(
         host=config.host,
@@ -139,8 +139,8 @@ def pg_endpoint(config: _PostgresConnection, tls: ClientTls) -> PgEndpoint:
         user=config.user,
         sslmode=config.sslmode,
         sslrootcert=config.ca_bundle or tls.ca_bundle,
-        sslcert=tls.cert,
-        sslkey=tls.key,
+        sslcert=str(tls.fullchain_path),
+        sslkey=str(tls.privkey_path),
     )
 
 
