@@ -9,7 +9,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from secure_etl.etl import checks, duckdb_dest, storage
+from secure_etl.etl import checks, storage
+from secure_etl.etl.destinations import duckdb as duckdb_dest
 from secure_etl.security.audit import AuditLog
 
 PARTITION = "2026-03-01-10:00"
