@@ -1020,8 +1020,13 @@ def _without_union_tags(data: object, loc: tuple) -> list:
     """Drop the ``type`` tags pydantic puts into locations inside discriminated unions."""
     out, node = [], data
     for i, part in enumerate(loc):
-        # A tag is a step that is not in the data; only the last step may be (a missing key).
-        if isinstance(node, dict) and part not in node and i < len(loc) - 1:
+        # A tag is a step that is not in the data; only the last step may be (a missing
+        # key), unless it is the node's own type (an error of the whole tagged model).
+        if (
+            isinstance(node, dict)
+            and part not in node
+            and (i < len(loc) - 1 or node.get("type") == part)
+        ):
             continue
         out.append(part)
         try:
