@@ -1,0 +1,214 @@
+"""The MariaDB source against a real MariaDB (Debian's mariadb-server): TLS that verifies
+the server and presents the pipeline's client certificate, refusals that say why, rows
+in bounded Arrow chunks, and one hour extracted."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from decimal import Decimal
+
+import pyarrow as pa
+import pytest
+import yaml
+
+from secure_etl.config import PlatformConfig, load_config
+from secure_etl.etl.sources.mariadb import (
+    MariaDBEndpoint,
+    MariaDBError,
+    extract_range,
+    quoted_name,
+)
+from secure_etl.pki.renewal import certificate_store, trust_bundle
+from secure_etl_tests.conftest import BASE_CONFIG
+
+USER = "etl-client.test"
+HOUR = dt.datetime(2026, 3, 1, 10, tzinfo=dt.UTC)
+# 60 rows in 10:00-11:00, 30 in the next hour, 1 just before (09:59:59.999999).
+ROWS = 90
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory) -> PlatformConfig:
+    """The test platform (its internal CA issues db-server and etl-client), shared by the
+    module's tests like the server below."""
+    data = {**copy.deepcopy(BASE_CONFIG), "state_dir": str(tmp_path_factory.mktemp("state"))}
+    path = tmp_path_factory.mktemp("config") / "platform.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("SECURE_ETL_STATE_DIR", raising=False)
+        return load_config(path)
+
+
+@pytest.fixture(scope="module")
+def mariadb(platform, tmp_path_factory):
+    """MariaDB with the platform's db-server certificate; the account of the etl-client
+    certificate needs that certificate (REQUIRE SUBJECT) and has no password. Started
+    once for the module: the tests only read."""
+    from secure_etl_tests.servers import mariadb_for_platform
+
+    server = mariadb_for_platform(platform, tmp_path_factory.mktemp("mariadb"))
+    server.sql(
+        "CREATE DATABASE shop;"
+        "CREATE TABLE shop.customers (id BIGINT UNSIGNED PRIMARY KEY, name VARCHAR(80), "
+        "email TEXT, amount DECIMAL(10,2), score DOUBLE, flags TINYINT, "
+        "created_at DATETIME(6) NOT NULL, seen_at TIMESTAMP(6) NULL);"
+        "INSERT INTO shop.customers SELECT seq, CONCAT('Name ', seq), "
+        "CONCAT('user', seq, '@example.com'), seq * 1.5, seq / 4, seq % 3, "
+        "TIMESTAMP '2026-03-01 10:00:00' + INTERVAL seq MINUTE, NULL FROM shop.seq_0_to_89;"
+        "INSERT INTO shop.customers VALUES (1000, 'Early', NULL, NULL, NULL, NULL, "
+        "'2026-03-01 09:59:59.999999', '2026-03-01 09:59:59');"
+        "CREATE USER 'etl-client.test'@'%' REQUIRE SUBJECT '/CN=etl-client.test';"
+        "GRANT SELECT ON shop.* TO 'etl-client.test'@'%';"
+        # An account without REQUIRE: only require_secure_transport stands in its way.
+        "CREATE USER 'anyone'@'%';"
+    )
+    yield server
+    server.stop()
+
+
+def _endpoint(platform, server, **changes) -> MariaDBEndpoint:
+    client = certificate_store(platform).paths("etl-client")
+    fields = {
+        "host": "localhost",
+        "port": server.port,
+        "database": "shop",
+        "user": USER,
+        "ca_bundle": str(trust_bundle(platform, "db-server")),
+        "cert": str(client.fullchain),
+        "key": str(client.privkey),
+        **changes,
+    }
+    return MariaDBEndpoint(**fields)
+
+
+def _hour(endpoint: MariaDBEndpoint, start=HOUR, **kwargs) -> list[pa.Table]:
+    return list(
+        extract_range(
+            endpoint, "customers", "created_at", start, start + dt.timedelta(hours=1), **kwargs
+        )
+    )
+
+
+def test_verified_tls_with_the_client_certificate_reads_the_rows(platform, mariadb):
+    endpoint = _endpoint(platform, mariadb)
+    with endpoint.connect() as conn, conn.cursor() as cursor:
+        cursor.execute("SHOW SESSION STATUS LIKE 'Ssl_version'")
+        version = cursor.fetchall()
+        cursor.execute("SELECT CURRENT_USER()")
+        account = cursor.fetchall()
+    assert version[0][1] in {"TLSv1.2", "TLSv1.3"}
+    assert account[0][0] == f"{USER}@%"
+    assert sum(t.num_rows for t in _hour(endpoint)) == 60
+
+
+def test_the_server_refuses_plaintext(platform, mariadb):
+    import pymysql
+
+    assert mariadb.sql("SELECT @@require_secure_transport").strip() == "1"
+    # 'anyone' has no password and no REQUIRE: over TLS it gets in, in plaintext it does
+    # not (MariaDB 10.11 says "Access denied" for require_secure_transport).
+    with _endpoint(platform, mariadb, user="anyone", database="", cert=None).connect():
+        pass
+    with pytest.raises(pymysql.OperationalError) as caught:
+        pymysql.connect(host="127.0.0.1", port=mariadb.port, user="anyone", ssl_disabled=True)
+    assert caught.value.args == (
+        1045,
+        "Access denied for user 'anyone'@'127.0.0.1' (using password: NO)",
+    )
+
+
+def test_a_server_that_offers_no_tls_is_refused_before_any_credential(platform, mariadb, tmp_path):
+    from secure_etl_tests.servers import MariaDB
+
+    plain = MariaDB(tmp_path / "plain", None, None, None).start()
+    plain.sql("CREATE USER 'etl-client.test'@'%'")  # it would let the certificate's user in
+    try:
+        with pytest.raises(MariaDBError) as caught:
+            _endpoint(platform, plain).connect()
+    finally:
+        plain.stop()
+    assert str(caught.value).startswith(f"mariadb {USER}@localhost:{plain.port}/shop: ")
+    assert "SSL is required but the server doesn't support it" in str(caught.value)
+
+
+def test_a_server_certificate_from_another_ca_is_refused(platform, mariadb, tmp_path):
+    from secure_etl.pki.internal_ca import InternalCA
+    from secure_etl.pki.keys import generate_private_key
+
+    other = InternalCA("other-root", tmp_path / "other-ca")
+    other.issue(["localhost"], "server", generate_private_key("ec256"))
+    endpoint = _endpoint(platform, mariadb, ca_bundle=str(tmp_path / "other-ca" / "ca.pem"))
+    with pytest.raises(MariaDBError) as caught:
+        _hour(endpoint)
+    assert str(caught.value).startswith(f"mariadb {USER}@localhost:{mariadb.port}/shop: ")
+    assert "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed" in str(caught.value)
+
+
+def test_a_host_name_the_certificate_does_not_name_is_refused(platform, mariadb):
+    # 127.0.0.2 reaches the same server, but db-server names localhost and 127.0.0.1 only.
+    with pytest.raises(MariaDBError) as caught:
+        _endpoint(platform, mariadb, host="127.0.0.2").connect()
+    assert "certificate is not valid for '127.0.0.2'" in str(caught.value)
+
+
+def test_without_the_client_certificate_the_account_refuses(platform, mariadb):
+    with pytest.raises(MariaDBError) as caught:
+        _endpoint(platform, mariadb, cert=None, key=None).connect()
+    message = str(caught.value)
+    assert f"Access denied for user '{USER}'" in message
+    assert "require a client certificate" in message
+
+
+def test_rows_stream_in_chunks_of_at_most_chunk_rows(platform, mariadb):
+    tables = _hour(_endpoint(platform, mariadb), chunk_rows=7)
+    assert [t.num_rows for t in tables] == [7] * 8 + [4]
+    ids = pa.concat_tables(tables).column("id").to_pylist()
+    assert sorted(ids) == list(range(60))
+
+
+def test_an_hour_is_exactly_its_rows_typed_from_the_columns(platform, mariadb):
+    table = pa.concat_tables(_hour(_endpoint(platform, mariadb), chunk_rows=1000))
+    assert table.schema == pa.schema(
+        [
+            ("id", pa.uint64()),
+            ("name", pa.string()),
+            ("email", pa.string()),
+            ("amount", pa.decimal128(10, 2)),
+            ("score", pa.float64()),
+            ("flags", pa.int8()),
+            ("created_at", pa.timestamp("us")),
+            ("seen_at", pa.timestamp("us", tz="UTC")),
+        ]
+    )
+    rows = sorted(table.to_pylist(), key=lambda r: r["id"])
+    assert [r["id"] for r in rows] == list(range(60))  # not 1000 (09:59:59.999999), not 60+
+    assert rows[59]["created_at"] == dt.datetime(2026, 3, 1, 10, 59)
+    assert rows[3]["amount"] == Decimal("4.50")
+    assert rows[3]["email"] == "user3@example.com"
+
+
+def test_the_hour_before_has_only_the_early_row(platform, mariadb):
+    tables = _hour(_endpoint(platform, mariadb), start=HOUR - dt.timedelta(hours=1))
+    assert pa.concat_tables(tables).column("id").to_pylist() == [1000]
+
+
+def test_an_empty_hour_is_one_empty_table_with_the_columns(platform, mariadb):
+    tables = _hour(
+        _endpoint(platform, mariadb), start=HOUR + dt.timedelta(days=1), columns=["id", "name"]
+    )
+    assert [t.num_rows for t in tables] == [0]
+    assert tables[0].schema.names == ["id", "name"]
+
+
+def test_an_unknown_column_is_named(platform, mariadb):
+    with pytest.raises(MariaDBError) as caught:
+        _hour(_endpoint(platform, mariadb), columns=["id", "nope"])
+    assert "table 'customers' has no column nope" in str(caught.value)
+
+
+def test_names_are_validated_and_quoted():
+    assert quoted_name("created_at", "column") == "`created_at`"
+    for bad in ("a`b", "a b", "x;DROP TABLE t", "", "1a"):
+        with pytest.raises(ValueError, match="invalid column name"):
+            quoted_name(bad, "column")
