@@ -60,6 +60,10 @@ def mariadb(platform, tmp_path_factory):
         "'2026-03-01 09:59:59.999999', '2026-03-01 09:59:59');"
         "CREATE USER 'etl-client.test'@'%' REQUIRE SUBJECT '/CN=etl-client.test';"
         "GRANT SELECT ON shop.* TO 'etl-client.test'@'%';"
+        # 40 MB in one hour: far more than socket buffers hold.
+        "CREATE TABLE shop.big (id INT PRIMARY KEY, pad VARCHAR(1000), at DATETIME NOT NULL);"
+        "INSERT INTO shop.big SELECT seq, REPEAT('x', 1000), '2026-03-01 10:30:00' "
+        "FROM shop.seq_1_to_40000;"
         # An account without REQUIRE: only require_secure_transport stands in its way.
         "CREATE USER 'anyone'@'%';"
     )
@@ -165,6 +169,21 @@ def test_rows_stream_in_chunks_of_at_most_chunk_rows(platform, mariadb):
     assert [t.num_rows for t in tables] == [7] * 8 + [4]
     ids = pa.concat_tables(tables).column("id").to_pylist()
     assert sorted(ids) == list(range(60))
+
+
+def test_rows_come_from_a_server_side_cursor_as_they_are_read(platform, mariadb):
+    endpoint = _endpoint(platform, mariadb)
+    chunks = extract_range(endpoint, "big", "at", HOUR, HOUR + dt.timedelta(hours=1), None, 1000)
+    first = next(chunks)
+    # A buffered cursor would have read all 40,000 rows by now and the query be done;
+    # this one is still sending them.
+    running = mariadb.sql(
+        "SELECT COMMAND FROM information_schema.PROCESSLIST WHERE USER = 'etl-client.test'"
+    ).split()
+    rest = sum(t.num_rows for t in chunks)
+    assert first.num_rows == 1000
+    assert running == ["Query"]
+    assert first.num_rows + rest == 40_000
 
 
 def test_an_hour_is_exactly_its_rows_typed_from_the_columns(platform, mariadb):
