@@ -10,7 +10,7 @@ import os
 import reprlib
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from secure_etl import filter_grammar
+from secure_etl.demo.schema import SCHEMA as DEMO_SCHEMA
 from secure_etl.errors import UserError, escape_controls
 from secure_etl.identifiers import is_dns_name, is_ip_address
 
@@ -255,13 +257,28 @@ class CertificateConfig(_Strict):
         return values
 
 
-class DemoSource(_Strict):
+class _SourceConfig(_Strict):
+    """What every source's config answers at load time, before any row is read."""
+
+    def known_columns(self) -> set[str] | None:
+        """The columns its rows will have (None: known only when the first batch arrives)."""
+        return None
+
+    def hourly_problem(self) -> str | None:
+        """Why it cannot be read by hourly partitions (None: it can)."""
+        return None
+
+
+class DemoSource(_SourceConfig):
     """Synthetic customers with PII, generated deterministically per partition."""
 
     type: Literal["demo"]
     rows_per_partition: int = Field(1000, ge=1, le=10_000_000)
     seed: int = 0
     bad_row_rate: float = Field(0.005, ge=0, le=1)
+
+    def known_columns(self) -> set[str]:
+        return set(DEMO_SCHEMA)
 
 
 class _PostgresConnection(_Strict):
@@ -299,7 +316,7 @@ class IncrementalCursor(_Strict):
     lag_s: float = Field(300, ge=0)
 
 
-class PostgresSource(_PostgresConnection):
+class PostgresSource(_PostgresConnection, _SourceConfig):
     """Rows of one table: with hourly partitions, those whose ``time_column`` falls in
     the partition's hour; with ``incremental``, those past the last high-water mark."""
 
@@ -311,8 +328,18 @@ class PostgresSource(_PostgresConnection):
     # no speed (measured: 10,000 vs 100,000 rows, same throughput, 273 vs 500 MiB).
     chunk_rows: int = Field(10_000, ge=1)
 
+    def known_columns(self) -> set[str] | None:
+        return set(self.columns) if self.columns else None
 
-class HttpsApiSource(_Strict):
+    def hourly_problem(self) -> str | None:
+        return (
+            None
+            if self.time_column
+            else "a postgres source with hourly partitions needs a time_column"
+        )
+
+
+class HttpsApiSource(_SourceConfig):
     """JSON pages from an HTTPS API over mutual TLS with the pipeline's client certificate.
     With ``start_param``/``end_param`` the partition's hour is sent as ISO-8601 bounds."""
 
@@ -395,7 +422,7 @@ class DropTransform(_Strict):
 
 
 class FilterTransform(_Strict):
-    """Keep the rows for which ``where`` holds: a condition tree (see etl/filters.py)."""
+    """Keep the rows for which ``where`` holds: a condition tree (see filter_grammar.py)."""
 
     type: Literal["filter"]
     where: dict
@@ -403,11 +430,9 @@ class FilterTransform(_Strict):
     @field_validator("where")
     @classmethod
     def _is_a_condition(cls, value: dict) -> dict:
-        from secure_etl.etl import filters
-
         try:
-            filters.parse(value)
-        except filters.FilterError as err:
+            filter_grammar.parse(value)
+        except filter_grammar.FilterError as err:
             raise ValueError(str(err)) from None
         return value
 
@@ -420,6 +445,7 @@ Transform = Annotated[
 
 class DuckDBDestination(_Strict):
     type: Literal["duckdb"]
+    merges_by_key: ClassVar[bool] = True  # takes incremental runs
     path: str = "warehouse.duckdb"
     table: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -428,6 +454,7 @@ class PostgresDestination(_PostgresConnection):
     """A table in which each partition is replaced in one transaction."""
 
     type: Literal["postgres"]
+    merges_by_key: ClassVar[bool] = True
 
 
 class BigQueryDestination(_Strict):
@@ -438,6 +465,7 @@ class BigQueryDestination(_Strict):
     (an emulator or a test server); ``anonymous`` sends no credentials (only for those)."""
 
     type: Literal["bigquery"]
+    merges_by_key: ClassVar[bool] = False  # one load job replaces a partition
     project: str = Field(pattern=r"^[a-z][a-z0-9-]{4,61}[a-z0-9]$")
     dataset: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,1023}$")
     table: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,1023}$")
@@ -533,8 +561,6 @@ class PipelineConfig(_Strict):
 
     @model_validator(mode="after")
     def _transforms_fit_the_columns(self) -> PipelineConfig:
-        from secure_etl.etl import filters
-
         taken: dict[str, str] = {}
         for i, transform in enumerate(self.transforms):
             if transform.type == "filter":
@@ -546,12 +572,12 @@ class PipelineConfig(_Strict):
                         "a column takes one transform"
                     )
                 taken[column] = transform.type
-        known = self._known_columns()
+        known = self.source.known_columns()
         if known is None:
             return self  # checked when the first batch arrives
         for i, transform in enumerate(self.transforms):
             used = (
-                filters.columns(filters.parse(transform.where))
+                filter_grammar.columns(filter_grammar.parse(transform.where))
                 if transform.type == "filter"
                 else set(transform.columns)
             )
@@ -562,15 +588,6 @@ class PipelineConfig(_Strict):
                     f"{', '.join(unknown)} (the source has {', '.join(sorted(known))})"
                 )
         return self
-
-    def _known_columns(self) -> set[str] | None:
-        if self.source.type == "demo":
-            from secure_etl.etl.demo_source import SCHEMA
-
-            return set(SCHEMA)
-        if self.source.type == "postgres" and self.source.columns:
-            return set(self.source.columns)
-        return None
 
     @model_validator(mode="after")
     def _partitions_fit_the_source(self) -> PipelineConfig:
@@ -584,17 +601,14 @@ class PipelineConfig(_Strict):
             )
         if self.partitions.type == "hourly" and incremental is not None:
             raise ValueError("a source with `incremental` needs `partitions: {type: incremental}`")
-        if self.partitions.type == "incremental" and self.destination.type == "bigquery":
+        if self.partitions.type == "incremental" and not self.destination.merges_by_key:
             raise ValueError(
-                "a bigquery destination takes hourly partitions (one load job replaces "
-                "a partition); incremental merges go to postgres or duckdb"
+                f"a {self.destination.type} destination takes hourly partitions (one load "
+                "job replaces a partition); incremental merges go to postgres or duckdb"
             )
-        if (
-            self.partitions.type == "hourly"
-            and self.source.type == "postgres"
-            and not self.source.time_column
-        ):
-            raise ValueError("a postgres source with hourly partitions needs a time_column")
+        problem = self.source.hourly_problem() if self.partitions.type == "hourly" else None
+        if problem:
+            raise ValueError(problem)
         return self
 
     @property

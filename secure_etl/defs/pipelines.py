@@ -31,16 +31,8 @@ from dagster import DefaultScheduleStatus as Status
 from secure_etl.config import PipelineConfig, PlatformConfig
 from secure_etl.defs.certificates import certificate_key
 from secure_etl.defs.resources import bigquery_resource_key, resource_key
-from secure_etl.etl import filters, quality, storage
-from secure_etl.etl.connectors import (
-    ClientTls,
-    Destination,
-    destination_for,
-    incremental_chunks,
-    raw_crypto,
-    source_chunks,
-)
-from secure_etl.etl.demo_source import PII_COLUMNS
+from secure_etl.etl import filters, quality, registry, storage
+from secure_etl.etl.connector import ClientTls, Destination, Runtime
 from secure_etl.etl.one_pass import run_one_pass
 from secure_etl.etl.protect import ColumnCipher
 from secure_etl.etl.retention import mark_loaded
@@ -77,11 +69,11 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
         None if p.incremental else HourlyPartitionsDefinition(start_date=p.partitions.start)
     )
     cert_resource = resource_key(p.client_certificate)
-    bq_resource = bigquery_resource_key(name) if p.destination.type == "bigquery" else None
+    bq_resource = bigquery_resource_key(name) if _needs_bigquery(p) else None
     load_resources = {cert_resource, bq_resource} - {None}
     pii = _pii_columns(p)
     audit = platform_audit_log(platform)
-    crypto = raw_crypto(platform)
+    crypto = storage.raw_crypto(platform)
     # Extract and load talk to other systems: retried (3 times, 5 minutes apart, backing
     # off, unless the pipeline says otherwise).
     io_retry = RetryPolicy(
@@ -114,7 +106,7 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
                 f"(high-water mark {previous or 'none'}, lag {cursor.lag_s:g} s)"
             )
             rows, size = storage.write_partition_chunks(
-                path, incremental_chunks(p.source, since, tls), crypto
+                path, registry.source(p.source, Runtime(tls=tls)).chunks_since(since), crypto
             )
             high = storage.column_max(path, cursor.cursor_column, crypto) or previous
             extra = {
@@ -122,7 +114,7 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
                 HIGH_WATER: high.isoformat() if high else "",
             }
         else:
-            chunks = source_chunks(p.source, context.partition_key, tls)
+            chunks = registry.source(p.source, Runtime(tls=tls)).chunks(context.partition_key)
             rows, size = storage.write_partition_chunks(path, chunks, crypto)
         context.log.info(f"extracted {rows} rows from {p.source.type} into {path}")
         _audit_extract(audit, certificate, context, p, name, _file_key(context), path, rows)
@@ -187,7 +179,9 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
         files = _file_key(context)
         certificate = getattr(context.resources, cert_resource)
         clients = getattr(context.resources, bq_resource).get_client if bq_resource else None
-        target = destination_for(p.destination, state, _client_tls(certificate), clients)
+        target = registry.destination(
+            p.destination, Runtime(state, _client_tls(certificate), clients)
+        )
         hashed_file = storage.partition_file(state, "hashed", name, files)
         if p.incremental:  # this run's rows carry its id in the partition column
             partition = context.run.run_id
@@ -224,10 +218,10 @@ def one_pass_assets(platform: PlatformConfig, name: str) -> list:
     p = platform.pipelines[name]
     state = platform.resolved_state_dir()
     cert_resource = resource_key(p.client_certificate)
-    bq_resource = bigquery_resource_key(name) if p.destination.type == "bigquery" else None
+    bq_resource = bigquery_resource_key(name) if _needs_bigquery(p) else None
     pii = _pii_columns(p)
     audit = platform_audit_log(platform)
-    crypto = raw_crypto(platform)
+    crypto = storage.raw_crypto(platform)
     keys = {stage: stage_key(stage, name) for stage in ("raw", "hashed", "loaded")}
 
     @multi_asset(
@@ -276,22 +270,21 @@ def one_pass_assets(platform: PlatformConfig, name: str) -> list:
         certificate.ssl_context()  # fails early, with the path, if the certificate is unusable
         tls = _client_tls(certificate)
         clients = getattr(context.resources, bq_resource).get_client if bq_resource else None
-        target = destination_for(p.destination, state, tls, clients)
+        target = registry.destination(p.destination, Runtime(state, tls, clients))
         files = {s: storage.partition_file(state, s, name, partition) for s in storage.STAGES}
         steps, key_ids = _pseudonymise_steps(platform, p)
-        stream = getattr(target, "load_batches", None)
         result = run_one_pass(
-            source_chunks(p.source, partition, tls),
+            registry.source(p.source, Runtime(tls=tls)).chunks(partition),
             files["raw"],
             files["hashed"],
             files["quarantine"],
             p.key_column,
             steps,
             Lineage(context.run.run_id, p.version, dt.datetime.now(dt.UTC)),
-            (lambda batches, schema: stream(partition, batches, schema)) if stream else None,
+            lambda batches, schema: target.load_batches(partition, batches, schema),
             crypto=crypto,
         )
-        loaded = result.loaded if stream else target.load(partition, files["hashed"])
+        loaded = result.loaded
         _audit_extract(
             audit, certificate, context, p, name, partition, files["raw"], result.raw_rows
         )
@@ -341,12 +334,11 @@ def _freshness(platform: PlatformConfig) -> FreshnessPolicy:
 
 
 def _source_name(p: PipelineConfig) -> str:
-    source = p.source
-    if source.type == "postgres":
-        return f"postgres://{source.host}:{source.port}/{source.dbname}/{source.table}"
-    if source.type == "https_api":
-        return source.url
-    return f"demo(seed={source.seed})"
+    return registry.source(p.source).describe()
+
+
+def _needs_bigquery(p: PipelineConfig) -> bool:
+    return registry.destination(p.destination).needs_bigquery_client
 
 
 def _audit_extract(audit, certificate, context, p, name, partition, raw, rows) -> None:
@@ -574,10 +566,9 @@ def _strings(value) -> Iterator[str]:
 
 def _pii_columns(p: PipelineConfig) -> list[str]:
     """The columns the pipeline protects (pseudonymise, encrypt, mask, drop); for the
-    demo source, also its known PII."""
+    source, also the PII it is known to hold (the demo's)."""
     columns = [c for t in p.transforms if t.type != "filter" for c in t.columns]
-    if p.source.type == "demo":
-        columns += [c for c in PII_COLUMNS if c not in columns]
+    columns += [c for c in registry.source(p.source).pii_columns if c not in columns]
     return columns
 
 

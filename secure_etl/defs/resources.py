@@ -14,6 +14,7 @@ from dagster_gcp import BigQueryResource
 from google.cloud import bigquery
 
 from secure_etl.config import PlatformConfig
+from secure_etl.etl import registry
 from secure_etl.pki.renewal import certificate_store, trust_bundle
 
 
@@ -135,7 +136,7 @@ def bigquery_resources(platform: PlatformConfig) -> dict[str, WarehouseBigQueryR
     resources = {}
     for name, pipeline in platform.pipelines.items():
         destination = pipeline.destination
-        if destination.type != "bigquery":
+        if not registry.destination(destination).needs_bigquery_client:
             continue
         resources[bigquery_resource_key(name)] = WarehouseBigQueryResource(
             project=destination.project,

@@ -101,13 +101,13 @@ def test_mock_bigquery_a_large_partition_goes_up_as_a_resumable_upload(
 def test_mock_bigquery_a_failed_load_job_fails_the_step_with_the_reason(
     write_config, bigquery_mock, instance, monkeypatch
 ):
-    from secure_etl.etl import bigquery_dest
+    from secure_etl.etl.destinations import bigquery as bigquery_dest
 
     # Rows stamped with the wrong hour: BigQuery (and the mock) refuse the load job.
     real = bigquery_dest._with_partition_columns
 
-    def wrong_hour(source, target, partition, start):
-        return real(source, target, partition, start.replace(hour=start.hour + 1))
+    def wrong_hour(batches, schema, target, partition, start):
+        return real(batches, schema, target, partition, start.replace(hour=start.hour + 1))
 
     monkeypatch.setattr(bigquery_dest, "_with_partition_columns", wrong_hour)
     defs = _definitions(_config(write_config, bigquery_mock), instance)
