@@ -362,7 +362,7 @@ class HttpsApiSource(_SourceConfig):
     deadline_s: float = Field(600, gt=0)  # the whole extraction of a partition
 
 
-class MariaDBSource(_Strict):
+class MariaDBSource(_SourceConfig):
     """Rows of one MariaDB/MySQL table whose ``time_column`` falls in the partition's hour,
     over TLS that verifies the server's certificate and name, authenticated by the
     pipeline's client certificate (an account ``REQUIRE X509`` / ``REQUIRE SUBJECT``)."""
@@ -378,6 +378,9 @@ class MariaDBSource(_Strict):
     chunk_rows: int = Field(10_000, ge=1)
     # Roots that verify the server (default: those of the pipeline's client certificate).
     ca_bundle: str | None = None
+
+    def known_columns(self) -> set[str] | None:
+        return set(self.columns) if self.columns else None
 
 
 Source = Annotated[

@@ -16,6 +16,7 @@ from secure_etl.config import PlatformConfig, load_config
 from secure_etl.etl.sources.mariadb import (
     MariaDBEndpoint,
     MariaDBError,
+    arrow_type,
     extract_range,
     quoted_name,
 )
@@ -55,7 +56,8 @@ def mariadb(platform, tmp_path_factory):
         "created_at DATETIME(6) NOT NULL, seen_at TIMESTAMP(6) NULL);"
         "INSERT INTO shop.customers SELECT seq, CONCAT('Name ', seq), "
         "CONCAT('user', seq, '@example.com'), seq * 1.5, seq / 4, seq % 3, "
-        "TIMESTAMP '2026-03-01 10:00:00' + INTERVAL seq MINUTE, NULL FROM shop.seq_0_to_89;"
+        "TIMESTAMP '2026-03-01 10:00:00' + INTERVAL seq MINUTE, "
+        "TIMESTAMP '2026-03-01 10:00:30' + INTERVAL seq MINUTE FROM shop.seq_0_to_89;"
         "INSERT INTO shop.customers VALUES (1000, 'Early', NULL, NULL, NULL, NULL, "
         "'2026-03-01 09:59:59.999999', '2026-03-01 09:59:59');"
         "CREATE USER 'etl-client.test'@'%' REQUIRE SUBJECT '/CN=etl-client.test';"
@@ -190,12 +192,12 @@ def test_an_hour_is_exactly_its_rows_typed_from_the_columns(platform, mariadb):
     table = pa.concat_tables(_hour(_endpoint(platform, mariadb), chunk_rows=1000))
     assert table.schema == pa.schema(
         [
-            ("id", pa.uint64()),
+            ("id", pa.decimal128(20, 0)),  # BIGINT UNSIGNED: every value fits
             ("name", pa.string()),
             ("email", pa.string()),
             ("amount", pa.decimal128(10, 2)),
             ("score", pa.float64()),
-            ("flags", pa.int8()),
+            ("flags", pa.int16()),
             ("created_at", pa.timestamp("us")),
             ("seen_at", pa.timestamp("us", tz="UTC")),
         ]
@@ -205,6 +207,7 @@ def test_an_hour_is_exactly_its_rows_typed_from_the_columns(platform, mariadb):
     assert rows[59]["created_at"] == dt.datetime(2026, 3, 1, 10, 59)
     assert rows[3]["amount"] == Decimal("4.50")
     assert rows[3]["email"] == "user3@example.com"
+    assert rows[3]["seen_at"] == dt.datetime(2026, 3, 1, 10, 3, 30, tzinfo=dt.UTC)
 
 
 def test_the_hour_before_has_only_the_early_row(platform, mariadb):
@@ -231,3 +234,109 @@ def test_names_are_validated_and_quoted():
     for bad in ("a`b", "a b", "x;DROP TABLE t", "", "1a"):
         with pytest.raises(ValueError, match="invalid column name"):
             quoted_name(bad, "column")
+
+
+@pytest.fixture
+def mariadb_to_postgres(platform, mariadb, tmp_path, instance):
+    """Definitions of a pipeline MariaDB -> PostgreSQL (both over verified TLS with the
+    etl-client certificate), and the PostgreSQL holding the warehouse."""
+    from secure_etl.defs.build import build_definitions
+    from secure_etl.defs.certificates import RENEWAL_JOB
+    from secure_etl_tests.servers import postgres_for_platform
+
+    warehouse = postgres_for_platform(platform, tmp_path / "pg")
+    warehouse.psql(f'CREATE ROLE "{USER}" LOGIN SUPERUSER')
+    warehouse.psql("CREATE DATABASE warehouse")
+    data = {**copy.deepcopy(BASE_CONFIG), "state_dir": platform.state_dir}
+    data["pipelines"]["customers"].update(
+        source={
+            "type": "mariadb",
+            "host": "localhost",
+            "port": mariadb.port,
+            "database": "shop",
+            "user": USER,
+            "table": "customers",
+            "time_column": "created_at",
+            "chunk_rows": 7,
+        },
+        key_column="id",
+        transforms=[{"type": "pseudonymise", "columns": ["name", "email"], "key": "pseudo-1"}],
+        destination={
+            "type": "postgres",
+            "host": "localhost",
+            "port": warehouse.port,
+            "user": USER,
+            "dbname": "warehouse",
+            "table": "customers",
+        },
+    )
+    path = tmp_path / "mariadb-to-pg.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    defs = build_definitions(load_config(path))
+    defs.resolve_job_def(RENEWAL_JOB).execute_in_process(instance=instance)
+    yield defs, warehouse
+    warehouse.stop()
+
+
+def test_a_pipeline_from_mariadb_to_postgres_reruns_a_partition_idempotently(
+    mariadb_to_postgres, instance
+):
+    defs, warehouse = mariadb_to_postgres
+    job = defs.resolve_job_def("customers_etl")
+    digest = (
+        "SELECT count(*), min(id), max(id), sum(amount), "
+        "md5(string_agg(id || name || email || created_at, ',' ORDER BY id)) FROM customers"
+    )
+
+    first = job.execute_in_process(partition_key="2026-03-01-10:00", instance=instance)
+    before = warehouse.psql(digest, dbname="warehouse").strip()
+    again = job.execute_in_process(partition_key="2026-03-01-10:00", instance=instance)
+    after = warehouse.psql(digest, dbname="warehouse").strip()
+
+    checks = {e.check_name: e.passed for e in first.get_asset_check_evaluations()}
+    assert first.success and again.success
+    assert checks == dict.fromkeys(
+        ["rows_reconcile", "null_rate", "unique_keys", "no_pii_leak", "audit_chain"], True
+    )
+    count, low, high, amount, _ = before.split("|")
+    assert (count, low, high, amount) == ("60", "0", "59", "2655.00")  # DECIMAL(10,2) exact
+    assert after == before
+    leaked = "SELECT count(*) FROM customers WHERE email LIKE '%@%' OR name LIKE 'Name %'"
+    assert warehouse.psql(leaked, dbname="warehouse").strip() == "0"
+
+
+@pytest.mark.parametrize(
+    ("data_type", "column_type", "expected"),
+    [
+        ("tinyint", "tinyint(4)", pa.int16()),
+        ("tinyint", "tinyint(3) unsigned", pa.int16()),
+        ("smallint", "smallint(5) unsigned", pa.int32()),
+        ("mediumint", "mediumint(8) unsigned", pa.int32()),
+        ("int", "int(11)", pa.int32()),
+        ("int", "int(10) unsigned", pa.int64()),
+        ("bigint", "bigint(20)", pa.int64()),
+        ("bigint", "bigint(20) unsigned", pa.decimal128(20, 0)),
+    ],
+)
+def test_integers_become_signed_types_that_hold_every_value(data_type, column_type, expected):
+    assert arrow_type(data_type, column_type, None, None) == expected
+
+
+def test_a_name_that_is_not_an_sql_name_is_refused_at_config_load(tmp_path):
+    from secure_etl.config import ConfigError
+
+    data = {**copy.deepcopy(BASE_CONFIG), "state_dir": str(tmp_path / "state")}
+    data["pipelines"]["customers"]["source"] = {
+        "type": "mariadb",
+        "host": "db.example.test",
+        "database": "shop",
+        "user": USER,
+        "table": "customers`; DROP TABLE x; --",
+        "time_column": "created_at",
+    }
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.key == "pipelines.customers.source.table"
+    assert "pattern" in caught.value.message
