@@ -188,6 +188,22 @@ def test_rows_come_from_a_server_side_cursor_as_they_are_read(platform, mariadb)
     assert first.num_rows + rest == 40_000
 
 
+def test_chunks_stopped_early_leave_the_rest_of_the_result_unread(platform, mariadb):
+    def bytes_sent() -> int:
+        return int(mariadb.sql("SHOW GLOBAL STATUS LIKE 'Bytes_sent'").split()[1])
+
+    before = bytes_sent()
+    chunks = extract_range(
+        _endpoint(platform, mariadb), "big", "at", HOUR, HOUR + dt.timedelta(hours=1), None, 1000
+    )
+    next(chunks)
+    chunks.close()  # what a failing consumer does
+    sent = bytes_sent() - before
+    # Reading the rest (what closing the cursor does) would have taken all 40 MB.
+    assert sent < 20_000_000
+    assert "etl-client.test" not in mariadb.sql("SELECT USER FROM information_schema.PROCESSLIST")
+
+
 def test_an_hour_is_exactly_its_rows_typed_from_the_columns(platform, mariadb):
     table = pa.concat_tables(_hour(_endpoint(platform, mariadb), chunk_rows=1000))
     assert table.schema == pa.schema(

@@ -169,20 +169,39 @@ def extract_range(
     if chunk_rows < 1:
         raise ValueError("chunk_rows must be at least 1")
     bounds = tuple(_utc_naive(t) for t in (start, end))
-    with endpoint.connect() as conn:
+    conn, cursor = endpoint.connect(), None
+    try:
         with conn.cursor(pymysql.cursors.Cursor) as meta:
             schema = table_schema(meta, endpoint.database, table, columns, endpoint.where)
-        with conn.cursor() as cursor:  # SSCursor: rows come as they are read
-            try:
-                cursor.execute(_select_range(table, schema.names, time_column), bounds)
-                yielded = False
-                while rows := cursor.fetchmany(chunk_rows):
-                    yield _table(rows, schema)
-                    yielded = True
-            except pymysql.MySQLError as err:
-                raise MariaDBError(f"{endpoint.where}: {_reason(err)}") from None
+        cursor = conn.cursor()  # SSCursor: rows come as they are read
+        yielded = False
+        try:
+            cursor.execute(_select_range(table, schema.names, time_column), bounds)
+            while rows := cursor.fetchmany(chunk_rows):
+                yield _table(rows, schema)
+                yielded = True
+        except pymysql.MySQLError as err:
+            raise MariaDBError(f"{endpoint.where}: {_reason(err)}") from None
+        cursor.close()  # the result is read to its end: nothing left to drain
+        cursor = None
         if not yielded:
             yield schema.empty_table()
+    finally:
+        if cursor is not None:
+            _abandon(cursor)
+        conn.close()
+
+
+def _abandon(cursor: pymysql.cursors.SSCursor) -> None:
+    """Stopped early (the consumer failed or stopped reading): mark the result done so
+    that neither the cursor nor the result reads the rest of it when closed or collected;
+    the connection is dropped next. PyMySQL has no public way to abandon an unbuffered
+    result (its close reads every remaining row), so this is the one place that touches
+    its private state."""
+    result = getattr(cursor, "_result", None)
+    if result is not None:
+        result.unbuffered_active = False
+    cursor.connection = None
 
 
 def _select_range(table: str, columns: Sequence[str], time_column: str) -> str:
