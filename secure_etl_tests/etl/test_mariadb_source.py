@@ -356,3 +356,27 @@ def test_a_name_that_is_not_an_sql_name_is_refused_at_config_load(tmp_path):
         load_config(path)
     assert caught.value.key == "pipelines.customers.source.table"
     assert "pattern" in caught.value.message
+
+
+def test_transforms_on_columns_the_source_does_not_read_are_refused_at_config_load(tmp_path):
+    from secure_etl.config import ConfigError
+
+    data = {**copy.deepcopy(BASE_CONFIG), "state_dir": str(tmp_path / "state")}
+    data["pipelines"]["customers"].update(
+        source={
+            "type": "mariadb",
+            "host": "db.example.test",
+            "database": "shop",
+            "user": USER,
+            "table": "customers",
+            "time_column": "created_at",
+            "columns": ["id", "name", "created_at"],
+        },
+        key_column="id",
+        transforms=[{"type": "pseudonymise", "columns": ["email"], "key": "pseudo-1"}],
+    )
+    path = tmp_path / "columns.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert "unknown column email (the source has created_at, id, name)" in caught.value.message
