@@ -375,7 +375,30 @@ class HttpsApiSource(_SourceConfig):
     deadline_s: float = Field(600, gt=0)  # the whole extraction of a partition
 
 
-Source = Annotated[DemoSource | PostgresSource | HttpsApiSource, Field(discriminator="type")]
+class MariaDBSource(_SourceConfig):
+    """Rows of one MariaDB/MySQL table whose ``time_column`` falls in the partition's hour,
+    over TLS that verifies the server's certificate and name, authenticated by the
+    pipeline's client certificate (an account ``REQUIRE X509`` / ``REQUIRE SUBJECT``)."""
+
+    type: Literal["mariadb"]
+    host: str
+    port: int = Field(3306, ge=1, le=65535)
+    database: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    user: str
+    table: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    time_column: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    columns: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]] | None = None
+    chunk_rows: int = Field(10_000, ge=1)
+    # Roots that verify the server (default: those of the pipeline's client certificate).
+    ca_bundle: str | None = None
+
+    def known_columns(self) -> set[str] | None:
+        return set(self.columns) if self.columns else None
+
+
+Source = Annotated[
+    DemoSource | PostgresSource | HttpsApiSource | MariaDBSource, Field(discriminator="type")
+]
 
 
 class PseudonymiseTransform(_Strict):

