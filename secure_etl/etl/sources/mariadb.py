@@ -260,8 +260,8 @@ class MariaDBReader:
             database=c.database,
             user=c.user,
             ca_bundle=c.ca_bundle or tls.ca_bundle,
-            cert=tls.cert,
-            key=tls.key,
+            cert=str(tls.fullchain_path),
+            key=str(tls.privkey_path),
         )
 
     def chunks(self, partition: str) -> Iterator[pa.Table]:
