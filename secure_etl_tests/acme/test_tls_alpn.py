@@ -87,6 +87,7 @@ def _client(ca) -> AcmeClient:
     return client
 
 
+@pytest.mark.integration
 def test_pebble_issues_through_tls_alpn01_for_a_name_and_an_address(acme_ca):
     solver = TlsAlpn01("127.0.0.1", acme_ca.ports["tls"])
     chain = _client(acme_ca).issue(
@@ -98,6 +99,7 @@ def test_pebble_issues_through_tls_alpn01_for_a_name_and_an_address(acme_ca):
     assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
 
 
+@pytest.mark.integration
 def test_a_wrong_key_authorization_fails_the_authorization_naming_the_identifier(acme_ca):
     class WrongKeyAuthorization(TlsAlpn01):
         def present(self, identifier: str, token: str, key_authorization: str) -> None:
@@ -112,6 +114,7 @@ def test_a_wrong_key_authorization_fails_the_authorization_naming_the_identifier
     assert "acmeValidation extension" in str(caught.value)  # failed for the digest, not the SAN
 
 
+@pytest.mark.integration
 def test_the_cli_issues_through_tls_alpn01(acme_ca, tmp_path):
     result = subprocess.run(
         [
@@ -143,6 +146,7 @@ def test_the_cli_issues_through_tls_alpn01(acme_ca, tmp_path):
     assert "issued cli-alpn.example.com" in result.stdout
 
 
+@pytest.mark.integration
 def test_the_cli_names_a_busy_tls_alpn01_port_in_one_line(acme_ca, tmp_path):
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]
@@ -179,6 +183,7 @@ def test_the_cli_names_a_busy_tls_alpn01_port_in_one_line(acme_ca, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.integration
 def test_a_platform_configured_for_tls_alpn01_issues_and_its_checks_pass(
     acme_ca, write_config, tmp_path
 ):
