@@ -90,9 +90,12 @@ def _client(ca) -> AcmeClient:
 @pytest.mark.integration
 def test_pebble_issues_through_tls_alpn01_for_a_name_and_an_address(acme_ca):
     solver = TlsAlpn01("127.0.0.1", acme_ca.ports["tls"])
-    chain = _client(acme_ca).issue(
-        ["alpn.example.com", "127.0.0.1"], generate_private_key("ec256"), solver
-    )
+    try:
+        chain = _client(acme_ca).issue(
+            ["alpn.example.com", "127.0.0.1"], generate_private_key("ec256"), solver
+        )
+    finally:
+        solver.close()  # the listener outlives the test otherwise (the port is Pebble's)
     leaf = load_pem_chain(chain.pem, chain.url)[0]
     san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["alpn.example.com"]
@@ -107,7 +110,10 @@ def test_a_wrong_key_authorization_fails_the_authorization_naming_the_identifier
 
     solver = WrongKeyAuthorization("127.0.0.1", acme_ca.ports["tls"])
     with pytest.raises(AuthorizationFailed) as caught:
-        _client(acme_ca).issue(["wrong.example.com"], generate_private_key("ec256"), solver)
+        try:
+            _client(acme_ca).issue(["wrong.example.com"], generate_private_key("ec256"), solver)
+        finally:
+            solver.close()
     assert caught.value.identifier == "wrong.example.com"
     assert "wrong.example.com" in str(caught.value)
     assert "tls-alpn-01" in str(caught.value)
