@@ -1,6 +1,7 @@
 # Two entry points on a fresh clone:
 #   make demo   install, then materialize the whole offline demo graph and print a summary
 #   make test   install what the tests need (system packages too when root), run pytest
+#   make unit   the tests that need no server or system package (pytest -m "not integration")
 
 PYTHON ?= python3
 VENV   := .venv
@@ -11,7 +12,7 @@ BIN    := $(VENV)/bin
 # and the shipped alert rules.
 APT_PACKAGES := pebble bind9 postgresql-15 chromium prometheus mariadb-server
 
-.PHONY: demo test lint dev system-deps clean
+.PHONY: demo test unit lint dev system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +48,9 @@ test: system-deps $(VENV)/.installed-test
 	$(BIN)/ruff check secure_etl secure_etl_tests benchmarks
 	$(BIN)/bandit -q -r secure_etl -lll   # no high-severity finding
 	$(BIN)/pytest
+
+unit: $(VENV)/.installed-test
+	$(BIN)/pytest -m "not integration"
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check secure_etl secure_etl_tests benchmarks

@@ -1,15 +1,90 @@
-"""Shared fixtures: a platform config written to a temporary directory, and an instance."""
+"""Shared fixtures: a platform config written to a temporary directory, an instance, and
+the servers (Pebble once per run; BIND9, PostgreSQL, OpenBao per test). Tests that use a
+server must be marked ``integration``; the hooks below fail those that are not."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable
+import os
+import socket
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
 from secure_etl.config import PlatformConfig, load_config
+from secure_etl_tests.servers import Pebble
+
+# A test that requests one of these fixtures, or starts one of these programs, needs a
+# server (or a Debian package) and must be marked `integration` (README, Tests).
+SERVER_FIXTURES = frozenset(
+    {"acme_ca", "acme_ca_factory", "acme_platform", "shared_pebble", "bind9", "postgres_tls"}
+    | {"openbao"}
+)
+SERVER_PROGRAMS = frozenset(
+    {"pebble", "pebble-challtestsrv", "named", "initdb", "pg_ctl", "postgres", "bao"}
+    | {"mariadbd", "mysqld", "mariadb-install-db", "mysql_install_db", "chromium", "promtool"}
+    | {"dagster-webserver", "dagster-daemon", "moto.server"}
+)
+_WRAPPERS = frozenset({"runuser", "sudo", "env"})
+_UNMARKED = "{test} {what} but is not marked integration: add @pytest.mark.integration (or a "
+_UNMARKED += "module-level `pytestmark = pytest.mark.integration`); see README, Tests"
+
+
+def _server_program(args) -> str | None:
+    """The server ``args`` would start (``python -m moto.server`` counts), if any."""
+    argv = [args] if isinstance(args, str | bytes | os.PathLike) else list(args)
+    argv = [os.fsdecode(a) for a in argv]
+    if argv and os.path.basename(argv[0]) in _WRAPPERS and "--" in argv:
+        argv = argv[argv.index("--") + 1 :]
+    if not argv:
+        return None
+    program = os.path.basename(argv[0])
+    if program.startswith("python") and "-m" in argv[1:-1]:
+        program = argv[argv.index("-m", 1) + 1]
+    return program if program in SERVER_PROGRAMS else None
+
+
+@contextlib.contextmanager
+def _servers_refused(item: pytest.Item) -> Iterator[None]:
+    """While ``item`` (not marked integration) sets up and runs, starting a server fails it."""
+    if item.get_closest_marker("integration"):
+        yield
+        return
+    original = subprocess.Popen.__init__
+
+    def guarded(self, args, *more, **options):
+        program = _server_program(args)
+        if program:
+            self._child_created = False  # what Popen.__del__ looks at
+            pytest.fail(_UNMARKED.format(test=item.nodeid, what=f"starts {program}"), False)
+        original(self, args, *more, **options)
+
+    subprocess.Popen.__init__ = guarded
+    try:
+        yield
+    finally:
+        subprocess.Popen.__init__ = original
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item):
+    servers = SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+    if servers and not item.get_closest_marker("integration"):
+        what = f"uses {', '.join(sorted(servers))}"
+        pytest.fail(_UNMARKED.format(test=item.nodeid, what=what), False)
+    with _servers_refused(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    with _servers_refused(item):
+        return (yield)
+
 
 BASE_CONFIG: dict = {
     "issuers": {"test-ca": {"type": "internal_ca", "lifetime_days": 30}},
@@ -77,9 +152,8 @@ def instance():
 
 @pytest.fixture
 def acme_ca_factory(tmp_path):
-    """Start Pebble with options (``env``, ``eab_keys``); stopped after the test."""
-    from secure_etl_tests.servers import Pebble
-
+    """Start a Pebble of the test's own with options (``env``, ``eab_keys``,
+    ``dns_server``); stopped after the test."""
     started = []
 
     def start(env: dict | None = None, eab_keys: dict | None = None, dns_server=None) -> Pebble:
@@ -97,10 +171,53 @@ def acme_ca_factory(tmp_path):
         pebble.stop()
 
 
+class SharedPebble(Pebble):
+    """The run's one default Pebble: stopping or restarting it would change what every
+    later test sees, so both are refused."""
+
+    def stop(self) -> None:
+        raise AssertionError(
+            "acme_ca is shared by the whole run: mark the test @pytest.mark.own_pebble "
+            "to stop or restart a Pebble of its own"
+        )
+
+    restart = stop
+
+    def shut_down(self) -> None:
+        Pebble.stop(self)
+
+    def running(self) -> bool:
+        return bool(self._procs) and all(p.poll() is None for p in self._procs)
+
+
+@pytest.fixture(scope="session")
+def shared_pebble(tmp_path_factory):
+    """One Pebble with the default options for the whole run. Tests stay independent:
+    each makes its own account key and orders, and authorizations are never reused."""
+    pebble = SharedPebble(tmp_path_factory.mktemp("pebble-shared")).start()
+    yield pebble
+    pebble.shut_down()
+
+
 @pytest.fixture
-def acme_ca(acme_ca_factory):
-    """A running Pebble with nonce rejection off and validation without sleeps."""
-    return acme_ca_factory()
+def acme_ca(request, acme_ca_factory):
+    """A running Pebble with nonce rejection off and validation without sleeps: the run's
+    shared one, or with ``@pytest.mark.own_pebble`` one of the test's own (to stop or
+    restart it)."""
+    if request.node.get_closest_marker("own_pebble"):
+        yield acme_ca_factory()
+        return
+    pebble = request.getfixturevalue("shared_pebble")
+    assert pebble.running(), f"the shared Pebble has exited; log:\n{pebble.log()[-2000:]}"
+    yield pebble
+    # The next test must find Pebble's challenge ports as free as a fresh Pebble's.
+    for name in ("http", "tls"):
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", pebble.ports[name]))
+            except OSError:
+                pytest.fail(f"the test left a listener on the shared Pebble's {name} port")
 
 
 @pytest.fixture

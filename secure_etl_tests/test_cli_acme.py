@@ -7,6 +7,8 @@ import stat
 import subprocess
 import sys
 
+import pytest
+
 from secure_etl.pki.inspect import load_chain_file
 
 
@@ -20,6 +22,7 @@ def _run(*args, env=None) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.integration
 def test_acme_issue_writes_the_four_files_and_revoke_revokes(acme_ca, tmp_path):
     out = tmp_path / "out"
     account = tmp_path / "acct" / "account.key"
@@ -125,6 +128,7 @@ def test_acme_issue_reports_an_unreachable_ca_in_one_line(tmp_path):
     assert "127.0.0.1:9" in result.stderr
 
 
+@pytest.mark.integration
 def test_certs_renew_all_then_list(acme_platform, write_config, tmp_path):
     import os
 
@@ -175,6 +179,7 @@ def test_acme_issue_refuses_a_bad_domain_before_creating_an_account_key(tmp_path
     assert not account.exists()
 
 
+@pytest.mark.integration
 def test_acme_revoke_with_the_certificate_key_creates_no_account_key(acme_ca, tmp_path):
     from secure_etl.acme.challenges import ChallTestSrvProvider, Dns01
     from secure_etl.acme.client import AcmeClient
@@ -216,6 +221,7 @@ def test_acme_revoke_with_the_certificate_key_creates_no_account_key(acme_ca, tm
     assert acme_ca.certificate_status(serial)["Status"] == "Revoked"
 
 
+@pytest.mark.integration
 def test_acme_issue_refuses_a_forged_certificate_and_writes_nothing(acme_ca, tmp_path):
     from secure_etl_tests.acme.hostile_servers import LyingProxy, forged_leaf
 

@@ -7,6 +7,8 @@ import pytest
 
 from secure_etl.defs.resources import certificate_resources, resource_key
 
+pytestmark = pytest.mark.integration
+
 
 def _connect(server, **overrides):
     args = {

@@ -19,6 +19,8 @@ from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
 from secure_etl.pki.renewal import certificate_store, trust_bundle
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

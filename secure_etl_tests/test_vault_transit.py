@@ -20,6 +20,7 @@ def _transit(openbao, key="raw-data", token=None) -> VaultTransit:
     )
 
 
+@pytest.mark.integration
 def test_wrap_unwrap_through_vault_and_the_key_id_is_bound(openbao):
     openbao.request("POST", "transit/keys/raw-data")
     transit = _transit(openbao)
@@ -36,6 +37,7 @@ def test_wrap_unwrap_through_vault_and_the_key_id_is_bound(openbao):
     assert transit.unwrap(wrapped, "secure_etl-raw") == data_key
 
 
+@pytest.mark.integration
 def test_a_bad_token_and_a_missing_key_are_clear_errors(openbao):
     with pytest.raises(VaultError, match=r"encrypt/raw-data: permission denied"):
         _transit(openbao, token="not-the-token").wrap(b"k" * 32, "id")
@@ -43,6 +45,7 @@ def test_a_bad_token_and_a_missing_key_are_clear_errors(openbao):
         _transit(openbao, key="absent").unwrap("vault:v1:AAAA", "id")
 
 
+@pytest.mark.integration
 def test_raw_partitions_are_encrypted_with_keys_wrapped_by_vault(
     openbao, write_config, monkeypatch
 ):

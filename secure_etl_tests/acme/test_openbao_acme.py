@@ -32,6 +32,8 @@ from secure_etl.pki.renewal import certificate_store, ensure_certificate, inspec
 from secure_etl_tests.conftest import BASE_CONFIG
 from secure_etl_tests.servers import Bind9, OpenBao, require_port
 
+pytestmark = pytest.mark.integration
+
 HTTP01 = ("127.0.0.1", 80)  # where OpenBao's validator connects: port 80, always
 
 

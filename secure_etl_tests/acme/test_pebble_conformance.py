@@ -20,6 +20,8 @@ from secure_etl.acme.transport import Transport
 from secure_etl.pki.inspect import inspect_chain, load_pem_chain
 from secure_etl.pki.keys import generate_private_key
 
+pytestmark = pytest.mark.integration
+
 
 def _client(ca, key_type: str = "ec256") -> AcmeClient:
     transport = Transport(ca.directory_url, verify=str(ca.ca_bundle))

@@ -33,6 +33,7 @@ def test_host_and_port_are_read_from_every_form():
     assert hostport("[2001:db8::1]:5353") == ("2001:db8::1", 5353)
 
 
+@pytest.mark.integration
 def test_discovery_finds_the_zone_and_its_name_server(bind9):
     zone, servers = authoritative_servers(
         "_acme-challenge.deep.www.example.test.", bind9.server, port=bind9.port
@@ -41,6 +42,7 @@ def test_discovery_finds_the_zone_and_its_name_server(bind9):
     assert servers == [f"127.0.0.1:{bind9.port}"]
 
 
+@pytest.mark.integration
 def test_discovery_of_a_name_no_server_knows_says_where_it_looked(bind9):
     # BIND9 here does not recurse: it refuses names outside its zone.
     with pytest.raises(
@@ -51,6 +53,7 @@ def test_discovery_of_a_name_no_server_knows_says_where_it_looked(bind9):
         authoritative_servers("_acme-challenge.a.other.test.", bind9.server, port=bind9.port)
 
 
+@pytest.mark.integration
 def test_the_wait_returns_once_every_authoritative_server_serves_the_record(bind9):
     provider = Rfc2136Provider(bind9.server, bind9.key_name, bind9.secret)
     fqdn = "_acme-challenge.later.example.test."
@@ -71,6 +74,7 @@ def test_the_wait_returns_once_every_authoritative_server_serves_the_record(bind
     assert 0.6 <= took <= time.monotonic() - started < 10
 
 
+@pytest.mark.integration
 def test_the_wait_times_out_naming_the_record_and_the_server(bind9):
     with pytest.raises(SolverError) as caught:
         wait_for_authoritative(
@@ -86,6 +90,7 @@ def test_the_wait_times_out_naming_the_record_and_the_server(bind9):
     )
 
 
+@pytest.mark.integration
 def test_configured_servers_override_the_discovery(bind9):
     # A resolver that cannot answer is never asked when the servers are given.
     wait = propagation_wait([bind9.server], resolver="127.0.0.1:9", timeout_s=5)
@@ -94,6 +99,7 @@ def test_configured_servers_override_the_discovery(bind9):
     assert wait("_acme-challenge.fixed.example.test.", "v1") < 5
 
 
+@pytest.mark.integration
 def test_pebble_issues_through_rfc2136_config_waiting_on_discovered_servers(
     acme_ca_factory, bind9, monkeypatch
 ):
@@ -124,6 +130,7 @@ def test_pebble_issues_through_rfc2136_config_waiting_on_discovered_servers(
     assert waits == ["_acme-challenge.example.test."] * 2
 
 
+@pytest.mark.integration
 def test_every_listed_name_server_must_answer_not_just_the_resolver(bind9):
     import dns.query
     import dns.tsigkeyring

@@ -12,6 +12,8 @@ from secure_etl.acme.transport import Transport
 from secure_etl.pki.inspect import load_pem_chain
 from secure_etl.pki.keys import generate_private_key
 
+pytestmark = pytest.mark.integration
+
 
 def _provider(bind9, secret=None, **kwargs) -> Rfc2136Provider:
     return Rfc2136Provider(bind9.server, bind9.key_name, secret or bind9.secret, **kwargs)

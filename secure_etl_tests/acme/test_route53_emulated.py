@@ -81,6 +81,7 @@ def test_txt_values_are_quoted_and_unquoted_per_route53_rules():
     assert txt_unquote('"part one" "part two"') == "part onepart two"
 
 
+@pytest.mark.integration
 def test_emulated_set_writes_a_quoted_record_and_waits_until_insync(zone, monkeypatch):
     name, zone_id = zone
     provider = Route53Provider(zone_id, poll_interval_s=0.01)
@@ -102,6 +103,7 @@ def test_emulated_set_writes_a_quoted_record_and_waits_until_insync(zone, monkey
     assert status == "INSYNC"
 
 
+@pytest.mark.integration
 def test_emulated_wildcard_and_apex_values_coexist_and_clear_removes_only_its_own(zone):
     name, _ = zone
     provider = Route53Provider(poll_interval_s=0.01)  # the zone is found from the name
@@ -118,6 +120,7 @@ def test_emulated_wildcard_and_apex_values_coexist_and_clear_removes_only_its_ow
     assert provider.values(fqdn) == ([], None)
 
 
+@pytest.mark.integration
 def test_emulated_the_zone_is_found_from_the_record_name_and_the_closest_zone_wins(aws_env):
     parent = f"p{uuid.uuid4().hex[:8]}.example"
     client = Route53Provider().client()
@@ -129,11 +132,13 @@ def test_emulated_the_zone_is_found_from_the_record_name_and_the_closest_zone_wi
     ].removeprefix("/hostedzone/")
 
 
+@pytest.mark.integration
 def test_emulated_a_name_in_no_hosted_zone_is_named(aws_env):
     with pytest.raises(SolverError, match=r"no public hosted zone contains _acme-challenge\.a\."):
         Route53Provider().set_txt("_acme-challenge.a.nowhere-at-all.invalid.", "v")
 
 
+@pytest.mark.integration
 def test_emulated_an_unknown_zone_id_gives_one_clear_error(aws_env):
     with pytest.raises(SolverError) as caught:
         Route53Provider("ZDOESNOTEXIST").set_txt("_acme-challenge.x.example.", "v")
@@ -142,6 +147,7 @@ def test_emulated_an_unknown_zone_id_gives_one_clear_error(aws_env):
     assert "\n" not in message
 
 
+@pytest.mark.integration
 def test_emulated_bad_credentials_give_one_clear_error(tmp_path, monkeypatch):
     # This emulator checks signatures against its own IAM users: these keys are unknown.
     proc, url = _start_moto(tmp_path, {"INITIAL_NO_AUTH_ACTION_COUNT": "0"})
@@ -199,6 +205,7 @@ def test_the_cli_refuses_route53_without_credentials_before_contacting_the_ca(tm
     assert not (tmp_path / "account.key").exists()
 
 
+@pytest.mark.integration
 def test_emulated_the_config_builds_a_route53_solver_that_presents_and_cleans_up(zone, moto_url):
     from secure_etl.acme.challenges import Dns01
     from secure_etl.config import Dns01Route53Challenge

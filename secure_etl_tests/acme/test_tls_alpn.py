@@ -87,17 +87,22 @@ def _client(ca) -> AcmeClient:
     return client
 
 
+@pytest.mark.integration
 def test_pebble_issues_through_tls_alpn01_for_a_name_and_an_address(acme_ca):
     solver = TlsAlpn01("127.0.0.1", acme_ca.ports["tls"])
-    chain = _client(acme_ca).issue(
-        ["alpn.example.com", "127.0.0.1"], generate_private_key("ec256"), solver
-    )
+    try:
+        chain = _client(acme_ca).issue(
+            ["alpn.example.com", "127.0.0.1"], generate_private_key("ec256"), solver
+        )
+    finally:
+        solver.close()  # the listener outlives the test otherwise (the port is Pebble's)
     leaf = load_pem_chain(chain.pem, chain.url)[0]
     san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["alpn.example.com"]
     assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
 
 
+@pytest.mark.integration
 def test_a_wrong_key_authorization_fails_the_authorization_naming_the_identifier(acme_ca):
     class WrongKeyAuthorization(TlsAlpn01):
         def present(self, identifier: str, token: str, key_authorization: str) -> None:
@@ -105,13 +110,17 @@ def test_a_wrong_key_authorization_fails_the_authorization_naming_the_identifier
 
     solver = WrongKeyAuthorization("127.0.0.1", acme_ca.ports["tls"])
     with pytest.raises(AuthorizationFailed) as caught:
-        _client(acme_ca).issue(["wrong.example.com"], generate_private_key("ec256"), solver)
+        try:
+            _client(acme_ca).issue(["wrong.example.com"], generate_private_key("ec256"), solver)
+        finally:
+            solver.close()
     assert caught.value.identifier == "wrong.example.com"
     assert "wrong.example.com" in str(caught.value)
     assert "tls-alpn-01" in str(caught.value)
     assert "acmeValidation extension" in str(caught.value)  # failed for the digest, not the SAN
 
 
+@pytest.mark.integration
 def test_the_cli_issues_through_tls_alpn01(acme_ca, tmp_path):
     result = subprocess.run(
         [
@@ -143,6 +152,7 @@ def test_the_cli_issues_through_tls_alpn01(acme_ca, tmp_path):
     assert "issued cli-alpn.example.com" in result.stdout
 
 
+@pytest.mark.integration
 def test_the_cli_names_a_busy_tls_alpn01_port_in_one_line(acme_ca, tmp_path):
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]
@@ -179,6 +189,7 @@ def test_the_cli_names_a_busy_tls_alpn01_port_in_one_line(acme_ca, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.integration
 def test_a_platform_configured_for_tls_alpn01_issues_and_its_checks_pass(
     acme_ca, write_config, tmp_path
 ):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from dagster import AssetKey
 
 from secure_etl.defs.build import build_definitions
 from secure_etl.defs.certificates import ALL_CHECKS, RENEWAL_JOB
+
+pytestmark = pytest.mark.integration
 
 
 def test_materializing_an_acme_certificate_passes_every_check(acme_platform, instance):
@@ -26,6 +29,7 @@ def test_materializing_an_acme_certificate_passes_every_check(acme_platform, ins
     assert all(e.passed for e in checks.values())
 
 
+@pytest.mark.own_pebble
 def test_an_acme_failure_fails_the_run_and_says_so(acme_platform, instance, acme_ca):
     acme_ca.stop()  # the CA is gone
     defs = build_definitions(acme_platform)

@@ -6,6 +6,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
 from dagster import job, op
 
 from secure_etl.defs.build import build_definitions
@@ -65,6 +66,7 @@ def test_failures_stale_data_and_a_broken_audit_chain_show_up(platform, instance
     assert samples and all(SAMPLE.match(line) for line in samples), samples
 
 
+@pytest.mark.integration
 def test_the_health_report_asset_writes_metrics_and_its_freshness_checks_fail_when_stale(
     platform, instance
 ):

@@ -69,6 +69,7 @@ def _warehouse(postgres_tls, sql: str) -> str:
     return postgres_tls.psql(sql, dbname="warehouse").strip()
 
 
+@pytest.mark.integration
 def test_an_hour_moves_between_postgres_servers_pseudonymised(pg_pipeline, postgres_tls, instance):
     result = _run(pg_pipeline, instance)
 
@@ -85,6 +86,7 @@ def test_an_hour_moves_between_postgres_servers_pseudonymised(pg_pipeline, postg
     assert ssl.strip() in {"t", ""}  # every connection of the pipeline was TLS
 
 
+@pytest.mark.integration
 def test_rerunning_a_partition_leaves_the_table_identical(pg_pipeline, postgres_tls, instance):
     _run(pg_pipeline, instance)
     query = "SELECT md5(string_agg(id || name || email, ',' ORDER BY id)) FROM customers"
@@ -94,6 +96,7 @@ def test_rerunning_a_partition_leaves_the_table_identical(pg_pipeline, postgres_
     assert _warehouse(postgres_tls, query) == before
 
 
+@pytest.mark.integration
 def test_the_next_partition_picks_up_only_its_own_rows(pg_pipeline, postgres_tls, instance):
     _run(pg_pipeline, instance)
     _run(pg_pipeline, instance, "2026-03-01-11:00")
@@ -118,6 +121,7 @@ def test_a_weaker_sslmode_must_be_asked_for_by_name(write_config):
     assert "allow_insecure_sslmode" in caught.value.message
 
 
+@pytest.mark.integration
 def test_rotating_server_and_client_certificates_mid_pipeline_needs_no_restart(
     pg_pipeline, postgres_tls, instance, platform
 ):
@@ -144,6 +148,7 @@ def test_rotating_server_and_client_certificates_mid_pipeline_needs_no_restart(
     assert _warehouse(postgres_tls, "SELECT count(*) FROM customers") == "90"
 
 
+@pytest.mark.integration
 def test_a_postgres_restart_during_extraction_is_retried_without_loss_or_duplicates(
     platform, postgres_tls, write_config, instance
 ):
@@ -206,6 +211,7 @@ def test_a_postgres_restart_during_extraction_is_retried_without_loss_or_duplica
     )
 
 
+@pytest.mark.integration
 def test_incremental_extraction_takes_new_rows_and_the_lag_window_and_merges_by_key(
     platform, postgres_tls, write_config, instance
 ):
@@ -267,6 +273,7 @@ def test_incremental_extraction_takes_new_rows_and_the_lag_window_and_merges_by_
     assert _warehouse(postgres_tls, "SELECT count(*) FROM customers") == "55"
 
 
+@pytest.mark.integration
 def test_one_pass_between_postgres_servers_streams_and_reruns_identically(
     platform, postgres_tls, write_config, instance
 ):

@@ -4,6 +4,7 @@ re-issues its answers as a serverAuth-only CA would (emulated: Pebble 2.4 adds c
 
 from __future__ import annotations
 
+import pytest
 from dagster import build_sensor_context
 
 from secure_etl.defs.build import build_definitions
@@ -11,6 +12,8 @@ from secure_etl.defs.certificates import CHECKS_JOB, RENEWAL_JOB
 from secure_etl.defs.renewal_sensor import RENEWAL_TAG
 from secure_etl.pki.renewal import certificate_store
 from secure_etl_tests.acme.hostile_servers import LyingProxy, server_auth_only_ca, through
+
+pytestmark = pytest.mark.integration
 
 
 def _tick(defs, instance, cursor=None):

@@ -10,6 +10,7 @@ import ssl
 import threading
 from contextlib import contextmanager
 
+import pytest
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -82,6 +83,7 @@ def _checks(result) -> dict[str, tuple[bool, str]]:
     }
 
 
+@pytest.mark.integration
 def test_renewal_reloads_postgres_and_the_new_certificate_is_served(
     platform, postgres_tls, write_config, instance
 ):
@@ -105,6 +107,7 @@ def test_renewal_reloads_postgres_and_the_new_certificate_is_served(
     assert checks["served_by_endpoint"][0] is True
 
 
+@pytest.mark.integration
 def test_a_certificate_nobody_loaded_fails_the_check_and_the_sensor_redeploys_it(
     platform, postgres_tls, write_config, instance
 ):

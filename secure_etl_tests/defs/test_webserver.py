@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
 from dagster import DagsterInstance
 
@@ -21,6 +22,8 @@ from secure_etl.defs.build import build_definitions
 from secure_etl.defs.certificates import ALL_CHECKS, CHECKS_JOB, RENEWAL_JOB
 from secure_etl.defs.health import HEALTH_JOB
 from secure_etl_tests.servers import free_port, require_binary
+
+pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 QUERY = """{ assetNodes { assetKey { path } groupName dependencyKeys { path }
@@ -98,6 +101,7 @@ def test_the_ui_serves_certificates_with_checks_joined_to_the_pipeline(tmp_path,
     assert nodes["certificates/db-server"]["groupName"] == "certificates"
 
 
+@pytest.mark.browser
 def test_the_asset_graph_and_a_certificates_checks_in_a_real_browser(tmp_path, write_config):
     chromium = require_binary("chromium", "chromium")
     from playwright.sync_api import TimeoutError as PlaywrightTimeout

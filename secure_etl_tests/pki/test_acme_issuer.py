@@ -18,6 +18,8 @@ from secure_etl.pki.renewal import (
     inspect_current,
 )
 
+pytestmark = pytest.mark.integration
+
 
 def test_issue_through_acme_then_every_check_passes(acme_platform):
     result = ensure_certificate(acme_platform, "web")
@@ -71,6 +73,7 @@ def test_an_interrupted_issuance_resumes_the_same_order(acme_platform, monkeypat
     assert not list((issuer.directory / "orders").iterdir())
 
 
+@pytest.mark.own_pebble
 def test_a_restarted_ca_that_forgot_the_account_is_recovered_from(acme_platform, acme_ca):
     ensure_certificate(acme_platform, "web")
     account_file = acme_platform.resolved_state_dir() / "acme" / "pebble" / "account.json"

@@ -44,6 +44,7 @@ def lying_platform(acme_platform, lying_ca, write_config):
     ],
     ids=["another-key", "an-extra-name", "a-missing-ip", "not-signed-by-the-intermediate"],
 )
+@pytest.mark.integration
 def test_a_forged_download_is_refused_and_the_previous_certificate_stays_current(
     lying_platform, lying_ca, forge, prop
 ):
@@ -85,6 +86,7 @@ def test_the_internal_ca_is_verified_too(platform, monkeypatch):
     assert certificate_store(platform).current_version("db-server") == version
 
 
+@pytest.mark.integration
 def test_emulated_server_auth_only_ca_fails_a_client_certificate_once_clearly(
     acme_platform, lying_ca, write_config, tmp_path
 ):
