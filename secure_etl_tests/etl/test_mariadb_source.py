@@ -23,6 +23,8 @@ from secure_etl.etl.sources.mariadb import (
 from secure_etl.pki.renewal import certificate_store, trust_bundle
 from secure_etl_tests.conftest import BASE_CONFIG
 
+pytestmark = pytest.mark.integration  # a real MariaDB (and PostgreSQL)
+
 USER = "etl-client.test"
 HOUR = dt.datetime(2026, 3, 1, 10, tzinfo=dt.UTC)
 # 60 rows in 10:00-11:00, 30 in the next hour, 1 just before (09:59:59.999999).
