@@ -31,9 +31,11 @@ demo: $(VENV)/.installed
 	mkdir -p .dagster_home && cp dagster.yaml .dagster_home/dagster.yaml
 	DAGSTER_HOME=$(CURDIR)/.dagster_home $(BIN)/secure-etl demo
 
+# The UI on http://127.0.0.1:$(PORT) (`make dev PORT=3001` when 3000 is taken).
+PORT ?= 3000
 dev: $(VENV)/.installed
 	mkdir -p .dagster_home && cp dagster.yaml .dagster_home/dagster.yaml
-	DAGSTER_HOME=$(CURDIR)/.dagster_home $(BIN)/dagster dev
+	DAGSTER_HOME=$(CURDIR)/.dagster_home $(BIN)/dagster dev -p $(PORT)
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do \

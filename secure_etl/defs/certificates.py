@@ -54,8 +54,23 @@ ALL_CHECKS = {
 }
 
 
-def certificate_check_keys(name: str) -> list[AssetCheckKey]:
-    return [AssetCheckKey(certificate_key(name), check) for check in ALL_CHECKS]
+def certificate_check_names(platform: PlatformConfig, name: str) -> dict[str, str]:
+    """The checks certificate `name` has (name -> description).
+
+    `served_by_endpoint` only when the certificate has endpoints: with none it would have
+    nothing to judge, and a check that cannot fail must not show as Passed.
+    """
+    checks = dict(ALL_CHECKS)
+    if not platform.certificates[name].endpoints:
+        del checks[ENDPOINT_CHECK]
+    return checks
+
+
+def certificate_check_keys(platform: PlatformConfig, name: str) -> list[AssetCheckKey]:
+    return [
+        AssetCheckKey(certificate_key(name), check)
+        for check in certificate_check_names(platform, name)
+    ]
 
 
 class CertificateRunConfig(Config):
@@ -113,17 +128,27 @@ def certificate_asset(platform: PlatformConfig, name: str) -> AssetsDefinition:
 
 
 def certificate_checks(platform: PlatformConfig, name: str):
+    """The inspection checks of certificate `name`, each executable on its own.
+
+    One op inspects the current version once; it is subsettable (`can_subset`), so the UI's
+    "Execute" runs any one check, or several, without materializing (renewing) the asset.
+    """
     key = certificate_key(name)
 
     @multi_asset_check(
         name=f"{name.replace('-', '_')}_inspection",
         specs=[
-            AssetCheckSpec(check, asset=key, description=text) for check, text in ALL_CHECKS.items()
+            AssetCheckSpec(check, asset=key, description=text)
+            for check, text in certificate_check_names(platform, name).items()
         ],
+        can_subset=True,
         description=f"Inspects the current version of certificate {name!r}.",
     )
     def _checks(context):
+        selected = {check.name for check in context.selected_asset_check_keys}
         for result in _inspect(platform, name):
+            if result.name not in selected:
+                continue
             yield AssetCheckResult(
                 asset_key=key,
                 check_name=result.name,
@@ -144,8 +169,12 @@ def _inspect(platform: PlatformConfig, name: str) -> list[CheckResult]:
     except (PemError, ValueError, OSError) as err:
         results, reason = None, f"cannot read the current certificate: {err}"
     if results is None:
-        return [CheckResult(check, False, "ERROR", reason) for check in ALL_CHECKS]
-    return [*results, _key_protected(platform, name), _served(platform, name)]
+        checks = certificate_check_names(platform, name)
+        return [CheckResult(check, False, "ERROR", reason) for check in checks]
+    results = [*results, _key_protected(platform, name)]
+    if platform.certificates[name].endpoints:
+        results.append(_served(platform, name))
+    return results
 
 
 def _key_protected(platform: PlatformConfig, name: str) -> CheckResult:
@@ -157,8 +186,6 @@ def _key_protected(platform: PlatformConfig, name: str) -> CheckResult:
 
 def _served(platform: PlatformConfig, name: str) -> CheckResult:
     endpoints = platform.certificates[name].endpoints
-    if not endpoints:
-        return CheckResult(ENDPOINT_CHECK, True, "ERROR", "no endpoints configured", skipped=True)
     stale = stale_endpoints(endpoints, current_chain(platform, name))
     if stale:
         return CheckResult(ENDPOINT_CHECK, False, "ERROR", "; ".join(stale))

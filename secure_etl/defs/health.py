@@ -53,7 +53,7 @@ def collect(platform: PlatformConfig, instance: DagsterInstance | None) -> dict:
     limit = platform.monitoring.certificate_checks_max_age_hours
     for row in certificates:
         latest = (
-            latest_check_evaluations(instance, certificate_check_keys(row["name"]))
+            latest_check_evaluations(instance, certificate_check_keys(platform, row["name"]))
             if instance
             else {}
         )

@@ -36,7 +36,7 @@ def renewal_sensor(platform: PlatformConfig, renewal_job):
         seen: dict[str, int] = json.loads(context.cursor) if context.cursor else {}
         requests, notes = [], []
         for name in names:
-            keys = certificate_check_keys(name)
+            keys = certificate_check_keys(platform, name)
             latest = latest_check_evaluations(context.instance, keys)
             fresh = [
                 e for e in latest.values() if e.storage_id > seen.get(e.key.to_user_string(), 0)

@@ -19,7 +19,7 @@ from dagster import DagsterInstance
 
 from secure_etl.config import load_config
 from secure_etl.defs.build import build_definitions
-from secure_etl.defs.certificates import ALL_CHECKS, CHECKS_JOB, RENEWAL_JOB
+from secure_etl.defs.certificates import CHECKS_JOB, RENEWAL_JOB, certificate_check_names
 from secure_etl.defs.health import HEALTH_JOB
 from secure_etl_tests.servers import free_port, require_binary
 
@@ -113,8 +113,11 @@ def test_the_asset_graph_and_a_certificates_checks_in_a_real_browser(tmp_path, w
     config = write_config()
     strict = copy.deepcopy(yaml.safe_load(config.read_text()))
     strict["certificates"]["db-server"]["renewal"] = {"min_days_left": 60}
+    platform = load_config(config)
+    cert_checks = len(certificate_check_names(platform, "db-server"))
+    assert cert_checks == len(certificate_check_names(platform, "etl-client"))
     with DagsterInstance.from_config(str(home)) as instance:
-        defs = build_definitions(load_config(config))
+        defs = build_definitions(platform)
         defs.resolve_job_def(RENEWAL_JOB).execute_in_process(instance=instance)
         defs.resolve_job_def("customers_etl").execute_in_process(
             partition_key="2026-03-01-10:00", instance=instance
@@ -140,7 +143,7 @@ def test_the_asset_graph_and_a_certificates_checks_in_a_real_browser(tmp_path, w
                 skip.click(timeout=10_000)
             # Each node loads its own status: wait for both before reading the page.
             page.get_by_text("5 / 5 Passed").wait_for(timeout=60_000)
-            every_cert_check = f"{len(ALL_CHECKS)} / {len(ALL_CHECKS)} Passed"
+            every_cert_check = f"{cert_checks} / {cert_checks} Passed"
             page.get_by_text(every_cert_check).wait_for(timeout=60_000)
             body = page.inner_text("body")
             assert "etl-client" in body and "certificates" in body
@@ -151,13 +154,13 @@ def test_the_asset_graph_and_a_certificates_checks_in_a_real_browser(tmp_path, w
 
             # db-server's checks tab: expiry_window failed, the rest succeeded.
             page.goto(f"{url}/assets/certificates/db-server?view=checks")
-            page.get_by_text(f"Checks ({len(ALL_CHECKS)})").wait_for(timeout=60_000)
+            page.get_by_text(f"Checks ({cert_checks})").wait_for(timeout=60_000)
             page.get_by_text("Failed").first.wait_for(timeout=60_000)
-            page.get_by_text("Succeeded").nth(len(ALL_CHECKS) - 2).wait_for(timeout=60_000)
+            page.get_by_text("Succeeded").nth(cert_checks - 2).wait_for(timeout=60_000)
             rows = page.inner_text("body")
             for check in ("chain_trusted", "covers_identifiers", "eku_fits_use", "key_strength"):
                 assert check in rows
-            assert rows.count("Failed") >= 1 and rows.count("Succeeded") >= len(ALL_CHECKS) - 1
+            assert rows.count("Failed") >= 1 and rows.count("Succeeded") >= cert_checks - 1
             page.get_by_text("expiry_window").first.click()
             page.get_by_text("renewal is due below 60.0 days").first.wait_for(timeout=30_000)
             checks_shot = SCREENSHOTS / "certificate-checks.png"
