@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import httpx
+import pytest
 from dagster import AssetKey, DagsterInstance
 
 from secure_etl.config import load_config
@@ -48,6 +49,7 @@ def _checks_by_asset(url: str) -> dict:
     raise AssertionError("no asset nodes")
 
 
+@pytest.mark.integration  # a real dagster-webserver
 def test_one_certificate_check_executes_without_renewing(tmp_path, write_config):
     config = write_config()
     platform = load_config(config)
