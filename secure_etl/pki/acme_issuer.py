@@ -298,6 +298,7 @@ class AcmeIssuer:
         identifiers: Sequence[str],
         use: Use,
         key: PrivateKey,
+        *,
         previous: x509.Certificate | None = None,
     ) -> IssuedCertificate:
         """Issue through ACME. An order left by a killed process is resumed with its key.
@@ -340,7 +341,9 @@ class AcmeIssuer:
         state_file.unlink(missing_ok=True)
         key_file.unlink(missing_ok=True)
         pem = [c.public_bytes(serialization.Encoding.PEM) for c in certs]
-        return IssuedCertificate(pem[0], b"".join(pem[1:]), private_key_pem(key))
+        return IssuedCertificate(
+            pem[0], b"".join(pem[1:]), private_key_pem(key), order_url=self.last_order_url
+        )
 
     def _issue_once(self, client, identifiers, key, solver, order_url, remember, replaces):
         options = {
