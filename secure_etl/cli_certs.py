@@ -13,12 +13,14 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from secure_etl.acme.messages import REVOCATION_REASONS
+from secure_etl.errors import UserError
 from secure_etl.pki.keys import KEY_TYPES
 
 # Heavier modules (httpx, pydantic) are imported by the command that needs them, so
 # `secure-etl` starts fast.
 
 EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
+TSIG_SECRET_ENV = "SECURE_ETL_TSIG_SECRET"  # noqa: S105 (a variable's name, not a secret)
 
 
 def add_commands(commands, certs_commands) -> None:
@@ -211,56 +213,64 @@ def default_account_key_path(directory_url: str) -> Path:
     return base / "secure_etl" / "acme" / f"{host}-{digest}" / "account.key"
 
 
-def _solver(args: argparse.Namespace):
-    from secure_etl.acme.challenges import (
-        ChallTestSrvProvider,
-        Dns01,
-        ExecProvider,
-        Http01Standalone,
-        Http01Webroot,
-    )
+def _challenge(args: argparse.Namespace):
+    """The config's challenge model for the flags given, so that ``acme issue`` and a
+    platform config get their solver from the one factory (``build_solver``)."""
+    from pydantic import ValidationError
+
+    from secure_etl import config
 
     chosen = [args.http_01_port, args.tls_alpn_01_port, args.webroot, args.dns_01]
     if sum(option is not None for option in chosen) != 1:
-        raise ValueError("choose one of --http-01-port, --tls-alpn-01-port, --webroot or --dns-01")
-    if args.http_01_port is not None:
-        return Http01Standalone(args.http_01_address, args.http_01_port)
-    if args.tls_alpn_01_port is not None:
-        from secure_etl.acme.tls_alpn import TlsAlpn01
-
-        if not 1 <= args.tls_alpn_01_port <= 65535:
-            raise ValueError(f"--tls-alpn-01-port {args.tls_alpn_01_port}: not a port number")
-        return TlsAlpn01(args.tls_alpn_01_address, args.tls_alpn_01_port)
-    if args.webroot is not None:
-        return Http01Webroot(args.webroot)
-    if args.dns_01 == "exec":
-        if not args.dns_01_hook:
-            raise ValueError("--dns-01 exec needs --dns-01-hook PROGRAM")
-        return Dns01(ExecProvider(args.dns_01_hook))
-    if args.dns_01 == "rfc2136":
-        from secure_etl.acme.rfc2136 import Rfc2136Provider, wait_for_txt
-
-        secret = os.environ.get("SECURE_ETL_TSIG_SECRET")
-        if not (args.rfc2136_server and args.rfc2136_key_name and secret):
-            raise ValueError(
-                "--dns-01 rfc2136 needs --rfc2136-server, --rfc2136-key-name and the secret "
-                "in $SECURE_ETL_TSIG_SECRET"
-            )
-        server = args.rfc2136_server
-        provider = Rfc2136Provider(
-            server, args.rfc2136_key_name, secret, algorithm=args.rfc2136_algorithm
+        raise UserError("choose one of --http-01-port, --tls-alpn-01-port, --webroot or --dns-01")
+    for flag, port in (
+        ("--http-01-port", args.http_01_port),
+        ("--tls-alpn-01-port", args.tls_alpn_01_port),
+    ):
+        if port is not None and not 1 <= port <= 65535:
+            raise UserError(f"{flag} {port}: not a port number")
+    if args.dns_01 == "exec" and not args.dns_01_hook:
+        raise UserError("--dns-01 exec needs --dns-01-hook PROGRAM")
+    if args.dns_01 == "rfc2136" and not (
+        args.rfc2136_server and args.rfc2136_key_name and os.environ.get(TSIG_SECRET_ENV)
+    ):
+        raise UserError(
+            "--dns-01 rfc2136 needs --rfc2136-server, --rfc2136-key-name and the secret "
+            f"in ${TSIG_SECRET_ENV}"
         )
-        return Dns01(provider, wait=lambda fqdn, value: wait_for_txt(fqdn, value, [server]))
-    if args.dns_01 == "route53":
-        from secure_etl.acme.route53 import Route53Provider, missing_environment
-
-        problem = missing_environment()
-        if problem:
-            raise ValueError(problem)
-        return Dns01(Route53Provider(args.route53_zone_id))
-    if not args.challtestsrv:
-        raise ValueError("--dns-01 challtestsrv needs --challtestsrv URL")
-    return Dns01(ChallTestSrvProvider(args.challtestsrv))
+    if args.dns_01 == "challtestsrv" and not args.challtestsrv:
+        raise UserError("--dns-01 challtestsrv needs --challtestsrv URL")
+    try:
+        if args.http_01_port is not None:
+            return config.Http01StandaloneChallenge(
+                type="http-01", address=args.http_01_address, port=args.http_01_port
+            )
+        if args.tls_alpn_01_port is not None:
+            return config.TlsAlpn01Challenge(
+                type="tls-alpn-01", address=args.tls_alpn_01_address, port=args.tls_alpn_01_port
+            )
+        if args.webroot is not None:
+            return config.Http01WebrootChallenge(type="http-01-webroot", path=str(args.webroot))
+        if args.dns_01 == "exec":
+            return config.Dns01ExecChallenge(type="dns-01-exec", argv=args.dns_01_hook)
+        if args.dns_01 == "rfc2136":
+            return config.Dns01Rfc2136Challenge(
+                type="dns-01-rfc2136",
+                server=args.rfc2136_server,
+                key_name=args.rfc2136_key_name,
+                key_secret_env=TSIG_SECRET_ENV,
+                algorithm=args.rfc2136_algorithm,
+                # The server that took the update is the one asked whether it serves it.
+                propagation_servers=[args.rfc2136_server],
+            )
+        if args.dns_01 == "route53":
+            return config.Dns01Route53Challenge(
+                type="dns-01-route53", hosted_zone_id=args.route53_zone_id
+            )
+        return config.Dns01ChallTestSrvChallenge(type="dns-01-challtestsrv", url=args.challtestsrv)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise UserError(f"acme issue: {problems}") from None
 
 
 def acme_issue(args: argparse.Namespace) -> int:
@@ -278,10 +288,9 @@ def acme_issue(args: argparse.Namespace) -> int:
         problem = f"--timeout {args.timeout:g}: give a positive number of seconds"
     if problem:
         return _fail(problem)
-    try:
-        solver = _solver(args)
-    except ValueError as err:
-        return _fail(str(err))
+    from secure_etl.pki.acme_issuer import build_solver
+
+    solver = build_solver(_challenge(args))
     started = time.monotonic()
     key = generate_private_key(args.key_type)
     client = _client(args, deadline_s=args.timeout)

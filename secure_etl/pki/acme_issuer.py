@@ -39,12 +39,14 @@ from secure_etl.config import (
     AcmeIssuer as AcmeIssuerConfig,
 )
 from secure_etl.config import (
+    Challenge,
     Dns01ChallTestSrvChallenge,
     Dns01ExecChallenge,
     Dns01Rfc2136Challenge,
     Http01StandaloneChallenge,
     Http01WebrootChallenge,
 )
+from secure_etl.errors import UserError
 from secure_etl.pki.inspect import load_pem_chain, system_trust_bundle
 from secure_etl.pki.issuer import IssuedCertificate, Use
 from secure_etl.pki.keys import PrivateKey, generate_private_key, load_private_key, private_key_pem
@@ -74,11 +76,12 @@ def _utc_now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat()
 
 
-class AcmeConfigError(Exception):
+class AcmeConfigError(UserError):
     """An ACME issuer setting that cannot work (a missing environment variable...)."""
 
 
-def build_solver(challenge) -> Solver:
+def build_solver(challenge: Challenge) -> Solver:
+    """The solver for a challenge model: the one factory, for the config and the CLI."""
     from secure_etl.acme.propagation import propagation_wait
     from secure_etl.acme.route53 import Route53Provider, missing_environment
     from secure_etl.acme.tls_alpn import TlsAlpn01
