@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import httpx
 from cryptography.hazmat.primitives import hashes
 
+from secure_etl.acme.retry import Backoff, GaveUp, TryAgain, retry
 from secure_etl.config import CommandDeploy, DeployAction, PostgresReloadDeploy, WebhookDeploy
 from secure_etl.pki.endpoints import EndpointError, served_leaf
 
@@ -111,14 +112,20 @@ def _postgres_reload(action: PostgresReloadDeploy, ctx: DeployContext) -> str:
         raise DeployError(f"postgres_reload {where}: pg_reload_conf() returned false")
     # The postmaster reloads asynchronously: wait until new connections get the new leaf.
     wanted = f"sha256:{ctx.fingerprint[:16]} (serial {ctx.serial:x})"
-    deadline = time.monotonic() + action.timeout_s
-    while True:
-        try:
-            served = served_leaf(action.host, action.port, "postgres")
-            if served.fingerprint(hashes.SHA256()).hex() == ctx.fingerprint:
-                return f"postgres_reload {where}: serving {wanted}"
-        except EndpointError:
-            pass
-        if time.monotonic() > deadline:
-            raise DeployError(f"postgres_reload {where}: still not serving {wanted}")
-        time.sleep(0.05)
+
+    def served(_attempt: int) -> str:
+        leaf = served_leaf(action.host, action.port, "postgres")
+        if leaf.fingerprint(hashes.SHA256()).hex() != ctx.fingerprint:
+            raise TryAgain("an older certificate is served")
+        return f"postgres_reload {where}: serving {wanted}"
+
+    poll = Backoff(attempts=None, first_s=0.05, max_s=0.05)
+    try:
+        return retry(
+            served,
+            poll,
+            deadline=time.monotonic() + action.timeout_s,
+            retry_on=(TryAgain, EndpointError),
+        )
+    except GaveUp:
+        raise DeployError(f"postgres_reload {where}: still not serving {wanted}") from None
