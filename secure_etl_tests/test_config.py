@@ -196,3 +196,14 @@ def test_control_characters_in_a_key_or_value_are_escaped(write_config, capsys):
     printed = capsys.readouterr().err
     assert printed.count("\n") == 1 and "\x1b" not in printed and "\x00" not in printed
     assert "evil\\x1b[31m\\nsecure-etl: all good\\x00" in printed
+
+
+@pytest.mark.parametrize("bad", ["customers; DROP TABLE x", "1st", "a" * 64, 'q"uote'])
+def test_a_sql_name_that_is_not_plain_is_refused_at_load(write_config, bad):
+    from secure_etl.identifiers import is_sql_name
+
+    pipeline = next(iter(BASE_CONFIG["pipelines"]))
+    data = _with(lambda d: d["pipelines"][pipeline]["destination"].update(table=bad))
+    err = _error(write_config, data)
+    assert err.key == f"pipelines.{pipeline}.destination.table"
+    assert not is_sql_name(bad) and is_sql_name("customers_2") and is_sql_name("_" + "a" * 62)
