@@ -35,9 +35,9 @@ def _status(args: argparse.Namespace) -> int:
     if args.prometheus:
         health.write_prometheus(report, args.prometheus)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report.as_dict(), indent=2))
     else:
         print(health.render_text(report), end="")
-        if not report["problems"]:
+        if not report.problems:
             print("\nNothing needs attention.")
-    return EXIT_FAILED if report["problems"] else EXIT_OK
+    return EXIT_FAILED if report.problems else EXIT_OK
