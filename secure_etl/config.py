@@ -6,15 +6,18 @@ Every error names the file, the key path and what was expected. Unknown keys are
 
 from __future__ import annotations
 
+import difflib
 import os
 import reprlib
+import typing
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -25,6 +28,9 @@ from pydantic import (
     model_validator,
 )
 
+from secure_etl import filter_grammar
+from secure_etl.cron import check_cron
+from secure_etl.demo.schema import SCHEMA as DEMO_SCHEMA
 from secure_etl.errors import UserError, escape_controls
 from secure_etl.identifiers import SQL_NAME_PATTERN, is_dns_name, is_ip_address
 
@@ -36,6 +42,17 @@ Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
 KeyId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
 SqlName = Annotated[str, Field(pattern=SQL_NAME_PATTERN)]  # a schema, table or column
 BigQueryName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,1023}$")]  # its limit
+
+
+class _FromConfigDir:
+    """Marks a path that, when relative, is relative to the config file's directory."""
+
+
+# A file or directory on this machine, named in a user's config file: relative paths are
+# anchored at that file's directory when it loads (not at the process's working directory).
+LocalPath = Annotated[str, _FromConfigDir()]
+# A schedule: five cron fields or a macro, checked at load (not when Dagster builds it).
+Cron = Annotated[str, AfterValidator(check_cron)]
 MIN_PSEUDONYM_HEX = 32  # the truncation floor: 128 bits
 
 
@@ -84,7 +101,7 @@ class Http01WebrootChallenge(_Strict):
     """Write the http-01 token under a running web server's document root."""
 
     type: Literal["http-01-webroot"]
-    path: str
+    path: LocalPath
 
 
 class Dns01ExecChallenge(_Strict):
@@ -160,9 +177,9 @@ class AcmeIssuer(_Strict):
     type: Literal["acme"]
     directory_url: str
     # Verifies the ACME server's own TLS certificate (default: the system trust store).
-    server_ca_bundle: str | None = None
+    server_ca_bundle: LocalPath | None = None
     # Roots the issued certificates must chain to (default: the system trust store).
-    trust_bundle: str | None = None
+    trust_bundle: LocalPath | None = None
     email: str | None = None
     # Names of the environment variables holding the EAB key id and HMAC key.
     eab_kid_env: str | None = None
@@ -244,7 +261,7 @@ class CertificateConfig(_Strict):
     reuse_key: bool = False
     renewal: RenewalPolicy = RenewalPolicy()
     keep_versions: int = Field(5, ge=1)
-    ca_bundle: str | None = None
+    ca_bundle: LocalPath | None = None
     deploy: list[DeployAction] = []
     endpoints: list[Endpoint] = []
 
@@ -257,13 +274,28 @@ class CertificateConfig(_Strict):
         return values
 
 
-class DemoSource(_Strict):
+class _SourceConfig(_Strict):
+    """What every source's config answers at load time, before any row is read."""
+
+    def known_columns(self) -> set[str] | None:
+        """The columns its rows will have (None: known only when the first batch arrives)."""
+        return None
+
+    def hourly_problem(self) -> str | None:
+        """Why it cannot be read by hourly partitions (None: it can)."""
+        return None
+
+
+class DemoSource(_SourceConfig):
     """Synthetic customers with PII, generated deterministically per partition."""
 
     type: Literal["demo"]
     rows_per_partition: int = Field(1000, ge=1, le=10_000_000)
     seed: int = 0
     bad_row_rate: float = Field(0.005, ge=0, le=1)
+
+    def known_columns(self) -> set[str]:
+        return set(DEMO_SCHEMA)
 
 
 class _PostgresConnection(_Strict):
@@ -276,7 +308,7 @@ class _PostgresConnection(_Strict):
     db_schema: SqlName = Field("public", alias="schema")
     table: SqlName
     # Roots that verify the server (default: those of the pipeline's client certificate).
-    ca_bundle: str | None = None
+    ca_bundle: LocalPath | None = None
     sslmode: Literal["verify-full", "verify-ca", "require", "disable"] = "verify-full"
     # Anything weaker than verify-full must be asked for by name.
     allow_insecure_sslmode: bool = False
@@ -301,7 +333,7 @@ class IncrementalCursor(_Strict):
     lag_s: float = Field(300, ge=0)
 
 
-class PostgresSource(_PostgresConnection):
+class PostgresSource(_PostgresConnection, _SourceConfig):
     """Rows of one table: with hourly partitions, those whose ``time_column`` falls in
     the partition's hour; with ``incremental``, those past the last high-water mark."""
 
@@ -313,8 +345,18 @@ class PostgresSource(_PostgresConnection):
     # no speed (measured: 10,000 vs 100,000 rows, same throughput, 273 vs 500 MiB).
     chunk_rows: int = Field(10_000, ge=1)
 
+    def known_columns(self) -> set[str] | None:
+        return set(self.columns) if self.columns else None
 
-class HttpsApiSource(_Strict):
+    def hourly_problem(self) -> str | None:
+        return (
+            None
+            if self.time_column
+            else "a postgres source with hourly partitions needs a time_column"
+        )
+
+
+class HttpsApiSource(_SourceConfig):
     """JSON pages from an HTTPS API over mutual TLS with the pipeline's client certificate.
     With ``start_param``/``end_param`` the partition's hour is sent as ISO-8601 bounds."""
 
@@ -326,7 +368,7 @@ class HttpsApiSource(_Strict):
     params: dict[str, str] = {}
     start_param: str | None = None
     end_param: str | None = None
-    ca_bundle: str | None = None
+    ca_bundle: LocalPath | None = None
     timeout_s: float = Field(30, gt=0)
     max_retries: int = Field(5, ge=0)
     # Next links are followed only over https to the url's origin or one of these
@@ -377,7 +419,7 @@ class DropTransform(_Strict):
 
 
 class FilterTransform(_Strict):
-    """Keep the rows for which ``where`` holds: a condition tree (see etl/filters.py)."""
+    """Keep the rows for which ``where`` holds: a condition tree (see filter_grammar.py)."""
 
     type: Literal["filter"]
     where: dict
@@ -385,11 +427,9 @@ class FilterTransform(_Strict):
     @field_validator("where")
     @classmethod
     def _is_a_condition(cls, value: dict) -> dict:
-        from secure_etl.etl import filters
-
         try:
-            filters.parse(value)
-        except filters.FilterError as err:
+            filter_grammar.parse(value)
+        except filter_grammar.FilterError as err:
             raise ValueError(str(err)) from None
         return value
 
@@ -402,14 +442,23 @@ Transform = Annotated[
 
 class DuckDBDestination(_Strict):
     type: Literal["duckdb"]
+    merges_by_key: ClassVar[bool] = True  # takes incremental runs
     path: str = "warehouse.duckdb"
     table: SqlName
+
+    def target(self) -> str:
+        """Where the rows land, for telling whether two pipelines share a table."""
+        return f"duckdb:{os.path.normpath(self.path)}:{self.table}"
 
 
 class PostgresDestination(_PostgresConnection):
     """A table in which each partition is replaced in one transaction."""
 
     type: Literal["postgres"]
+    merges_by_key: ClassVar[bool] = True
+
+    def target(self) -> str:
+        return f"postgres://{self.host}:{self.port}/{self.dbname}:{self.db_schema}.{self.table}"
 
 
 class BigQueryDestination(_Strict):
@@ -420,6 +469,7 @@ class BigQueryDestination(_Strict):
     (an emulator or a test server); ``anonymous`` sends no credentials (only for those)."""
 
     type: Literal["bigquery"]
+    merges_by_key: ClassVar[bool] = False  # one load job replaces a partition
     project: str = Field(pattern=r"^[a-z][a-z0-9-]{4,61}[a-z0-9]$")
     dataset: BigQueryName
     table: BigQueryName
@@ -428,6 +478,9 @@ class BigQueryDestination(_Strict):
     api_endpoint: str | None = Field(None, pattern=r"^https?://")
     anonymous: bool = False
     timeout_s: float = Field(600, gt=0)
+
+    def target(self) -> str:
+        return f"bigquery:{self.api_endpoint or ''}:{self.project}.{self.dataset}.{self.table}"
 
     @model_validator(mode="after")
     def _anonymous_only_elsewhere(self) -> BigQueryDestination:
@@ -457,25 +510,24 @@ class IncrementalRuns(_Strict):
     the last one, as the source's ``incremental`` says, and merges it by the key."""
 
     type: Literal["incremental"]
-    schedule: str = "*/15 * * * *"
+    schedule: Cron = "*/15 * * * *"
 
 
-def _kind(default: str, known: tuple[str, ...]):
-    """A union's discriminator whose ``type`` may be left out (then ``default``): an
-    unknown type is judged against the default's model, which names the allowed one."""
+def _kind(default: str):
+    """A union's discriminator whose ``type`` may be left out (then ``default``); an
+    unknown type is returned as it is, so the error lists the known ones."""
 
     def kind(value: object) -> str:
-        found = (
-            value.get("type", default) if isinstance(value, dict) else getattr(value, "type", "")
-        )
-        return found if found in known else default
+        if isinstance(value, dict):
+            return str(value.get("type", default))
+        return getattr(value, "type", default)
 
     return kind
 
 
 Partitions = Annotated[
     Annotated[HourlyPartitions, Tag("hourly")] | Annotated[IncrementalRuns, Tag("incremental")],
-    Discriminator(_kind("hourly", ("hourly", "incremental"))),
+    Discriminator(_kind("hourly")),
 ]
 
 
@@ -515,8 +567,6 @@ class PipelineConfig(_Strict):
 
     @model_validator(mode="after")
     def _transforms_fit_the_columns(self) -> PipelineConfig:
-        from secure_etl.etl import filters
-
         taken: dict[str, str] = {}
         for i, transform in enumerate(self.transforms):
             if transform.type == "filter":
@@ -528,12 +578,12 @@ class PipelineConfig(_Strict):
                         "a column takes one transform"
                     )
                 taken[column] = transform.type
-        known = self._known_columns()
+        known = self.source.known_columns()
         if known is None:
             return self  # checked when the first batch arrives
         for i, transform in enumerate(self.transforms):
             used = (
-                filters.columns(filters.parse(transform.where))
+                filter_grammar.columns(filter_grammar.parse(transform.where))
                 if transform.type == "filter"
                 else set(transform.columns)
             )
@@ -544,15 +594,6 @@ class PipelineConfig(_Strict):
                     f"{', '.join(unknown)} (the source has {', '.join(sorted(known))})"
                 )
         return self
-
-    def _known_columns(self) -> set[str] | None:
-        if self.source.type == "demo":
-            from secure_etl.etl.demo_source import SCHEMA
-
-            return set(SCHEMA)
-        if self.source.type == "postgres" and self.source.columns:
-            return set(self.source.columns)
-        return None
 
     @model_validator(mode="after")
     def _partitions_fit_the_source(self) -> PipelineConfig:
@@ -566,17 +607,14 @@ class PipelineConfig(_Strict):
             )
         if self.partitions.type == "hourly" and incremental is not None:
             raise ValueError("a source with `incremental` needs `partitions: {type: incremental}`")
-        if self.partitions.type == "incremental" and self.destination.type == "bigquery":
+        if self.partitions.type == "incremental" and not self.destination.merges_by_key:
             raise ValueError(
-                "a bigquery destination takes hourly partitions (one load job replaces "
-                "a partition); incremental merges go to postgres or duckdb"
+                f"a {self.destination.type} destination takes hourly partitions (one load "
+                "job replaces a partition); incremental merges go to postgres or duckdb"
             )
-        if (
-            self.partitions.type == "hourly"
-            and self.source.type == "postgres"
-            and not self.source.time_column
-        ):
-            raise ValueError("a postgres source with hourly partitions needs a time_column")
+        problem = self.source.hourly_problem() if self.partitions.type == "hourly" else None
+        if problem:
+            raise ValueError(problem)
         return self
 
     @property
@@ -631,7 +669,7 @@ class AuditConfig(_Strict):
     checkpoint_every: int = Field(100, ge=1)
     # The key the verifier trusts: ``ed25519:<64 hex>`` (``audit verify`` prints it) or a
     # PEM path kept where whoever can write the log cannot. Never the one beside the key.
-    public_key: str | None = Field(None, pattern=r"^(ed25519:[0-9a-f]{64}|[^:]+)$")
+    public_key: LocalPath | None = Field(None, pattern=r"^(ed25519:[0-9a-f]{64}|[^:]+)$")
 
 
 class LocalKms(_Strict):
@@ -652,13 +690,13 @@ class VaultTransitKms(_Strict):
     mount: str = Field("transit", pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
     token_env: str = "VAULT_TOKEN"  # noqa: S105 - the name of the variable holding it
     namespace: str | None = None  # Vault Enterprise / OpenBao namespaces
-    ca_bundle: str | None = None  # verifies Vault's certificate (default: system roots)
+    ca_bundle: LocalPath | None = None  # verifies Vault's certificate (default: system roots)
     timeout_s: float = Field(10, gt=0)
 
 
 Kms = Annotated[
     Annotated[LocalKms, Tag("local_file")] | Annotated[VaultTransitKms, Tag("vault_transit")],
-    Discriminator(_kind("local_file", ("local_file", "vault_transit"))),
+    Discriminator(_kind("local_file")),
 ]
 
 
@@ -667,7 +705,7 @@ class SlackChannel(_Strict):
 
     type: Literal["slack"]
     url_env: str
-    ca_bundle: str | None = None
+    ca_bundle: LocalPath | None = None
     timeout_s: float = Field(10, gt=0)
 
 
@@ -676,7 +714,7 @@ class WebhookChannel(_Strict):
 
     type: Literal["webhook"]
     url_env: str
-    ca_bundle: str | None = None
+    ca_bundle: LocalPath | None = None
     timeout_s: float = Field(10, gt=0)
 
 
@@ -692,7 +730,7 @@ class EmailChannel(_Strict):
     recipients: list[str] = Field(min_length=1)
     username_env: str | None = None
     password_env: str | None = None
-    ca_bundle: str | None = None
+    ca_bundle: LocalPath | None = None
     timeout_s: float = Field(30, gt=0)
 
     @model_validator(mode="after")
@@ -722,20 +760,20 @@ class MonitoringConfig(_Strict):
     node_exporter's textfile collector; the freshness limits mark stalled work."""
 
     prometheus_textfile: str = "metrics/secure_etl.prom"
-    schedule: str = "*/10 * * * *"
+    schedule: Cron = "*/10 * * * *"
     loaded_max_lag_hours: float = Field(3, gt=0)  # a loaded/ asset older than this is stale
     certificate_checks_max_age_hours: float = Field(2, gt=0)  # last certificate check
 
 
 class PlatformConfig(_Strict):
-    state_dir: str = ".secure_etl"
-    certificate_check_schedule: str = "*/30 * * * *"
+    state_dir: LocalPath = ".secure_etl"
+    certificate_check_schedule: Cron = "*/30 * * * *"
     issuers: dict[Name, Issuer]
     certificates: dict[Name, CertificateConfig] = {}
     keys: dict[Name, HmacKeyConfig] = {}
     pipelines: dict[Name, PipelineConfig] = {}
     audit: AuditConfig = AuditConfig()
-    retention_schedule: str = "35 * * * *"
+    retention_schedule: Cron = "35 * * * *"
     kms: Kms = LocalKms()
     # Raw and quarantined partitions (they hold PII) as encrypted Parquet.
     encrypt_raw: bool = True
@@ -775,19 +813,42 @@ class PlatformConfig(_Strict):
                     )
         return self
 
+    @model_validator(mode="after")
+    def _one_pipeline_per_table(self) -> PlatformConfig:
+        # Each load replaces its partition's rows: a second pipeline on the same table
+        # would delete the first one's rows while both report them loaded.
+        writers: dict[str, str] = {}
+        for name, pipeline in self.pipelines.items():
+            target = pipeline.destination.target()
+            if target in writers:
+                raise _KeyedError(
+                    ("pipelines", name, "destination"),
+                    f"pipeline {writers[target]!r} already writes this table ({target}); "
+                    "give each pipeline its own table",
+                )
+            writers[target] = name
+        return self
+
     def resolved_state_dir(self) -> Path:
         """``SECURE_ETL_STATE_DIR`` if set, else ``state_dir`` (relative to the cwd)."""
         return Path(os.environ.get(STATE_DIR_ENV) or self.state_dir).resolve()
 
 
-class _RefError(ValueError):
-    """A name that points at nothing; carries its own key path."""
+class _KeyedError(ValueError):
+    """A config error found across keys; carries the key path it belongs to."""
+
+    def __init__(self, loc: tuple, message: str) -> None:
+        self.loc = loc
+        super().__init__(message)
+
+
+class _RefError(_KeyedError):
+    """A name that points at nothing."""
 
     def __init__(self, loc: tuple, value: str, known, what: str = "") -> None:
-        self.loc = loc
         kind = what or loc[-1].replace("_", " ")
         choices = ", ".join(sorted(known)) or "none defined"
-        super().__init__(f"unknown {kind} {echo(value)} (defined: {choices})")
+        super().__init__(loc, f"unknown {kind} {echo(value)} (defined: {choices})")
 
 
 def default_config_path() -> Path:
@@ -883,35 +944,88 @@ def load_config(path: Path | str | None = None) -> PlatformConfig:
     if not isinstance(data, dict):
         raise ConfigError(path, "", "expected a mapping at the top level")
     try:
-        return PlatformConfig.model_validate(data)
+        config = PlatformConfig.model_validate(data)
     except ValidationError as err:
         raise _first_error(path, data, err) from None
-    except _RefError as err:
+    except _KeyedError as err:
         raise ConfigError(path, _key_path(err.loc), str(err)) from None
+    if path.resolve() != default_config_path().resolve():
+        # The bundled demo keeps its state in the working directory, as the README says.
+        _anchor_paths(config, path.resolve().parent)
+    return config
+
+
+def _anchor_paths(model: BaseModel, base: Path) -> None:
+    """Make every relative ``LocalPath`` in ``model`` (and the models in it) absolute
+    against ``base``."""
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            _anchor_paths(value, base)
+        elif isinstance(value, dict | list):
+            for item in value.values() if isinstance(value, dict) else value:
+                if isinstance(item, BaseModel):
+                    _anchor_paths(item, base)
+        elif (
+            isinstance(value, str)
+            and _is_local_path(field)
+            and not value.startswith("ed25519:")
+            and not os.path.isabs(value)
+        ):
+            object.__setattr__(model, name, str(base / value))  # frozen models
+
+
+def _is_local_path(field) -> bool:
+    marks = list(field.metadata)
+    for member in typing.get_args(field.annotation):  # LocalPath | None
+        marks += getattr(member, "__metadata__", ())
+    return any(isinstance(mark, _FromConfigDir) for mark in marks)
 
 
 def _first_error(path: Path, data: object, err: ValidationError) -> ConfigError:
-    detail = err.errors(include_url=False)[0]
+    errors = err.errors(include_url=False)
+    # A misspelt key shows as an unknown key plus a missing one: name the one the user
+    # wrote, with the closest valid key, rather than the one they never wrote.
+    unknown = [e for e in errors if e["type"] == "extra_forbidden"]
+    detail = unknown[0] if unknown else errors[0]
     ctx_error = (detail.get("ctx") or {}).get("error")
-    if isinstance(ctx_error, _RefError):
+    if isinstance(ctx_error, _KeyedError):
         return ConfigError(path, _key_path(ctx_error.loc), str(ctx_error))
+    loc = _without_union_tags(data, detail["loc"])
     kind = detail["type"]
     if kind == "extra_forbidden":
-        message = "unknown key (check its spelling and place)"
+        missing = [
+            e["loc"][-1]
+            for e in errors
+            if e["type"] == "missing" and _without_union_tags(data, e["loc"])[:-1] == loc[:-1]
+        ]
+        message = "unknown key" + _did_you_mean(str(loc[-1]), missing)
     elif kind == "missing":
         message = "required key is missing"
+    elif kind == "union_tag_invalid":
+        expected = detail["ctx"]["expected_tags"].replace("'", "")
+        message = f"unknown type {echo(detail['ctx']['tag'])} (one of: {expected})"
+        loc = [*loc, "type"]
     else:
         message = detail["msg"].removeprefix("Value error, ")
         if kind not in {"value_error", "assertion_error"} and "input" in detail:
             message += f" (got {echo(detail['input'])})"
-    return ConfigError(path, _key_path(_without_union_tags(data, detail["loc"])), message)
+    return ConfigError(path, _key_path(loc), message)
+
+
+def _did_you_mean(key: str, missing: list) -> str:
+    close = difflib.get_close_matches(key, [str(m) for m in missing], n=1, cutoff=0.5)
+    if close:
+        return f"; did you mean `{close[0]}`?"
+    return " (check its spelling and place)"
 
 
 def _without_union_tags(data: object, loc: tuple) -> list:
     """Drop the ``type`` tags pydantic puts into locations inside discriminated unions."""
     out, node = [], data
-    for part in loc:
-        if isinstance(node, dict) and part not in node and node.get("type") == part:
+    for i, part in enumerate(loc):
+        # A tag is a step that is not in the data; only the last step may be (a missing key).
+        if isinstance(node, dict) and part not in node and i < len(loc) - 1:
             continue
         out.append(part)
         try:

@@ -198,6 +198,82 @@ def test_control_characters_in_a_key_or_value_are_escaped(write_config, capsys):
     assert "evil\\x1b[31m\\nsecure-etl: all good\\x00" in printed
 
 
+def test_a_misspelt_required_key_is_named_with_the_closest_valid_one(write_config):
+    def change(d):
+        d["certificates"]["etl-client"]["usage"] = d["certificates"]["etl-client"].pop("use")
+
+    err = _error(write_config, _with(change))
+    assert err.key == "certificates.etl-client.usage"
+    assert err.message == "unknown key; did you mean `use`?"
+
+
+def test_an_unknown_partition_type_names_the_key_written_and_the_known_types(write_config):
+    def change(d):
+        d["pipelines"]["customers"]["partitions"] = {"type": "daily"}
+
+    err = _error(write_config, _with(change))
+    assert err.key == "pipelines.customers.partitions.type"
+    assert err.message == "unknown type 'daily' (one of: hourly, incremental)"
+
+
+def test_an_unknown_source_type_lists_the_known_ones(write_config):
+    err = _error(
+        write_config, _with(lambda d: d["pipelines"]["customers"]["source"].update(type="ftp"))
+    )
+    assert err.key == "pipelines.customers.source.type"
+    assert "unknown type 'ftp' (one of: " in err.message and "postgres" in err.message
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [
+        ("certificate_check_schedule", "every 30 minutes", "needs 5 fields"),
+        ("retention_schedule", "61 * * * *", "minute 61 is outside 0-59"),
+        ("retention_schedule", "0 25 * * *", "hour 25 is outside 0-23"),
+        ("retention_schedule", "*/0 * * * *", "step of 0"),
+        ("retention_schedule", "0 0 * foo *", "month 'foo' is not a number"),
+    ],
+)
+def test_a_schedule_that_is_not_cron_is_refused_at_load(write_config, key, value, says):
+    err = _error(write_config, _with(lambda d: d.update({key: value})))
+    assert err.key == key
+    assert says in err.message
+
+
+def test_two_pipelines_writing_one_table_are_refused(write_config):
+    def change(d):
+        d["pipelines"]["again"] = copy.deepcopy(d["pipelines"]["customers"])
+
+    err = _error(write_config, _with(change))
+    assert err.key == "pipelines.again.destination"
+    assert "pipeline 'customers' already writes this table" in err.message
+    # Another table in the same warehouse is fine.
+    ok = _with(change)
+    ok["pipelines"]["again"]["destination"]["table"] = "customers_eu"
+    load_config(write_config(ok))
+
+
+def test_relative_paths_resolve_against_the_config_files_directory(tmp_path, monkeypatch):
+    monkeypatch.delenv("SECURE_ETL_STATE_DIR", raising=False)
+    data = _with(lambda d: d["certificates"]["db-server"].update(ca_bundle="roots.pem"))
+    data["state_dir"] = "state"
+    (tmp_path / "conf").mkdir()
+    path = tmp_path / "conf" / "platform.yaml"
+    path.write_text(yaml.safe_dump(data))
+    monkeypatch.chdir(tmp_path)  # anywhere but the config's directory
+
+    config = load_config(path)
+
+    assert config.resolved_state_dir() == tmp_path / "conf" / "state"
+    assert config.certificates["db-server"].ca_bundle == str(tmp_path / "conf" / "roots.pem")
+
+
+def test_the_bundled_demo_keeps_its_state_in_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.delenv("SECURE_ETL_STATE_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert load_config(default_config_path()).resolved_state_dir() == tmp_path / ".secure_etl"
+
+
 @pytest.mark.parametrize("bad", ["customers; DROP TABLE x", "1st", "a" * 64, 'q"uote'])
 def test_a_sql_name_that_is_not_plain_is_refused_at_load(write_config, bad):
     from secure_etl.identifiers import is_sql_name

@@ -66,6 +66,18 @@ def test_a_looser_data_directory_is_repaired_and_the_repair_logged(tmp_path, cap
     assert f"{data}: mode 0777 lets others in; changed to 0700" in caplog.text
 
 
+def test_a_looser_audit_log_is_repaired_on_the_next_append(platform, caplog):
+    from secure_etl.security.audit import platform_audit_log
+
+    audit = platform_audit_log(platform)
+    audit.append(actor="test", action="first")
+    os.chmod(audit.path, 0o644)  # made before modes were set, or by hand
+    with caplog.at_level(logging.WARNING):
+        audit.append(actor="test", action="second")
+    assert _mode(audit.path) == 0o600
+    assert "mode 0644 let others use it; repaired to 0600" in caplog.text
+
+
 def test_a_key_directory_others_may_write_is_refused_and_one_they_may_read_repaired(tmp_path):
     ca = InternalCA("test", tmp_path / "ca")
     (tmp_path / "ca").mkdir()

@@ -10,7 +10,6 @@ import yaml
 
 from secure_etl.config import ConfigError, load_config
 from secure_etl.etl import storage
-from secure_etl.etl.connectors import raw_crypto
 from secure_etl.security.kms import KeyUnwrapError
 from secure_etl.security.vault_transit import VaultError, VaultTransit
 
@@ -60,10 +59,10 @@ def test_raw_partitions_are_encrypted_with_keys_wrapped_by_vault(
     platform = load_config(write_config(data))
     path = storage.partition_file(platform.resolved_state_dir(), "raw", "p", "h")
     table = pa.table({"email": ["ann@example.org", "bo@example.org"]})
-    storage.write_partition(path, table, raw_crypto(platform))
+    storage.write_partition(path, table, storage.raw_crypto(platform))
 
     assert b"ann@example.org" not in path.read_bytes()
-    assert storage.read_partition(path, raw_crypto(platform))["email"].tolist() == [
+    assert storage.read_partition(path, storage.raw_crypto(platform))["email"].tolist() == [
         "ann@example.org",
         "bo@example.org",
     ]
@@ -72,11 +71,11 @@ def test_raw_partitions_are_encrypted_with_keys_wrapped_by_vault(
     other["kms"]["key"] = "someone-elses"
     openbao.request("POST", "transit/keys/someone-elses")
     with pytest.raises(Exception, match="someone-elses"):
-        storage.read_partition(path, raw_crypto(load_config(write_config(other, "o.yaml"))))
+        storage.read_partition(path, storage.raw_crypto(load_config(write_config(other, "o.yaml"))))
     # No token in the environment: the error names the variable.
     monkeypatch.delenv("TEST_VAULT_TOKEN")
     with pytest.raises(VaultError, match="TEST_VAULT_TOKEN"):
-        raw_crypto(platform)
+        storage.raw_crypto(platform)
 
 
 def test_vault_must_be_spoken_to_over_https(write_config):

@@ -13,7 +13,7 @@ import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, Self
 
 import httpx
 
@@ -42,15 +42,44 @@ class Solver(Protocol):
         ...
 
 
-class _Listener:
-    """One HTTP listener per (address, port), shared by every solver in the process, so
-    concurrent issuances (``certs renew --all``) can all answer on port 80."""
+class SharedListener:
+    """A listener per (kind, address, port), shared by every solver in the process, so
+    concurrent issuances (``certs renew --all``) can all answer on one port. The last
+    ``release`` closes it while still holding the registry's lock: a new listener for the
+    same port is never opened while the old one holds it (that raced under ``--jobs``)."""
 
     _lock = threading.Lock()
-    _open: dict[tuple[str, int], _Listener] = {}
+    _open: dict[tuple[type, str, int], SharedListener] = {}
+    users = 0
+
+    @classmethod
+    def acquire(cls, address: str, port: int) -> Self:
+        with SharedListener._lock:
+            key = (cls, address, port)
+            listener = SharedListener._open.get(key)
+            if listener is None:
+                listener = SharedListener._open[key] = cls(address, port)
+                listener._registered_as = key
+            listener.users += 1
+            return listener
+
+    def release(self) -> None:
+        with SharedListener._lock:
+            self.users -= 1
+            if self.users:
+                return
+            del SharedListener._open[self._registered_as]
+            self._close()
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+
+class _HttpListener(SharedListener):
+    """The http-01 answers, served over plain HTTP (RFC 8555 §8.3)."""
 
     def __init__(self, address: str, port: int) -> None:
-        self.key, self.users, self.answers = (address, port), 0, {}
+        self.answers: dict[str, str] = {}
         answers = self.answers
 
         class Handler(BaseHTTPRequestHandler):
@@ -81,20 +110,7 @@ class _Listener:
             target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
         ).start()
 
-    @classmethod
-    def acquire(cls, address: str, port: int) -> _Listener:
-        with cls._lock:
-            listener = cls._open.get((address, port)) or cls(address, port)
-            cls._open[(address, port)] = listener
-            listener.users += 1
-            return listener
-
-    def release(self) -> None:
-        with self._lock:
-            self.users -= 1
-            if self.users:
-                return
-            del self._open[self.key]
+    def _close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
 
@@ -107,12 +123,12 @@ class Http01Standalone:
 
     def __init__(self, address: str = "0.0.0.0", port: int = 80) -> None:  # noqa: S104
         self.address, self.port = address, port
-        self._listener: _Listener | None = None
+        self._listener: _HttpListener | None = None
         self._tokens: set[str] = set()
 
     def present(self, identifier: str, token: str, key_authorization: str) -> None:
         if self._listener is None:
-            self._listener = _Listener.acquire(self.address, self.port)
+            self._listener = _HttpListener.acquire(self.address, self.port)
         self._listener.answers[token] = key_authorization
         self._tokens.add(token)
 

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
-from secure_etl.acme.challenges import SolverError
+from secure_etl.acme.challenges import SharedListener, SolverError
 
 ACME_TLS_1 = "acme-tls/1"
 ID_PE_ACME_IDENTIFIER = ObjectIdentifier("1.3.6.1.5.5.7.1.31")
@@ -89,14 +89,10 @@ def _context(cert_pem: bytes | None = None, key_pem: bytes | None = None) -> ssl
     return context
 
 
-class _Listener:
-    """One TLS listener per (address, port), shared by every solver in the process."""
-
-    _lock = threading.Lock()
-    _open: dict[tuple[str, int], _Listener] = {}
+class _TlsListener(SharedListener):
+    """The tls-alpn-01 certificates, chosen by SNI on a TLS listener."""
 
     def __init__(self, address: str, port: int) -> None:
-        self.key, self.users = (address, port), 0
         self.contexts: dict[str, ssl.SSLContext] = {}
         self._stop = threading.Event()
         try:
@@ -139,20 +135,7 @@ class _Listener:
         finally:
             conn.close()
 
-    @classmethod
-    def acquire(cls, address: str, port: int) -> _Listener:
-        with cls._lock:
-            listener = cls._open.get((address, port)) or cls(address, port)
-            cls._open[(address, port)] = listener
-            listener.users += 1
-            return listener
-
-    def release(self) -> None:
-        with self._lock:
-            self.users -= 1
-            if self.users:
-                return
-            del self._open[self.key]
+    def _close(self) -> None:
         self._stop.set()
         self._thread.join(2)
         self.socket.close()
@@ -166,7 +149,7 @@ class TlsAlpn01:
 
     def __init__(self, address: str = "0.0.0.0", port: int = 443) -> None:  # noqa: S104
         self.address, self.port = address, port
-        self._listener: _Listener | None = None
+        self._listener: _TlsListener | None = None
         self._names: dict[str, str] = {}  # token -> SNI name
 
     def present(self, identifier: str, token: str, key_authorization: str) -> None:
@@ -176,7 +159,7 @@ class TlsAlpn01:
                 "use dns-01 for it"
             )
         if self._listener is None:
-            self._listener = _Listener.acquire(self.address, self.port)
+            self._listener = _TlsListener.acquire(self.address, self.port)
         name = sni_name(identifier)
         self._listener.contexts[name] = _context(
             *validation_certificate(identifier, key_authorization)

@@ -3,10 +3,12 @@
 import datetime as dt
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from dagster import (
     AssetCheckResult,
+    AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
@@ -20,7 +22,6 @@ from dagster import (
     MetadataValue,
     RetryPolicy,
     ScheduleDefinition,
-    asset,
     build_schedule_from_partitioned_job,
     define_asset_job,
     multi_asset,
@@ -30,17 +31,10 @@ from dagster import DefaultScheduleStatus as Status
 
 from secure_etl.config import PipelineConfig, PlatformConfig
 from secure_etl.defs.certificates import certificate_key
-from secure_etl.defs.resources import bigquery_resource_key, resource_key
-from secure_etl.etl import filters, quality, storage
-from secure_etl.etl.connectors import (
-    ClientTls,
-    Destination,
-    destination_for,
-    incremental_chunks,
-    raw_crypto,
-    source_chunks,
-)
-from secure_etl.etl.demo_source import PII_COLUMNS
+from secure_etl.defs.resources import PipelineResources
+from secure_etl.etl import checks, filters, registry, storage
+from secure_etl.etl.checks import LOADED_CHECKS, StageFiles
+from secure_etl.etl.connector import Destination, Runtime
 from secure_etl.etl.one_pass import run_one_pass
 from secure_etl.etl.protect import ColumnCipher
 from secure_etl.etl.retention import mark_loaded
@@ -54,56 +48,94 @@ from secure_etl.etl.transforms import (
     PseudonymiseStep,
     transform_partition,
 )
-from secure_etl.security.audit import AuditLog, file_digest, platform_audit_log, verify_log
+from secure_etl.security.audit import AuditLog, file_digest, platform_audit_log
 from secure_etl.security.hmac_keys import load_hmac_key
 
-LOADED_CHECKS = {
-    "rows_reconcile": "raw rows = loaded + quarantined + filtered rows for the partition",
-    "null_rate": "no column of the loaded partition exceeds the configured null rate",
-    "unique_keys": "the key column has no duplicates in the loaded partition",
-    "no_pii_leak": "no raw PII value appears in the hashed or loaded partition",
-    "audit_chain": "the audit log's hash chain and signed checkpoints verify",
-}
+SEVERITY = {"error": AssetCheckSeverity.ERROR, "warn": AssetCheckSeverity.WARN}
 
 
 def stage_key(stage: str, pipeline: str) -> AssetKey:
     return AssetKey([stage, pipeline])
 
 
+@dataclass(frozen=True)
+class PipelineSpecs:
+    """What raw/<p>, hashed/<p> and loaded/<p> are, whichever factory makes them."""
+
+    raw: AssetSpec
+    hashed: AssetSpec
+    loaded: AssetSpec
+    checks: list[AssetCheckSpec]
+
+
+def pipeline_specs(platform: PlatformConfig, name: str) -> PipelineSpecs:
+    """The pipeline's three assets and the checks of loaded/<p>, for either factory."""
+    p = platform.pipelines[name]
+    raw = AssetSpec(
+        stage_key("raw", name),
+        deps=[certificate_key(p.client_certificate)],
+        group_name=name,
+        kinds={"parquet"},
+        description=f"Rows extracted from the {p.source.type} source, as received (holds PII; "
+        "owner-only files).",
+    )
+    hashed = AssetSpec(
+        stage_key("hashed", name),
+        deps=[raw.key],
+        group_name=name,
+        kinds={"parquet"},
+        description="Valid rows with PII columns replaced by keyed HMAC-SHA256 and lineage "
+        "columns added; invalid rows go to quarantine.",
+    )
+    loaded = AssetSpec(
+        stage_key("loaded", name),
+        deps=[hashed.key],
+        group_name=name,
+        kinds={p.destination.type},
+        freshness_policy=_freshness(platform),
+        description=f"The hashed partition in {p.destination.type} table "
+        f"{p.destination.table}; re-running a partition replaces it.",
+    )
+    checks = [
+        AssetCheckSpec(check, asset=loaded.key, description=text)
+        for check, text in LOADED_CHECKS.items()
+    ]
+    return PipelineSpecs(raw, hashed, loaded, checks)
+
+
+def _io_retry(p: PipelineConfig) -> RetryPolicy:
+    """Extract and load talk to other systems: retried (3 times, 5 minutes apart, backing
+    off, unless the pipeline says otherwise)."""
+    return RetryPolicy(
+        max_retries=p.retry.max_retries, delay=p.retry.delay_s, backoff=Backoff.EXPONENTIAL
+    )
+
+
 def pipeline_assets(platform: PlatformConfig, name: str) -> list:
+    """raw/<p>, hashed/<p> and loaded/<p> as three steps (extract and load retried)."""
     p = platform.pipelines[name]
     state = platform.resolved_state_dir()
     partitions = (
         None if p.incremental else HourlyPartitionsDefinition(start_date=p.partitions.start)
     )
-    cert_resource = resource_key(p.client_certificate)
-    bq_resource = bigquery_resource_key(name) if p.destination.type == "bigquery" else None
-    load_resources = {cert_resource, bq_resource} - {None}
+    specs = pipeline_specs(platform, name)
+    resources = PipelineResources.of(name, p)
     pii = _pii_columns(p)
     audit = platform_audit_log(platform)
-    crypto = raw_crypto(platform)
-    # Extract and load talk to other systems: retried (3 times, 5 minutes apart, backing
-    # off, unless the pipeline says otherwise).
-    io_retry = RetryPolicy(
-        max_retries=p.retry.max_retries, delay=p.retry.delay_s, backoff=Backoff.EXPONENTIAL
-    )
+    crypto = storage.raw_crypto(platform)
 
-    @asset(
-        key=stage_key("raw", name),
-        group_name=name,
+    @multi_asset(
+        specs=[specs.raw],
+        name=specs.raw.key.to_python_identifier(),
         partitions_def=partitions,
-        deps=[certificate_key(p.client_certificate)],
-        retry_policy=io_retry,
-        required_resource_keys={cert_resource},
-        kinds={"parquet"},
-        description=f"Rows extracted from the {p.source.type} source, as received (holds PII; "
-        "owner-only files).",
+        retry_policy=_io_retry(p),
+        required_resource_keys={resources.certificate_key},
     )
     def raw(context: AssetExecutionContext) -> MaterializeResult:
-        certificate = getattr(context.resources, cert_resource)
+        certificate = resources.certificate(context)
         certificate.ssl_context()  # fails early, with the path, if the certificate is unusable
         path = storage.partition_file(state, "raw", name, _file_key(context))
-        tls = _client_tls(certificate)
+        tls = certificate  # connections present it and verify servers with its roots
         extra = {}
         if p.incremental:
             cursor = p.source.incremental
@@ -114,7 +146,7 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
                 f"(high-water mark {previous or 'none'}, lag {cursor.lag_s:g} s)"
             )
             rows, size = storage.write_partition_chunks(
-                path, incremental_chunks(p.source, since, tls), crypto
+                path, registry.source(p.source, Runtime(tls=tls)).chunks_since(since), crypto
             )
             high = storage.column_max(path, cursor.cursor_column, crypto) or previous
             extra = {
@@ -122,7 +154,7 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
                 HIGH_WATER: high.isoformat() if high else "",
             }
         else:
-            chunks = source_chunks(p.source, context.partition_key, tls)
+            chunks = registry.source(p.source, Runtime(tls=tls)).chunks(context.partition_key)
             rows, size = storage.write_partition_chunks(path, chunks, crypto)
         context.log.info(f"extracted {rows} rows from {p.source.type} into {path}")
         _audit_extract(audit, certificate, context, p, name, _file_key(context), path, rows)
@@ -135,14 +167,10 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
             }
         )
 
-    @asset(
-        key=stage_key("hashed", name),
-        group_name=name,
+    @multi_asset(
+        specs=[specs.hashed],
+        name=specs.hashed.key.to_python_identifier(),
         partitions_def=partitions,
-        deps=[raw],
-        kinds={"parquet"},
-        description="Valid rows with PII columns replaced by keyed HMAC-SHA256 and lineage "
-        "columns added; invalid rows go to quarantine.",
     )
     def hashed(context: AssetExecutionContext) -> MaterializeResult:
         partition = _file_key(context)
@@ -167,27 +195,19 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
             metadata=_hashed_metadata(out, result.rows, result.quarantined, key_ids)
         )
 
-    @asset(
-        key=stage_key("loaded", name),
-        group_name=name,
+    @multi_asset(
+        specs=[specs.loaded],
+        check_specs=specs.checks,
+        name=specs.loaded.key.to_python_identifier(),
         partitions_def=partitions,
-        deps=[hashed],
-        retry_policy=io_retry,
-        required_resource_keys=load_resources,
-        kinds={p.destination.type},
-        freshness_policy=_freshness(platform),
-        check_specs=[
-            AssetCheckSpec(check, asset=stage_key("loaded", name), description=text)
-            for check, text in LOADED_CHECKS.items()
-        ],
-        description=f"The hashed partition in {p.destination.type} table "
-        f"{p.destination.table}; re-running a partition replaces it.",
+        retry_policy=_io_retry(p),
+        required_resource_keys=resources.keys,
     )
     def loaded(context: AssetExecutionContext) -> MaterializeResult:
         files = _file_key(context)
-        certificate = getattr(context.resources, cert_resource)
-        clients = getattr(context.resources, bq_resource).get_client if bq_resource else None
-        target = destination_for(p.destination, state, _client_tls(certificate), clients)
+        certificate = resources.certificate(context)
+        clients = resources.bigquery_clients(context)
+        target = registry.destination(p.destination, Runtime(state, certificate, clients))
         hashed_file = storage.partition_file(state, "hashed", name, files)
         if p.incremental:  # this run's rows carry its id in the partition column
             partition = context.run.run_id
@@ -197,19 +217,17 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
             partition = files
             rows = target.load(partition, hashed_file)
             context.log.info(f"loaded {rows} rows into {target.description}")
+        _mark_for_retention(hashed_file, target, rows)
         _audit_load(audit, certificate, context, name, partition, hashed_file, target, rows)
         return MaterializeResult(
             metadata={"rows": rows, "destination": target.description},
-            check_results=_loaded_checks(
-                state,
-                name,
+            check_results=_check_results(
+                StageFiles.of(state, name, files, crypto),
                 p,
                 target,
-                files,
                 partition,
                 pii,
                 audit,
-                crypto,
                 _run_texts(context, name),
             ),
         )
@@ -223,86 +241,52 @@ def one_pass_assets(platform: PlatformConfig, name: str) -> list:
     staged assets, but a failure anywhere retries the whole pass."""
     p = platform.pipelines[name]
     state = platform.resolved_state_dir()
-    cert_resource = resource_key(p.client_certificate)
-    bq_resource = bigquery_resource_key(name) if p.destination.type == "bigquery" else None
+    specs = pipeline_specs(platform, name)
+    resources = PipelineResources.of(name, p)
     pii = _pii_columns(p)
     audit = platform_audit_log(platform)
-    crypto = raw_crypto(platform)
-    keys = {stage: stage_key(stage, name) for stage in ("raw", "hashed", "loaded")}
+    crypto = storage.raw_crypto(platform)
 
     @multi_asset(
-        specs=[
-            AssetSpec(
-                keys["raw"],
-                deps=[certificate_key(p.client_certificate)],
-                group_name=name,
-                kinds={"parquet"},
-                description=f"Rows extracted from the {p.source.type} source, as received "
-                "(holds PII; owner-only files).",
-            ),
-            AssetSpec(
-                keys["hashed"],
-                deps=[keys["raw"]],
-                group_name=name,
-                kinds={"parquet"},
-                description="Valid rows with PII columns replaced by keyed HMAC-SHA256 and "
-                "lineage columns added; invalid rows go to quarantine.",
-            ),
-            AssetSpec(
-                keys["loaded"],
-                deps=[keys["hashed"]],
-                group_name=name,
-                kinds={p.destination.type},
-                freshness_policy=_freshness(platform),
-                description=f"The hashed partition in {p.destination.type} table "
-                f"{p.destination.table}; re-running a partition replaces it.",
-            ),
-        ],
-        check_specs=[
-            AssetCheckSpec(check, asset=keys["loaded"], description=text)
-            for check, text in LOADED_CHECKS.items()
-        ],
+        specs=[specs.raw, specs.hashed, specs.loaded],
+        check_specs=specs.checks,
         name=f"{name.replace('-', '_')}_one_pass",
         partitions_def=HourlyPartitionsDefinition(start_date=p.partitions.start),
-        retry_policy=RetryPolicy(
-            max_retries=p.retry.max_retries, delay=p.retry.delay_s, backoff=Backoff.EXPONENTIAL
-        ),
-        required_resource_keys={cert_resource, bq_resource} - {None},
+        retry_policy=_io_retry(p),
+        required_resource_keys=resources.keys,
         can_subset=False,
     )
     def one_pass(context: AssetExecutionContext):
         partition = context.partition_key
-        certificate = getattr(context.resources, cert_resource)
+        certificate = resources.certificate(context)
         certificate.ssl_context()  # fails early, with the path, if the certificate is unusable
-        tls = _client_tls(certificate)
-        clients = getattr(context.resources, bq_resource).get_client if bq_resource else None
-        target = destination_for(p.destination, state, tls, clients)
-        files = {s: storage.partition_file(state, s, name, partition) for s in storage.STAGES}
+        tls = certificate  # connections present it and verify servers with its roots
+        clients = resources.bigquery_clients(context)
+        target = registry.destination(p.destination, Runtime(state, tls, clients))
+        files = StageFiles.of(state, name, partition, crypto)
         steps, key_ids = _pseudonymise_steps(platform, p)
-        stream = getattr(target, "load_batches", None)
         result = run_one_pass(
-            source_chunks(p.source, partition, tls),
-            files["raw"],
-            files["hashed"],
-            files["quarantine"],
+            registry.source(p.source, Runtime(tls=tls)).chunks(partition),
+            files.raw,
+            files.hashed,
+            files.quarantine,
             p.key_column,
             steps,
             Lineage(context.run.run_id, p.version, dt.datetime.now(dt.UTC)),
-            (lambda batches, schema: stream(partition, batches, schema)) if stream else None,
+            lambda batches, schema: target.load_batches(partition, batches, schema),
             crypto=crypto,
         )
-        loaded = result.loaded if stream else target.load(partition, files["hashed"])
-        _audit_extract(
-            audit, certificate, context, p, name, partition, files["raw"], result.raw_rows
-        )
+        loaded = result.loaded
+        _mark_for_retention(files.hashed, target, loaded)
+        _audit_extract(audit, certificate, context, p, name, partition, files.raw, result.raw_rows)
         _audit_transform(audit, context, name, partition, state, key_ids)
-        _audit_load(audit, certificate, context, name, partition, files["hashed"], target, loaded)
+        _audit_load(audit, certificate, context, name, partition, files.hashed, target, loaded)
         context.log.info(
             f"one pass: extracted {result.raw_rows} rows from {p.source.type}, quarantined "
             f"{result.quarantined}, loaded {loaded} into {target.description}"
         )
         yield MaterializeResult(
-            asset_key=keys["raw"],
+            asset_key=specs.raw.key,
             metadata={
                 "rows": result.raw_rows,
                 "bytes": result.raw_bytes,
@@ -310,23 +294,14 @@ def one_pass_assets(platform: PlatformConfig, name: str) -> list:
             },
         )
         yield MaterializeResult(
-            asset_key=keys["hashed"],
-            metadata=_hashed_metadata(files["hashed"], result.rows, result.quarantined, key_ids),
+            asset_key=specs.hashed.key,
+            metadata=_hashed_metadata(files.hashed, result.rows, result.quarantined, key_ids),
         )
         yield MaterializeResult(
-            asset_key=keys["loaded"],
+            asset_key=specs.loaded.key,
             metadata={"rows": loaded, "destination": target.description},
-            check_results=_loaded_checks(
-                state,
-                name,
-                p,
-                target,
-                partition,
-                partition,
-                pii,
-                audit,
-                crypto,
-                _run_texts(context, name),
+            check_results=_check_results(
+                files, p, target, partition, pii, audit, _run_texts(context, name)
             ),
         )
 
@@ -341,12 +316,7 @@ def _freshness(platform: PlatformConfig) -> FreshnessPolicy:
 
 
 def _source_name(p: PipelineConfig) -> str:
-    source = p.source
-    if source.type == "postgres":
-        return f"postgres://{source.host}:{source.port}/{source.dbname}/{source.table}"
-    if source.type == "https_api":
-        return source.url
-    return f"demo(seed={source.seed})"
+    return registry.source(p.source).describe()
 
 
 def _audit_extract(audit, certificate, context, p, name, partition, raw, rows) -> None:
@@ -379,8 +349,13 @@ def _audit_transform(audit, context, name: str, partition: str, state: Path, key
     )
 
 
+def _mark_for_retention(hashed: Path, target: Destination, rows: int) -> None:
+    """Record the successful load beside the hashed file: the retention job deletes the
+    partition's raw and quarantined files once this is older than the grace period."""
+    mark_loaded(hashed, target.description, rows, dt.datetime.now(dt.UTC))
+
+
 def _audit_load(audit, certificate, context, name, partition, hashed, target, rows) -> None:
-    mark_loaded(hashed, target.description, rows, dt.datetime.now(dt.UTC))  # for retention
     audit.append(
         certificate.subject(),
         "load",
@@ -434,93 +409,38 @@ def _hashed_metadata(path: Path, rows: int, quarantined: int, key_ids: list[str]
     }
 
 
-def _loaded_checks(
-    state: Path,
-    name: str,
+def _check_results(
+    files: StageFiles,
     p: PipelineConfig,
     target: Destination,
-    files: str,
     partition: str,
     pii: list[str],
     audit: AuditLog,
-    crypto: storage.ParquetCrypto | None,
     event_log: Callable[[], Iterator[str]],
 ) -> list[AssetCheckResult]:
-    """The checks of one load: ``files`` names the stage files, ``partition`` the rows
-    in the destination (the hour, or an incremental run's id)."""
-    raw = storage.partition_file(state, "raw", name, files)
-    hashed = storage.partition_file(state, "hashed", name, files)
-    qfile = storage.partition_file(state, "quarantine", name, files)
-    raw_rows = storage.partition_rows(raw, crypto)
-    raw_columns = set(storage.partition_schema(raw, crypto).names)
-    quarantined = storage.partition_rows(qfile, crypto) if qfile.exists() else 0
-    stats = target.stats(partition, p.key_column)
-    loaded_rows = stats["rows"]
-
-    filtered = storage.read_counts(hashed).get("filtered", 0)
-    reconciled = raw_rows == loaded_rows + quarantined + filtered
-    verdict = verify_log(audit)
-    # Columns masked to null are null by design.
-    nulled = {c for t in p.transforms if t.type == "mask" and t.style == "null" for c in t.columns}
-    rates = {c: r for c, r in quality.null_rates(stats).items() if c not in nulled}
-    worst = max(rates, key=rates.get) if rates else ""
-    duplicates = stats["duplicate_keys"]
-    loaded_columns = list(storage.partition_schema(hashed).names)
-    leaks = quality.pii_leaks(
-        lambda: storage.iter_partition(
-            raw, columns=[c for c in pii if c in raw_columns], crypto=crypto
-        ),
-        pii,
-        {
-            "hashed": lambda: storage.iter_partition(hashed),
-            "loaded": lambda: target.chunks(partition, loaded_columns),
-        },
-        {"event_log": event_log},
+    """The checks of one load, as Dagster results: ``files`` are the stage files,
+    ``partition`` the rows in the destination (the hour, or an incremental run's id)."""
+    nulled = [c for t in p.transforms if t.type == "mask" and t.style == "null" for c in t.columns]
+    results = checks.loaded_checks(
+        files,
+        target.stats(partition, p.key_column),
+        lambda columns: target.chunks(partition, columns),
+        key_column=p.key_column,
+        max_null_rate=p.quality.max_null_rate,
+        nulled=nulled,
+        pii=pii,
+        audit=audit,
+        texts={"event_log": event_log},
     )
     return [
         AssetCheckResult(
-            check_name="rows_reconcile",
-            passed=reconciled,
-            description=f"raw {raw_rows} {'=' if reconciled else '!='} loaded {loaded_rows} "
-            f"+ quarantined {quarantined} + filtered {filtered}",
-            metadata={
-                "raw": raw_rows,
-                "loaded": loaded_rows,
-                "quarantined": quarantined,
-                "filtered": filtered,
-            },
-        ),
-        AssetCheckResult(
-            check_name="null_rate",
-            passed=not worst or rates[worst] <= p.quality.max_null_rate,
-            description=f"highest null rate {rates.get(worst, 0):.4f} in {worst or '-'} "
-            f"(limit {p.quality.max_null_rate})",
-            metadata={"max_null_rate": rates.get(worst, 0.0)},
-        ),
-        AssetCheckResult(
-            check_name="unique_keys",
-            passed=duplicates == 0,
-            description=f"{duplicates} rows repeat a {p.key_column} already in the partition",
-            metadata={"duplicate_rows": duplicates},
-        ),
-        AssetCheckResult(
-            check_name="no_pii_leak",
-            passed=not leaks,
-            # Counts per column only: never the values themselves.
-            description="no raw PII value found downstream"
-            if not leaks
-            else "raw PII values found in " + ", ".join(f"{c} ({n})" for c, n in leaks.items()),
-            metadata={"leaked_values": sum(leaks.values())},
-        ),
-        AssetCheckResult(
-            check_name="audit_chain",
-            passed=verdict.ok,
-            description=f"{verdict.records} records, {verdict.checkpoints} signed checkpoints "
-            "verify"
-            if verdict.ok
-            else verdict.problem,
-            metadata={"records": verdict.records, "checkpoints": verdict.checkpoints},
-        ),
+            check_name=r.name,
+            passed=r.passed,
+            description=r.description,
+            metadata=r.metadata,
+            severity=SEVERITY[r.severity],
+        )
+        for r in results
     ]
 
 
@@ -574,17 +494,10 @@ def _strings(value) -> Iterator[str]:
 
 def _pii_columns(p: PipelineConfig) -> list[str]:
     """The columns the pipeline protects (pseudonymise, encrypt, mask, drop); for the
-    demo source, also its known PII."""
+    source, also the PII it is known to hold (the demo's)."""
     columns = [c for t in p.transforms if t.type != "filter" for c in t.columns]
-    if p.source.type == "demo":
-        columns += [c for c in PII_COLUMNS if c not in columns]
+    columns += [c for c in registry.source(p.source).pii_columns if c not in columns]
     return columns
-
-
-def _client_tls(certificate) -> ClientTls:
-    return ClientTls(
-        str(certificate.fullchain_path), str(certificate.privkey_path), certificate.ca_bundle
-    )
 
 
 def pipeline_job_name(pipeline: str) -> str:

@@ -5,15 +5,18 @@ from __future__ import annotations
 import base64
 import json
 import ssl
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
-from dagster import ConfigurableResource, EnvVar
+from dagster import AssetExecutionContext, ConfigurableResource, EnvVar
 from dagster_gcp import BigQueryResource
 from google.cloud import bigquery
 
-from secure_etl.config import PlatformConfig
+from secure_etl.config import PipelineConfig, PlatformConfig
+from secure_etl.etl import registry
 from secure_etl.pki.renewal import certificate_store, trust_bundle
 
 
@@ -135,7 +138,7 @@ def bigquery_resources(platform: PlatformConfig) -> dict[str, WarehouseBigQueryR
     resources = {}
     for name, pipeline in platform.pipelines.items():
         destination = pipeline.destination
-        if destination.type != "bigquery":
+        if not registry.destination(destination).needs_bigquery_client:
             continue
         resources[bigquery_resource_key(name)] = WarehouseBigQueryResource(
             project=destination.project,
@@ -147,3 +150,47 @@ def bigquery_resources(platform: PlatformConfig) -> dict[str, WarehouseBigQueryR
             anonymous=destination.anonymous,
         )
     return resources
+
+
+R = TypeVar("R")
+
+
+def _resource(context: AssetExecutionContext, key: str, kind: type[R]) -> R:
+    """The one lookup of a resource by its (config-derived) key, checked for its type."""
+    found = getattr(context.resources, key)
+    if not isinstance(found, kind):
+        raise TypeError(f"resource {key!r} is a {type(found).__name__}, not a {kind.__name__}")
+    return found
+
+
+@dataclass(frozen=True)
+class PipelineResources:
+    """The resources one pipeline's assets use: its client certificate and, for a
+    BigQuery destination, its BigQuery resource. Their keys come from the config, so
+    the assets declare them (``keys``) and read them here, typed."""
+
+    certificate_key: str
+    bigquery_key: str | None = None
+
+    @classmethod
+    def of(cls, name: str, pipeline: PipelineConfig) -> PipelineResources:
+        needs = registry.destination(pipeline.destination).needs_bigquery_client
+        return cls(
+            resource_key(pipeline.client_certificate),
+            bigquery_resource_key(name) if needs else None,
+        )
+
+    @property
+    def keys(self) -> set[str]:
+        return {self.certificate_key} | ({self.bigquery_key} if self.bigquery_key else set())
+
+    def certificate(self, context: AssetExecutionContext) -> CertificateResource:
+        return _resource(context, self.certificate_key, CertificateResource)
+
+    def bigquery_clients(
+        self, context: AssetExecutionContext
+    ) -> Callable[[], AbstractContextManager[bigquery.Client]] | None:
+        """What a BigQuery destination opens its clients with (None: not BigQuery)."""
+        if self.bigquery_key is None:
+            return None
+        return _resource(context, self.bigquery_key, WarehouseBigQueryResource).get_client

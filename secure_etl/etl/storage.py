@@ -10,6 +10,7 @@ import re
 import secrets
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pyarrow as pa
@@ -17,7 +18,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from secure_etl.security.files import SECRET_MODE, private_dir, write_secret
-from secure_etl.security.kms import KeyProvider
+from secure_etl.security.key_provider import KeyProvider
+from secure_etl.security.kms import provider_for
+
+if TYPE_CHECKING:
+    from secure_etl.config import PlatformConfig
 
 STAGES = ("raw", "quarantine", "hashed")
 # The column that tells, in a destination table, which partition (or incremental run)
@@ -78,6 +83,13 @@ class ParquetCrypto:
 
     def read_properties(self):
         return self._factory.file_decryption_properties(self._connection, self._decryption)
+
+
+def raw_crypto(platform: PlatformConfig) -> ParquetCrypto | None:
+    """How raw and quarantined files are encrypted (None: they are not)."""
+    if not platform.encrypt_raw:
+        return None
+    return ParquetCrypto(provider_for(platform))
 
 
 class PartitionWriter:

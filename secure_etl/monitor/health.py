@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from secure_etl.config import PlatformConfig
+from secure_etl.etl import registry
 from secure_etl.pki.inspect import facts, renewal_threshold_days
 from secure_etl.pki.renewal import certificate_store, current_leaf, inspect_current
 from secure_etl.pki.store import PRIVATE_KEY_CHECK
@@ -161,16 +162,10 @@ def connection_security(platform: PlatformConfig) -> dict:
     certificate and host name checks)."""
     total = verified = 0
     for pipeline in platform.pipelines.values():
-        for end in (pipeline.source, pipeline.destination):
-            if end.type in ("demo", "duckdb"):
-                continue  # no network
-            total += 1
-            if end.type == "postgres":
-                verified += end.sslmode == "verify-full"
-            elif end.type == "bigquery":
-                verified += not end.anonymous and not (end.api_endpoint or "").startswith("http:")
-            else:
-                verified += 1  # https_api: always TLS with verification
+        for end in (registry.source(pipeline.source), registry.destination(pipeline.destination)):
+            if end.networked:
+                total += 1
+                verified += end.verifies_peer
     return {"connections": total, "connections_verified": verified}
 
 

@@ -110,7 +110,7 @@ def _postgres_reload(action: PostgresReloadDeploy, ctx: DeployContext) -> str:
     # psycopg only for servers we manage; the connection rules are the pipelines' own.
     import psycopg
 
-    from secure_etl.etl.postgres import PgEndpoint, PostgresError
+    from secure_etl.security.postgres_tls import PgEndpoint, PostgresError
 
     cert, key = (ctx.client_files or {})[action.client_certificate]
     where = f"{action.host}:{action.port}"

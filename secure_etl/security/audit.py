@@ -35,6 +35,7 @@ from secure_etl.security.files import (
     SECRET_MODE,
     private_dir,
     read_secret,
+    tighten_open_file,
     write_atomic,
     write_secret,
 )
@@ -179,6 +180,7 @@ class AuditLog:
     def _locked(self) -> BinaryIO:
         private_dir(self.path.parent)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, SECRET_MODE)
+        tighten_open_file(fd, self.path)
         handle = os.fdopen(fd, "r+b")
         fcntl.flock(handle, fcntl.LOCK_EX)  # released when the handle closes
         return handle

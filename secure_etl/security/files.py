@@ -183,6 +183,15 @@ def lock_file(path: Path) -> Iterator[BinaryIO]:
         yield handle
 
 
+def tighten_open_file(fd: int, path: Path) -> None:
+    """Repair an open data file that others may use to 0600 (logged): one created before
+    the platform set modes itself, or by hand."""
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
+    if mode & _GROUP_OTHER:
+        os.fchmod(fd, SECRET_MODE)
+        log.warning("%s: mode %04o let others use it; repaired to 0600", path, mode)
+
+
 def owner_only(*paths: Path) -> None:
     """Make existing files 0600 (for files a library creates with the umask's mode)."""
     for path in paths:

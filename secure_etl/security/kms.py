@@ -7,25 +7,15 @@ from __future__ import annotations
 import base64
 import os
 from pathlib import Path
-from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from secure_etl.config import PlatformConfig
 from secure_etl.security.files import read_secret, write_secret
+from secure_etl.security.key_provider import KeyProvider, KeyUnwrapError
 
-
-class KeyUnwrapError(Exception):
-    """A wrapped key that this provider cannot open (another master key, or altered)."""
-
-
-class KeyProvider(Protocol):
-    def wrap(self, key: bytes, key_id: str) -> str:
-        """``key`` encrypted under the master key, as text; ``key_id`` is bound to it."""
-
-    def unwrap(self, wrapped: str, key_id: str) -> bytes:
-        """The key back; KeyUnwrapError if it does not authenticate."""
+__all__ = ["KeyProvider", "KeyUnwrapError", "LocalKeyFile", "provider_for"]
 
 
 class LocalKeyFile:

@@ -17,7 +17,7 @@ import httpx
 
 from secure_etl.config import VaultTransitKms
 from secure_etl.errors import UserError
-from secure_etl.security.kms import KeyUnwrapError
+from secure_etl.security.key_provider import KeyUnwrapError
 
 
 class VaultError(UserError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -35,6 +36,23 @@ def test_standalone_solvers_share_one_listener_per_port():
     second.close()
     with pytest.raises(httpx.ConnectError):
         httpx.get(url + "tok-b")
+
+
+def test_solvers_opening_and_closing_one_port_at_once_never_collide():
+    # `certs renew --all --jobs 8`: one solver closing the port's last use while another
+    # opens it must not find the port still held ("Address already in use"); before the
+    # close moved under the registry's lock, about half of these acquisitions failed.
+    port = free_port()
+
+    def open_and_close(i: int) -> None:
+        solver = Http01Standalone("127.0.0.1", port)
+        try:
+            solver.present(f"{i}.example", f"tok-{i}", f"tok-{i}.thumb")
+        finally:
+            solver.close()
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(open_and_close, range(800)))  # raises the first SolverError
 
 
 def test_webroot_writes_the_token_and_removes_it(tmp_path):

@@ -87,6 +87,29 @@ def test_mock_bigquery_one_load_job_replaces_exactly_the_partition(
     assert len(bigquery_mock.jobs) == 3
 
 
+def test_mock_bigquery_one_pass_loads_the_hashed_rows_in_one_job(
+    write_config, bigquery_mock, instance
+):
+    # BigQuery takes batches as they come like every destination: one_pass: true loads
+    # the same rows as the hashed file, in one job that replaces the partition.
+    config = _config(write_config, bigquery_mock)
+    data = copy.deepcopy(yaml.safe_load(write_config().read_text()))
+    data["pipelines"]["customers"] = {
+        **config.pipelines["customers"].model_dump(mode="json", by_alias=True),
+        "one_pass": True,
+    }
+    config = load_config(write_config(data, "bq-one-pass.yaml"))
+    result = _run(_definitions(config, instance), instance, HOUR)
+
+    assert all(e.passed for e in result.get_asset_check_evaluations())
+    hashed = storage.read_partition(
+        storage.partition_file(config.resolved_state_dir(), "hashed", "customers", HOUR)
+    )
+    loaded = bigquery_mock.tables[TABLE].partitions["2026030110"]
+    assert sorted(loaded["customer_id"].to_pylist()) == sorted(hashed["customer_id"].tolist())
+    assert len(bigquery_mock.jobs) == 1
+
+
 def test_mock_bigquery_a_large_partition_goes_up_as_a_resumable_upload(
     write_config, bigquery_mock, instance
 ):
@@ -101,13 +124,13 @@ def test_mock_bigquery_a_large_partition_goes_up_as_a_resumable_upload(
 def test_mock_bigquery_a_failed_load_job_fails_the_step_with_the_reason(
     write_config, bigquery_mock, instance, monkeypatch
 ):
-    from secure_etl.etl import bigquery_dest
+    from secure_etl.etl.destinations import bigquery as bigquery_dest
 
     # Rows stamped with the wrong hour: BigQuery (and the mock) refuse the load job.
     real = bigquery_dest._with_partition_columns
 
-    def wrong_hour(source, target, partition, start):
-        return real(source, target, partition, start.replace(hour=start.hour + 1))
+    def wrong_hour(batches, schema, target, partition, start):
+        return real(batches, schema, target, partition, start.replace(hour=start.hour + 1))
 
     monkeypatch.setattr(bigquery_dest, "_with_partition_columns", wrong_hour)
     defs = _definitions(_config(write_config, bigquery_mock), instance)

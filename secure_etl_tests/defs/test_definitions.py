@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from dagster import AssetCheckKey, AssetKey
 
@@ -88,6 +90,102 @@ def test_only_the_dagster_layer_imports_dagster():
     assert out.stdout.strip() == "False True"
 
 
+# The layer picture of ARCHITECTURE.md as a table: what each part of secure_etl may
+# import of secure_etl (besides itself). Imports point down; a new top-level module
+# gets its line here. Leaves import nothing of ours.
+_LEAVES = {"errors", "identifiers", "filter_grammar", "cron", "demo"}
+LAYERS = {
+    **{leaf: set() for leaf in _LEAVES},
+    "acme": set(),  # the RFC 8555 client stands alone
+    "config": _LEAVES,
+    "security": {"config", *_LEAVES},
+    "pki": {"acme", "security", "config", *_LEAVES},
+    "etl": {"acme", "security", "config", *_LEAVES},
+    "monitor": {"etl", "pki", "acme", "security", "config", *_LEAVES},
+    "cli": {"defs", "monitor", "etl", "pki", "acme", "security", "config", *_LEAVES},
+    "defs": {"monitor", "etl", "pki", "acme", "security", "config", *_LEAVES},
+    "definitions": {"defs", "config", *_LEAVES},
+}
+DAGSTER_LAYERS = {"defs", "definitions"}
+PACKAGE = Path(__file__).parents[2] / "secure_etl"
+
+
+def _layer(module: str) -> str:
+    """``secure_etl.etl.sources.demo`` -> ``etl``; ``secure_etl.cli_certs`` -> ``cli``."""
+    part = module.split(".")[1] if "." in module else "__init__"
+    return "cli" if part.startswith("cli") else part
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    """Every module ``path`` imports, at the top or inside a function (names from
+    ``from secure_etl import x`` count as the module ``secure_etl.x``)."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+            found.add(base)
+    return found
+
+
+def _modules() -> list[tuple[str, Path]]:
+    out = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out.append((module, path))
+    return out
+
+
+def test_imports_point_down_the_layers():
+    # Every module of the package, new ones included, read as source (lazy imports too).
+    wrong = []
+    for module, path in _modules():
+        layer = _layer(module)
+        if layer == "__init__":
+            continue
+        assert layer in LAYERS, f"{module}: a new layer; give it a line in LAYERS"
+        for target in _imports(path, module):
+            top = target.split(".")[0]
+            if top == "secure_etl" and "." in target:
+                used = _layer(target)
+                if used in LAYERS and used != layer and used not in LAYERS[layer]:
+                    wrong.append(f"{module} imports {target} ({layer} may not use {used})")
+            elif (top == "dagster" or top.startswith("dagster_")) and layer not in DAGSTER_LAYERS:
+                wrong.append(f"{module} imports {target} (only defs/ imports dagster)")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_two_modules_import_each_other():
+    # e.g. security/kms.py and security/vault_transit.py: the shared part is a leaf.
+    modules = dict(_modules())
+    uses = {}
+    for module, path in modules.items():
+        uses[module] = set()
+        for target in _imports(path, module):
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target and target != module and not module.startswith(target + "."):
+                uses[module].add(target)
+    mutual = sorted(f"{a} <-> {b}" for a in uses for b in uses[a] if a < b and a in uses[b])
+    assert not mutual, mutual
+
+
+def test_the_layer_test_sees_an_upward_import(tmp_path):
+    # The reader finds lazy and package-relative imports (what the test above relies on).
+    path = tmp_path / "deploy.py"
+    path.write_text("def f():\n    from secure_etl.etl import registry\n    from ..etl import x\n")
+    found = _imports(path, "secure_etl.pki.deploy")
+    assert {"secure_etl.etl.registry", "secure_etl.etl.x"} <= found
+    assert _layer("secure_etl.etl.registry") not in LAYERS["pki"]
+
+
 def test_the_config_examples_load_and_build(tmp_path, monkeypatch):
     from pathlib import Path
 
@@ -99,3 +197,30 @@ def test_the_config_examples_load_and_build(tmp_path, monkeypatch):
         defs = build_definitions(config)
         for name in config.pipelines:
             assert defs.resolve_job_def(f"{name}_etl")
+
+
+def _described(defs, stage: str) -> tuple:
+    key = AssetKey([stage, "customers"])
+    spec = next(s for s in defs.resolve_assets_def(key).specs if s.key == key)
+    checks = {k for k in defs.resolve_asset_graph().asset_check_keys if k.asset_key == key}
+    return (
+        spec.description,
+        spec.group_name,
+        spec.kinds,
+        {d.asset_key for d in spec.deps},
+        spec.freshness_policy,
+        checks,
+    )
+
+
+def test_the_staged_and_the_one_pass_assets_are_the_same_assets(write_config):
+    data = copy.deepcopy(BASE_CONFIG)
+    staged = build_definitions(load_config(write_config(data)))
+    data["pipelines"]["customers"]["one_pass"] = True
+    one_pass = build_definitions(load_config(write_config(data, "one-pass.yaml")))
+
+    for stage in ("raw", "hashed", "loaded"):
+        assert _described(staged, stage) == _described(one_pass, stage), stage
+    description, _, kinds, _, freshness, checks = _described(one_pass, "loaded")
+    assert description.startswith("The hashed partition in duckdb table customers")
+    assert kinds == {"duckdb"} and freshness is not None and len(checks) == 5

@@ -21,8 +21,8 @@ from secure_etl.defs.build import build_definitions
 from secure_etl.defs.certificates import ALL_CHECKS, RENEWAL_JOB
 from secure_etl.defs.demo import latest_complete_partitions, run_demo
 from secure_etl.defs.pipelines import LOADED_CHECKS
-from secure_etl.etl import duckdb_dest, storage
-from secure_etl.etl.connectors import raw_crypto
+from secure_etl.etl import storage
+from secure_etl.etl.destinations import duckdb as duckdb_dest
 from secure_etl.security.hmac_keys import load_hmac_key
 
 PARTITION = "2026-03-01-10:00"
@@ -67,7 +67,7 @@ def test_pii_is_replaced_by_the_keyed_hmac_and_the_key_id_is_recorded(platform, 
     _materialize(platform, instance)
     state = platform.resolved_state_dir()
     raw = storage.read_partition(
-        storage.partition_file(state, "raw", "customers", PARTITION), raw_crypto(platform)
+        storage.partition_file(state, "raw", "customers", PARTITION), storage.raw_crypto(platform)
     )
     loaded = duckdb_dest.read_partition(state / "warehouse.duckdb", "customers", PARTITION)
     key = load_hmac_key("pseudo-1", platform.keys["pseudo-1"], state)
@@ -208,7 +208,7 @@ def test_every_kind_of_transform_in_one_pipeline(write_config, instance):
     assert all(passed for passed, _ in checks.values()), checks
     state = config.resolved_state_dir()
     raw = storage.read_partition(
-        storage.partition_file(state, "raw", "customers", PARTITION), raw_crypto(config)
+        storage.partition_file(state, "raw", "customers", PARTITION), storage.raw_crypto(config)
     )
     loaded = duckdb_dest.read_partition(state / "warehouse.duckdb", "customers", PARTITION)
     kept = raw.dropna(subset=["customer_id"])
@@ -232,7 +232,7 @@ def test_raw_data_is_encrypted_at_rest_and_a_flipped_byte_is_detected(platform, 
     _materialize(platform, instance)
     state = platform.resolved_state_dir()
     path = storage.partition_file(state, "raw", "customers", PARTITION)
-    crypto = raw_crypto(platform)
+    crypto = storage.raw_crypto(platform)
     frame = storage.read_partition(path, crypto)
     email = frame["email"].dropna().iloc[0]
     assert email.encode() not in path.read_bytes()  # no plaintext on disk
@@ -311,7 +311,7 @@ def test_a_rotated_key_gives_new_data_a_new_id_and_old_pseudonyms_stay_verifiabl
     assert old["email"].str.len().eq(32).all() and new["email"].str.len().eq(32).all()
 
     # `secure-etl keys pseudonym` finds each stored pseudonym under its own key id.
-    crypto = raw_crypto(second)
+    crypto = storage.raw_crypto(second)
     emails = []
     for partition, loaded in (("2026-03-01-10:00", old), ("2026-03-01-11:00", new)):
         raw = storage.read_partition(
@@ -353,7 +353,7 @@ def test_the_leak_guard_finds_a_raw_value_written_to_the_event_log(platform, ins
     assert _checks(result)["no_pii_leak"][0] is True  # previews and logs hold no raw PII
     state = platform.resolved_state_dir()
     raw = storage.read_partition(
-        storage.partition_file(state, "raw", "customers", PARTITION), raw_crypto(platform)
+        storage.partition_file(state, "raw", "customers", PARTITION), storage.raw_crypto(platform)
     )
     email = raw["email"].dropna().iloc[0]
     # A careless log line in the run that made the raw and hashed files...

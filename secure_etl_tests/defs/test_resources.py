@@ -7,8 +7,14 @@ import ssl
 import threading
 
 import pytest
+from dagster import build_asset_context
 
-from secure_etl.defs.resources import certificate_resources, resource_key
+from secure_etl.defs.resources import (
+    CertificateResource,
+    PipelineResources,
+    certificate_resources,
+    resource_key,
+)
 from secure_etl.pki.renewal import ensure_certificate
 
 
@@ -75,3 +81,17 @@ def test_connection_arguments_point_at_the_current_version(resources, platform):
     before = client.fullchain_path.read_bytes()
     ensure_certificate(platform, "etl-client", force=True)
     assert client.fullchain_path.read_bytes() != before  # same path, new certificate
+
+
+def test_a_pipeline_reads_its_certificate_typed_and_refuses_anything_else(resources):
+    key = resource_key("etl-client")
+    wanted = PipelineResources(key)
+    with build_asset_context(resources={key: resources[key]}) as context:
+        certificate = wanted.certificate(context)
+        assert isinstance(certificate, CertificateResource) and certificate.name == "etl-client"
+        assert wanted.bigquery_clients(context) is None
+    with build_asset_context(resources={key: "a path, not a resource"}) as context:
+        with pytest.raises(
+            TypeError, match=f"resource '{key}' is a str, not a CertificateResource"
+        ):
+            wanted.certificate(context)

@@ -11,8 +11,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from secure_etl.etl import duckdb_dest, quality, storage, transforms
-from secure_etl.etl.demo_source import generate_partition
+from secure_etl.etl import quality, storage, transforms
+from secure_etl.etl.destinations import duckdb as duckdb_dest
+from secure_etl.etl.sources.demo import generate_partition
 from secure_etl.etl.transforms import (
     Lineage,
     Pseudonymiser,

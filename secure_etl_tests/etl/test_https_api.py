@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 import pandas as pd
 import pytest
 
-from secure_etl.etl.https_api import ApiError, ApiSource, client_context, fetch_pages
+from secure_etl.etl.sources.https_api import ApiError, ApiSource, client_context, fetch_pages
 from secure_etl.etl.transforms import UNPARSED_COLUMN
 from secure_etl.pki.internal_ca import InternalCA
 from secure_etl.pki.keys import generate_private_key
@@ -443,7 +443,6 @@ def test_a_pipeline_extracts_from_the_api_with_the_platforms_client_certificate(
     from secure_etl.defs.build import build_definitions
     from secure_etl.defs.certificates import RENEWAL_JOB
     from secure_etl.etl import storage
-    from secure_etl.etl.connectors import raw_crypto
     from secure_etl.pki.renewal import certificate_store, ensure_certificate, trust_bundle
 
     for name in ("db-server", "etl-client"):
@@ -498,17 +497,19 @@ def test_a_pipeline_extracts_from_the_api_with_the_platforms_client_certificate(
             config.resolved_state_dir(), "quarantine", "customers", "2026-03-01-10:00"
         )
         assert b"a string" not in qfile.read_bytes()
-        kept = storage.read_partition(qfile, raw_crypto(config))
+        kept = storage.read_partition(qfile, storage.raw_crypto(config))
         assert kept[UNPARSED_COLUMN].tolist() == ['"a string"', "7", "null", '["a", "list"]'] * 3
 
 
 def test_the_pipelines_bounds_reach_the_source(api, pki):
     from secure_etl.config import HttpsApiSource
-    from secure_etl.etl.connectors import ClientTls, source_chunks
+    from secure_etl.etl import registry
+    from secure_etl.etl.connector import ClientTls, Runtime
 
-    source = HttpsApiSource(type="https_api", url=f"{api}/links", max_pages=1)
+    config = HttpsApiSource(type="https_api", url=f"{api}/links", max_pages=1)
+    source = registry.source(config, Runtime(tls=ClientTls(*pki["client"], pki["ca"])))
     with pytest.raises(ApiError, match=r"max_pages \(1\)"):
-        list(source_chunks(source, "2026-03-01-10:00", ClientTls(*pki["client"], pki["ca"])))
+        list(source.chunks("2026-03-01-10:00"))
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
+
+from secure_etl.config import DemoSource
+from secure_etl.demo.schema import PII_COLUMNS, SCHEMA
+from secure_etl.etl.connector import Chunk, Runtime, partition_start
 
 FIRST = [
     "Ada",
@@ -56,21 +61,6 @@ LAST = [
 DOMAINS = ["example.com", "example.org", "example.net", "mail.example"]
 COUNTRIES = ["DE", "FR", "NL", "GB", "US", "CA", "SE", "ES", "IT", "PL"]
 ID_SPACE_PER_PARTITION = 10_000_000
-SCHEMA = {
-    "customer_id": "Int64",
-    "full_name": "string",
-    "email": "string",
-    "phone": "string",
-    "country": "string",
-    "signup_at": "datetime64[us, UTC]",
-    "amount_eur": "float64",
-}
-PII_COLUMNS = ("full_name", "email", "phone")
-
-
-def partition_start(partition_key: str) -> dt.datetime:
-    """'2026-11-28-13:00' -> 2026-11-28 13:00 UTC (Dagster's hourly key format)."""
-    return dt.datetime.strptime(partition_key, "%Y-%m-%d-%H:%M").replace(tzinfo=dt.UTC)
 
 
 def generate_partition(
@@ -105,3 +95,27 @@ def generate_partition(
     bad = rng.random(rows) < bad_row_rate
     frame.loc[bad, "customer_id"] = pd.NA
     return frame
+
+
+class DemoReader:
+    """The demo source: generated in the process, no connection to verify."""
+
+    networked = False
+    verifies_peer = False
+    pii_columns = PII_COLUMNS
+
+    def __init__(self, config: DemoSource, runtime: Runtime | None = None) -> None:
+        self.config = config
+
+    def describe(self) -> str:
+        return f"demo(seed={self.config.seed})"
+
+    def known_columns(self) -> set[str]:
+        return self.config.known_columns()
+
+    def chunks(self, partition: str) -> Iterator[Chunk]:
+        c = self.config
+        yield generate_partition(partition, c.rows_per_partition, c.seed, c.bad_row_rate)
+
+    def chunks_since(self, since: dt.datetime | None) -> Iterator[Chunk]:
+        raise ValueError(f"{self.describe()}: the source is not incremental")

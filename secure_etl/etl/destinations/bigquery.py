@@ -11,39 +11,57 @@ from __future__ import annotations
 import datetime as dt
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from google.cloud import bigquery
 
+from secure_etl.config import BigQueryDestination
 from secure_etl.etl import storage
-from secure_etl.etl.demo_source import partition_start
+from secure_etl.etl.connector import Runtime, partition_start
 from secure_etl.etl.storage import PARTITION_COLUMN
 from secure_etl.etl.transforms import SeenKeys
 
 PARTITION_START = "_partition_start"
-ClientFactory = Callable[[], AbstractContextManager[bigquery.Client]]
 
 
 class BigQueryError(Exception):
     """A load job or a read that BigQuery refused; says which table and why."""
 
 
-@dataclass(frozen=True)
 class BigQueryTable:
-    clients: ClientFactory
-    project: str
-    dataset: str
-    table: str
-    timeout_s: float = 600
+    """An hour-partitioned BigQuery table; the client comes from the Dagster layer."""
+
+    networked = True
+    needs_bigquery_client = True
+
+    def __init__(self, config: BigQueryDestination, runtime: Runtime | None = None) -> None:
+        self.config = config
+        self.project, self.dataset, self.table = config.project, config.dataset, config.table
+        self.timeout_s = config.timeout_s
+        self._clients = (runtime or Runtime()).bigquery_clients
 
     @property
     def description(self) -> str:
         return f"bigquery {self.project}.{self.dataset}.{self.table}"
+
+    def describe(self) -> str:
+        return self.description
+
+    @property
+    def verifies_peer(self) -> bool:
+        c = self.config
+        return not c.anonymous and not (c.api_endpoint or "").startswith("http:")
+
+    def known_columns(self) -> set[str] | None:
+        return None
+
+    def clients(self):
+        if self._clients is None:
+            raise ValueError(f"{self.description} needs a BigQuery client factory")
+        return self._clients()
 
     def _partition_id(self, partition: str) -> str:
         start = partition_start(partition)
@@ -51,6 +69,12 @@ class BigQueryTable:
 
     def load(self, partition: str, hashed: Path) -> int:
         """One load job (Parquet) that replaces the partition's hour and nothing else."""
+        return self.load_batches(
+            partition, storage.iter_partition(hashed), storage.partition_schema(hashed)
+        )
+
+    def load_batches(self, partition: str, batches: Iterable[pa.Table], schema: pa.Schema) -> int:
+        """The batches written to a load file as they come, then one load job."""
         start = partition_start(partition)
         job_config = bigquery.LoadJobConfig(
             source_format=bigquery.SourceFormat.PARQUET,
@@ -60,13 +84,13 @@ class BigQueryTable:
                 type_=bigquery.TimePartitioningType.HOUR, field=PARTITION_START
             ),
         )
-        # The load file: the hashed partition plus the two partition columns, written
-        # batch by batch to an owner-only temporary file (memory stays bounded).
+        # The load file: the hashed rows plus the two partition columns, written batch
+        # by batch to an owner-only temporary file (memory stays bounded).
         fd, name = tempfile.mkstemp(prefix="secure-etl-bq-", suffix=".parquet")
         os.close(fd)
         path = Path(name)
         try:
-            _with_partition_columns(hashed, path, partition, start)
+            _with_partition_columns(batches, schema, path, partition, start)
             with self.clients() as client, path.open("rb") as handle:
                 job = client.load_table_from_file(
                     handle,
@@ -115,13 +139,14 @@ class BigQueryTable:
         raise BigQueryError(f"{self.description}: incremental merges are not supported")
 
 
-def _with_partition_columns(source: Path, target: Path, partition: str, start: dt.datetime):
-    schema = storage.partition_schema(source)
+def _with_partition_columns(
+    batches: Iterable[pa.Table], schema: pa.Schema, target: Path, partition: str, start: dt.datetime
+) -> None:
     schema = schema.append(pa.field(PARTITION_COLUMN, pa.string())).append(
         pa.field(PARTITION_START, pa.timestamp("us", "UTC"))
     )
     with pq.ParquetWriter(target, schema, compression="lz4") as writer:
-        for table in storage.iter_partition(source):
+        for table in batches:
             n = table.num_rows
             writer.write_table(
                 table.append_column(PARTITION_COLUMN, pa.array([partition] * n, pa.string()))

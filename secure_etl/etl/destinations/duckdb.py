@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -11,16 +10,17 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
+from secure_etl.config import DuckDBDestination
+from secure_etl.etl.connector import Runtime
 from secure_etl.etl.storage import PARTITION_COLUMN
+from secure_etl.identifiers import is_sql_name
 from secure_etl.security.files import owner_only, private_dir
-
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
 def _quoted(identifier: str) -> str:
     """A name checked against a strict pattern, then quoted; values are always bound as
     parameters, so this is the only text that goes into SQL."""
-    if not _IDENTIFIER.match(identifier):
+    if not is_sql_name(identifier):
         raise ValueError(f"invalid identifier {identifier!r}")
     return f'"{identifier}"'
 
@@ -165,3 +165,43 @@ def partition_chunks(
 def table_rows(path: Path, table: str) -> int:
     with duckdb.connect(str(path), read_only=True) as con:
         return con.execute(f"SELECT count(*) FROM {_quoted(table)}").fetchone()[0]
+
+
+class DuckDBTable:
+    """A table in a local DuckDB file (relative paths are under the state directory)."""
+
+    networked = False
+    verifies_peer = False
+    needs_bigquery_client = False
+
+    def __init__(self, config: DuckDBDestination, runtime: Runtime | None = None) -> None:
+        self.config = config
+        path = Path(config.path)
+        state_dir = (runtime or Runtime()).state_dir
+        self.path = path if path.is_absolute() or state_dir is None else state_dir / path
+        self.table = config.table
+
+    @property
+    def description(self) -> str:
+        return f"{self.path}:{self.table}"
+
+    def describe(self) -> str:
+        return self.description
+
+    def known_columns(self) -> set[str] | None:
+        return None
+
+    def load(self, partition: str, hashed: Path) -> int:
+        return load_partition(self.path, self.table, partition, hashed)
+
+    def load_batches(self, partition: str, batches: Iterator[pa.Table], schema: pa.Schema) -> int:
+        return load_partition_stream(self.path, self.table, partition, batches, schema)
+
+    def stats(self, partition: str, key_column: str) -> dict:
+        return partition_stats(self.path, self.table, partition, key_column)
+
+    def chunks(self, partition: str, columns: Sequence[str]) -> Iterator[pa.Table]:
+        return partition_chunks(self.path, self.table, partition, columns)
+
+    def merge(self, batch_id: str, hashed: Path, key_column: str) -> int:
+        return merge_batch(self.path, self.table, batch_id, key_column, hashed)

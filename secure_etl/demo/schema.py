@@ -1,0 +1,13 @@
+"""The demo dataset's columns: a leaf module, so config validation and the demo source
+share them without config importing the ETL code."""
+
+SCHEMA = {
+    "customer_id": "Int64",
+    "full_name": "string",
+    "email": "string",
+    "phone": "string",
+    "country": "string",
+    "signup_at": "datetime64[us, UTC]",
+    "amount_eur": "float64",
+}
+PII_COLUMNS = ("full_name", "email", "phone")

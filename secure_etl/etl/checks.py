@@ -1,0 +1,165 @@
+"""The checks of a loaded partition as plain functions. Each returns a ``CheckResult``
+(passed, severity, a description with counts only, metadata as plain numbers); defs/
+turns them into Dagster's ``AssetCheckResult``. No value of the data ever goes into a
+result."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+
+from secure_etl.etl import quality, storage
+from secure_etl.security.audit import AuditLog, verify_log
+
+# Name -> what the check asserts (the check specs' descriptions).
+LOADED_CHECKS = {
+    "rows_reconcile": "raw rows = loaded + quarantined + filtered rows for the partition",
+    "null_rate": "no column of the loaded partition exceeds the configured null rate",
+    "unique_keys": "the key column has no duplicates in the loaded partition",
+    "no_pii_leak": "no raw PII value appears in the hashed or loaded partition",
+    "audit_chain": "the audit log's hash chain and signed checkpoints verify",
+}
+
+Severity = Literal["error", "warn"]
+Chunks = Callable[[Sequence[str]], Iterable[pa.Table]]  # columns -> the partition's tables
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    passed: bool
+    description: str
+    metadata: dict[str, int | float] = field(default_factory=dict)
+    severity: Severity = "error"
+
+
+@dataclass(frozen=True)
+class StageFiles:
+    """One partition's files: raw and quarantine (encrypted with ``crypto`` if set), hashed."""
+
+    raw: Path
+    hashed: Path
+    quarantine: Path
+    crypto: storage.ParquetCrypto | None = None
+
+    @classmethod
+    def of(
+        cls, state: Path, pipeline: str, partition: str, crypto: storage.ParquetCrypto | None
+    ) -> StageFiles:
+        def file(stage: str) -> Path:
+            return storage.partition_file(state, stage, pipeline, partition)
+
+        return cls(file("raw"), file("hashed"), file("quarantine"), crypto)
+
+
+def rows_reconcile(files: StageFiles, loaded_rows: int) -> CheckResult:
+    """Every raw row is loaded, quarantined or filtered out."""
+    raw = storage.partition_rows(files.raw, files.crypto)
+    quarantined = (
+        storage.partition_rows(files.quarantine, files.crypto) if files.quarantine.exists() else 0
+    )
+    filtered = storage.read_counts(files.hashed).get("filtered", 0)
+    reconciled = raw == loaded_rows + quarantined + filtered
+    return CheckResult(
+        "rows_reconcile",
+        reconciled,
+        f"raw {raw} {'=' if reconciled else '!='} loaded {loaded_rows} "
+        f"+ quarantined {quarantined} + filtered {filtered}",
+        {"raw": raw, "loaded": loaded_rows, "quarantined": quarantined, "filtered": filtered},
+    )
+
+
+def null_rate(stats: dict, limit: float, exempt: Iterable[str] = ()) -> CheckResult:
+    """No column's share of nulls (from a destination's ``stats``) is above ``limit``;
+    ``exempt`` columns (masked to null) are null by design."""
+    skip = set(exempt)
+    rates = {c: r for c, r in quality.null_rates(stats).items() if c not in skip}
+    worst = max(rates, key=rates.get) if rates else ""
+    return CheckResult(
+        "null_rate",
+        not worst or rates[worst] <= limit,
+        f"highest null rate {rates.get(worst, 0):.4f} in {worst or '-'} (limit {limit})",
+        {"max_null_rate": rates.get(worst, 0.0)},
+    )
+
+
+def unique_keys(stats: dict, key_column: str) -> CheckResult:
+    """No two loaded rows of the partition share a key (from a destination's ``stats``)."""
+    duplicates = stats["duplicate_keys"]
+    return CheckResult(
+        "unique_keys",
+        duplicates == 0,
+        f"{duplicates} rows repeat a {key_column} already in the partition",
+        {"duplicate_rows": duplicates},
+    )
+
+
+def no_pii_leak(
+    files: StageFiles,
+    pii: Sequence[str],
+    loaded: Chunks,
+    texts: Mapping[str, Callable[[], Iterable[str]]] | None = None,
+) -> CheckResult:
+    """No raw value of a ``pii`` column appears in the hashed file, the loaded rows or
+    the free ``texts`` (logs, metadata). The description counts per place, never values."""
+    raw_columns = set(storage.partition_schema(files.raw, files.crypto).names)
+    loaded_columns = list(storage.partition_schema(files.hashed).names)
+    leaks = quality.pii_leaks(
+        lambda: storage.iter_partition(
+            files.raw, columns=[c for c in pii if c in raw_columns], crypto=files.crypto
+        ),
+        pii,
+        {
+            "hashed": lambda: storage.iter_partition(files.hashed),
+            "loaded": lambda: loaded(loaded_columns),
+        },
+        texts,
+    )
+    return CheckResult(
+        "no_pii_leak",
+        not leaks,
+        "no raw PII value found downstream"
+        if not leaks
+        else "raw PII values found in " + ", ".join(f"{c} ({n})" for c, n in leaks.items()),
+        {"leaked_values": sum(leaks.values())},
+    )
+
+
+def audit_chain(audit: AuditLog) -> CheckResult:
+    """The audit log's hash chain and signed checkpoints verify."""
+    verdict = verify_log(audit)
+    return CheckResult(
+        "audit_chain",
+        verdict.ok,
+        f"{verdict.records} records, {verdict.checkpoints} signed checkpoints verify"
+        if verdict.ok
+        else verdict.problem,
+        {"records": verdict.records, "checkpoints": verdict.checkpoints},
+    )
+
+
+def loaded_checks(
+    files: StageFiles,
+    stats: dict,
+    loaded: Chunks,
+    *,
+    key_column: str,
+    max_null_rate: float,
+    nulled: Iterable[str],
+    pii: Sequence[str],
+    audit: AuditLog,
+    texts: Mapping[str, Callable[[], Iterable[str]]] | None = None,
+) -> list[CheckResult]:
+    """Every check of LOADED_CHECKS for one load, in that order: ``stats`` and
+    ``loaded`` are the destination's for the loaded partition."""
+    return [
+        rows_reconcile(files, stats["rows"]),
+        null_rate(stats, max_null_rate, nulled),
+        unique_keys(stats, key_column),
+        no_pii_leak(files, pii, loaded, texts),
+        audit_chain(audit),
+    ]

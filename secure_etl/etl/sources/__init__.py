@@ -1,0 +1,1 @@
+"""Sources: one module per ``type:``, registered in ``secure_etl.etl.registry``."""
