@@ -32,7 +32,7 @@ from secure_etl import filter_grammar
 from secure_etl.cron import check_cron
 from secure_etl.demo.schema import SCHEMA as DEMO_SCHEMA
 from secure_etl.errors import UserError, escape_controls
-from secure_etl.identifiers import is_dns_name, is_ip_address
+from secure_etl.identifiers import SQL_NAME_PATTERN, is_dns_name, is_ip_address
 
 CONFIG_ENV = "SECURE_ETL_CONFIG"
 STATE_DIR_ENV = "SECURE_ETL_STATE_DIR"
@@ -40,6 +40,10 @@ STATE_DIR_ENV = "SECURE_ETL_STATE_DIR"
 KeyType = Literal["ec256", "ec384", "rsa2048", "rsa3072", "rsa4096"]
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
 KeyId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
+SqlName = Annotated[str, Field(pattern=SQL_NAME_PATTERN)]  # a schema, table or column
+BigQueryName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,1023}$")]  # its limit
+
+
 class _FromConfigDir:
     """Marks a path that, when relative, is relative to the config file's directory."""
 
@@ -301,8 +305,8 @@ class _PostgresConnection(_Strict):
     port: int = Field(5432, ge=1, le=65535)
     dbname: str
     user: str
-    db_schema: str = Field("public", alias="schema", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-    table: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+    db_schema: SqlName = Field("public", alias="schema")
+    table: SqlName
     # Roots that verify the server (default: those of the pipeline's client certificate).
     ca_bundle: LocalPath | None = None
     sslmode: Literal["verify-full", "verify-ca", "require", "disable"] = "verify-full"
@@ -325,7 +329,7 @@ class IncrementalCursor(_Strict):
     committed late with an earlier cursor value are still picked up, and the destination
     merges by the key, so reading a row twice does not duplicate it."""
 
-    cursor_column: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+    cursor_column: SqlName
     lag_s: float = Field(300, ge=0)
 
 
@@ -334,7 +338,7 @@ class PostgresSource(_PostgresConnection, _SourceConfig):
     the partition's hour; with ``incremental``, those past the last high-water mark."""
 
     type: Literal["postgres"]
-    time_column: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+    time_column: SqlName | None = None
     incremental: IncrementalCursor | None = None
     columns: list[str] | None = None
     # Rows per chunk (and per Parquet row group): small chunks keep memory low and cost
@@ -463,7 +467,7 @@ class DuckDBDestination(_Strict):
     type: Literal["duckdb"]
     merges_by_key: ClassVar[bool] = True  # takes incremental runs
     path: str = "warehouse.duckdb"
-    table: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+    table: SqlName
 
     def target(self) -> str:
         """Where the rows land, for telling whether two pipelines share a table."""
@@ -490,8 +494,8 @@ class BigQueryDestination(_Strict):
     type: Literal["bigquery"]
     merges_by_key: ClassVar[bool] = False  # one load job replaces a partition
     project: str = Field(pattern=r"^[a-z][a-z0-9-]{4,61}[a-z0-9]$")
-    dataset: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,1023}$")
-    table: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,1023}$")
+    dataset: BigQueryName
+    table: BigQueryName
     location: str | None = None
     credentials_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     api_endpoint: str | None = Field(None, pattern=r"^https?://")

@@ -498,10 +498,10 @@ def test_the_health_report_says_whether_the_checkpoint_key_is_pinned(platform, w
     audit.append("CN=x", "extract")
     audit.checkpoint()
     now = dt.datetime.now(dt.UTC)
-    assert audit_status(platform, now)["audit_key_pinned"] is False
+    assert audit_status(platform, now).audit_key_pinned is False
     pinned = copy.deepcopy(BASE_CONFIG) | {"audit": {"public_key": _pin(audit)}}
     status = audit_status(load_config(write_config(pinned, "pinned.yaml")), now)
-    assert status["audit_key_pinned"] is True and status["audit_chain_ok"] is True
+    assert status.audit_key_pinned is True and status.audit_chain_ok is True
 
 
 @given(

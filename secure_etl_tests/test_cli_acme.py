@@ -277,3 +277,24 @@ def test_a_config_with_an_http_acme_directory_is_refused_at_load(tmp_path):
         f"secure-etl: {config}: issuers.le.directory_url: 'http://ca.test/dir' is not an "
         "https:// URL; ACME directories must use https"
     )
+
+
+def test_acme_issue_flags_become_the_configs_challenge_model(monkeypatch):
+    from secure_etl.cli import _parser
+    from secure_etl.cli.acme import _challenge
+    from secure_etl.config import Dns01Rfc2136Challenge
+
+    monkeypatch.setenv("SECURE_ETL_TSIG_SECRET", "c2VjcmV0")
+    args = _parser().parse_args(
+        ["acme", "issue", "-d", "a.example", "--directory", "https://ca/dir", "--out", "o"]
+        + ["--dns-01", "rfc2136", "--rfc2136-server", "127.0.0.1:5353"]
+        + ["--rfc2136-key-name", "k.", "--rfc2136-algorithm", "hmac-sha512"]
+    )
+    assert _challenge(args) == Dns01Rfc2136Challenge(
+        type="dns-01-rfc2136",
+        server="127.0.0.1:5353",
+        key_name="k.",
+        key_secret_env="SECURE_ETL_TSIG_SECRET",
+        algorithm="hmac-sha512",
+        propagation_servers=["127.0.0.1:5353"],
+    )

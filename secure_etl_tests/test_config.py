@@ -272,3 +272,14 @@ def test_the_bundled_demo_keeps_its_state_in_the_working_directory(tmp_path, mon
     monkeypatch.delenv("SECURE_ETL_STATE_DIR", raising=False)
     monkeypatch.chdir(tmp_path)
     assert load_config(default_config_path()).resolved_state_dir() == tmp_path / ".secure_etl"
+
+
+@pytest.mark.parametrize("bad", ["customers; DROP TABLE x", "1st", "a" * 64, 'q"uote'])
+def test_a_sql_name_that_is_not_plain_is_refused_at_load(write_config, bad):
+    from secure_etl.identifiers import is_sql_name
+
+    pipeline = next(iter(BASE_CONFIG["pipelines"]))
+    data = _with(lambda d: d["pipelines"][pipeline]["destination"].update(table=bad))
+    err = _error(write_config, data)
+    assert err.key == f"pipelines.{pipeline}.destination.table"
+    assert not is_sql_name(bad) and is_sql_name("customers_2") and is_sql_name("_" + "a" * 62)

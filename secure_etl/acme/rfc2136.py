@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import dns.exception
 import dns.message
 import dns.name
@@ -14,6 +16,7 @@ import dns.update
 
 from secure_etl.acme.challenges import SolverError
 from secure_etl.acme.propagation import hostport, wait_for_txt
+from secure_etl.acme.retry import Backoff, GaveUp, retry
 
 __all__ = ["TSIG_ALGORITHMS", "Rfc2136Provider", "wait_for_txt"]  # wait_for_txt: old home
 
@@ -22,6 +25,9 @@ TSIG_ALGORITHMS = {
     "hmac-sha384": "hmac-sha384.",
     "hmac-sha512": "hmac-sha512.",
 }
+
+EXCHANGE_RETRY = Backoff(attempts=3, first_s=0.2, max_s=1.0)
+_TRANSIENT = (dns.exception.Timeout, ConnectionError)
 
 
 class Rfc2136Provider:
@@ -45,6 +51,21 @@ class Rfc2136Provider:
         self.key_name, self.algorithm = key_name, TSIG_ALGORITHMS[algorithm]
         self.zone, self.ttl, self.timeout_s = zone, ttl, timeout_s
 
+    def _exchange(self, send, message: dns.message.Message) -> dns.message.Message:
+        """``send`` (UDP or TCP) ``message``, again after a timeout or a refused or reset
+        connection (a server restarting), all within ``timeout_s``; an update adds or
+        deletes one exact record, so sending it twice does no harm."""
+        deadline = time.monotonic() + self.timeout_s
+
+        def once(_attempt: int) -> dns.message.Message:
+            left = max(0.001, deadline - time.monotonic())
+            return send(message, self.host, left, port=self.port)
+
+        try:
+            return retry(once, EXCHANGE_RETRY, deadline=deadline, retry_on=_TRANSIENT)
+        except GaveUp as gave_up:
+            raise gave_up.last or dns.exception.Timeout() from None
+
     def _zone_of(self, fqdn: str) -> dns.name.Name:
         """The configured zone, else the closest enclosing name the server has an SOA for."""
         if self.zone:
@@ -53,7 +74,7 @@ class Rfc2136Provider:
         while name != dns.name.root:
             query = dns.message.make_query(name, dns.rdatatype.SOA)
             try:
-                answer = dns.query.udp(query, self.host, self.timeout_s, port=self.port)
+                answer = self._exchange(dns.query.udp, query)
             except (dns.exception.DNSException, OSError) as err:
                 raise SolverError(
                     f"dns-01 rfc2136: SOA query to {self.host}:{self.port}: {err}"
@@ -74,7 +95,7 @@ class Rfc2136Provider:
         else:
             update.delete(name, dns.rdatatype.TXT, f'"{value}"')
         try:
-            response = dns.query.tcp(update, self.host, self.timeout_s, port=self.port)
+            response = self._exchange(dns.query.tcp, update)
         except dns.tsig.PeerError as err:
             raise SolverError(
                 f"dns-01 rfc2136 {action} {fqdn}: {self.host}:{self.port} refused the TSIG "

@@ -32,49 +32,48 @@ from secure_etl.defs.certificates import certificate_check_keys
 from secure_etl.defs.check_state import latest_check_evaluations
 from secure_etl.defs.pipelines import LOADED_CHECKS, pipeline_job_name, stage_key
 from secure_etl.monitor import health
+from secure_etl.monitor.health import HealthReport, PipelineHealth, SecurityHealth
 
 HEALTH_KEY = AssetKey(["operations", "health_report"])
 HEALTH_JOB = "health_report"
 
 
-def collect(platform: PlatformConfig, instance: DagsterInstance | None) -> dict:
+def collect(platform: PlatformConfig, instance: DagsterInstance | None) -> HealthReport:
     """The whole report; without an instance, the Dagster parts are left empty."""
     now = dt.datetime.now(dt.UTC)
     certificates = health.certificate_status(platform, now)
     pipelines = [
-        _pipeline(platform, name, instance, now) if instance else {"name": name}
+        _pipeline(platform, name, instance, now) if instance else PipelineHealth(name)
         for name in platform.pipelines
     ]
-    security = {
-        **health.connection_security(platform),
-        **health.audit_status(platform, now),
-        "failed_authentications_30d": _auth_failures(instance, now) if instance else 0,
-    }
+    security = SecurityHealth.of(
+        health.connection_security(platform),
+        health.audit_status(platform, now),
+        _auth_failures(instance, now) if instance else 0,
+    )
     limit = platform.monitoring.certificate_checks_max_age_hours
     for row in certificates:
         latest = (
-            latest_check_evaluations(instance, certificate_check_keys(platform, row["name"]))
+            latest_check_evaluations(instance, certificate_check_keys(platform, row.name))
             if instance
             else {}
         )
         if latest:
             newest = max(e.timestamp for e in latest.values())
-            row["checks_age_hours"] = round((now.timestamp() - newest) / 3600, 2)
-            row["checks_fresh"] = row["checks_age_hours"] <= limit
-        else:
-            row["checks_age_hours"], row["checks_fresh"] = None, False
-    report = {
-        "generated_at": now.isoformat(timespec="seconds"),
-        "instance": "dagster" if instance else "none (set DAGSTER_HOME)",
-        "pipelines": pipelines,
-        "certificates": certificates,
-        "security": security,
-    }
-    report["problems"] = _problems(report, platform)
+            row.checks_age_hours = round((now.timestamp() - newest) / 3600, 2)
+            row.checks_fresh = row.checks_age_hours <= limit
+    report = HealthReport(
+        generated_at=now.isoformat(timespec="seconds"),
+        instance="dagster" if instance else "none (set DAGSTER_HOME)",
+        pipelines=pipelines,
+        certificates=certificates,
+        security=security,
+    )
+    report.problems = _problems(report, platform)
     return report
 
 
-def report_for(platform: PlatformConfig) -> dict:
+def report_for(platform: PlatformConfig) -> HealthReport:
     """The report from ``$DAGSTER_HOME``'s instance, else ``./.dagster_home`` (where
     ``make demo`` keeps its runs), else without run history."""
     home = os.environ.get("DAGSTER_HOME")
@@ -86,20 +85,18 @@ def report_for(platform: PlatformConfig) -> dict:
         return collect(platform, instance)
 
 
-def _pipeline(platform: PlatformConfig, name: str, instance, now: dt.datetime) -> dict:
-    row: dict = {"name": name}
+def _pipeline(platform: PlatformConfig, name: str, instance, now: dt.datetime) -> PipelineHealth:
+    row = PipelineHealth(name)
     runs = instance.get_run_records(RunsFilter(job_name=pipeline_job_name(name)), limit=1)
     if runs:
         run = runs[0]
-        row.update(
-            last_run_id=run.dagster_run.run_id,
-            last_run_status=run.dagster_run.status.value,
-            last_run_ended_at=run.end_time
-            and dt.datetime.fromtimestamp(run.end_time, dt.UTC).isoformat(timespec="seconds"),
-            last_run_duration_s=round(run.end_time - run.start_time, 2)
-            if run.end_time and run.start_time
-            else None,
-        )
+        row.last_run_id = run.dagster_run.run_id
+        row.last_run_status = run.dagster_run.status.value
+        row.last_run_ended_at = run.end_time and dt.datetime.fromtimestamp(
+            run.end_time, dt.UTC
+        ).isoformat(timespec="seconds")
+        if run.end_time and run.start_time:
+            row.last_run_duration_s = round(run.end_time - run.start_time, 2)
     loaded = instance.fetch_materializations(
         AssetRecordsFilter(asset_key=stage_key("loaded", name)), limit=1
     ).records
@@ -108,15 +105,13 @@ def _pipeline(platform: PlatformConfig, name: str, instance, now: dt.datetime) -
         metadata = record.asset_materialization.metadata
         at = dt.datetime.fromtimestamp(record.timestamp, dt.UTC)
         age = (now - at).total_seconds() / 3600
-        row.update(
-            rows_loaded=int(metadata["rows"].value) if "rows" in metadata else None,
-            last_partition=record.partition_key or record.run_id,
-            loaded_at=at.isoformat(timespec="seconds"),
-            age_hours=round(age, 2),
-            fresh=age <= platform.monitoring.loaded_max_lag_hours,
-        )
+        row.rows_loaded = int(metadata["rows"].value) if "rows" in metadata else None
+        row.last_partition = record.partition_key or record.run_id
+        row.loaded_at = at.isoformat(timespec="seconds")
+        row.age_hours = round(age, 2)
+        row.fresh = age <= platform.monitoring.loaded_max_lag_hours
     else:
-        row["fresh"] = False
+        row.fresh = False
     checks = latest_check_evaluations(
         instance, [_loaded_check(name, check) for check in LOADED_CHECKS]
     )
@@ -125,16 +120,14 @@ def _pipeline(platform: PlatformConfig, name: str, instance, now: dt.datetime) -
     if reconcile:
         m = reconcile.metadata
         raw, loaded_rows = m.get("raw", 0) or 0, m.get("loaded", 0) or 0
-        row.update(
-            quarantine_rate=round(m.get("quarantined", 0) / raw, 4) if raw else 0.0,
-            filtered_rows=m.get("filtered"),
-        )
+        row.quarantine_rate = round(m.get("quarantined", 0) / raw, 4) if raw else 0.0
+        row.filtered_rows = m.get("filtered")
         dup = by_name.get("unique_keys")
         if dup and loaded_rows:
-            row["duplicate_rate"] = round(dup.metadata.get("duplicate_rows", 0) / loaded_rows, 4)
+            row.duplicate_rate = round(dup.metadata.get("duplicate_rows", 0) / loaded_rows, 4)
     if "null_rate" in by_name:
-        row["null_rate"] = by_name["null_rate"].metadata.get("max_null_rate")
-    row["failing_checks"] = sorted(n for n, e in by_name.items() if not e.passed) or None
+        row.null_rate = by_name["null_rate"].metadata.get("max_null_rate")
+    row.failing_checks = sorted(n for n, e in by_name.items() if not e.passed) or None
     return row
 
 
@@ -161,38 +154,37 @@ def _auth_failures(instance: DagsterInstance, now: dt.datetime) -> int:
     return count
 
 
-def _problems(report: dict, platform: PlatformConfig) -> list[str]:
+def _problems(report: HealthReport, platform: PlatformConfig) -> list[str]:
     problems = []
-    for p in report["pipelines"]:
-        if p.get("last_run_status") == "FAILURE":
-            problems.append(f"pipeline {p['name']}: the last run failed ({p['last_run_id']})")
-        if p.get("fresh") is False:
-            age = p.get("age_hours")
+    for p in report.pipelines:
+        if p.last_run_status == "FAILURE":
+            problems.append(f"pipeline {p.name}: the last run failed ({p.last_run_id})")
+        if p.fresh is False:
             problems.append(
-                f"pipeline {p['name']}: nothing loaded for {age} h "
+                f"pipeline {p.name}: nothing loaded for {p.age_hours} h "
                 f"(limit {platform.monitoring.loaded_max_lag_hours} h)"
-                if age is not None
-                else f"pipeline {p['name']}: never loaded"
+                if p.age_hours is not None
+                else f"pipeline {p.name}: never loaded"
             )
-        if p.get("failing_checks"):
-            problems.append(f"pipeline {p['name']}: failing {', '.join(p['failing_checks'])}")
-    for c in report["certificates"]:
-        if not c["ready"]:
-            problems.append(f"certificate {c['name']}: failing {', '.join(c['failing_checks'])}")
+        if p.failing_checks:
+            problems.append(f"pipeline {p.name}: failing {', '.join(p.failing_checks)}")
+    for c in report.certificates:
+        if not c.ready:
+            problems.append(f"certificate {c.name}: failing {', '.join(c.failing_checks)}")
         limit = platform.monitoring.certificate_checks_max_age_hours
-        if c.get("checks_age_hours") is None:
-            problems.append(f"certificate {c['name']}: no check evaluation found")
-        elif not c["checks_fresh"]:
+        if c.checks_age_hours is None:
+            problems.append(f"certificate {c.name}: no check evaluation found")
+        elif not c.checks_fresh:
             problems.append(
-                f"certificate {c['name']}: checks last ran {c['checks_age_hours']} h ago "
+                f"certificate {c.name}: checks last ran {c.checks_age_hours} h ago "
                 f"(limit {limit} h)"
             )
-    s = report["security"]
-    if not s["audit_chain_ok"]:
-        problems.append(f"audit log: {s['audit_problem']}")
-    if s["connections_verified"] < s["connections"]:
+    s = report.security
+    if not s.audit_chain_ok:
+        problems.append(f"audit log: {s.audit_problem}")
+    if s.connections_verified < s.connections:
         problems.append(
-            f"{s['connections'] - s['connections_verified']} connections do not verify their peer"
+            f"{s.connections - s.connections_verified} connections do not verify their peer"
         )
     return problems
 
@@ -238,18 +230,18 @@ def health_definitions(platform: PlatformConfig):
     def health_report(context) -> MaterializeResult:
         report = collect(platform, context.instance)
         health.write_prometheus(report, prom)
-        context.log.info(f"health: {len(report['problems'])} problems; metrics in {prom}")
-        stale = [p["name"] for p in report["pipelines"] if not p.get("fresh")]
-        unchecked = [c["name"] for c in report["certificates"] if not c.get("checks_fresh")]
-        s = report["security"]
+        context.log.info(f"health: {len(report.problems)} problems; metrics in {prom}")
+        stale = [p.name for p in report.pipelines if not p.fresh]
+        unchecked = [c.name for c in report.certificates if not c.checks_fresh]
+        s = report.security
         return MaterializeResult(
             metadata={
                 "report": MetadataValue.md(health.render_markdown(report)),
-                "problems": len(report["problems"]),
-                "certificates_ready": sum(c["ready"] for c in report["certificates"]),
-                "certificates": len(report["certificates"]),
-                "connections_verified": f"{s['connections_verified']}/{s['connections']}",
-                "audit_chain_ok": s["audit_chain_ok"],
+                "problems": len(report.problems),
+                "certificates_ready": sum(c.ready for c in report.certificates),
+                "certificates": len(report.certificates),
+                "connections_verified": f"{s.connections_verified}/{s.connections}",
+                "audit_chain_ok": s.audit_chain_ok,
                 "prometheus_textfile": str(prom),
             },
             check_results=[

@@ -1,6 +1,7 @@
 """The health report: what is true now about pipelines, certificates, data quality and
-security, as a JSON-able dict, rendered as Markdown (the UI), text (the terminal) and
-Prometheus text format (node_exporter's textfile collector).
+security, as typed rows (``HealthReport``; ``as_dict`` for JSON), rendered as Markdown
+(the UI), text (the terminal) and Prometheus text format (node_exporter's textfile
+collector).
 
 The Dagster side (runs, materializations, check evaluations) is collected in
 ``defs/health.py``; this module reads the certificate store, the config and the audit
@@ -9,9 +10,10 @@ log, and renders. Certificate gauges are named like cert-manager's.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from secure_etl.config import PlatformConfig
@@ -19,7 +21,7 @@ from secure_etl.etl import registry
 from secure_etl.pki.inspect import facts, renewal_threshold_days
 from secure_etl.pki.renewal import certificate_store, current_leaf, inspect_current
 from secure_etl.pki.store import PRIVATE_KEY_CHECK
-from secure_etl.security.audit import platform_audit_log, verify_log
+from secure_etl.security.audit import platform_audit_log, read_records, verify_log
 from secure_etl.security.files import write_atomic
 
 PREFIX = "secure_etl"
@@ -33,16 +35,104 @@ AUTH_FAILURE = re.compile(
 )
 
 
-def certificate_status(platform: PlatformConfig, now: dt.datetime) -> list[dict]:
+@dataclass
+class PipelineHealth:
+    """One pipeline: its last run, its last load and its data checks (None: unknown,
+    e.g. without a Dagster instance)."""
+
+    name: str
+    last_run_id: str | None = None
+    last_run_status: str | None = None  # a DagsterRunStatus value: SUCCESS, FAILURE...
+    last_run_ended_at: str | None = None
+    last_run_duration_s: float | None = None
+    rows_loaded: int | None = None
+    last_partition: str | None = None
+    loaded_at: str | None = None
+    age_hours: float | None = None
+    fresh: bool | None = None
+    quarantine_rate: float | None = None
+    filtered_rows: int | None = None
+    duplicate_rate: float | None = None
+    null_rate: float | None = None
+    failing_checks: list[str] | None = None
+
+
+@dataclass
+class CertificateHealth:
+    """One configured certificate as the store holds it now."""
+
+    name: str
+    issuer: str
+    use: str
+    serial: str | None = None
+    not_after: str | None = None
+    days_left: float | None = None
+    issued_at: str | None = None
+    next_renewal_due: str | None = None
+    ready: bool = False
+    failing_checks: list[str] = field(default_factory=list)
+    checks_age_hours: float | None = None  # since the newest check evaluation
+    checks_fresh: bool = False
+
+
+@dataclass(frozen=True)
+class AuditHealth:
+    audit_chain_ok: bool
+    audit_records: int
+    audit_checkpoints: int
+    audit_problem: str
+    audit_key_pinned: bool  # else checked with the key beside it
+    renewals_30d: int
+
+
+@dataclass(frozen=True)
+class SecurityHealth:
+    connections: int
+    connections_verified: int
+    audit_chain_ok: bool
+    audit_records: int
+    audit_checkpoints: int
+    audit_problem: str
+    audit_key_pinned: bool
+    renewals_30d: int
+    failed_authentications_30d: int = 0
+
+    @classmethod
+    def of(
+        cls, connections: dict, audit: AuditHealth, failed_authentications_30d: int
+    ) -> SecurityHealth:
+        """From ``connection_security``'s counts, the audit status and the failed logins."""
+        return cls(
+            **connections,
+            **dataclasses.asdict(audit),
+            failed_authentications_30d=failed_authentications_30d,
+        )
+
+
+@dataclass
+class HealthReport:
+    generated_at: str
+    instance: str  # "dagster", or why there is none
+    pipelines: list[PipelineHealth]
+    certificates: list[CertificateHealth]
+    security: SecurityHealth
+    problems: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        """The JSON form (``secure-etl status --json``)."""
+        return dataclasses.asdict(self)
+
+
+def certificate_status(platform: PlatformConfig, now: dt.datetime) -> list[CertificateHealth]:
     """Per certificate: issuer, serial, days left, when it was issued, when renewal is due,
     and whether every check passes now (inspected from the store, as the checks do)."""
     out = []
     for name, cert in platform.certificates.items():
-        row: dict = {"name": name, "issuer": cert.issuer, "use": cert.use}
         leaf = current_leaf(platform, name)
         if leaf is None:
-            row.update(ready=False, failing_checks=["not issued"])
-            out.append(row)
+            out.append(
+                CertificateHealth(name, cert.issuer, cert.use, failing_checks=["not issued"])
+            )
             continue
         info = facts(leaf, now)
         threshold = renewal_threshold_days(
@@ -51,7 +141,10 @@ def certificate_status(platform: PlatformConfig, now: dt.datetime) -> list[dict]
         failing = [r.name for r in inspect_current(platform, name) or [] if not r.passed]
         if certificate_store(platform).private_key_problem(name):
             failing.append(PRIVATE_KEY_CHECK)
-        row.update(
+        row = CertificateHealth(
+            name,
+            cert.issuer,
+            cert.use,
             serial=info.serial,
             not_after=info.not_after.isoformat(),
             days_left=round(info.days_remaining, 2),
@@ -76,30 +169,25 @@ def connection_security(platform: PlatformConfig) -> dict:
     return {"connections": total, "connections_verified": verified}
 
 
-def audit_status(platform: PlatformConfig, now: dt.datetime) -> dict:
+def audit_status(platform: PlatformConfig, now: dt.datetime) -> AuditHealth:
+    """Whether the audit log verifies, and how many certificates it says were issued or
+    renewed in the last 30 days."""
     log = platform_audit_log(platform)
     verdict = verify_log(log)
     since = now - dt.timedelta(days=30)
-    renewals = 0
-    if log.path.exists():
-        with log.path.open("rb") as handle:
-            for line in handle:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue  # the verdict names it
-                if record.get("action") in ("certificate.issued", "certificate.renewed") and (
-                    dt.datetime.fromisoformat(record["time"]) >= since
-                ):
-                    renewals += 1
-    return {
-        "audit_chain_ok": verdict.ok,
-        "audit_records": verdict.records,
-        "audit_checkpoints": verdict.checkpoints,
-        "audit_problem": verdict.problem or "",
-        "audit_key_pinned": log.public_key is not None,  # else checked with the key beside it
-        "renewals_30d": renewals,
-    }
+    renewals = sum(
+        record.get("action") in ("certificate.issued", "certificate.renewed")
+        and dt.datetime.fromisoformat(record["time"]) >= since
+        for record in read_records(log)
+    )
+    return AuditHealth(
+        audit_chain_ok=verdict.ok,
+        audit_records=verdict.records,
+        audit_checkpoints=verdict.checkpoints,
+        audit_problem=verdict.problem or "",
+        audit_key_pinned=log.public_key is not None,
+        renewals_30d=renewals,
+    )
 
 
 def _cell(value) -> str:
@@ -114,11 +202,11 @@ def _cell(value) -> str:
     return str(value).replace("|", "/")
 
 
-def _table(rows: list[dict], columns: list[tuple[str, str]]) -> list[str]:
+def _table(rows: list, columns: list[tuple[str, str]]) -> list[str]:
     lines = ["| " + " | ".join(title for _, title in columns) + " |"]
     lines.append("|" + "---|" * len(columns))
     for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(key)) for key, _ in columns) + " |")
+        lines.append("| " + " | ".join(_cell(getattr(row, key)) for key, _ in columns) + " |")
     return lines
 
 
@@ -152,41 +240,41 @@ CERT_COLUMNS = [
 ]
 
 
-def render_markdown(report: dict) -> str:
-    s = report["security"]
-    lines = [f"## secure_etl health, {report['generated_at']}", ""]
-    if report.get("instance") != "dagster":
+def render_markdown(report: HealthReport) -> str:
+    s = report.security
+    lines = [f"## secure_etl health, {report.generated_at}", ""]
+    if report.instance != "dagster":
         lines += [
             "No Dagster instance (set DAGSTER_HOME): runs and check results are left out.",
             "",
         ]
     lines += ["### Pipelines", ""]
-    lines += _table(report["pipelines"], PIPELINE_COLUMNS)
-    lines += ["", "### Data quality", ""] + _table(report["pipelines"], QUALITY_COLUMNS)
-    lines += ["", "### Certificates", ""] + _table(report["certificates"], CERT_COLUMNS)
+    lines += _table(report.pipelines, PIPELINE_COLUMNS)
+    lines += ["", "### Data quality", ""] + _table(report.pipelines, QUALITY_COLUMNS)
+    lines += ["", "### Certificates", ""] + _table(report.certificates, CERT_COLUMNS)
     share = (
-        f"{s['connections_verified'] / s['connections']:.0%}"
-        if s["connections"]
+        f"{s.connections_verified / s.connections:.0%}"
+        if s.connections
         else "no network connections"
     )
     lines += [
         "",
         "### Security",
         "",
-        f"- connections verified: {s['connections_verified']}/{s['connections']} ({share})",
-        f"- failed authentications (30 days): {s['failed_authentications_30d']}",
-        f"- certificate issuances and renewals (30 days): {s['renewals_30d']}",
-        f"- audit chain: {'verifies' if s['audit_chain_ok'] else 'BROKEN: ' + s['audit_problem']}"
-        f" ({s['audit_records']} records, {s['audit_checkpoints']} signed checkpoints"
-        + ("" if s.get("audit_key_pinned", True) else "; key NOT pinned: set audit.public_key")
+        f"- connections verified: {s.connections_verified}/{s.connections} ({share})",
+        f"- failed authentications (30 days): {s.failed_authentications_30d}",
+        f"- certificate issuances and renewals (30 days): {s.renewals_30d}",
+        f"- audit chain: {'verifies' if s.audit_chain_ok else 'BROKEN: ' + s.audit_problem}"
+        f" ({s.audit_records} records, {s.audit_checkpoints} signed checkpoints"
+        + ("" if s.audit_key_pinned else "; key NOT pinned: set audit.public_key")
         + ")",
     ]
-    if report.get("problems"):
-        lines += ["", "### Needs attention", ""] + [f"- {p}" for p in report["problems"]]
+    if report.problems:
+        lines += ["", "### Needs attention", ""] + [f"- {p}" for p in report.problems]
     return "\n".join(lines) + "\n"
 
 
-def render_text(report: dict) -> str:
+def render_text(report: HealthReport) -> str:
     """The terminal form: the Markdown without its table rules."""
     return (
         "\n".join(
@@ -211,7 +299,7 @@ def _timestamp(text: str) -> float:
     return dt.datetime.fromisoformat(text).timestamp()
 
 
-# (metric, help, field of a report row, how to turn it into a number)
+# (metric, help, attribute of a report row, how to turn it into a number)
 CERTIFICATE_GAUGES = [
     (
         "certificate_expiration_timestamp_seconds",
@@ -276,7 +364,7 @@ SECURITY_GAUGES = [
 ]
 
 
-def render_prometheus(report: dict) -> str:
+def render_prometheus(report: HealthReport) -> str:
     """Prometheus text exposition format. Certificate gauges follow cert-manager's names
     (``…_certificate_expiration_timestamp_seconds``, ``…_certificate_ready_status``)."""
     out: list[str] = []
@@ -288,15 +376,16 @@ def render_prometheus(report: dict) -> str:
             f"{PREFIX}_{name}{_labels(**labels)} {float(value)!r}" for labels, value in samples
         )
 
-    def each(rows, labels, field, number):
-        return [(labels(r), number(r[field])) for r in rows if r.get(field) is not None]
+    def each(rows, labels, name, number):
+        values = ((r, getattr(r, name)) for r in rows)
+        return [(labels(r), number(value)) for r, value in values if value is not None]
 
-    certs, pipelines = report["certificates"], report["pipelines"]
-    cert_labels = lambda c: {"name": c["name"], "issuer": c["issuer"]}  # noqa: E731
-    for name, text, field, number in CERTIFICATE_GAUGES:
-        gauge(name, text, each(certs, cert_labels, field, number))
+    certs, pipelines = report.certificates, report.pipelines
+    cert_labels = lambda c: {"name": c.name, "issuer": c.issuer}  # noqa: E731
+    for name, text, attribute, number in CERTIFICATE_GAUGES:
+        gauge(name, text, each(certs, cert_labels, attribute, number))
     ready = [
-        ({**cert_labels(c), "condition": cond}, c["ready"] == (cond == "True"))
+        ({**cert_labels(c), "condition": cond}, c.ready == (cond == "True"))
         for c in certs
         for cond in ("True", "False")
     ]
@@ -308,20 +397,20 @@ def render_prometheus(report: dict) -> str:
     gauge(
         "pipeline_last_run_success",
         "1 if the pipeline's last run succeeded, 0 if it failed or none finished.",
-        [({"pipeline": p["name"]}, p.get("last_run_status") == "SUCCESS") for p in pipelines],
+        [({"pipeline": p.name}, p.last_run_status == "SUCCESS") for p in pipelines],
     )
-    for name, text, field, number in PIPELINE_GAUGES:
-        gauge(name, text, each(pipelines, lambda p: {"pipeline": p["name"]}, field, number))
-    for name, text, field, number in SECURITY_GAUGES:
-        gauge(name, text, each([report["security"]], lambda _: {}, field, number))
+    for name, text, attribute, number in PIPELINE_GAUGES:
+        gauge(name, text, each(pipelines, lambda p: {"pipeline": p.name}, attribute, number))
+    for name, text, attribute, number in SECURITY_GAUGES:
+        gauge(name, text, each([report.security], lambda _: {}, attribute, number))
     gauge(
         "health_report_timestamp_seconds",
         "When this report was made: alert if it gets old (the scheduler stalled).",
-        [({}, _timestamp(report["generated_at"]))],
+        [({}, _timestamp(report.generated_at))],
     )
     return "\n".join(out) + "\n"
 
 
-def write_prometheus(report: dict, path: Path) -> None:
+def write_prometheus(report: HealthReport, path: Path) -> None:
     """Atomically (the collector must never read half a file), world-readable."""
     write_atomic(Path(path), render_prometheus(report).encode(), mode=0o644)

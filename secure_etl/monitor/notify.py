@@ -1,8 +1,9 @@
 """Notifications through Slack incoming webhooks, a generic JSON webhook and SMTP.
 
 Every URL and secret comes from the environment (the config names the variables). A
-delivery is retried with exponential backoff; what still fails is reported back to the
-caller, never raised, so a broken channel cannot stop the sensor that notifies.
+delivery is retried with exponential backoff, never sooner than a server's Retry-After;
+what still fails is reported back to the caller, never raised, so a broken channel
+cannot stop the sensor that notifies.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from email.message import EmailMessage
 
 import httpx
 
+from secure_etl.acme.retry import Backoff, GaveUp, retry
+from secure_etl.acme.transport import parse_retry_after
 from secure_etl.config import AlertsConfig, EmailChannel, SlackChannel, WebhookChannel
 
 
@@ -53,7 +56,12 @@ class Delivery:
 
 
 class DeliveryError(Exception):
-    pass
+    """A channel refused or could not take a notification; ``retry_after``: the seconds
+    its server asked us to wait (Retry-After), if it said."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Channel:
@@ -83,7 +91,8 @@ class _Http(Channel):
             reason = str(err).replace(url, f"${self.url_env}")
             raise DeliveryError(f"{self.name}: {type(err).__name__}: {reason}") from None
         if not response.is_success:
-            raise DeliveryError(f"{self.name}: HTTP {response.status_code}")
+            wait = parse_retry_after(response.headers.get("Retry-After"))
+            raise DeliveryError(f"{self.name}: HTTP {response.status_code}", retry_after=wait)
 
 
 class Slack(_Http):
@@ -177,23 +186,26 @@ def deliver(
 
 
 def _deliver_one(notification, channel, attempts, backoff_s, log, sleep, deadline) -> Delivery:
-    error = "no time left in this round"
-    for attempt in range(1, attempts + 1):
-        if deadline is not None and time.monotonic() >= deadline:
-            return Delivery(channel.name, False, attempt - 1, error)
+    tried = 0
+
+    def send(attempt: int) -> None:
+        nonlocal tried
+        tried = attempt
         try:
             channel.send(notification)
-            return Delivery(channel.name, True, attempt)
         except DeliveryError as err:
-            error = str(err)
-        except Exception as err:  # a bug in one channel must not stop the others
-            error = f"{channel.name}: {type(err).__name__}: {err}"
-            log(error)
-            return Delivery(channel.name, False, attempt, error)
-        log(f"{channel.name}: attempt {attempt}/{attempts} failed: {error}")
-        if attempt < attempts:
-            delay = backoff_s * 2 ** (attempt - 1)
-            if deadline is not None:
-                delay = min(delay, max(0.0, deadline - time.monotonic()))
-            sleep(delay)
-    return Delivery(channel.name, False, attempts, error)
+            log(f"{channel.name}: attempt {attempt}/{attempts} failed: {err}")
+            raise
+
+    # No wait longer than the backoff's own last one: a Retry-After beyond it gives up.
+    policy = Backoff(attempts, backoff_s, max_s=backoff_s * 2 ** max(0, attempts - 2))
+    try:
+        retry(send, policy, deadline=deadline, retry_on=DeliveryError, sleep=sleep)
+    except GaveUp as gave_up:
+        error = str(gave_up.last) if gave_up.last else "no time left in this round"
+        return Delivery(channel.name, False, gave_up.attempts, error)
+    except Exception as err:  # a bug in one channel must not stop the others
+        error = f"{channel.name}: {type(err).__name__}: {err}"
+        log(error)
+        return Delivery(channel.name, False, tried, error)
+    return Delivery(channel.name, True, tried)

@@ -39,12 +39,14 @@ from secure_etl.config import (
     AcmeIssuer as AcmeIssuerConfig,
 )
 from secure_etl.config import (
+    Challenge,
     Dns01ChallTestSrvChallenge,
     Dns01ExecChallenge,
     Dns01Rfc2136Challenge,
     Http01StandaloneChallenge,
     Http01WebrootChallenge,
 )
+from secure_etl.errors import UserError
 from secure_etl.pki.inspect import load_pem_chain, system_trust_bundle
 from secure_etl.pki.issuer import IssuedCertificate, Use
 from secure_etl.pki.keys import PrivateKey, generate_private_key, load_private_key, private_key_pem
@@ -74,11 +76,12 @@ def _utc_now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat()
 
 
-class AcmeConfigError(Exception):
+class AcmeConfigError(UserError):
     """An ACME issuer setting that cannot work (a missing environment variable...)."""
 
 
-def build_solver(challenge) -> Solver:
+def build_solver(challenge: Challenge) -> Solver:
+    """The solver for a challenge model: the one factory, for the config and the CLI."""
     from secure_etl.acme.propagation import propagation_wait
     from secure_etl.acme.route53 import Route53Provider, missing_environment
     from secure_etl.acme.tls_alpn import TlsAlpn01
@@ -298,6 +301,7 @@ class AcmeIssuer:
         identifiers: Sequence[str],
         use: Use,
         key: PrivateKey,
+        *,
         previous: x509.Certificate | None = None,
     ) -> IssuedCertificate:
         """Issue through ACME. An order left by a killed process is resumed with its key.
@@ -340,7 +344,9 @@ class AcmeIssuer:
         state_file.unlink(missing_ok=True)
         key_file.unlink(missing_ok=True)
         pem = [c.public_bytes(serialization.Encoding.PEM) for c in certs]
-        return IssuedCertificate(pem[0], b"".join(pem[1:]), private_key_pem(key))
+        return IssuedCertificate(
+            pem[0], b"".join(pem[1:]), private_key_pem(key), order_url=self.last_order_url
+        )
 
     def _issue_once(self, client, identifiers, key, solver, order_url, remember, replaces):
         options = {

@@ -10,8 +10,15 @@ from dataclasses import dataclass
 import httpx
 from cryptography.hazmat.primitives import hashes
 
+from secure_etl.acme.retry import Backoff, GaveUp, TryAgain, retry
+from secure_etl.acme.transport import parse_retry_after
 from secure_etl.config import CommandDeploy, DeployAction, PostgresReloadDeploy, WebhookDeploy
 from secure_etl.pki.endpoints import EndpointError, served_leaf
+
+# A webhook that is down or busy is asked again, within its timeout_s, never sooner
+# than its Retry-After; any other refusal is final.
+WEBHOOK_RETRY = Backoff(attempts=3, first_s=0.5, max_s=5.0)
+WEBHOOK_RETRY_STATUSES = {429, 502, 503, 504}
 
 
 class DeployError(Exception):
@@ -71,11 +78,28 @@ def _call_webhook(action: WebhookDeploy, ctx: DeployContext) -> str:
     if not url:
         raise DeployError(f"deploy webhook: environment variable {action.url_env} is not set")
     payload = {"certificate": ctx.certificate, "version": ctx.version, "event": ctx.event}
-    try:
-        response = httpx.post(url, json=payload, timeout=action.timeout_s)
+    deadline = time.monotonic() + action.timeout_s
+
+    def post(_attempt: int) -> httpx.Response:
+        left = max(0.001, deadline - time.monotonic())
+        response = httpx.post(url, json=payload, timeout=left)
+        if response.status_code in WEBHOOK_RETRY_STATUSES:
+            wait = parse_retry_after(response.headers.get("Retry-After"))
+            raise TryAgain(f"HTTP {response.status_code}", retry_after=wait)
         response.raise_for_status()
-    except httpx.HTTPError as err:
+        return response
+
+    try:
+        response = retry(
+            post, WEBHOOK_RETRY, deadline=deadline, retry_on=(TryAgain, httpx.TransportError)
+        )
+    except GaveUp as gave_up:
         # The URL may carry a token: name the variable, not the URL.
+        why = gave_up.last if isinstance(gave_up.last, TryAgain) else type(gave_up.last).__name__
+        raise DeployError(
+            f"deploy webhook ${action.url_env} failed after {gave_up.attempts} attempts: {why}"
+        ) from None
+    except httpx.HTTPError as err:
         raise DeployError(
             f"deploy webhook ${action.url_env} failed: {type(err).__name__}"
         ) from None
@@ -111,14 +135,20 @@ def _postgres_reload(action: PostgresReloadDeploy, ctx: DeployContext) -> str:
         raise DeployError(f"postgres_reload {where}: pg_reload_conf() returned false")
     # The postmaster reloads asynchronously: wait until new connections get the new leaf.
     wanted = f"sha256:{ctx.fingerprint[:16]} (serial {ctx.serial:x})"
-    deadline = time.monotonic() + action.timeout_s
-    while True:
-        try:
-            served = served_leaf(action.host, action.port, "postgres")
-            if served.fingerprint(hashes.SHA256()).hex() == ctx.fingerprint:
-                return f"postgres_reload {where}: serving {wanted}"
-        except EndpointError:
-            pass
-        if time.monotonic() > deadline:
-            raise DeployError(f"postgres_reload {where}: still not serving {wanted}")
-        time.sleep(0.05)
+
+    def served(_attempt: int) -> str:
+        leaf = served_leaf(action.host, action.port, "postgres")
+        if leaf.fingerprint(hashes.SHA256()).hex() != ctx.fingerprint:
+            raise TryAgain("an older certificate is served")
+        return f"postgres_reload {where}: serving {wanted}"
+
+    poll = Backoff(attempts=None, first_s=0.05, max_s=0.05)
+    try:
+        return retry(
+            served,
+            poll,
+            deadline=time.monotonic() + action.timeout_s,
+            retry_on=(TryAgain, EndpointError),
+        )
+    except GaveUp:
+        raise DeployError(f"postgres_reload {where}: still not serving {wanted}") from None

@@ -86,6 +86,10 @@ class InternalCA:
         """Where the root is (or will be once the first certificate is issued)."""
         return self.root_path
 
+    def renewal_due(self, leaf: x509.Certificate, now: dt.datetime | None = None) -> str | None:
+        """Never: our own schedule alone decides when a leaf of this CA is renewed."""
+        return None
+
     def ensure_root(self) -> tuple[x509.Certificate, PrivateKey]:
         """Load the root, creating it (under a lock) the first time."""
         private_dir(self.directory, holds_keys=True)
@@ -138,10 +142,12 @@ class InternalCA:
         use: Use,
         key: PrivateKey,
         *,
+        previous: x509.Certificate | None = None,
         not_before: dt.datetime | None = None,
         lifetime: dt.timedelta | None = None,
     ) -> IssuedCertificate:
-        """Sign a leaf for ``identifiers`` (DNS names or IPs) with the EKU ``use`` needs."""
+        """Sign a leaf for ``identifiers`` (DNS names or IPs) with the EKU ``use`` needs
+        (``previous`` changes nothing: a new leaf is signed either way)."""
         if not identifiers:
             raise ValueError("a certificate needs at least one identifier")
         root, ca_key = self.ensure_root()

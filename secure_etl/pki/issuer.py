@@ -1,11 +1,14 @@
-"""What every issuer (internal CA now, ACME next) hands to the certificate store."""
+"""What every issuer (the internal CA, ACME) offers renewal and hands to the store."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
+
+from cryptography import x509
 
 from secure_etl.pki.keys import PrivateKey
 
@@ -19,6 +22,7 @@ class IssuedCertificate:
     cert_pem: bytes
     chain_pem: bytes
     key_pem: bytes
+    order_url: str | None = None  # ACME: the order that produced it
 
     @property
     def fullchain_pem(self) -> bytes:
@@ -28,8 +32,20 @@ class IssuedCertificate:
 class Issuer(Protocol):
     name: str
 
-    def issue(self, identifiers: Sequence[str], use: Use, key: PrivateKey) -> IssuedCertificate:
-        """Issue a certificate for ``identifiers`` fit for ``use`` with ``key``."""
+    def issue(
+        self,
+        identifiers: Sequence[str],
+        use: Use,
+        key: PrivateKey,
+        *,
+        previous: x509.Certificate | None = None,
+    ) -> IssuedCertificate:
+        """Issue a certificate for ``identifiers`` fit for ``use`` with ``key``;
+        ``previous`` is the certificate it replaces, if any."""
+        ...
+
+    def renewal_due(self, leaf: x509.Certificate, now: dt.datetime | None = None) -> str | None:
+        """Why the issuer wants ``leaf`` renewed before our own schedule says, or None."""
         ...
 
     def trust_bundle(self) -> Path | None:

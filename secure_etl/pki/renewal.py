@@ -107,7 +107,7 @@ def ensure_certificate(
     started = time.monotonic()
     cert: CertificateConfig = config.certificates[name]
     store = certificate_store(config)
-    issuer = None
+    order_url = None
     with store.lock(name):
         reason = _why_renew(config, name, force)
         if reason is None:
@@ -130,14 +130,12 @@ def ensure_certificate(
                 log(f"{name}: {'renewing' if outcome == 'renewed' else 'issuing'} because {reason}")
             issuer = build_issuer(config, cert.issuer, log=log)
             key = _key_for(store, name, cert)
-            if isinstance(issuer, AcmeIssuer):
-                previous = current_leaf(config, name)
-                issued = issuer.issue(cert.identifiers, cert.use, key, previous=previous)
-            else:
-                issued = issuer.issue(cert.identifiers, cert.use, key)
+            previous = current_leaf(config, name)
+            issued = issuer.issue(cert.identifiers, cert.use, key, previous=previous)
             _verify(config, name, issued)
             _audit_install(config, name, issued.cert_pem, "certificate.installing")  # intent
             version = store.install(name, issued, keep=cert.keep_versions)
+            order_url = issued.order_url
             _audit_install(config, name, issued.cert_pem, f"certificate.{outcome}", version=version)
     # Deploy outside the lock: a slow reload must not block the next renewal check.
     deployed = run_deploy_actions(cert.deploy, _deploy_context(config, name, version, outcome))
@@ -149,7 +147,7 @@ def ensure_certificate(
         time.monotonic() - started,
         deployed,
         issuer=cert.issuer,
-        order_url=getattr(issuer, "last_order_url", None),
+        order_url=order_url,
     )
 
 
@@ -255,11 +253,10 @@ def _why_renew(config: PlatformConfig, name: str, force: bool) -> str | None:
     failed = [r for r in results if not r.passed]
     if failed:
         return "; ".join(f"{r.name}: {r.reason}" for r in failed)
-    issuer = build_issuer(config, config.certificates[name].issuer)
-    if isinstance(issuer, AcmeIssuer):
-        # The CA may want it sooner than our policy (a mass revocation, say): ARI.
-        return issuer.renewal_due(current_leaf(config, name))
-    return None
+    # The issuer may want it sooner than our policy (a mass revocation, say: ACME's ARI).
+    return build_issuer(config, config.certificates[name].issuer).renewal_due(
+        current_leaf(config, name)
+    )
 
 
 def current_leaf(config: PlatformConfig, name: str) -> x509.Certificate | None:

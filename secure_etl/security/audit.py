@@ -520,3 +520,17 @@ def verify(
                 tuple(torn),
             )
     return Verdict(True, count, len(points), torn=tuple(torn))
+
+
+def read_records(log: AuditLog) -> Iterator[dict]:
+    """The log's records, oldest first, without checking them (``verify`` does that):
+    lines that do not parse (a torn write) are passed over; no log, no records."""
+    if not log.path.exists():
+        return
+    for _number, _offset, line in _lines(log.path):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            yield record

@@ -294,3 +294,24 @@ def test_no_attempt_starts_after_the_deadline():
     [tried] = deliver(note, [Down()], attempts=3, backoff_s=0.5, sleep=slept.append)
     assert (tried.ok, tried.attempts, tried.error) == (False, 3, "down: HTTP 503")
     assert Down.calls == 3 and slept == [0.5, 1.0]  # exponential backoff
+
+
+def test_a_channels_retry_after_is_waited_out_and_one_past_the_backoff_gives_up():
+    class Busy(Channel):
+        name = "busy"
+
+        def __init__(self, wait: float) -> None:
+            self.wait, self.calls = wait, 0
+
+        def send(self, notification):
+            self.calls += 1
+            if self.calls == 1:
+                raise DeliveryError("busy: HTTP 429", retry_after=self.wait)
+
+    note = Notification("check_failed", "t", "x", "WARN", "k")
+    slept = []
+    [ok] = deliver(note, [Busy(1.5)], attempts=3, backoff_s=1.0, sleep=slept.append)
+    assert (ok.ok, ok.attempts, slept) == (True, 2, [1.5])  # not the 1 s backoff
+    patient = Busy(3600)
+    [gave_up] = deliver(note, [patient], attempts=3, backoff_s=1.0, sleep=slept.append)
+    assert (gave_up.ok, gave_up.attempts, patient.calls, slept) == (False, 1, 1, [1.5])

@@ -23,9 +23,9 @@ SAMPLE = re.compile(r'^[a-z_][a-z0-9_]*(\{([a-z_]+="[^"]*",?)*\})? -?[0-9.e+-]+$
 def test_failures_stale_data_and_a_broken_audit_chain_show_up(platform, instance):
     # Nothing has run: no loads, no certificates.
     report = collect(platform, instance)
-    assert report["pipelines"][0]["fresh"] is False
-    assert all(not c["ready"] for c in report["certificates"])
-    assert "pipeline customers: never loaded" in report["problems"]
+    assert report.pipelines[0].fresh is False
+    assert all(not c.ready for c in report.certificates)
+    assert "pipeline customers: never loaded" in report.problems
 
     defs = build_definitions(platform)
     defs.resolve_job_def(RENEWAL_JOB).execute_in_process(instance=instance)
@@ -44,21 +44,21 @@ def test_failures_stale_data_and_a_broken_audit_chain_show_up(platform, instance
     extract.execute_in_process(instance=instance, raise_on_error=False)
 
     report = collect(platform, instance)
-    [pipeline] = report["pipelines"]
-    assert pipeline["last_run_status"] == "SUCCESS" and pipeline["rows_loaded"] > 150
+    [pipeline] = report.pipelines
+    assert pipeline.last_run_status == "SUCCESS" and pipeline.rows_loaded > 150
     # The demo partition is from March: loaded just now, so fresh by the load time.
-    assert pipeline["fresh"] is True and pipeline["last_partition"] == PARTITION
-    assert all(c["ready"] and c["checks_fresh"] for c in report["certificates"])
-    assert report["security"]["failed_authentications_30d"] == 1
-    assert report["security"]["audit_chain_ok"] is True
+    assert pipeline.fresh is True and pipeline.last_partition == PARTITION
+    assert all(c.ready and c.checks_fresh for c in report.certificates)
+    assert report.security.failed_authentications_30d == 1
+    assert report.security.audit_chain_ok is True
 
     # A tampered audit log is reported, in the report and in the metrics.
     log = platform.resolved_state_dir() / "audit" / "audit.log"
     lines = log.read_text().splitlines()
     log.write_text("\n".join(lines[:1] + lines[2:]) + "\n")
     report = collect(platform, instance)
-    assert report["security"]["audit_chain_ok"] is False
-    assert any(p.startswith("audit log: ") for p in report["problems"])
+    assert report.security.audit_chain_ok is False
+    assert any(p.startswith("audit log: ") for p in report.problems)
     assert "BROKEN" in render_markdown(report)
     metrics = render_prometheus(report)
     assert "secure_etl_audit_chain_ok 0.0" in metrics
@@ -120,6 +120,37 @@ def test_without_an_instance_the_report_says_what_it_left_out(platform):
     from secure_etl.monitor.health import render_text
 
     report = collect(platform, None)
-    assert report["instance"].startswith("none")
-    assert "certificate etl-client: no check evaluation found" in report["problems"]
+    assert report.instance.startswith("none")
+    assert "certificate etl-client: no check evaluation found" in report.problems
     assert "No Dagster instance (set DAGSTER_HOME)" in render_text(report)
+
+
+def test_the_json_form_keeps_its_shape(platform):
+    import json
+
+    report = json.loads(json.dumps(collect(platform, None).as_dict()))
+    assert list(report) == [
+        "generated_at",
+        "instance",
+        "pipelines",
+        "certificates",
+        "security",
+        "problems",
+    ]
+    assert list(report["security"]) == [
+        "connections",
+        "connections_verified",
+        "audit_chain_ok",
+        "audit_records",
+        "audit_checkpoints",
+        "audit_problem",
+        "audit_key_pinned",
+        "renewals_30d",
+        "failed_authentications_30d",
+    ]
+    [pipeline] = report["pipelines"]
+    assert pipeline["name"] == "customers" and pipeline["fresh"] is None
+    cert = next(c for c in report["certificates"] if c["name"] == "etl-client")
+    assert cert["ready"] is False and cert["failing_checks"] == ["not issued"]
+    assert cert["checks_age_hours"] is None and cert["checks_fresh"] is False
+    assert report["problems"] and all(isinstance(p, str) for p in report["problems"])

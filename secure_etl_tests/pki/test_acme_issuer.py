@@ -69,6 +69,7 @@ def test_an_interrupted_issuance_resumes_the_same_order(acme_platform, monkeypat
     issued = issuer.issue(["web.example.com"], "server", generate_private_key("ec256"))
 
     assert issuer.last_order_url == first_order
+    assert issued.order_url == first_order  # what renewal reports
     assert b"BEGIN CERTIFICATE" in issued.cert_pem
     assert not list((issuer.directory / "orders").iterdir())
 

@@ -157,3 +157,12 @@ def test_an_interrupted_install_leaves_the_previous_version_and_no_debris(
     assert store.current_version("svc") == before
     assert store.versions("svc") == [before]
     assert not list((tmp_path / "certs" / "svc" / "versions").glob(".staging-*"))
+
+
+def test_the_internal_ca_leaves_renewal_to_our_schedule_and_ignores_the_previous_leaf(ca):
+    first = ca.issue(["r.internal"], "server", generate_private_key("ec256"))
+    leaf = x509.load_pem_x509_certificate(first.cert_pem)
+    second = ca.issue(["r.internal"], "server", generate_private_key("ec256"), previous=leaf)
+    assert ca.renewal_due(leaf) is None
+    assert x509.load_pem_x509_certificate(second.cert_pem).serial_number != leaf.serial_number
+    assert first.order_url is None

@@ -95,6 +95,41 @@ def test_a_deploy_webhook_is_called_with_a_json_notice(write_config, monkeypatch
     assert result.deployed == ["webhook $DEPLOY_URL answered 204"]
 
 
+def test_a_busy_deploy_webhook_is_asked_again_after_its_retry_after(write_config, monkeypatch):
+    import time
+
+    answers, asked_at = [503, 204], []
+
+    class Busy(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (the http.server API)
+            self.rfile.read(int(self.headers["Content-Length"]))
+            asked_at.append(time.monotonic())
+            self.send_response(answers.pop(0))
+            self.send_header("Retry-After", "1")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Busy)
+    threading.Thread(
+        target=lambda: [server.handle_request() for _ in range(2)], daemon=True
+    ).start()
+    monkeypatch.setenv("DEPLOY_URL", f"http://127.0.0.1:{server.server_port}/hook")
+    platform = _platform_with(
+        write_config,
+        "busy.yaml",
+        lambda c: c.update(deploy=[{"type": "webhook", "url_env": "DEPLOY_URL"}]),
+    )
+    try:
+        result = ensure_certificate(platform, "db-server")
+    finally:
+        server.server_close()
+    assert result.deployed == ["webhook $DEPLOY_URL answered 204"]
+    assert len(asked_at) == 2 and asked_at[1] - asked_at[0] >= 1.0  # never sooner
+
+
 def _public(platform, name) -> bytes:
     from cryptography.hazmat.primitives import serialization
 

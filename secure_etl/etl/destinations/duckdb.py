@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -14,15 +13,14 @@ import pyarrow as pa
 from secure_etl.config import DuckDBDestination
 from secure_etl.etl.connector import Runtime
 from secure_etl.etl.storage import PARTITION_COLUMN
+from secure_etl.identifiers import is_sql_name
 from secure_etl.security.files import owner_only, private_dir
-
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
 def _quoted(identifier: str) -> str:
     """A name checked against a strict pattern, then quoted; values are always bound as
     parameters, so this is the only text that goes into SQL."""
-    if not _IDENTIFIER.match(identifier):
+    if not is_sql_name(identifier):
         raise ValueError(f"invalid identifier {identifier!r}")
     return f'"{identifier}"'
 

@@ -10,7 +10,6 @@ in C++), in bounded chunks.
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Iterator, Sequence
 
 import pyarrow as pa
@@ -19,13 +18,12 @@ from psycopg import sql
 
 from secure_etl.config import PostgresSource, _PostgresConnection
 from secure_etl.etl.connector import ClientCertificate, Runtime, partition_hour
+from secure_etl.identifiers import is_sql_name
 from secure_etl.security.postgres_tls import PgEndpoint
-
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
 def checked_name(name: str, what: str) -> sql.Identifier:
-    if not _NAME.match(name):
+    if not is_sql_name(name):
         raise ValueError(f"invalid {what} name {name!r}")
     return sql.Identifier(name)
 

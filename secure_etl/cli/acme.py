@@ -1,27 +1,28 @@
-"""``secure-etl acme ...`` and ``secure-etl certs renew|list``: no Dagster on these paths."""
+"""``secure-etl acme issue|revoke``: talk to an ACME CA directly (no Dagster)."""
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from secure_etl.acme.messages import REVOCATION_REASONS
+from secure_etl.cli.exits import EXIT_OK, Refused
+from secure_etl.errors import UserError
 from secure_etl.pki.keys import KEY_TYPES
 
 # Heavier modules (httpx, pydantic) are imported by the command that needs them, so
 # `secure-etl` starts fast.
 
-EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
+TSIG_SECRET_ENV = "SECURE_ETL_TSIG_SECRET"  # noqa: S105 (a variable's name, not a secret)
 
 
-def add_commands(commands, certs_commands) -> None:
+def add_commands(commands) -> None:
+    """Add ``acme`` and its subcommands to the top-level ``commands``."""
     acme = commands.add_parser("acme", help="talk to an ACME CA directly")
     acme_commands = acme.add_subparsers(metavar="COMMAND")
 
@@ -119,23 +120,6 @@ def add_commands(commands, certs_commands) -> None:
     _server_args(revoke)
     revoke.set_defaults(handler=acme_revoke)
 
-    renew = certs_commands.add_parser(
-        "renew", help="issue or renew configured certificates (those due or failing a check)"
-    )
-    renew.add_argument("names", nargs="*", metavar="NAME")
-    renew.add_argument("--all", action="store_true", help="every configured certificate")
-    renew.add_argument("--force", action="store_true", help="renew even if not due")
-    renew.add_argument(
-        "--jobs", type=int, default=8, metavar="N", help="certificates renewed at once (default 8)"
-    )
-    renew.add_argument("--config", type=Path, help="platform config")
-    renew.set_defaults(handler=certs_renew)
-
-    inventory = certs_commands.add_parser("list", help="the certificate inventory")
-    inventory.add_argument("--json", action="store_true")
-    inventory.add_argument("--config", type=Path, help="platform config")
-    inventory.set_defaults(handler=certs_list)
-
 
 def _server_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--directory", required=True, metavar="URL", help="ACME directory URL")
@@ -152,11 +136,6 @@ def _server_args(parser: argparse.ArgumentParser) -> None:
         help="account key (created if missing; default: one per CA under "
         "~/.local/share/secure_etl/acme/)",
     )
-
-
-def _fail(message: str, code: int = EXIT_UNUSABLE) -> int:
-    print(f"secure-etl: {message}", file=sys.stderr)
-    return code
 
 
 def _client(args: argparse.Namespace, account_key=None, deadline_s: float | None = None):
@@ -180,90 +159,98 @@ def _client(args: argparse.Namespace, account_key=None, deadline_s: float | None
     return AcmeClient(transport, AccountKey(account_key))
 
 
-def _bad_server_args(args: argparse.Namespace) -> str | None:
-    """What is wrong with ``--directory``, before anything is created or sent."""
+def _check_server_args(args: argparse.Namespace) -> None:
+    """Refuse a bad ``--directory`` before anything is created or sent."""
     from secure_etl.acme.errors import ProtocolError
     from secure_etl.acme.messages import https_url
 
     try:
         https_url(args.directory, "--directory")
     except ProtocolError as err:
-        return str(err)
-    return None
+        raise UserError(str(err)) from None
 
 
-def _bad_domains(domains: list[str]) -> str | None:
+def _check_domains(domains: list[str]) -> None:
     from secure_etl.identifiers import is_dns_name, is_ip_address
 
     bad = [d for d in domains if not (is_ip_address(d) or is_dns_name(d))]
     if bad:
-        return (
+        raise UserError(
             f"-d {', '.join(map(repr, bad))}: not a DNS name or IP address "
             "(lower-case labels of letters, digits and '-'; '*.' only as the first label)"
         )
-    return None
 
 
 def default_account_key_path(directory_url: str) -> Path:
+    """Where the account key for a CA lives unless ``--account-key`` is given."""
     base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
     host = urlsplit(directory_url).netloc.replace(":", "_") or "ca"
     digest = hashlib.sha256(directory_url.encode()).hexdigest()[:8]
     return base / "secure_etl" / "acme" / f"{host}-{digest}" / "account.key"
 
 
-def _solver(args: argparse.Namespace):
-    from secure_etl.acme.challenges import (
-        ChallTestSrvProvider,
-        Dns01,
-        ExecProvider,
-        Http01Standalone,
-        Http01Webroot,
-    )
+def _challenge(args: argparse.Namespace):
+    """The config's challenge model for the flags given, so that ``acme issue`` and a
+    platform config get their solver from the one factory (``build_solver``)."""
+    from pydantic import ValidationError
+
+    from secure_etl import config
 
     chosen = [args.http_01_port, args.tls_alpn_01_port, args.webroot, args.dns_01]
     if sum(option is not None for option in chosen) != 1:
-        raise ValueError("choose one of --http-01-port, --tls-alpn-01-port, --webroot or --dns-01")
-    if args.http_01_port is not None:
-        return Http01Standalone(args.http_01_address, args.http_01_port)
-    if args.tls_alpn_01_port is not None:
-        from secure_etl.acme.tls_alpn import TlsAlpn01
-
-        if not 1 <= args.tls_alpn_01_port <= 65535:
-            raise ValueError(f"--tls-alpn-01-port {args.tls_alpn_01_port}: not a port number")
-        return TlsAlpn01(args.tls_alpn_01_address, args.tls_alpn_01_port)
-    if args.webroot is not None:
-        return Http01Webroot(args.webroot)
-    if args.dns_01 == "exec":
-        if not args.dns_01_hook:
-            raise ValueError("--dns-01 exec needs --dns-01-hook PROGRAM")
-        return Dns01(ExecProvider(args.dns_01_hook))
-    if args.dns_01 == "rfc2136":
-        from secure_etl.acme.rfc2136 import Rfc2136Provider, wait_for_txt
-
-        secret = os.environ.get("SECURE_ETL_TSIG_SECRET")
-        if not (args.rfc2136_server and args.rfc2136_key_name and secret):
-            raise ValueError(
-                "--dns-01 rfc2136 needs --rfc2136-server, --rfc2136-key-name and the secret "
-                "in $SECURE_ETL_TSIG_SECRET"
-            )
-        server = args.rfc2136_server
-        provider = Rfc2136Provider(
-            server, args.rfc2136_key_name, secret, algorithm=args.rfc2136_algorithm
+        raise UserError("choose one of --http-01-port, --tls-alpn-01-port, --webroot or --dns-01")
+    for flag, port in (
+        ("--http-01-port", args.http_01_port),
+        ("--tls-alpn-01-port", args.tls_alpn_01_port),
+    ):
+        if port is not None and not 1 <= port <= 65535:
+            raise UserError(f"{flag} {port}: not a port number")
+    if args.dns_01 == "exec" and not args.dns_01_hook:
+        raise UserError("--dns-01 exec needs --dns-01-hook PROGRAM")
+    if args.dns_01 == "rfc2136" and not (
+        args.rfc2136_server and args.rfc2136_key_name and os.environ.get(TSIG_SECRET_ENV)
+    ):
+        raise UserError(
+            "--dns-01 rfc2136 needs --rfc2136-server, --rfc2136-key-name and the secret "
+            f"in ${TSIG_SECRET_ENV}"
         )
-        return Dns01(provider, wait=lambda fqdn, value: wait_for_txt(fqdn, value, [server]))
-    if args.dns_01 == "route53":
-        from secure_etl.acme.route53 import Route53Provider, missing_environment
-
-        problem = missing_environment()
-        if problem:
-            raise ValueError(problem)
-        return Dns01(Route53Provider(args.route53_zone_id))
-    if not args.challtestsrv:
-        raise ValueError("--dns-01 challtestsrv needs --challtestsrv URL")
-    return Dns01(ChallTestSrvProvider(args.challtestsrv))
+    if args.dns_01 == "challtestsrv" and not args.challtestsrv:
+        raise UserError("--dns-01 challtestsrv needs --challtestsrv URL")
+    try:
+        if args.http_01_port is not None:
+            return config.Http01StandaloneChallenge(
+                type="http-01", address=args.http_01_address, port=args.http_01_port
+            )
+        if args.tls_alpn_01_port is not None:
+            return config.TlsAlpn01Challenge(
+                type="tls-alpn-01", address=args.tls_alpn_01_address, port=args.tls_alpn_01_port
+            )
+        if args.webroot is not None:
+            return config.Http01WebrootChallenge(type="http-01-webroot", path=str(args.webroot))
+        if args.dns_01 == "exec":
+            return config.Dns01ExecChallenge(type="dns-01-exec", argv=args.dns_01_hook)
+        if args.dns_01 == "rfc2136":
+            return config.Dns01Rfc2136Challenge(
+                type="dns-01-rfc2136",
+                server=args.rfc2136_server,
+                key_name=args.rfc2136_key_name,
+                key_secret_env=TSIG_SECRET_ENV,
+                algorithm=args.rfc2136_algorithm,
+                # The server that took the update is the one asked whether it serves it.
+                propagation_servers=[args.rfc2136_server],
+            )
+        if args.dns_01 == "route53":
+            return config.Dns01Route53Challenge(
+                type="dns-01-route53", hosted_zone_id=args.route53_zone_id
+            )
+        return config.Dns01ChallTestSrvChallenge(type="dns-01-challtestsrv", url=args.challtestsrv)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise UserError(f"acme issue: {problems}") from None
 
 
 def acme_issue(args: argparse.Namespace) -> int:
+    """Issue a certificate through ``--directory`` and write it to ``--out``, verified."""
     from cryptography.hazmat.primitives import serialization
 
     from secure_etl.acme.errors import AcmeError
@@ -273,15 +260,13 @@ def acme_issue(args: argparse.Namespace) -> int:
     from secure_etl.pki.verify import VerificationError, verify_issued
     from secure_etl.security.files import write_atomic, write_secret
 
-    problem = _bad_server_args(args) or _bad_domains(args.domain)
-    if problem is None and args.timeout <= 0:
-        problem = f"--timeout {args.timeout:g}: give a positive number of seconds"
-    if problem:
-        return _fail(problem)
-    try:
-        solver = _solver(args)
-    except ValueError as err:
-        return _fail(str(err))
+    _check_server_args(args)
+    _check_domains(args.domain)
+    if args.timeout <= 0:
+        raise UserError(f"--timeout {args.timeout:g}: give a positive number of seconds")
+    from secure_etl.pki.acme_issuer import build_solver
+
+    solver = build_solver(_challenge(args))
     started = time.monotonic()
     key = generate_private_key(args.key_type)
     client = _client(args, deadline_s=args.timeout)
@@ -289,7 +274,7 @@ def acme_issue(args: argparse.Namespace) -> int:
         client.register(args.email)
         chain = client.issue(args.domain, key, solver)
     except AcmeError as err:
-        return _fail(str(err), EXIT_FAILED)  # the CA said no
+        raise Refused(str(err)) from None  # the CA said no
     finally:
         solver.close()
         client.transport.close()
@@ -297,7 +282,7 @@ def acme_issue(args: argparse.Namespace) -> int:
     try:
         certs = verify_issued(issued, identifiers=args.domain, use="server", issuer=args.directory)
     except VerificationError as err:
-        return _fail(str(err), EXIT_FAILED)
+        raise Refused(str(err)) from None
     pem = [c.public_bytes(serialization.Encoding.PEM) for c in certs]
     out: Path = args.out
     write_secret(out / "privkey.pem", private_key_pem(key))
@@ -313,6 +298,7 @@ def acme_issue(args: argparse.Namespace) -> int:
 
 
 def acme_revoke(args: argparse.Namespace) -> int:
+    """Revoke a certificate, signed with the account key or the certificate's own."""
     from cryptography.hazmat.primitives import serialization
 
     from secure_etl.acme.errors import AcmeError
@@ -320,16 +306,14 @@ def acme_revoke(args: argparse.Namespace) -> int:
     from secure_etl.pki.keys import load_private_key
     from secure_etl.security.files import InsecureSecretFile, read_secret
 
-    problem = _bad_server_args(args)
-    if problem:
-        return _fail(problem)
+    _check_server_args(args)
     cert = load_chain_file(args.cert)[0]
     der = cert.public_bytes(serialization.Encoding.DER)
     # Signed with the certificate's own key, a revocation needs no account (key).
     try:
         cert_key = load_private_key(read_secret(args.key)) if args.key else None
     except (OSError, ValueError, InsecureSecretFile) as err:
-        return _fail(f"--key {args.key}: {getattr(err, 'strerror', None) or err}")
+        raise UserError(f"--key {args.key}: {getattr(err, 'strerror', None) or err}") from None
     client = _client(args, account_key=cert_key)
     try:
         if cert_key is not None:
@@ -338,7 +322,7 @@ def acme_revoke(args: argparse.Namespace) -> int:
             client.find_account()
             client.revoke(der, args.reason)
     except AcmeError as err:
-        return _fail(str(err), EXIT_FAILED)
+        raise Refused(str(err)) from None
     finally:
         client.transport.close()
     serial = facts(cert).serial
@@ -373,80 +357,3 @@ def _audit_revocation(args: argparse.Namespace, cert, serial: str) -> None:
     )
     log.checkpoint()
     print(f"audit: record {record['seq']} in {log.path}")
-
-
-def certs_renew(args: argparse.Namespace) -> int:
-    from secure_etl.config import load_config
-    from secure_etl.pki.renewal import ensure_certificate
-
-    platform = load_config(args.config)
-    names = list(platform.certificates) if args.all else args.names
-    if not names:
-        return _fail("name certificates to renew, or give --all")
-    unknown = [n for n in names if n not in platform.certificates]
-    if unknown:
-        return _fail(
-            f"unknown certificate(s) {', '.join(unknown)} "
-            f"(configured: {', '.join(platform.certificates)})"
-        )
-
-    def renew(name: str):
-        try:
-            return name, ensure_certificate(platform, name, force=args.force), None
-        except Exception as err:  # one failure must not stop the others
-            return name, None, err
-
-    started = time.monotonic()
-    failed = 0
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        for name, result, err in pool.map(renew, names):
-            if err is not None:
-                failed += 1
-                print(f"{name}: FAILED: {err}", file=sys.stderr)
-            else:
-                print(f"{name}: {result.outcome} in {result.seconds:.2f} s ({result.reason})")
-    print(f"{len(names) - failed}/{len(names)} succeeded in {time.monotonic() - started:.2f} s")
-    return EXIT_FAILED if failed else EXIT_OK
-
-
-def certs_list(args: argparse.Namespace) -> int:
-    from secure_etl.config import load_config
-    from secure_etl.pki.inspect import facts
-    from secure_etl.pki.renewal import certificate_store, current_leaf, inspect_current
-
-    platform = load_config(args.config)
-    store = certificate_store(platform)
-    rows = []
-    for name, cert in platform.certificates.items():
-        row = {
-            "name": name,
-            "issuer": cert.issuer,
-            "use": cert.use,
-            "identifiers": cert.identifiers,
-            "version": store.current_version(name),
-        }
-        leaf = current_leaf(platform, name)
-        if leaf is not None:
-            info = facts(leaf)
-            results = inspect_current(platform, name) or []
-            failing = [r.name for r in results if not r.passed]
-            row.update(
-                serial=info.serial,
-                not_after=info.not_after.isoformat(),
-                days_remaining=info.days_remaining,
-                status="ok" if not failing else "failing",
-                failing_checks=failing,
-            )
-        else:
-            row.update(status="not issued")
-        rows.append(row)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return EXIT_OK
-    for row in rows:
-        days = f"{row['days_remaining']:7.1f} d" if "days_remaining" in row else "      - "
-        extra = f" ({', '.join(row['failing_checks'])})" if row.get("failing_checks") else ""
-        print(
-            f"{row['name']:<24} {row['use']:<6} {row['issuer']:<14} {days}  {row['status']}{extra}"
-        )
-    return EXIT_OK

@@ -1,0 +1,43 @@
+"""``secure-etl status``: the health report (reads the Dagster instance, so loads Dagster)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from secure_etl.cli.exits import EXIT_FAILED, EXIT_OK
+
+
+def add_commands(commands) -> None:
+    """Add this command family to the top-level ``commands``."""
+    status = commands.add_parser(
+        "status",
+        help="the health report: pipelines, certificates, data quality, security",
+        description="Reads the Dagster instance ($DAGSTER_HOME, else ./.dagster_home as "
+        "`make demo` leaves it), the certificate store and the audit log. Exit 0 when "
+        "nothing needs attention, 1 when something does, 2 on unusable input.",
+    )
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument(
+        "--prometheus", type=Path, metavar="FILE", help="also write the Prometheus textfile"
+    )
+    status.add_argument("--config", type=Path, help="platform config")
+    status.set_defaults(handler=_status)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from secure_etl.config import load_config
+    from secure_etl.defs.health import report_for  # Dagster only for this command
+    from secure_etl.monitor import health
+
+    report = report_for(load_config(args.config))
+    if args.prometheus:
+        health.write_prometheus(report, args.prometheus)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print(health.render_text(report), end="")
+        if not report.problems:
+            print("\nNothing needs attention.")
+    return EXIT_FAILED if report.problems else EXIT_OK
