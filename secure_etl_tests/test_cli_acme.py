@@ -179,6 +179,19 @@ def test_acme_issue_refuses_a_bad_domain_before_creating_an_account_key(tmp_path
     assert not account.exists()
 
 
+@pytest.mark.parametrize("timeout", ["0", "-1", "nan", "inf"])
+def test_acme_issue_refuses_a_timeout_that_is_not_a_positive_number(tmp_path, timeout):
+    account = tmp_path / "acct" / "account.key"
+    result = _run(
+        "acme", "issue", "-d", "ok.example", "--directory", "https://127.0.0.1:9/dir",
+        "--http-01-port", "5002", "--account-key", str(account), "--out", str(tmp_path / "o"),
+        "--timeout", timeout,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "give a positive number of seconds" in result.stderr
+    assert not account.exists()
+
+
 @pytest.mark.integration
 def test_acme_revoke_with_the_certificate_key_creates_no_account_key(acme_ca, tmp_path):
     from secure_etl.acme.challenges import ChallTestSrvProvider, Dns01

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import math
 import os
 import sys
 import time
@@ -262,7 +263,7 @@ def acme_issue(args: argparse.Namespace) -> int:
 
     _check_server_args(args)
     _check_domains(args.domain)
-    if args.timeout <= 0:
+    if not math.isfinite(args.timeout) or args.timeout <= 0:
         raise UserError(f"--timeout {args.timeout:g}: give a positive number of seconds")
     from secure_etl.pki.acme_issuer import build_solver
 
