@@ -2,6 +2,8 @@
 
 The file is chosen by ``SECURE_ETL_CONFIG``; without it the bundled offline demo is used.
 Every error names the file, the key path and what was expected. Unknown keys are errors.
+The ACME challenge models and the base every model here derives from are in
+``challenge_config.py`` (light enough for ``secure-etl acme issue`` to load alone).
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     Tag,
@@ -29,6 +30,9 @@ from pydantic import (
 )
 
 from secure_etl import filter_grammar
+from secure_etl.challenge_config import Challenge, LocalPath
+from secure_etl.challenge_config import FromConfigDir as _FromConfigDir
+from secure_etl.challenge_config import StrictModel as _Strict
 from secure_etl.cron import check_cron
 from secure_etl.demo.schema import SCHEMA as DEMO_SCHEMA
 from secure_etl.errors import UserError, escape_controls
@@ -43,14 +47,6 @@ KeyId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
 SqlName = Annotated[str, Field(pattern=SQL_NAME_PATTERN)]  # a schema, table or column
 BigQueryName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,1023}$")]  # its limit
 
-
-class _FromConfigDir:
-    """Marks a path that, when relative, is relative to the config file's directory."""
-
-
-# A file or directory on this machine, named in a user's config file: relative paths are
-# anchored at that file's directory when it loads (not at the process's working directory).
-LocalPath = Annotated[str, _FromConfigDir()]
 # A schedule: five cron fields or a macro, checked at load (not when Dagster builds it).
 Cron = Annotated[str, AfterValidator(check_cron)]
 MIN_PSEUDONYM_HEX = 32  # the truncation floor: 128 bits
@@ -66,10 +62,6 @@ class ConfigError(UserError):
         super().__init__(f"{where}: {self.message}")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
 class InternalCAIssuer(_Strict):
     """A private CA the platform runs itself; its root is created on first use."""
 
@@ -78,97 +70,6 @@ class InternalCAIssuer(_Strict):
     key_type: KeyType = "ec256"
     ca_lifetime_days: int = Field(3650, ge=1)
     lifetime_days: int = Field(90, ge=1, le=3650)
-
-
-class Http01StandaloneChallenge(_Strict):
-    """Answer http-01 from a listener of our own (the CA connects to port 80 normally)."""
-
-    type: Literal["http-01"]
-    address: str = "0.0.0.0"  # noqa: S104 (the CA must reach it)
-    port: int = Field(80, ge=1, le=65535)
-
-
-class TlsAlpn01Challenge(_Strict):
-    """Answer tls-alpn-01 (RFC 8737) from a TLS listener of our own (the CA connects to
-    port 443 normally); not for wildcards."""
-
-    type: Literal["tls-alpn-01"]
-    address: str = "0.0.0.0"  # noqa: S104 (the CA must reach it)
-    port: int = Field(443, ge=1, le=65535)
-
-
-class Http01WebrootChallenge(_Strict):
-    """Write the http-01 token under a running web server's document root."""
-
-    type: Literal["http-01-webroot"]
-    path: LocalPath
-
-
-class Dns01ExecChallenge(_Strict):
-    """dns-01 through a program: ``argv + [present|cleanup, fqdn, value]`` (no shell)."""
-
-    type: Literal["dns-01-exec"]
-    argv: list[str] = Field(min_length=1)
-    timeout_s: float = Field(120, gt=0)
-
-
-class Dns01ChallTestSrvChallenge(_Strict):
-    """dns-01 through Pebble's challenge test server (tests and local CAs)."""
-
-    type: Literal["dns-01-challtestsrv"]
-    url: str
-
-
-class _DnsPropagation(_Strict):
-    """Before the CA is told to look, every authoritative server of the record's zone must
-    answer it: found by SOA/NS lookups through ``propagation_resolver`` (host[:port];
-    default: the system resolver) and asked on ``propagation_port``, unless
-    ``propagation_servers`` (host[:port] each) names the servers to ask instead."""
-
-    propagation_servers: list[str] | None = None
-    propagation_resolver: str | None = None
-    propagation_port: int = Field(53, ge=1, le=65535)
-    propagation_timeout_s: float = Field(120, gt=0)
-
-
-class Dns01Rfc2136Challenge(_DnsPropagation):
-    """dns-01 through RFC 2136 dynamic updates signed with a TSIG key (BIND and others)."""
-
-    type: Literal["dns-01-rfc2136"]
-    server: str  # host or host:port of the primary that accepts updates
-    key_name: str
-    key_secret_env: str  # the environment variable holding the base64 TSIG secret
-    algorithm: Literal["hmac-sha256", "hmac-sha384", "hmac-sha512"] = "hmac-sha256"
-    zone: str | None = None  # default: found by asking the server for the SOA
-    ttl: int = Field(60, ge=1)
-
-
-class Dns01Route53Challenge(_DnsPropagation):
-    """dns-01 through Amazon Route 53 (the ``route53`` extra brings boto3). Credentials
-    come from the environment only: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and, for
-    temporary ones, AWS_SESSION_TOKEN. Each change is awaited until Route 53 reports it
-    INSYNC (on all its servers); the authoritative check runs too with ``propagation_check``
-    or ``propagation_servers``."""
-
-    type: Literal["dns-01-route53"]
-    hosted_zone_id: str | None = None  # default: the public zone found from the name
-    region: str = "us-east-1"
-    ttl: int = Field(60, ge=1)
-    endpoint_url: str | None = Field(None, pattern=r"^https?://")  # default: AWS's
-    change_timeout_s: float = Field(300, gt=0)
-    propagation_check: bool = False
-
-
-Challenge = Annotated[
-    Http01StandaloneChallenge
-    | Http01WebrootChallenge
-    | TlsAlpn01Challenge
-    | Dns01ExecChallenge
-    | Dns01ChallTestSrvChallenge
-    | Dns01Rfc2136Challenge
-    | Dns01Route53Challenge,
-    Field(discriminator="type"),
-]
 
 
 class AcmeIssuer(_Strict):

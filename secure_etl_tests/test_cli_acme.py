@@ -293,9 +293,9 @@ def test_a_config_with_an_http_acme_directory_is_refused_at_load(tmp_path):
 
 
 def test_acme_issue_flags_become_the_configs_challenge_model(monkeypatch):
+    from secure_etl.challenge_config import Dns01Rfc2136Challenge
     from secure_etl.cli import _parser
     from secure_etl.cli.acme import _challenge
-    from secure_etl.config import Dns01Rfc2136Challenge
 
     monkeypatch.setenv("SECURE_ETL_TSIG_SECRET", "c2VjcmV0")
     args = _parser().parse_args(

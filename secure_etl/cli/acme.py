@@ -192,10 +192,11 @@ def default_account_key_path(directory_url: str) -> Path:
 
 def _challenge(args: argparse.Namespace):
     """The config's challenge model for the flags given, so that ``acme issue`` and a
-    platform config get their solver from the one factory (``build_solver``)."""
+    platform config get their solver from the one factory (``build_solver``). Only the
+    challenge models are loaded (``challenge_config``), not the whole platform config."""
     from pydantic import ValidationError
 
-    from secure_etl import config
+    from secure_etl import challenge_config as config
 
     chosen = [args.http_01_port, args.tls_alpn_01_port, args.webroot, args.dns_01]
     if sum(option is not None for option in chosen) != 1:
@@ -265,7 +266,7 @@ def acme_issue(args: argparse.Namespace) -> int:
     _check_domains(args.domain)
     if not math.isfinite(args.timeout) or args.timeout <= 0:
         raise UserError(f"--timeout {args.timeout:g}: give a positive number of seconds")
-    from secure_etl.pki.acme_issuer import build_solver
+    from secure_etl.pki.solvers import build_solver
 
     solver = build_solver(_challenge(args))
     started = time.monotonic()

@@ -20,7 +20,6 @@ from dagster import (
 from secure_etl.acme.challenges import SolverError
 from secure_etl.acme.errors import AcmeError, AcmeProblem, RateLimited
 from secure_etl.config import PlatformConfig
-from secure_etl.pki.acme_issuer import AcmeConfigError
 from secure_etl.pki.endpoints import stale_endpoints
 from secure_etl.pki.inspect import CHECKS, CheckResult, PemError, facts
 from secure_etl.pki.renewal import (
@@ -30,6 +29,7 @@ from secure_etl.pki.renewal import (
     ensure_certificate,
     inspect_current,
 )
+from secure_etl.pki.solvers import AcmeConfigError
 from secure_etl.pki.store import PRIVATE_KEY_CHECK
 from secure_etl.pki.verify import VerificationError
 

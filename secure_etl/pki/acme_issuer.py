@@ -22,34 +22,15 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from secure_etl.acme.challenges import (
-    ChallTestSrvProvider,
-    Dns01,
-    ExecProvider,
-    Http01Standalone,
-    Http01Webroot,
-    Solver,
-)
 from secure_etl.acme.client import AcmeClient, RenewalInfo, ari_cert_id
 from secure_etl.acme.errors import AccountDoesNotExist, AcmeError, AcmeProblem, ProtocolError
 from secure_etl.acme.jws import AccountKey
-from secure_etl.acme.rfc2136 import Rfc2136Provider
 from secure_etl.acme.transport import Transport
-from secure_etl.config import (
-    AcmeIssuer as AcmeIssuerConfig,
-)
-from secure_etl.config import (
-    Challenge,
-    Dns01ChallTestSrvChallenge,
-    Dns01ExecChallenge,
-    Dns01Rfc2136Challenge,
-    Http01StandaloneChallenge,
-    Http01WebrootChallenge,
-)
-from secure_etl.errors import UserError
+from secure_etl.config import AcmeIssuer as AcmeIssuerConfig
 from secure_etl.pki.inspect import load_pem_chain, system_trust_bundle
 from secure_etl.pki.issuer import IssuedCertificate, Use
 from secure_etl.pki.keys import PrivateKey, generate_private_key, load_private_key, private_key_pem
+from secure_etl.pki.solvers import AcmeConfigError, build_solver
 from secure_etl.security.files import (
     lock_file,
     private_dir,
@@ -74,67 +55,6 @@ def _cert_id(cert: x509.Certificate) -> str | None:
 
 def _utc_now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat()
-
-
-class AcmeConfigError(UserError):
-    """An ACME issuer setting that cannot work (a missing environment variable...)."""
-
-
-def build_solver(challenge: Challenge) -> Solver:
-    """The solver for a challenge model: the one factory, for the config and the CLI."""
-    from secure_etl.acme.propagation import propagation_wait
-    from secure_etl.acme.route53 import Route53Provider, missing_environment
-    from secure_etl.acme.tls_alpn import TlsAlpn01
-    from secure_etl.config import Dns01Route53Challenge, TlsAlpn01Challenge
-
-    def authoritative_wait():
-        return propagation_wait(
-            challenge.propagation_servers,
-            resolver=challenge.propagation_resolver,
-            port=challenge.propagation_port,
-            timeout_s=challenge.propagation_timeout_s,
-        )
-
-    if isinstance(challenge, Http01StandaloneChallenge):
-        return Http01Standalone(challenge.address, challenge.port)
-    if isinstance(challenge, TlsAlpn01Challenge):
-        return TlsAlpn01(challenge.address, challenge.port)
-    if isinstance(challenge, Http01WebrootChallenge):
-        return Http01Webroot(challenge.path)
-    if isinstance(challenge, Dns01ExecChallenge):
-        return Dns01(ExecProvider(challenge.argv, challenge.timeout_s))
-    if isinstance(challenge, Dns01ChallTestSrvChallenge):
-        return Dns01(ChallTestSrvProvider(challenge.url))
-    if isinstance(challenge, Dns01Rfc2136Challenge):
-        secret = os.environ.get(challenge.key_secret_env)
-        if not secret:
-            raise AcmeConfigError(
-                f"dns-01-rfc2136: environment variable {challenge.key_secret_env} "
-                "(the TSIG secret) is not set"
-            )
-        provider = Rfc2136Provider(
-            challenge.server,
-            challenge.key_name,
-            secret,
-            algorithm=challenge.algorithm,
-            zone=challenge.zone,
-            ttl=challenge.ttl,
-        )
-        return Dns01(provider, wait=authoritative_wait())
-    if isinstance(challenge, Dns01Route53Challenge):
-        problem = missing_environment()
-        if problem:
-            raise AcmeConfigError(problem)
-        provider = Route53Provider(
-            challenge.hosted_zone_id,
-            region=challenge.region,
-            ttl=challenge.ttl,
-            endpoint_url=challenge.endpoint_url,
-            timeout_s=challenge.change_timeout_s,
-        )
-        check = challenge.propagation_check or challenge.propagation_servers
-        return Dns01(provider, wait=authoritative_wait() if check else None)
-    raise NotImplementedError(type(challenge).__name__)
 
 
 class AcmeIssuer:

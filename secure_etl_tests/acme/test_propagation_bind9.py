@@ -20,10 +20,10 @@ from secure_etl.acme.propagation import (
 )
 from secure_etl.acme.rfc2136 import Rfc2136Provider
 from secure_etl.acme.transport import Transport
-from secure_etl.config import Dns01Rfc2136Challenge
-from secure_etl.pki.acme_issuer import build_solver
+from secure_etl.challenge_config import Dns01Rfc2136Challenge
 from secure_etl.pki.inspect import load_pem_chain
 from secure_etl.pki.keys import generate_private_key
+from secure_etl.pki.solvers import build_solver
 
 
 def test_host_and_port_are_read_from_every_form():

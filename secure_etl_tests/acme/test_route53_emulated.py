@@ -208,8 +208,8 @@ def test_the_cli_refuses_route53_without_credentials_before_contacting_the_ca(tm
 @pytest.mark.integration
 def test_emulated_the_config_builds_a_route53_solver_that_presents_and_cleans_up(zone, moto_url):
     from secure_etl.acme.challenges import Dns01
-    from secure_etl.config import Dns01Route53Challenge
-    from secure_etl.pki.acme_issuer import build_solver
+    from secure_etl.challenge_config import Dns01Route53Challenge
+    from secure_etl.pki.solvers import build_solver
 
     name, zone_id = zone
     challenge = Dns01Route53Challenge(
