@@ -29,7 +29,8 @@ import pyarrow as pa  # noqa: E402
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV  # noqa: E402
 
 from secure_etl.etl import storage  # noqa: E402
-from secure_etl.etl.hmac_column import hmac_column, key_pads  # noqa: E402
+from secure_etl.etl.hmac_column import hmac_column  # noqa: E402
+from secure_etl.etl.hmac_values import key_pads  # noqa: E402
 from secure_etl.etl.protect import ColumnCipher, mask_column  # noqa: E402
 from secure_etl.etl.sources.demo import generate_partition  # noqa: E402
 from secure_etl.etl.transforms import (  # noqa: E402

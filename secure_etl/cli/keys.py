@@ -79,7 +79,7 @@ def _keys_pseudonym(args: argparse.Namespace) -> int:
     from secure_etl.config import MIN_PSEUDONYM_HEX
 
     # The pipeline's own HMAC (what Pseudonymiser wraps), without its pandas import.
-    from secure_etl.etl.hmac_column import hex_many, key_pads
+    from secure_etl.etl.hmac_values import hex_many, key_pads
 
     if args.truncate is not None and not MIN_PSEUDONYM_HEX <= args.truncate <= 64:
         raise UserError(f"--truncate must be between {MIN_PSEUDONYM_HEX} and 64")
@@ -100,7 +100,7 @@ def _keys_pseudonym(args: argparse.Namespace) -> int:
 
 
 def _keys_decrypt(args: argparse.Namespace) -> int:
-    from secure_etl.etl.protect import DecryptError, decrypt_value
+    from secure_etl.etl.value_cipher import DecryptError, decrypt_value
 
     platform, ring = _key_ring(args)
     # Recorded before the first plaintext is printed: a killed process leaves the record.

@@ -7,64 +7,28 @@ import contextlib
 import queue
 import subprocess
 import sys
-from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from hashlib import sha256
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-BLOCK = 64  # SHA-256 block size
-
-
-def key_pads(secret: bytes) -> tuple[bytes, bytes]:
-    """RFC 2104's inner and outer padded keys."""
-    key = sha256(secret).digest() if len(secret) > BLOCK else secret
-    key = key.ljust(BLOCK, b"\0")
-    return bytes(b ^ 0x36 for b in key), bytes(b ^ 0x5C for b in key)
-
-
-def hex_many(pads: tuple[bytes, bytes], values: Iterable[bytes | None]) -> list[str | None]:
-    """HMAC-SHA256 as hex per value (None stays None)."""
-    values = list(values)
-    digests = _digests(pads, values)
-    return [None if v is None else d.hex() for v, d in zip(values, digests, strict=True)]
-
+from secure_etl.etl.hmac_values import BLOCK, digests
 
 _SAMPLE = 2048
 
 
-def _digests_as_hex(digests: list[bytes], validity: pa.Array | None) -> pa.Array:
+def _digests_as_hex(hashed: list[bytes], validity: pa.Array | None) -> pa.Array:
     """32-byte digests -> 64-character lowercase hex strings, built as one Arrow buffer
     (no Python string per value)."""
-    text = b"".join(digests).hex().encode("ascii")  # one C call for all of them
-    offsets = np.arange(0, 64 * (len(digests) + 1), 64, dtype=np.int32)
+    text = b"".join(hashed).hex().encode("ascii")  # one C call for all of them
+    offsets = np.arange(0, 64 * (len(hashed) + 1), 64, dtype=np.int32)
     hexed = pa.Array.from_buffers(
-        pa.string(), len(digests), [None, pa.py_buffer(offsets), pa.py_buffer(text)]
+        pa.string(), len(hashed), [None, pa.py_buffer(offsets), pa.py_buffer(text)]
     )
     if validity is None:
         return hexed
     return pc.if_else(validity, hexed, pa.scalar(None, pa.string()))
-
-
-def _digests(pads: tuple[bytes, bytes], values: list[bytes | None]) -> list[bytes]:
-    """HMAC-SHA256 per value; the keyed inner and outer SHA-256 states are computed once
-    and copied per value (two copies and two updates instead of re-keying)."""
-    inner, outer = sha256(pads[0]).copy, sha256(pads[1]).copy
-    out: list[bytes] = []
-    append = out.append
-    empty = bytes(32)
-    for value in values:
-        if value is None:
-            append(empty)  # a placeholder: masked out as null afterwards
-            continue
-        i = inner()
-        i.update(value)
-        o = outer()
-        o.update(i.digest())
-        append(o.digest())
-    return out
 
 
 def hmac_column(pads: tuple[bytes, bytes], array: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -78,10 +42,10 @@ def hmac_column(pads: tuple[bytes, bytes], array: pa.Array | pa.ChunkedArray) ->
     if len(data) > _SAMPLE and pc.count_distinct(sample).as_py() * 2 <= len(sample):
         encoded = pc.dictionary_encode(data)
         dictionary = encoded.dictionary
-        hashed = _digests_as_hex(_digests(pads, dictionary.to_pylist()), None)
+        hashed = _digests_as_hex(digests(pads, dictionary.to_pylist()), None)
         return pc.take(hashed, encoded.indices)
     validity = pc.is_valid(data) if data.null_count else None
-    return _digests_as_hex(_digests(pads, data.to_pylist()), validity)
+    return _digests_as_hex(digests(pads, data.to_pylist()), validity)
 
 
 # --- worker processes ---------------------------------------------------------------------

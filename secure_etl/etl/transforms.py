@@ -17,7 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from secure_etl.etl import filters, storage
-from secure_etl.etl.hmac_column import HashWorkers, hex_many, hmac_column, key_pads
+from secure_etl.etl.hmac_column import HashWorkers, hmac_column
+from secure_etl.etl.hmac_values import hex_many, key_pads
 from secure_etl.etl.protect import ColumnCipher, mask_column
 
 KEY_ID_COLUMN = "_pseudonym_key_id"

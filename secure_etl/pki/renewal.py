@@ -8,15 +8,13 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from secure_etl.config import AcmeIssuer as AcmeIssuerConfig
 from secure_etl.config import CertificateConfig, InternalCAIssuer, PlatformConfig
-from secure_etl.pki.acme_issuer import AcmeIssuer
-from secure_etl.pki.deploy import DeployContext, run_deploy_actions
 from secure_etl.pki.endpoints import stale_endpoints
 from secure_etl.pki.inspect import CheckResult, inspect_chain, load_chain_file
 from secure_etl.pki.internal_ca import InternalCA
@@ -26,6 +24,12 @@ from secure_etl.pki.store import CertificateStore
 from secure_etl.pki.verify import VerificationError, verify_issued
 from secure_etl.security.audit import platform_audit_log
 from secure_etl.security.files import read_secret, write_atomic
+
+if TYPE_CHECKING:
+    from secure_etl.pki.deploy import DeployContext
+
+# The ACME issuer (httpx) and the deploy actions (httpx) are imported when an ACME issuer
+# is built or a renewal deploys, so `certs list` on an internal-CA platform loads neither.
 
 Outcome = Literal["issued", "renewed", "redeployed", "not_due"]
 
@@ -43,6 +47,8 @@ def build_issuer(config: PlatformConfig, name: str, log=None) -> Issuer:
             lifetime_days=issuer.lifetime_days,
         )
     if isinstance(issuer, AcmeIssuerConfig):
+        from secure_etl.pki.acme_issuer import AcmeIssuer
+
         return AcmeIssuer(name, issuer, state / "acme" / name, log=log)
     raise NotImplementedError(f"issuer type {type(issuer).__name__}")
 
@@ -137,6 +143,8 @@ def ensure_certificate(
             version = store.install(name, issued, keep=cert.keep_versions)
             order_url = issued.order_url
             _audit_install(config, name, issued.cert_pem, f"certificate.{outcome}", version=version)
+    from secure_etl.pki.deploy import run_deploy_actions
+
     # Deploy outside the lock: a slow reload must not block the next renewal check.
     deployed = run_deploy_actions(cert.deploy, _deploy_context(config, name, version, outcome))
     return RenewalResult(
@@ -221,6 +229,8 @@ def _deploy_context(config: PlatformConfig, name: str, version: str, event: str)
         for other, c in config.certificates.items()
         if c.use == "client"
     }
+    from secure_etl.pki.deploy import DeployContext
+
     leaf = current_leaf(config, name)
     return DeployContext(
         certificate=name,

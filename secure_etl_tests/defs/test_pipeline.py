@@ -18,10 +18,11 @@ from dagster import AssetKey
 
 from secure_etl.config import ConfigError, load_config
 from secure_etl.defs.build import build_definitions
-from secure_etl.defs.certificates import RENEWAL_JOB, certificate_check_names
+from secure_etl.defs.certificates import RENEWAL_JOB
 from secure_etl.defs.demo import latest_complete_partitions, run_demo
-from secure_etl.defs.pipelines import LOADED_CHECKS
+from secure_etl.defs.names import certificate_check_names
 from secure_etl.etl import storage
+from secure_etl.etl.check_names import LOADED_CHECKS
 from secure_etl.etl.destinations import duckdb as duckdb_dest
 from secure_etl.security.hmac_keys import load_hmac_key
 
@@ -190,7 +191,7 @@ def test_one_pass_that_fails_to_load_leaves_no_files_behind(write_config, instan
 
 
 def test_every_kind_of_transform_in_one_pipeline(write_config, instance):
-    from secure_etl.etl.protect import decrypt_value
+    from secure_etl.etl.value_cipher import decrypt_value
 
     data = copy.deepcopy(yaml.safe_load(write_config().read_text()))
     data["keys"]["enc-1"] = {"file": "keys/enc-1.key", "create": True}

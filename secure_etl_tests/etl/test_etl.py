@@ -182,7 +182,8 @@ def test_raw_values_in_log_and_metadata_text_are_counted_at_word_boundaries():
 
 
 def test_hash_workers_match_in_process_hashing_and_a_dead_worker_is_an_error():
-    from secure_etl.etl.hmac_column import HashWorkers, hmac_column, key_pads
+    from secure_etl.etl.hmac_column import HashWorkers, hmac_column
+    from secure_etl.etl.hmac_values import key_pads
 
     pads = key_pads(SECRET)
     values = pa.array(["a", None, "b", "ü"] * 100)

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from secure_etl.config import ConfigError, load_config
 from secure_etl.etl import filters
-from secure_etl.etl.protect import ColumnCipher, DecryptError, decrypt_value, mask_column
+from secure_etl.etl.protect import ColumnCipher, mask_column
+from secure_etl.etl.value_cipher import DecryptError, decrypt_value
 
 KEY = bytes(range(32))
 KEYS = {"k1": KEY}
