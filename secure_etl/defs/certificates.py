@@ -1,11 +1,9 @@
 """Certificate assets (materialize = issue or renew) and their inspection checks."""
 
 from dagster import (
-    AssetCheckKey,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
-    AssetKey,
     AssetsDefinition,
     AssetSelection,
     Config,
@@ -20,8 +18,9 @@ from dagster import (
 from secure_etl.acme.challenges import SolverError
 from secure_etl.acme.errors import AcmeError, AcmeProblem, RateLimited
 from secure_etl.config import PlatformConfig
+from secure_etl.defs.names import ENDPOINT_CHECK, GROUP, certificate_check_names, certificate_key
 from secure_etl.pki.endpoints import stale_endpoints
-from secure_etl.pki.inspect import CHECKS, CheckResult, PemError, facts
+from secure_etl.pki.inspect import CheckResult, PemError, facts
 from secure_etl.pki.renewal import (
     certificate_store,
     current_chain,
@@ -33,44 +32,8 @@ from secure_etl.pki.solvers import AcmeConfigError
 from secure_etl.pki.store import PRIVATE_KEY_CHECK
 from secure_etl.pki.verify import VerificationError
 
-GROUP = "certificates"
 CHECKS_JOB = "certificate_checks"
 RENEWAL_JOB = "certificate_renewal"
-
-
-def certificate_key(name: str) -> AssetKey:
-    return AssetKey([GROUP, name])
-
-
-# The inspection checks, the private key's file, and one that needs the network: what
-# the endpoints serve.
-ENDPOINT_CHECK = "served_by_endpoint"
-ALL_CHECKS = {
-    **CHECKS,
-    PRIVATE_KEY_CHECK: "the private key is a regular file of ours that no one else may read or "
-    "write, in a directory no one else may write (not a symbolic link)",
-    ENDPOINT_CHECK: "every configured endpoint presents the current certificate and chain, "
-    "compared by SHA-256 fingerprint (a real TLS handshake; PostgreSQL after its SSLRequest)",
-}
-
-
-def certificate_check_names(platform: PlatformConfig, name: str) -> dict[str, str]:
-    """The checks certificate `name` has (name -> description).
-
-    `served_by_endpoint` only when the certificate has endpoints: with none it would have
-    nothing to judge, and a check that cannot fail must not show as Passed.
-    """
-    checks = dict(ALL_CHECKS)
-    if not platform.certificates[name].endpoints:
-        del checks[ENDPOINT_CHECK]
-    return checks
-
-
-def certificate_check_keys(platform: PlatformConfig, name: str) -> list[AssetCheckKey]:
-    return [
-        AssetCheckKey(certificate_key(name), check)
-        for check in certificate_check_names(platform, name)
-    ]
 
 
 class CertificateRunConfig(Config):

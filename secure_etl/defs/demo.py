@@ -10,7 +10,7 @@ from secure_etl.config import PlatformConfig
 from secure_etl.defs.build import build_definitions
 from secure_etl.defs.certificates import RENEWAL_JOB
 from secure_etl.defs.health import HEALTH_JOB
-from secure_etl.defs.pipelines import pipeline_job_name
+from secure_etl.defs.names import pipeline_job_name
 from secure_etl.defs.retention import RETENTION_JOB
 
 # Dagster's console logger at INFO: our progress lines, without every engine event.

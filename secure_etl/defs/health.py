@@ -28,9 +28,9 @@ from dagster import (
 )
 
 from secure_etl.config import PlatformConfig
-from secure_etl.defs.certificates import certificate_check_keys
 from secure_etl.defs.check_state import latest_check_evaluations
-from secure_etl.defs.pipelines import LOADED_CHECKS, pipeline_job_name, stage_key
+from secure_etl.defs.names import certificate_check_keys, pipeline_job_name, stage_key
+from secure_etl.etl.check_names import LOADED_CHECKS
 from secure_etl.monitor import health
 from secure_etl.monitor.health import HealthReport, PipelineHealth, SecurityHealth
 

@@ -30,10 +30,11 @@ from dagster import (
 from dagster import DefaultScheduleStatus as Status
 
 from secure_etl.config import PipelineConfig, PlatformConfig
-from secure_etl.defs.certificates import certificate_key
+from secure_etl.defs.names import certificate_key, pipeline_job_name, stage_key
 from secure_etl.defs.resources import PipelineResources
 from secure_etl.etl import checks, filters, registry, storage
-from secure_etl.etl.checks import LOADED_CHECKS, StageFiles
+from secure_etl.etl.check_names import LOADED_CHECKS
+from secure_etl.etl.checks import StageFiles
 from secure_etl.etl.connector import Destination, Runtime
 from secure_etl.etl.one_pass import run_one_pass
 from secure_etl.etl.protect import ColumnCipher
@@ -52,10 +53,6 @@ from secure_etl.security.audit import AuditLog, file_digest, platform_audit_log
 from secure_etl.security.hmac_keys import load_hmac_key
 
 SEVERITY = {"error": AssetCheckSeverity.ERROR, "warn": AssetCheckSeverity.WARN}
-
-
-def stage_key(stage: str, pipeline: str) -> AssetKey:
-    return AssetKey([stage, pipeline])
 
 
 @dataclass(frozen=True)
@@ -498,10 +495,6 @@ def _pii_columns(p: PipelineConfig) -> list[str]:
     columns = [c for t in p.transforms if t.type != "filter" for c in t.columns]
     columns += [c for c in registry.source(p.source).pii_columns if c not in columns]
     return columns
-
-
-def pipeline_job_name(pipeline: str) -> str:
-    return f"{pipeline.replace('-', '_')}_etl"
 
 
 def pipeline_job_and_schedule(platform: PlatformConfig, name: str, assets: list):

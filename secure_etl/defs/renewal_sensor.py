@@ -13,8 +13,8 @@ from dagster import (
 )
 
 from secure_etl.config import PlatformConfig
-from secure_etl.defs.certificates import certificate_check_keys, certificate_key
 from secure_etl.defs.check_state import latest_check_evaluations
+from secure_etl.defs.names import certificate_check_keys, certificate_key
 from secure_etl.pki.renewal import verification_failure
 
 RENEWAL_TAG = "secure_etl/renewal_of"

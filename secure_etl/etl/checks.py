@@ -15,15 +15,6 @@ import pyarrow as pa
 from secure_etl.etl import quality, storage
 from secure_etl.security.audit import AuditLog, verify_log
 
-# Name -> what the check asserts (the check specs' descriptions).
-LOADED_CHECKS = {
-    "rows_reconcile": "raw rows = loaded + quarantined + filtered rows for the partition",
-    "null_rate": "no column of the loaded partition exceeds the configured null rate",
-    "unique_keys": "the key column has no duplicates in the loaded partition",
-    "no_pii_leak": "no raw PII value appears in the hashed or loaded partition",
-    "audit_chain": "the audit log's hash chain and signed checkpoints verify",
-}
-
 Severity = Literal["error", "warn"]
 Chunks = Callable[[Sequence[str]], Iterable[pa.Table]]  # columns -> the partition's tables
 

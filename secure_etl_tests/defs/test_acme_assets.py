@@ -6,7 +6,8 @@ import pytest
 from dagster import AssetKey
 
 from secure_etl.defs.build import build_definitions
-from secure_etl.defs.certificates import RENEWAL_JOB, certificate_check_names
+from secure_etl.defs.certificates import RENEWAL_JOB
+from secure_etl.defs.names import certificate_check_names
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,9 @@ from dagster import AssetKey, DagsterInstance
 
 from secure_etl.config import load_config
 from secure_etl.defs.build import build_definitions
-from secure_etl.defs.certificates import RENEWAL_JOB, certificate_check_keys, certificate_key
+from secure_etl.defs.certificates import RENEWAL_JOB
 from secure_etl.defs.check_state import latest_check_evaluations
+from secure_etl.defs.names import certificate_check_keys, certificate_key
 from secure_etl_tests.defs.test_webserver import _home, _webserver
 
 CAN_EXECUTE = """{ assetNodes { assetKey { path } assetChecksOrError {

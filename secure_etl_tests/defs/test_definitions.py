@@ -13,7 +13,7 @@ from dagster import AssetCheckKey, AssetKey
 
 from secure_etl.config import default_config_path, load_config
 from secure_etl.defs.build import build_definitions
-from secure_etl.defs.certificates import ALL_CHECKS, ENDPOINT_CHECK
+from secure_etl.defs.names import ALL_CHECKS, ENDPOINT_CHECK
 from secure_etl_tests.conftest import BASE_CONFIG
 
 

@@ -9,12 +9,8 @@ from dagster import SensorResult, build_sensor_context
 
 from secure_etl.config import load_config
 from secure_etl.defs.build import build_definitions
-from secure_etl.defs.certificates import (
-    CHECKS_JOB,
-    RENEWAL_JOB,
-    certificate_check_keys,
-    certificate_key,
-)
+from secure_etl.defs.certificates import CHECKS_JOB, RENEWAL_JOB
+from secure_etl.defs.names import certificate_check_keys, certificate_key
 from secure_etl.pki.keys import generate_private_key
 from secure_etl.pki.renewal import build_issuer, certificate_store, current_leaf
 

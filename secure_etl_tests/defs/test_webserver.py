@@ -19,8 +19,9 @@ from dagster import DagsterInstance
 
 from secure_etl.config import load_config
 from secure_etl.defs.build import build_definitions
-from secure_etl.defs.certificates import CHECKS_JOB, RENEWAL_JOB, certificate_check_names
+from secure_etl.defs.certificates import CHECKS_JOB, RENEWAL_JOB
 from secure_etl.defs.health import HEALTH_JOB
+from secure_etl.defs.names import certificate_check_names
 from secure_etl_tests.servers import free_port, require_binary
 
 pytestmark = pytest.mark.integration

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from secure_etl.etl import checks, storage
+from secure_etl.etl.check_names import LOADED_CHECKS
 from secure_etl.etl.destinations import duckdb as duckdb_dest
 from secure_etl.security.audit import AuditLog
 
@@ -193,5 +194,5 @@ def test_loaded_checks_run_every_named_check_in_order(tmp_path, files):
         audit=_audit(tmp_path, 1),
     )
 
-    assert [r.name for r in results] == list(checks.LOADED_CHECKS)
+    assert [r.name for r in results] == list(LOADED_CHECKS)
     assert all(r.passed for r in results), results
