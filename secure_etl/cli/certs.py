@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from secure_etl.cli.exits import EXIT_FAILED, EXIT_OK
@@ -108,6 +107,8 @@ def certs_inspect(args: argparse.Namespace) -> int:
 
 def certs_renew(args: argparse.Namespace) -> int:
     """Issue or renew the named (or all) certificates; exit 1 when any failed."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from secure_etl.config import load_config
     from secure_etl.pki.renewal import ensure_certificate
 
