@@ -2,12 +2,13 @@
 
 The file is chosen by ``SECURE_ETL_CONFIG``; without it the bundled offline demo is used.
 Every error names the file, the key path and what was expected. Unknown keys are errors.
-The ACME challenge models and the base every model here derives from are in
-``challenge_config.py`` (light enough for ``secure-etl acme issue`` to load alone).
+The ACME challenge models are dataclasses in ``challenge_config.py`` (no pydantic there, so
+``secure-etl acme issue`` loads them alone); they are validated here like the models.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import reprlib
@@ -21,6 +22,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    ConfigDict,
     Discriminator,
     Field,
     Tag,
@@ -32,7 +34,6 @@ from pydantic import (
 from secure_etl import filter_grammar
 from secure_etl.challenge_config import Challenge, LocalPath
 from secure_etl.challenge_config import FromConfigDir as _FromConfigDir
-from secure_etl.challenge_config import StrictModel as _Strict
 from secure_etl.cron import check_cron
 from secure_etl.demo.schema import SCHEMA as DEMO_SCHEMA
 from secure_etl.errors import UserError, escape_controls
@@ -62,6 +63,10 @@ class ConfigError(UserError):
         super().__init__(f"{where}: {self.message}")
 
 
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, defer_build=True)
+
+
 class InternalCAIssuer(_Strict):
     """A private CA the platform runs itself; its root is created on first use."""
 
@@ -86,7 +91,7 @@ class AcmeIssuer(_Strict):
     eab_kid_env: str | None = None
     eab_hmac_env: str | None = None
     account_key_type: Literal["ec256", "ec384", "rsa2048", "rsa3072", "rsa4096"] = "ec256"
-    challenge: Challenge
+    challenge: Annotated[Challenge, Field(discriminator="type")]
     profile: str | None = None
     preferred_chain: str | None = None
     timeout_s: float = Field(300, gt=0)
@@ -879,45 +884,62 @@ def load_config(path: Path | str | None = None) -> PlatformConfig:
     return config
 
 
-def _anchor_paths(model: BaseModel, base: Path) -> None:
-    """Make every relative ``LocalPath`` in ``model`` (and the models in it) absolute
-    against ``base``."""
-    for name, field in type(model).model_fields.items():
+def _anchor_paths(model: object, base: Path) -> None:
+    """Make every relative ``LocalPath`` in ``model`` (and the models and challenge
+    dataclasses in it) absolute against ``base``."""
+    for name, marks in _fields(model):
         value = getattr(model, name)
-        if isinstance(value, BaseModel):
+        if _is_model(value):
             _anchor_paths(value, base)
         elif isinstance(value, dict | list):
             for item in value.values() if isinstance(value, dict) else value:
-                if isinstance(item, BaseModel):
+                if _is_model(item):
                     _anchor_paths(item, base)
         elif (
             isinstance(value, str)
-            and _is_local_path(field)
+            and any(isinstance(mark, _FromConfigDir) for mark in marks)
             and not value.startswith("ed25519:")
             and not os.path.isabs(value)
         ):
             object.__setattr__(model, name, str(base / value))  # frozen models
 
 
-def _is_local_path(field) -> bool:
-    marks = list(field.metadata)
-    for member in typing.get_args(field.annotation):  # LocalPath | None
+def _is_model(value: object) -> bool:
+    return isinstance(value, BaseModel) or (
+        dataclasses.is_dataclass(value) and not isinstance(value, type)
+    )
+
+
+def _fields(model: object) -> list[tuple[str, list]]:
+    """Each field's name and the metadata of its annotation (``LocalPath | None`` too)."""
+    if isinstance(model, BaseModel):
+        return [(n, _marks(f.annotation, f.metadata)) for n, f in type(model).model_fields.items()]
+    return [(f.name, _marks(f.type, ())) for f in dataclasses.fields(model)]
+
+
+def _marks(annotation: object, metadata) -> list:
+    marks = [*metadata, *getattr(annotation, "__metadata__", ())]
+    for member in typing.get_args(annotation):  # LocalPath | None
         marks += getattr(member, "__metadata__", ())
-    return any(isinstance(mark, _FromConfigDir) for mark in marks)
+    return marks
+
+
+# An unknown key: in a model, and in a challenge dataclass.
+_UNKNOWN_KEY = {"extra_forbidden", "unexpected_keyword_argument"}
 
 
 def _first_error(path: Path, data: object, err: ValidationError) -> ConfigError:
     errors = err.errors(include_url=False)
     # A misspelt key shows as an unknown key plus a missing one: name the one the user
     # wrote, with the closest valid key, rather than the one they never wrote.
-    unknown = [e for e in errors if e["type"] == "extra_forbidden"]
+    unknown = [e for e in errors if e["type"] in _UNKNOWN_KEY]
     detail = unknown[0] if unknown else errors[0]
     ctx_error = (detail.get("ctx") or {}).get("error")
     if isinstance(ctx_error, _KeyedError):
         return ConfigError(path, _key_path(ctx_error.loc), str(ctx_error))
     loc = _without_union_tags(data, detail["loc"])
     kind = detail["type"]
-    if kind == "extra_forbidden":
+    if kind in _UNKNOWN_KEY:
         missing = [
             e["loc"][-1]
             for e in errors

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def test_a_failed_validation_leaves_the_previous_certificate_current(acme_platfo
     issuer = build_issuer(acme_platform, "pebble")
     # Point the http-01 listener elsewhere: Pebble's validator finds nobody.
     config = issuer.config.model_copy(
-        update={"challenge": issuer.config.challenge.model_copy(update={"port": 1})}
+        update={"challenge": dataclasses.replace(issuer.config.challenge, port=1)}
     )
     broken = AcmeIssuer("pebble", config, issuer.directory)
 
