@@ -233,6 +233,7 @@ def test_the_demo_in_a_real_browser_executes_a_check_from_its_tab(tmp_path):
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect
 
+    require_binary("chromium", "chromium")  # before the demo's minute, not after
     demo_config = default_config_path()
     platform = load_config(demo_config)
     pipeline = next(n for n, p in platform.pipelines.items() if p.client_certificate)
