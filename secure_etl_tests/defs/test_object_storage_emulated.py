@@ -1,0 +1,199 @@
+"""Stage files on S3, against moto's standalone S3 emulator (no real AWS runs here):
+every test name says ``emulated``. The pipeline reads and writes its raw, hashed and
+quarantined files and its load markers in the bucket, nothing under the state
+directory's dataset folder, and retention deletes the objects there."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+import time
+import uuid
+
+import boto3
+import httpx
+import pyarrow as pa
+import pytest
+import yaml
+
+from secure_etl.config import load_config
+from secure_etl.defs.build import build_definitions
+from secure_etl.defs.certificates import RENEWAL_JOB
+from secure_etl.defs.retention import RETENTION_JOB
+from secure_etl.etl import storage
+from secure_etl.etl.destinations import duckdb as duckdb_dest
+from secure_etl.security.audit import platform_audit_log, verify_log
+from secure_etl_tests.servers import free_port
+
+pytestmark = pytest.mark.integration
+
+PARTITION = "2026-03-01-10:00"
+FILE = "2026-03-01-10-00.parquet"
+
+
+@pytest.fixture(scope="module")
+def moto_s3(tmp_path_factory):
+    """moto's server on a free loopback port, for the module (each test has its bucket)."""
+    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
+    port = free_port()
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"{url}/moto-api/").status_code < 500:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, f"moto exited: {log_path.read_text()}"
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"moto did not start: {log_path.read_text()}")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def bucket(moto_s3, monkeypatch) -> str:
+    """A fresh bucket; the credentials and endpoint in the environment, as in production."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEMULATED")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "emulated-secret")
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_s3)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.delenv("SECURE_ETL_STATE_DIR", raising=False)
+    name = f"etl-{uuid.uuid4().hex[:12]}"
+    _s3().create_bucket(Bucket=name)
+    return name
+
+
+def _s3():
+    return boto3.client("s3")  # endpoint, region and credentials from the environment
+
+
+def _keys(bucket: str) -> set[str]:
+    """The bucket's objects, but the empty ``folder/`` markers pyarrow leaves when it
+    deletes a folder's last object (they hold nothing)."""
+    pages = _s3().get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    found = {(item["Key"], item["Size"]) for page in pages for item in page.get("Contents", [])}
+    assert all(size == 0 for key, size in found if key.endswith("/"))
+    return {key for key, _ in found if not key.endswith("/")}
+
+
+def _platform(write_config, bucket: str):
+    data = copy.deepcopy(yaml.safe_load(write_config().read_text()))
+    data["storage"] = {"url": f"s3://{bucket}/lake/v1"}
+    data["pipelines"]["customers"]["retention"] = {"raw_grace_hours": 0, "hashed_days": 30}
+    return load_config(write_config(data, "s3.yaml"))
+
+
+def test_a_partition_flows_through_the_bucket_and_retention_deletes_raw_there_emulated(
+    write_config, bucket, instance
+):
+    platform = _platform(write_config, bucket)
+    state = platform.resolved_state_dir()
+    defs = build_definitions(platform)
+    defs.resolve_job_def(RENEWAL_JOB).execute_in_process(instance=instance)
+
+    result = defs.resolve_job_def("customers_etl").execute_in_process(
+        partition_key=PARTITION, instance=instance
+    )
+
+    checks = {e.check_name: (e.passed, e.description) for e in result.get_asset_check_evaluations()}
+    assert all(passed for passed, _ in checks.values()), checks
+    rows = {
+        e.asset_key.path[0]: e.materialization.metadata["rows"].value
+        for e in result.get_asset_materialization_events()
+    }
+    quarantined = 200 - rows["hashed"]
+    assert rows["raw"] == 200 and quarantined > 0
+    assert checks["rows_reconcile"][1] == (
+        f"raw 200 = loaded {rows['loaded']} + quarantined {quarantined} + filtered 0"
+    )
+    loaded = duckdb_dest.read_partition(state / "warehouse.duckdb", "customers", PARTITION)
+    assert len(loaded) == rows["loaded"] == rows["hashed"]
+    stage_keys = {f"lake/v1/{stage}/customers/{FILE}" for stage in ("raw", "hashed", "quarantine")}
+    marker = f"lake/v1/hashed/customers/{FILE}.loaded.json"
+    assert stage_keys | {marker, f"lake/v1/hashed/customers/{FILE}.counts.json"} <= _keys(bucket)
+    assert not (state / "data").exists()  # nothing on local disk but keys, certs, audit
+
+    # Raw rows in the bucket are encrypted: unreadable without the key.
+    raw = storage.storage_for(platform).file("raw", "customers", PARTITION)
+    assert len(storage.read_partition(raw, storage.raw_crypto(platform))) == 200
+    with pytest.raises(OSError):
+        storage.read_partition(raw)
+    # The audit log names the objects' digests, computed from the bucket.
+    log = platform_audit_log(platform)
+    extract = [r for r in map(json.loads, log.path.open()) if r["action"] == "extract"]
+    assert extract[-1]["outputs"]["raw"] == raw.digest()
+
+    deleted = defs.resolve_job_def(RETENTION_JOB).execute_in_process(instance=instance)
+
+    assert deleted.output_for_node("apply_retention") == 2
+    left = _keys(bucket)
+    assert f"lake/v1/raw/customers/{FILE}" not in left
+    assert f"lake/v1/quarantine/customers/{FILE}" not in left
+    assert {f"lake/v1/hashed/customers/{FILE}", marker} <= left  # hashed kept 30 days
+    records = [r for r in map(json.loads, log.path.open()) if r["action"] == "retention.delete"]
+    assert {r["inputs"].get("raw") or r["inputs"].get("quarantine") for r in records} == {
+        f"s3://{bucket}/lake/v1/raw/customers/{FILE}",
+        f"s3://{bucket}/lake/v1/quarantine/customers/{FILE}",
+    }
+    assert verify_log(log).ok
+    assert not (state / "data").exists()
+
+
+def test_the_one_pass_pipeline_writes_its_files_to_the_bucket_emulated(
+    write_config, bucket, instance
+):
+    data = copy.deepcopy(yaml.safe_load(write_config().read_text()))
+    data["storage"] = {"url": f"s3://{bucket}/lake/v1"}
+    data["pipelines"]["customers"]["one_pass"] = True
+    platform = load_config(write_config(data, "one-pass.yaml"))
+    defs = build_definitions(platform)
+    defs.resolve_job_def(RENEWAL_JOB).execute_in_process(instance=instance)
+
+    result = defs.resolve_job_def("customers_etl").execute_in_process(
+        partition_key=PARTITION, instance=instance
+    )
+
+    assert all(e.passed for e in result.get_asset_check_evaluations())
+    assert {f"lake/v1/{s}/customers/{FILE}" for s in storage.STAGES} <= _keys(bucket)
+    assert not (platform.resolved_state_dir() / "data").exists()
+
+
+def test_an_object_appears_whole_or_not_at_all_emulated(write_config, bucket):
+    platform = _platform(write_config, bucket)
+    store = storage.storage_for(platform)
+    file = store.file("raw", "customers", PARTITION)
+    crypto = storage.raw_crypto(platform)
+
+    writer = storage.PartitionWriter(file, crypto)
+    writer.write(pa.table({"id": [1, 2, 3]}))
+    assert not file.exists()  # still under a temporary name
+    writer.abort()
+    assert _keys(bucket) == set() and store.partitions("raw", "customers") == []
+
+    rows, size = storage.write_partition_chunks(
+        file, [pa.table({"id": [1, 2]}), pa.table({"id": [3]})], crypto
+    )
+    assert (rows, size) == (3, file.size()) and _keys(bucket) == {f"lake/v1/raw/customers/{FILE}"}
+    assert storage.partition_rows(file, crypto) == 3
+    with pytest.raises(OSError):
+        storage.partition_rows(file)  # encrypted: no key, no footer
+    with storage.local_copy(file) as path:
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert storage.partition_rows(path, crypto) == 3
+    assert not path.exists() and not path.parent.exists()
+    file.unlink()
+    assert not file.exists() and f"lake/v1/raw/customers/{FILE}" not in _keys(bucket)
