@@ -1,7 +1,8 @@
-"""Stage files on S3, against moto's standalone S3 emulator (no real AWS runs here):
-every test name says ``emulated``. The pipeline reads and writes its raw, hashed and
-quarantined files and its load markers in the bucket, nothing under the state
-directory's dataset folder, and retention deletes the objects there."""
+"""Stage files in a bucket, against moto's standalone S3 server and gcp-storage-emulator
+(no real AWS or GCS runs here): every test name says ``emulated``, and each runs once per
+store. The pipeline reads and writes its raw, hashed and quarantined files and its load
+markers in the bucket, nothing under the state directory's dataset folder, and retention
+deletes the objects there."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import boto3
 import httpx
@@ -33,66 +36,100 @@ PARTITION = "2026-03-01-10:00"
 FILE = "2026-03-01-10-00.parquet"
 
 
-@pytest.fixture(scope="module")
-def moto_s3(tmp_path_factory):
-    """moto's server on a free loopback port, for the module (each test has its bucket)."""
-    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
+def _start(argv: list[str], ready_path: str, log_path) -> tuple[subprocess.Popen, str]:
+    """Start an emulator listening on a free loopback port; returns it and its URL."""
     port = free_port()
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            [sys.executable, "-m", *argv, str(port)], stdout=log, stderr=subprocess.STDOUT
         )
     url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/moto-api/").status_code < 500:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, f"moto exited: {log_path.read_text()}"
-            time.sleep(0.05)
-        else:
-            raise AssertionError(f"moto did not start: {log_path.read_text()}")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    for _ in range(600):
+        try:
+            if httpx.get(url + ready_path).status_code < 500:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"{argv[0]} did not start: {log_path.read_text()}")
 
 
-@pytest.fixture
-def bucket(moto_s3, monkeypatch) -> str:
-    """A fresh bucket; the credentials and endpoint in the environment, as in production."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEMULATED")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "emulated-secret")
-    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_s3)
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
+@pytest.fixture(scope="module")
+def moto_s3(tmp_path_factory):
+    """moto's S3 server for the module (each test has its own bucket)."""
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    proc, url = _start(["moto.server", "-H", "127.0.0.1", "-p"], "/moto-api/", log)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def gcs_emulator(tmp_path_factory):
+    """gcp-storage-emulator (the GCS JSON API, in memory) for the module."""
+    log = tmp_path_factory.mktemp("gcs") / "gcs.log"
+    argv = ["gcp_storage_emulator", "start", "--in-memory", "--host", "127.0.0.1", "--port"]
+    proc, url = _start(argv, "/storage/v1/b", log)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """A fresh bucket on an emulator: its URL scheme, name, and how to list it."""
+
+    scheme: str
+    name: str
+    keys: Callable[[], set[str]]
+
+
+@pytest.fixture(params=["s3", "gs"])
+def bucket(request, monkeypatch) -> Bucket:
+    """A fresh bucket; the endpoint and credentials in the environment, as in production."""
     monkeypatch.delenv("SECURE_ETL_STATE_DIR", raising=False)
     name = f"etl-{uuid.uuid4().hex[:12]}"
-    _s3().create_bucket(Bucket=name)
-    return name
+    if request.param == "s3":
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEMULATED")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "emulated-secret")
+        monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+        monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", request.getfixturevalue("moto_s3"))
+        monkeypatch.setenv("AWS_REGION", "us-east-1")
+        client = boto3.client("s3")  # endpoint, region and credentials from the environment
+        client.create_bucket(Bucket=name)
+        return Bucket("s3", name, lambda: _s3_keys(client, name))
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", request.getfixturevalue("gcs_emulator"))
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage as gcs
+
+    client = gcs.Client(project="emulated", credentials=AnonymousCredentials())
+    client.create_bucket(name)
+    return Bucket(
+        "gs", name, lambda: _folders_dropped({b.name: b.size for b in client.list_blobs(name)})
+    )
 
 
-def _s3():
-    return boto3.client("s3")  # endpoint, region and credentials from the environment
+def _s3_keys(client, bucket: str) -> set[str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return _folders_dropped(
+        {item["Key"]: item["Size"] for page in pages for item in page.get("Contents", [])}
+    )
 
 
-def _keys(bucket: str) -> set[str]:
-    """The bucket's objects, but the empty ``folder/`` markers pyarrow leaves when it
-    deletes a folder's last object (they hold nothing)."""
-    pages = _s3().get_paginator("list_objects_v2").paginate(Bucket=bucket)
-    found = {(item["Key"], item["Size"]) for page in pages for item in page.get("Contents", [])}
-    assert all(size == 0 for key, size in found if key.endswith("/"))
-    return {key for key, _ in found if not key.endswith("/")}
+def _folders_dropped(sizes: dict[str, int]) -> set[str]:
+    """The objects, but the empty ``folder/`` markers pyarrow leaves when it deletes a
+    folder's last object (they hold nothing)."""
+    assert all(size == 0 for key, size in sizes.items() if key.endswith("/"))
+    return {key for key in sizes if not key.endswith("/")}
 
 
-def _platform(write_config, bucket: str):
+def _platform(write_config, bucket: Bucket):
     data = copy.deepcopy(yaml.safe_load(write_config().read_text()))
-    data["storage"] = {"url": f"s3://{bucket}/lake/v1"}
+    data["storage"] = {"url": f"{bucket.scheme}://{bucket.name}/lake/v1"}
     data["pipelines"]["customers"]["retention"] = {"raw_grace_hours": 0, "hashed_days": 30}
     return load_config(write_config(data, "s3.yaml"))
 
@@ -124,7 +161,7 @@ def test_a_partition_flows_through_the_bucket_and_retention_deletes_raw_there_em
     assert len(loaded) == rows["loaded"] == rows["hashed"]
     stage_keys = {f"lake/v1/{stage}/customers/{FILE}" for stage in ("raw", "hashed", "quarantine")}
     marker = f"lake/v1/hashed/customers/{FILE}.loaded.json"
-    assert stage_keys | {marker, f"lake/v1/hashed/customers/{FILE}.counts.json"} <= _keys(bucket)
+    assert stage_keys | {marker, f"lake/v1/hashed/customers/{FILE}.counts.json"} <= bucket.keys()
     assert not (state / "data").exists()  # nothing on local disk but keys, certs, audit
 
     # Raw rows in the bucket are encrypted: unreadable without the key.
@@ -140,14 +177,14 @@ def test_a_partition_flows_through_the_bucket_and_retention_deletes_raw_there_em
     deleted = defs.resolve_job_def(RETENTION_JOB).execute_in_process(instance=instance)
 
     assert deleted.output_for_node("apply_retention") == 2
-    left = _keys(bucket)
+    left = bucket.keys()
     assert f"lake/v1/raw/customers/{FILE}" not in left
     assert f"lake/v1/quarantine/customers/{FILE}" not in left
     assert {f"lake/v1/hashed/customers/{FILE}", marker} <= left  # hashed kept 30 days
     records = [r for r in map(json.loads, log.path.open()) if r["action"] == "retention.delete"]
     assert {r["inputs"].get("raw") or r["inputs"].get("quarantine") for r in records} == {
-        f"s3://{bucket}/lake/v1/raw/customers/{FILE}",
-        f"s3://{bucket}/lake/v1/quarantine/customers/{FILE}",
+        f"{bucket.scheme}://{bucket.name}/lake/v1/raw/customers/{FILE}",
+        f"{bucket.scheme}://{bucket.name}/lake/v1/quarantine/customers/{FILE}",
     }
     assert verify_log(log).ok
     assert not (state / "data").exists()
@@ -157,7 +194,7 @@ def test_the_one_pass_pipeline_writes_its_files_to_the_bucket_emulated(
     write_config, bucket, instance
 ):
     data = copy.deepcopy(yaml.safe_load(write_config().read_text()))
-    data["storage"] = {"url": f"s3://{bucket}/lake/v1"}
+    data["storage"] = {"url": f"{bucket.scheme}://{bucket.name}/lake/v1"}
     data["pipelines"]["customers"]["one_pass"] = True
     platform = load_config(write_config(data, "one-pass.yaml"))
     defs = build_definitions(platform)
@@ -168,7 +205,7 @@ def test_the_one_pass_pipeline_writes_its_files_to_the_bucket_emulated(
     )
 
     assert all(e.passed for e in result.get_asset_check_evaluations())
-    assert {f"lake/v1/{s}/customers/{FILE}" for s in storage.STAGES} <= _keys(bucket)
+    assert {f"lake/v1/{s}/customers/{FILE}" for s in storage.STAGES} <= bucket.keys()
     assert not (platform.resolved_state_dir() / "data").exists()
 
 
@@ -182,12 +219,12 @@ def test_an_object_appears_whole_or_not_at_all_emulated(write_config, bucket):
     writer.write(pa.table({"id": [1, 2, 3]}))
     assert not file.exists()  # still under a temporary name
     writer.abort()
-    assert _keys(bucket) == set() and store.partitions("raw", "customers") == []
+    assert bucket.keys() == set() and store.partitions("raw", "customers") == []
 
     rows, size = storage.write_partition_chunks(
         file, [pa.table({"id": [1, 2]}), pa.table({"id": [3]})], crypto
     )
-    assert (rows, size) == (3, file.size()) and _keys(bucket) == {f"lake/v1/raw/customers/{FILE}"}
+    assert (rows, size) == (3, file.size()) and bucket.keys() == {f"lake/v1/raw/customers/{FILE}"}
     assert storage.partition_rows(file, crypto) == 3
     with pytest.raises(OSError):
         storage.partition_rows(file)  # encrypted: no key, no footer
@@ -196,4 +233,4 @@ def test_an_object_appears_whole_or_not_at_all_emulated(write_config, bucket):
         assert storage.partition_rows(path, crypto) == 3
     assert not path.exists() and not path.parent.exists()
     file.unlink()
-    assert not file.exists() and f"lake/v1/raw/customers/{FILE}" not in _keys(bucket)
+    assert not file.exists() and f"lake/v1/raw/customers/{FILE}" not in bucket.keys()
