@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import boto3
+import duckdb
 import httpx
 import pyarrow as pa
 import pytest
@@ -234,3 +235,62 @@ def test_an_object_appears_whole_or_not_at_all_emulated(write_config, bucket):
     assert not path.exists() and not path.parent.exists()
     file.unlink()
     assert not file.exists() and f"lake/v1/raw/customers/{FILE}" not in bucket.keys()
+
+
+@pytest.mark.parametrize("bucket", ["s3"], indirect=True)
+def test_an_incremental_pipeline_merges_from_the_bucket_emulated(
+    platform, postgres_tls, write_config, bucket, instance
+):
+    """The cursor's high-water mark is read from the raw object, and DuckDB (which reads
+    a file by its path) merges the hashed object from a temporary copy."""
+    postgres_tls.psql(
+        "CREATE TABLE orders (id bigint PRIMARY KEY, name text, email text, phone text, "
+        "updated_at timestamptz NOT NULL);"
+        "INSERT INTO orders SELECT g, 'Name ' || g, 'user' || g || '@example.com', "
+        "'+49 30 ' || g, timestamptz '2026-03-01 10:00+00' + g * interval '1 minute' "
+        "FROM generate_series(0, 49) g"
+    )
+    data = copy.deepcopy(yaml.safe_load(write_config().read_text()))
+    data["storage"] = {"url": f"{bucket.scheme}://{bucket.name}/lake"}
+    data["pipelines"]["customers"].update(
+        source={
+            "type": "postgres",
+            "host": "localhost",
+            "port": postgres_tls.port,
+            "user": "etl-client.test",
+            "dbname": "postgres",
+            "table": "orders",
+            "incremental": {"cursor_column": "updated_at", "lag_s": 0},
+        },
+        key_column="id",
+        partitions={"type": "incremental"},
+        transforms=[{"type": "pseudonymise", "columns": ["name", "email"], "key": "pseudo-1"}],
+    )
+    config = load_config(write_config(data, "incremental.yaml"))
+    defs = build_definitions(config)
+    defs.resolve_job_def(RENEWAL_JOB).execute_in_process(instance=instance)
+    job = defs.resolve_job_def("customers_etl")
+    warehouse = config.resolved_state_dir() / "warehouse.duckdb"
+
+    def run() -> dict:
+        result = job.execute_in_process(instance=instance)
+        assert all(e.passed for e in result.get_asset_check_evaluations())
+        return result.asset_materializations_for_node("raw__customers")[0].metadata
+
+    first = run()
+    assert first["rows"].value == 50
+    assert first["cursor_high_water"].value.startswith("2026-03-01T10:49")
+    postgres_tls.psql(
+        "INSERT INTO orders SELECT g, 'Name ' || g, 'user' || g || '@example.com', "
+        "'+49 30 ' || g, timestamptz '2026-03-01 11:00+00' + (g - 50) * interval '1 minute' "
+        "FROM generate_series(50, 54) g"
+    )
+    second = run()
+    assert second["rows"].value == 6  # from the high-water mark (10:49) on
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        assert con.execute("SELECT count(*), count(DISTINCT id) FROM customers").fetchone() == (
+            55,
+            55,
+        )
+    assert {f"lake/{s}/customers/incremental.parquet" for s in ("raw", "hashed")} <= bucket.keys()
+    assert not (config.resolved_state_dir() / "data").exists()
