@@ -98,3 +98,19 @@ def test_the_cli_refuses_a_url_with_credentials_in_one_line_exit_2(
     assert "c.yaml: storage.url: credentials in the URL are refused" in err
     assert len(err.strip().splitlines()) == 1 and "hunter2" not in err
     assert "Traceback" not in err
+
+
+def test_a_bucket_url_takes_its_region_from_the_environment_and_names_objects_by_url(
+    write_config, monkeypatch
+):
+    monkeypatch.setenv("AWS_REGION", "eu-west-3")
+    platform = load_config(write_config(_with_url("s3://my-bucket/lake/")))
+    store = storage.storage_for(platform)
+    assert not store.is_local and store.fs.region == "eu-west-3"
+    file = store.file("hashed", "customers", "2026-03-01-10:00")
+    assert file.local_path is None and file.path == (
+        "my-bucket/lake/hashed/customers/2026-03-01-10-00.parquet"
+    )
+    assert str(file) == "s3://my-bucket/lake/hashed/customers/2026-03-01-10-00.parquet"
+    assert str(storage.counts_file(file)).endswith("2026-03-01-10-00.parquet.counts.json")
+    assert storage.partition_of(file) == "2026-03-01-10:00"
