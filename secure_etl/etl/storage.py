@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from secure_etl.errors import UserError
 from secure_etl.security.audit import file_digest
 from secure_etl.security.files import SECRET_MODE, private_dir, write_secret
 from secure_etl.security.key_provider import KeyProvider
@@ -222,10 +223,11 @@ STORAGE_SCHEMES = ("s3", "gs")
 
 def storage_for(platform: PlatformConfig) -> Storage:
     """The platform's ``storage.url`` as a ``Storage``: left out, ``state_dir/data``; a
-    local path (relative to ``state_dir``); ``s3://bucket/prefix`` (region, endpoint and
-    credentials from the standard AWS variables: AWS_REGION, AWS_ENDPOINT_URL_S3 or
-    AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID...); or ``gs://bucket/prefix`` (Google's
-    application default credentials; STORAGE_EMULATOR_HOST for an emulator)."""
+    local path (relative to ``state_dir``); ``s3://bucket/prefix`` (region, endpoint, its
+    CA bundle and credentials from the standard AWS variables: AWS_REGION,
+    AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, AWS_CA_BUNDLE, AWS_ACCESS_KEY_ID...); or
+    ``gs://bucket/prefix`` (Google's application default credentials;
+    STORAGE_EMULATOR_HOST for an emulator)."""
     state = platform.resolved_state_dir()
     url = platform.storage.url
     if url is None:
@@ -246,7 +248,12 @@ def _object_store(scheme: str) -> pafs.FileSystem:
         region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
         if region:
             options["region"] = region
-        return pafs.S3FileSystem(**options)
+        if env.get("AWS_CA_BUNDLE"):  # the roots that verify the endpoint (else the system's)
+            options["tls_ca_file_path"] = env["AWS_CA_BUNDLE"]
+        try:
+            return pafs.S3FileSystem(**options)
+        except TypeError:  # tls_ca_file_path came with pyarrow 21
+            raise UserError(f"AWS_CA_BUNDLE needs pyarrow 21 or later ({pa.__version__})") from None
     if scheme == "gs":
         emulator = env.get("STORAGE_EMULATOR_HOST")
         if emulator:

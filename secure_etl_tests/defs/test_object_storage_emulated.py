@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import ssl
 import subprocess
 import sys
 import time
@@ -28,6 +29,8 @@ from secure_etl.defs.certificates import RENEWAL_JOB
 from secure_etl.defs.retention import RETENTION_JOB
 from secure_etl.etl import storage
 from secure_etl.etl.destinations import duckdb as duckdb_dest
+from secure_etl.pki.internal_ca import InternalCA
+from secure_etl.pki.keys import generate_private_key
 from secure_etl.security.audit import platform_audit_log, verify_log
 from secure_etl_tests.servers import free_port
 
@@ -37,17 +40,23 @@ PARTITION = "2026-03-01-10:00"
 FILE = "2026-03-01-10-00.parquet"
 
 
-def _start(argv: list[str], ready_path: str, log_path) -> tuple[subprocess.Popen, str]:
-    """Start an emulator listening on a free loopback port; returns it and its URL."""
+def _start(
+    argv: list[str], ready_path: str, log_path, tls_root: str | None = None
+) -> tuple[subprocess.Popen, str]:
+    """Start an emulator listening on a free loopback port (``argv`` ends with the port
+    option); returns it and its URL (https when ``tls_root`` verifies it)."""
     port = free_port()
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", *argv, str(port)], stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", *argv[:-1], argv[-1], str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if tls_root else 'http'}://127.0.0.1:{port}"
+    verify = ssl.create_default_context(cafile=tls_root) if tls_root else True
     for _ in range(600):
         try:
-            if httpx.get(url + ready_path).status_code < 500:
+            if httpx.get(url + ready_path, verify=verify).status_code < 500:
                 return proc, url
         except httpx.HTTPError:
             pass
@@ -64,6 +73,22 @@ def moto_s3(tmp_path_factory):
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     proc, url = _start(["moto.server", "-H", "127.0.0.1", "-p"], "/moto-api/", log)
     yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def moto_s3_tls(tmp_path_factory):
+    """moto's S3 server over HTTPS, its certificate from an internal CA: (URL, CA file)."""
+    work = tmp_path_factory.mktemp("moto-tls")
+    ca = InternalCA("s3-tls", work / "ca")
+    served = ca.issue(["127.0.0.1"], "server", generate_private_key("ec256"))
+    (work / "cert.pem").write_bytes(served.fullchain_pem)
+    (work / "key.pem").write_bytes(served.key_pem)
+    argv = ["moto.server", "-H", "127.0.0.1", "-c", str(work / "cert.pem")]
+    argv += ["-k", str(work / "key.pem"), "-p"]
+    proc, url = _start(argv, "/moto-api/", work / "moto.log", str(ca.root_path))
+    yield url, str(ca.root_path)
     proc.terminate()
     proc.wait(10)
 
@@ -294,3 +319,27 @@ def test_an_incremental_pipeline_merges_from_the_bucket_emulated(
         )
     assert {f"lake/{s}/customers/incremental.parquet" for s in ("raw", "hashed")} <= bucket.keys()
     assert not (config.resolved_state_dir() / "data").exists()
+
+
+def test_an_https_endpoint_is_verified_with_aws_ca_bundle_emulated(
+    write_config, moto_s3_tls, monkeypatch
+):
+    url, root = moto_s3_tls
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEMULATED")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "emulated-secret")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CA_BUNDLE", root)  # boto3 reads it too
+    name = f"etl-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    data = copy.deepcopy(yaml.safe_load(write_config().read_text()))
+    data["storage"] = {"url": f"s3://{name}/tls"}
+    platform = load_config(write_config(data, "tls.yaml"))
+
+    file = storage.storage_for(platform).file("raw", "customers", PARTITION)
+    storage.write_partition(file, pa.table({"id": [1, 2]}))
+    assert storage.partition_rows(file) == 2
+
+    monkeypatch.delenv("AWS_CA_BUNDLE")  # the system's roots do not know the internal CA
+    with pytest.raises(OSError, match="(?i)ssl|certificate|curl"):
+        storage.storage_for(platform).file("raw", "customers", PARTITION).exists()
