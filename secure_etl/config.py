@@ -32,7 +32,7 @@ from secure_etl import filter_grammar
 from secure_etl.cron import check_cron
 from secure_etl.demo.schema import SCHEMA as DEMO_SCHEMA
 from secure_etl.errors import UserError, escape_controls
-from secure_etl.identifiers import SQL_NAME_PATTERN, is_dns_name, is_ip_address
+from secure_etl.identifiers import is_dns_name, is_ip_address, sql_name_pattern
 
 CONFIG_ENV = "SECURE_ETL_CONFIG"
 STATE_DIR_ENV = "SECURE_ETL_STATE_DIR"
@@ -40,8 +40,10 @@ STATE_DIR_ENV = "SECURE_ETL_STATE_DIR"
 KeyType = Literal["ec256", "ec384", "rsa2048", "rsa3072", "rsa4096"]
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
 KeyId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
-SqlName = Annotated[str, Field(pattern=SQL_NAME_PATTERN)]  # a schema, table or column
-BigQueryName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,1023}$")]  # its limit
+SqlName = Annotated[str, Field(pattern=sql_name_pattern())]  # a schema, table or column
+# The same rule at the database's own limit, for names that stay in that database.
+MariaDBName = Annotated[str, Field(pattern=sql_name_pattern(64))]
+BigQueryName = Annotated[str, Field(pattern=sql_name_pattern(1024))]
 
 
 class _FromConfigDir:
@@ -387,11 +389,11 @@ class MariaDBSource(_SourceConfig):
     type: Literal["mariadb"]
     host: str
     port: int = Field(3306, ge=1, le=65535)
-    database: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    database: MariaDBName
     user: str
-    table: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-    time_column: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-    columns: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]] | None = None
+    table: MariaDBName
+    time_column: SqlName
+    columns: list[SqlName] | None = None
     chunk_rows: int = Field(10_000, ge=1)
     # Roots that verify the server (default: those of the pipeline's client certificate).
     ca_bundle: str | None = None
