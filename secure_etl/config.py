@@ -287,6 +287,10 @@ class _SourceConfig(_Strict):
         """Why it cannot be read by hourly partitions (None: it can)."""
         return None
 
+    def incremental_cursor(self) -> IncrementalCursor | None:
+        """How it is read past a high-water mark (None: it is read by the hour only)."""
+        return None
+
 
 class DemoSource(_SourceConfig):
     """Synthetic customers with PII, generated deterministically per partition."""
@@ -356,6 +360,9 @@ class PostgresSource(_PostgresConnection, _SourceConfig):
             if self.time_column
             else "a postgres source with hourly partitions needs a time_column"
         )
+
+    def incremental_cursor(self) -> IncrementalCursor | None:
+        return self.incremental
 
 
 class HttpsApiSource(_SourceConfig):
@@ -521,6 +528,13 @@ Destination = Annotated[
 ]
 
 
+def _merging_destinations() -> str:
+    """The destination types that take incremental runs (merge by key), e.g. for an error."""
+    models = typing.get_args(typing.get_args(Destination)[0])
+    kinds = [typing.get_args(m.model_fields["type"].annotation)[0] for m in models]
+    return " or ".join(k for k, m in zip(kinds, models, strict=True) if m.merges_by_key)
+
+
 class HourlyPartitions(_Strict):
     """One partition per UTC hour from ``start``; the schedule runs each hour's partition
     ``schedule_minute`` minutes after the hour ends."""
@@ -624,18 +638,18 @@ class PipelineConfig(_Strict):
     def _partitions_fit_the_source(self) -> PipelineConfig:
         if self.one_pass and self.partitions.type != "hourly":
             raise ValueError("one_pass: true takes hourly partitions")
-        incremental = getattr(self.source, "incremental", None)
+        incremental = self.source.incremental_cursor()
         if self.partitions.type == "incremental" and incremental is None:
             raise ValueError(
-                "partitions of type incremental need a postgres source with `incremental: "
-                "{cursor_column: ...}`"
+                f"partitions of type incremental need a source with `incremental: "
+                f"{{cursor_column: ...}}` (a {self.source.type} source has none)"
             )
         if self.partitions.type == "hourly" and incremental is not None:
             raise ValueError("a source with `incremental` needs `partitions: {type: incremental}`")
         if self.partitions.type == "incremental" and not self.destination.merges_by_key:
             raise ValueError(
                 f"a {self.destination.type} destination takes hourly partitions (one load "
-                "job replaces a partition); incremental merges go to postgres or duckdb"
+                f"job replaces a partition); incremental merges go to {_merging_destinations()}"
             )
         problem = self.source.hourly_problem() if self.partitions.type == "hourly" else None
         if problem:
