@@ -32,7 +32,7 @@ from secure_etl import filter_grammar
 from secure_etl.cron import check_cron
 from secure_etl.demo.schema import SCHEMA as DEMO_SCHEMA
 from secure_etl.errors import UserError, escape_controls
-from secure_etl.identifiers import SQL_NAME_PATTERN, is_dns_name, is_ip_address
+from secure_etl.identifiers import is_dns_name, is_ip_address, sql_name_pattern
 
 CONFIG_ENV = "SECURE_ETL_CONFIG"
 STATE_DIR_ENV = "SECURE_ETL_STATE_DIR"
@@ -40,8 +40,10 @@ STATE_DIR_ENV = "SECURE_ETL_STATE_DIR"
 KeyType = Literal["ec256", "ec384", "rsa2048", "rsa3072", "rsa4096"]
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
 KeyId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
-SqlName = Annotated[str, Field(pattern=SQL_NAME_PATTERN)]  # a schema, table or column
-BigQueryName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,1023}$")]  # its limit
+SqlName = Annotated[str, Field(pattern=sql_name_pattern())]  # a schema, table or column
+# The same rule at the database's own limit, for names that stay in that database.
+MariaDBName = Annotated[str, Field(pattern=sql_name_pattern(64))]
+BigQueryName = Annotated[str, Field(pattern=sql_name_pattern(1024))]
 
 
 class _FromConfigDir:
@@ -285,6 +287,10 @@ class _SourceConfig(_Strict):
         """Why it cannot be read by hourly partitions (None: it can)."""
         return None
 
+    def incremental_cursor(self) -> IncrementalCursor | None:
+        """How it is read past a high-water mark (None: it is read by the hour only)."""
+        return None
+
 
 class DemoSource(_SourceConfig):
     """Synthetic customers with PII, generated deterministically per partition."""
@@ -355,6 +361,9 @@ class PostgresSource(_PostgresConnection, _SourceConfig):
             else "a postgres source with hourly partitions needs a time_column"
         )
 
+    def incremental_cursor(self) -> IncrementalCursor | None:
+        return self.incremental
+
 
 class HttpsApiSource(_SourceConfig):
     """JSON pages from an HTTPS API over mutual TLS with the pipeline's client certificate.
@@ -387,11 +396,11 @@ class MariaDBSource(_SourceConfig):
     type: Literal["mariadb"]
     host: str
     port: int = Field(3306, ge=1, le=65535)
-    database: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    database: MariaDBName
     user: str
-    table: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-    time_column: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-    columns: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]] | None = None
+    table: MariaDBName
+    time_column: SqlName
+    columns: list[SqlName] | None = None
     chunk_rows: int = Field(10_000, ge=1)
     # Roots that verify the server (default: those of the pipeline's client certificate).
     ca_bundle: str | None = None
@@ -519,6 +528,13 @@ Destination = Annotated[
 ]
 
 
+def _merging_destinations() -> str:
+    """The destination types that take incremental runs (merge by key), e.g. for an error."""
+    models = typing.get_args(typing.get_args(Destination)[0])
+    kinds = [typing.get_args(m.model_fields["type"].annotation)[0] for m in models]
+    return " or ".join(k for k, m in zip(kinds, models, strict=True) if m.merges_by_key)
+
+
 class HourlyPartitions(_Strict):
     """One partition per UTC hour from ``start``; the schedule runs each hour's partition
     ``schedule_minute`` minutes after the hour ends."""
@@ -622,18 +638,18 @@ class PipelineConfig(_Strict):
     def _partitions_fit_the_source(self) -> PipelineConfig:
         if self.one_pass and self.partitions.type != "hourly":
             raise ValueError("one_pass: true takes hourly partitions")
-        incremental = getattr(self.source, "incremental", None)
+        incremental = self.source.incremental_cursor()
         if self.partitions.type == "incremental" and incremental is None:
             raise ValueError(
-                "partitions of type incremental need a postgres source with `incremental: "
-                "{cursor_column: ...}`"
+                f"partitions of type incremental need a source with `incremental: "
+                f"{{cursor_column: ...}}` (a {self.source.type} source has none)"
             )
         if self.partitions.type == "hourly" and incremental is not None:
             raise ValueError("a source with `incremental` needs `partitions: {type: incremental}`")
         if self.partitions.type == "incremental" and not self.destination.merges_by_key:
             raise ValueError(
                 f"a {self.destination.type} destination takes hourly partitions (one load "
-                "job replaces a partition); incremental merges go to postgres or duckdb"
+                f"job replaces a partition); incremental merges go to {_merging_destinations()}"
             )
         problem = self.source.hourly_problem() if self.partitions.type == "hourly" else None
         if problem:

@@ -283,3 +283,16 @@ def test_a_sql_name_that_is_not_plain_is_refused_at_load(write_config, bad):
     err = _error(write_config, data)
     assert err.key == f"pipelines.{pipeline}.destination.table"
     assert not is_sql_name(bad) and is_sql_name("customers_2") and is_sql_name("_" + "a" * 62)
+
+
+def test_one_sql_name_rule_at_each_databases_length():
+    from secure_etl.config import MariaDBSource
+    from secure_etl.identifiers import is_sql_name
+
+    assert not is_sql_name("customers\n")  # no end-of-line slips past the anchor
+    assert is_sql_name("a" * 64, longest=64) and not is_sql_name("a" * 65, longest=64)
+    source = {"type": "mariadb", "host": "db", "user": "etl", "time_column": "t"}
+    assert MariaDBSource(**source, database="d" * 64, table="t" * 64).table == "t" * 64
+    for bad in ({"table": "t" * 65}, {"table": "1t"}, {"time_column": "c" * 64}):
+        with pytest.raises(ValueError, match="should match pattern"):
+            MariaDBSource(**{**source, "database": "d", "table": "t", **bad})

@@ -138,7 +138,7 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
         tls = certificate  # connections present it and verify servers with its roots
         extra = {}
         if p.incremental:
-            cursor = p.source.incremental
+            cursor = p.source.incremental_cursor()
             previous = _high_water(context, stage_key("raw", name))
             since = previous - dt.timedelta(seconds=cursor.lag_s) if previous else None
             context.log.info(
