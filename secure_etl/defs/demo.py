@@ -21,6 +21,8 @@ from secure_etl.etl import demo_api
 from secure_etl.monitor.health import connection_security
 from secure_etl.pki.renewal import current_leaf
 
+NO_CLIENT_CERTIFICATE = "peer did not return a certificate"  # OpenSSL's reason
+
 # Dagster's console logger at INFO: our progress lines, without every engine event.
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
@@ -173,6 +175,11 @@ def _served(platform: PlatformConfig, seen: demo_api.Seen) -> list[str]:
         lines.append(f"raw/{name} <- {p.source.url} ({protocols}): {who}")
     lines.append(f"the demo API answered {seen.requests} requests")
     for why, count in sorted(Counter(seen.refused).items()):
+        if why == NO_CLIENT_CERTIFICATE:
+            why = (
+                "no client certificate (served_by_endpoint's probe presents none: it only "
+                "reads the chain the server sends)"
+            )
         lines.append(f"the demo API refused {count} handshake{'s' * (count != 1)}: {why}")
     return lines
 
