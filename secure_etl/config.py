@@ -804,6 +804,44 @@ class DemoApiConfig(_Strict):
     page_size: int = Field(250, ge=1, le=10_000)
 
 
+class StorageConfig(_Strict):
+    """Where raw, hashed and quarantined partitions are kept: ``url`` left out, under
+    state_dir/data as always; a local path (relative to state_dir); or
+    ``s3://bucket/prefix`` / ``gs://bucket/prefix``. Credentials, region and endpoint
+    come from the environment (AWS_*, Google's application default credentials), never
+    from the URL."""
+
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _no_secrets_in_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return url
+        if not url.strip():
+            raise ValueError("empty: leave the key out for state_dir/data")
+        scheme, sep, _ = url.partition("://")
+        if not sep:
+            return url  # a local path
+        if scheme not in ("s3", "gs"):
+            raise ValueError(f"unknown scheme {echo(scheme)} (one of: s3, gs; or a local path)")
+        parts = urlsplit(url)
+        if "@" in parts.netloc or parts.password is not None:
+            # Not echoed: it holds a secret.
+            raise ValueError(
+                "credentials in the URL are refused: give them in the environment "
+                "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS)"
+            )
+        if parts.query or parts.fragment or "?" in url or "#" in url:
+            raise ValueError(
+                "options in the URL are refused (they may hold credentials): region and "
+                "endpoint come from the environment (AWS_REGION, AWS_ENDPOINT_URL)"
+            )
+        if not parts.netloc or ":" in parts.netloc:
+            raise ValueError(f"give {scheme}://<bucket>/<prefix> (got {echo(url)})")
+        return url
+
+
 class PlatformConfig(_Strict):
     state_dir: LocalPath = ".secure_etl"
     certificate_check_schedule: Cron = "*/30 * * * *"
@@ -819,6 +857,7 @@ class PlatformConfig(_Strict):
     alerts: AlertsConfig = AlertsConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     demo_api: DemoApiConfig | None = None
+    storage: StorageConfig = StorageConfig()
 
     @model_validator(mode="after")
     def _references_resolve(self) -> PlatformConfig:
