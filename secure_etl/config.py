@@ -804,6 +804,22 @@ class MonitoringConfig(_Strict):
     certificate_checks_max_age_hours: float = Field(2, gt=0)  # last certificate check
 
 
+class DemoApiConfig(_Strict):
+    """The offline demo's HTTPS API (``secure_etl/etl/demo_api.py``): synthetic customers
+    as JSON pages on ``https://127.0.0.1:<port>/customers``, served with ``certificate``
+    (a server certificate) to clients whose certificate chains to its roots. Point an
+    ``https_api`` source's ``url`` and the certificate's ``endpoints`` at that port.
+    ``secure-etl demo`` runs it for the whole demo; under ``dagster dev`` the steps that
+    need it (extracting from it, the certificate's checks) run it while they last."""
+
+    certificate: Name
+    port: int = Field(18443, ge=1, le=65535)
+    rows_per_partition: int = Field(1000, ge=1, le=1_000_000)
+    seed: int = 0
+    bad_row_rate: float = Field(0.005, ge=0, le=1)
+    page_size: int = Field(250, ge=1, le=10_000)
+
+
 class StorageConfig(_Strict):
     """Where raw, hashed and quarantined partitions are kept: ``url`` left out, under
     state_dir/data as always; a local path (relative to state_dir); or
@@ -856,11 +872,19 @@ class PlatformConfig(_Strict):
     encrypt_raw: bool = True
     alerts: AlertsConfig = AlertsConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    demo_api: DemoApiConfig | None = None
     storage: StorageConfig = StorageConfig()
 
     @model_validator(mode="after")
     def _references_resolve(self) -> PlatformConfig:
         clients = [n for n, c in self.certificates.items() if c.use == "client"]
+        if self.demo_api is not None:
+            served = self.demo_api.certificate
+            servers = [n for n, c in self.certificates.items() if c.use == "server"]
+            if served not in servers:
+                raise _RefError(
+                    ("demo_api", "certificate"), served, servers, what="server certificate"
+                )
         for name, cert in self.certificates.items():
             if cert.issuer not in self.issuers:
                 raise _RefError(("certificates", name, "issuer"), cert.issuer, self.issuers)

@@ -48,6 +48,9 @@ def _demo(args: argparse.Namespace) -> int:
     for label, (ok, why) in summary.checks.items():
         if not ok:
             print(f"  FAIL {label}: {why}")
+    print(f"Connections verified: {summary.connections_verified}/{summary.connections}")
+    for line in summary.served:
+        print(f"  {line}")
     print(f"Retention: deleted {len(summary.deleted)} files")
     for line in summary.deleted:
         print(f"  {line}")

@@ -119,7 +119,7 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
         None if p.incremental else HourlyPartitionsDefinition(start_date=p.partitions.start)
     )
     specs = pipeline_specs(platform, name)
-    resources = PipelineResources.of(name, p)
+    resources = PipelineResources.of(name, p, platform)
     pii = _pii_columns(p)
     audit = platform_audit_log(platform)
     crypto = storage.raw_crypto(platform)
@@ -129,7 +129,7 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
         name=specs.raw.key.to_python_identifier(),
         partitions_def=partitions,
         retry_policy=_io_retry(p),
-        required_resource_keys={resources.certificate_key},
+        required_resource_keys=resources.extract_keys,
     )
     def raw(context: AssetExecutionContext) -> MaterializeResult:
         certificate = resources.certificate(context)
@@ -244,7 +244,7 @@ def one_pass_assets(platform: PlatformConfig, name: str) -> list:
     state = platform.resolved_state_dir()
     store = storage.storage_for(platform)
     specs = pipeline_specs(platform, name)
-    resources = PipelineResources.of(name, p)
+    resources = PipelineResources.of(name, p, platform)
     pii = _pii_columns(p)
     audit = platform_audit_log(platform)
     crypto = storage.raw_crypto(platform)
