@@ -46,7 +46,7 @@ def test_all_checks_pass_exit_0(files):
         str(files / "ca.pem"),
     )
     assert result.returncode == 0, result.stdout
-    assert "FAIL" not in result.stdout and "ok   chain_trusted" in result.stdout
+    assert "FAIL" not in result.stdout and "ok           chain_trusted" in result.stdout
 
 
 def test_a_failing_check_exits_1_and_json_lists_every_check(files):

@@ -429,7 +429,7 @@ POSTGRES = {"type": "postgres", "host": "db.test", "dbname": "shop", "user": "et
                 transforms=[{"type": "filter", "where": {"eq": ["vip", "yes"]}}],
             ),
             "transforms[0].where.eq",
-            "vip is a boolean column: compare it with true or false, unquoted, not the string 'yes'",
+            "vip is a boolean column: compare it with true or false, unquoted, not the string",
         ),
     ],
 )
