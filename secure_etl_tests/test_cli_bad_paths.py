@@ -12,6 +12,7 @@ import argparse
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,10 @@ def test_the_commands_are_the_ones_the_readme_documents():
 
 @pytest.fixture
 def world(tmp_path: Path) -> dict[str, str]:
+    return _world(tmp_path)
+
+
+def _world(tmp_path: Path) -> dict[str, str]:
     """What makes each command otherwise valid: a config, a certificate, keys."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -229,17 +234,32 @@ def _assert_one_line_exit_2(result: subprocess.CompletedProcess, *named: str) ->
 
 
 CASES = [
-    pytest.param(command, arg, case, id=f"{command.replace(' ', '-')}-{arg.lstrip('-')}-{case}")
-    for (command, arg), kind in PATH_KINDS.items()
-    for case in BAD_CASES[kind]
+    (command, arg, case) for (command, arg), kind in PATH_KINDS.items() for case in BAD_CASES[kind]
 ]
 
 
-@pytest.mark.parametrize(("command", "arg", "case"), CASES)
-def test_a_bad_path_is_one_line_and_exit_2(world, tmp_path, command, arg, case):
-    bad = _bad_path(tmp_path, case)
-    argv = _with_arg(_base(command, world), arg, bad, COMMANDS[command])
-    result = _run([*command.split(), *argv], cwd=tmp_path)
+@pytest.fixture(scope="module")
+def bad_path_runs(tmp_path_factory) -> dict[tuple[str, str, str], tuple[str, object]]:
+    """Every bad-path case run once, a few at a time (each is a fresh process, and most
+    of its time is Python starting): case -> (the bad path, the finished process)."""
+    root = tmp_path_factory.mktemp("bad-paths")
+    runs = {}
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        for number, (command, arg, case) in enumerate(CASES):
+            here = root / str(number)
+            here.mkdir()
+            bad = _bad_path(here, case)
+            argv = _with_arg(_base(command, _world(here)), arg, bad, COMMANDS[command])
+            runs[command, arg, case] = (bad, pool.submit(_run, [*command.split(), *argv], here))
+        return {key: (bad, job.result()) for key, (bad, job) in runs.items()}
+
+
+@pytest.mark.parametrize(
+    ("command", "arg", "case"),
+    [pytest.param(*c, id=f"{c[0].replace(' ', '-')}-{c[1].lstrip('-')}-{c[2]}") for c in CASES],
+)
+def test_a_bad_path_is_one_line_and_exit_2(bad_path_runs, command, arg, case):
+    bad, result = bad_path_runs[command, arg, case]
     _assert_one_line_exit_2(result, bad)
 
 
