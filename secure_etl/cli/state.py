@@ -28,10 +28,11 @@ def no_state_note(platform, config: Path | None) -> str | None:
     )
 
 
-def check_dagster_home() -> None:
+def check_dagster_home(settings: bool = True) -> None:
     """Refuse an unusable ``$DAGSTER_HOME`` (one line) before a command opens it:
-    Dagster itself answers with a traceback. Unset or empty: nothing to check. Only for
-    the commands that load Dagster anyway (it opens the instance once to judge it)."""
+    Dagster itself answers with a traceback. Unset or empty: nothing to check. With
+    ``settings``, Dagster also judges its ``dagster.yaml`` (the instance is opened once
+    and closed: only for commands that load Dagster anyway)."""
     home = os.environ.get("DAGSTER_HOME")
     if not home:
         return
@@ -63,6 +64,7 @@ def check_dagster_home() -> None:
         raise UserError(f"{settings}: {line}{problem}") from None
     if data is not None and not isinstance(data, dict):
         raise UserError(f"{settings}: expected a mapping of Dagster settings at the top level")
-    from secure_etl.defs.health import open_instance  # Dagster judges its own settings
+    if settings:
+        from secure_etl.defs.health import open_instance  # Dagster judges its settings
 
-    open_instance(home).dispose()
+        open_instance(home).dispose()
