@@ -493,3 +493,14 @@ def test_declared_column_kinds_are_what_the_source_reports_and_reads(write_confi
     assert source.column_kinds() == {"id": "integer", "ts": "timestamp"}
     assert source.selected_columns() == ["id", "ts"]
     assert source.known_columns() == {"id", "ts"}
+
+
+def test_the_column_kinds_of_the_config_are_the_filter_grammars():
+    import typing
+
+    from secure_etl import filter_grammar
+    from secure_etl.config import ColumnKind
+    from secure_etl.demo.schema import KINDS, SCHEMA
+
+    assert typing.get_args(ColumnKind) == filter_grammar.KINDS
+    assert set(KINDS) == set(SCHEMA) and set(KINDS.values()) <= set(filter_grammar.KINDS)
