@@ -268,7 +268,7 @@ class MariaDBReader:
         c = self.config
         start, end = partition_hour(partition)
         yield from extract_range(
-            self._endpoint(), c.table, c.time_column, start, end, c.columns, c.chunk_rows
+            self._endpoint(), c.table, c.time_column, start, end, c.selected_columns(), c.chunk_rows
         )
 
     def chunks_since(self, since: dt.datetime | None) -> Iterator[pa.Table]:

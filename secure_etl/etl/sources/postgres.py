@@ -177,7 +177,7 @@ class PostgresReader:
             c.time_column,
             start,
             end,
-            c.columns,
+            c.selected_columns(),
             c.chunk_rows,
         )
 
@@ -191,6 +191,6 @@ class PostgresReader:
             c.table,
             c.incremental.cursor_column,
             since,
-            c.columns,
+            c.selected_columns(),
             c.chunk_rows,
         )
