@@ -19,6 +19,7 @@ from secure_etl.acme.challenges import SolverError
 from secure_etl.acme.errors import AcmeError, AcmeProblem, RateLimited
 from secure_etl.config import PlatformConfig
 from secure_etl.defs.names import ENDPOINT_CHECK, GROUP, certificate_check_names, certificate_key
+from secure_etl.defs.resources import DEMO_API_KEY
 from secure_etl.pki.endpoints import stale_endpoints
 from secure_etl.pki.inspect import CheckResult, PemError, facts
 from secure_etl.pki.renewal import (
@@ -106,6 +107,11 @@ def certificate_checks(platform: PlatformConfig, name: str):
         ],
         can_subset=True,
         description=f"Inspects the current version of certificate {name!r}.",
+        # The demo API serves this certificate: it runs while the checks do, so
+        # served_by_endpoint handshakes with a real server (under `dagster dev` too).
+        required_resource_keys=(
+            {DEMO_API_KEY} if platform.demo_api and platform.demo_api.certificate == name else set()
+        ),
     )
     def _checks(context):
         selected = {check.name for check in context.selected_asset_check_keys}

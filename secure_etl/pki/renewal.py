@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes
 from secure_etl.config import AcmeIssuer as AcmeIssuerConfig
 from secure_etl.config import CertificateConfig, InternalCAIssuer, PlatformConfig
 from secure_etl.pki.endpoints import stale_endpoints
-from secure_etl.pki.inspect import CheckResult, inspect_chain, load_chain_file
+from secure_etl.pki.inspect import CheckResult, inspect_chain, load_chain_file, load_roots_file
 from secure_etl.pki.internal_ca import InternalCA
 from secure_etl.pki.issuer import IssuedCertificate, Issuer
 from secure_etl.pki.keys import PrivateKey, generate_private_key, key_type_of, load_private_key
@@ -89,7 +89,7 @@ def inspect_current(
 def _roots(config: PlatformConfig, name: str) -> tuple[list[x509.Certificate] | None, str]:
     """The roots the certificate must chain to (None: no bundle at all) and their file."""
     bundle = trust_bundle(config, name)
-    roots = load_chain_file(bundle) if bundle and bundle.exists() else ([] if bundle else None)
+    roots = load_roots_file(bundle) if bundle and bundle.exists() else ([] if bundle else None)
     return roots, str(bundle or "")
 
 
