@@ -17,7 +17,11 @@ from secure_etl.defs.pipelines import (
     pipeline_job_and_schedule,
 )
 from secure_etl.defs.renewal_sensor import renewal_sensor
-from secure_etl.defs.resources import bigquery_resources, certificate_resources
+from secure_etl.defs.resources import (
+    bigquery_resources,
+    certificate_resources,
+    used_certificates,
+)
 from secure_etl.defs.retention import retention_job_and_schedule
 from secure_etl.errors import UserError
 from secure_etl.security.hmac_keys import insecure_key_files
@@ -32,7 +36,7 @@ def build_definitions(platform: PlatformConfig) -> Definitions:
     if problems:
         raise UserError("refusing to start: " + "; ".join(problems))
     certificates = [certificate_asset(platform, name) for name in platform.certificates]
-    checks = [certificate_checks(platform, name) for name in platform.certificates]
+    checks = certificate_checks(platform)
     checks_job, renewal_job = certificate_jobs(platform)
     check_schedule = ScheduleDefinition(
         name="certificate_checks_schedule",
@@ -67,5 +71,8 @@ def build_definitions(platform: PlatformConfig) -> Definitions:
             check_alerts_sensor(platform, check_keys),
             run_failure_alerts(platform),
         ],
-        resources={**certificate_resources(platform), **bigquery_resources(platform)},
+        resources={
+            **certificate_resources(platform, used_certificates(platform)),
+            **bigquery_resources(platform),
+        },
     )
