@@ -8,6 +8,7 @@ Keeping both here means a Dagster upgrade that moves them touches one file.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -40,25 +41,113 @@ def latest_check_evaluations(
     instance: DagsterInstance, keys: Sequence[AssetCheckKey]
 ) -> dict[AssetCheckKey, CheckEvaluation]:
     """The newest completed evaluation of each check; checks never evaluated are absent."""
-    records = instance.event_log_storage.get_latest_asset_check_execution_by_key(list(keys))
+    records = _latest_records(instance, keys)
     out = {}
     for key, record in records.items():
-        if record.status == AssetCheckExecutionRecordStatus.PLANNED:
-            continue  # planned or still running: nothing to act on yet
-        evaluation = record.evaluation
-        if evaluation is None:
-            continue
-        out[key] = CheckEvaluation(
-            key=key,
-            storage_id=record.id,
-            run_id=record.run_id,
-            passed=evaluation.passed,
-            severity=evaluation.severity.value,
-            description=evaluation.description or "",
-            timestamp=record.create_timestamp,
-            metadata={k: getattr(v, "value", v) for k, v in evaluation.metadata.items()},
-        )
+        evaluation = _evaluation(key, record)
+        if evaluation is not None:
+            out[key] = evaluation
     return out
+
+
+# Dagster's query binds two parameters per check; SQLite allows 32,766 in a statement.
+KEYS_PER_QUERY = 5000
+
+
+def _latest_records(instance: DagsterInstance, keys: Sequence[AssetCheckKey]) -> dict:
+    """The latest execution record of each check: one query per KEYS_PER_QUERY checks."""
+    keys = list(keys)
+    records = {}
+    for i in range(0, len(keys), KEYS_PER_QUERY):
+        chunk = keys[i : i + KEYS_PER_QUERY]
+        records.update(instance.event_log_storage.get_latest_asset_check_execution_by_key(chunk))
+    return records
+
+
+def _evaluation(key: AssetCheckKey, record) -> CheckEvaluation | None:
+    if record.status == AssetCheckExecutionRecordStatus.PLANNED:
+        return None  # planned or still running: nothing to act on yet
+    evaluation = record.evaluation
+    if evaluation is None:
+        return None
+    return CheckEvaluation(
+        key=key,
+        storage_id=record.id,
+        run_id=record.run_id,
+        passed=evaluation.passed,
+        severity=evaluation.severity.value,
+        description=evaluation.description or "",
+        timestamp=record.create_timestamp,
+        metadata={k: getattr(v, "value", v) for k, v in evaluation.metadata.items()},
+    )
+
+
+@dataclass(frozen=True)
+class EvaluationCursor:
+    """Where a reader of check evaluations got to, in a few numbers however many checks.
+
+    Dagster numbers a check's execution when it is planned (at the start of its run) and
+    fills in the evaluation later. Every execution numbered above ``after`` is new; so
+    are those at or below it that were still waiting for their evaluation at the last
+    read (``waiting``, kept as ranges: a run's checks are numbered consecutively).
+    """
+
+    after: int = 0
+    waiting: tuple[tuple[int, int], ...] = ()
+
+    def is_new(self, storage_id: int) -> bool:
+        return storage_id > self.after or any(lo <= storage_id <= hi for lo, hi in self.waiting)
+
+    def to_json(self) -> str:
+        return json.dumps({"after": self.after, "waiting": [list(r) for r in self.waiting]})
+
+    @classmethod
+    def from_json(cls, text: str | None) -> tuple[EvaluationCursor, dict[str, int] | None]:
+        """The cursor, and (from a cursor of the earlier form: check -> the execution
+        seen last) that mapping, which decides what is new for one more read."""
+        data = json.loads(text) if text else {}
+        if "after" not in data:
+            return cls(), ({str(k): int(v) for k, v in data.items()} if data else None)
+        waiting = tuple((int(lo), int(hi)) for lo, hi in data.get("waiting", []))
+        return cls(int(data["after"]), waiting), None
+
+
+def _ranges(ids: list[int]) -> tuple[tuple[int, int], ...]:
+    out: list[list[int]] = []
+    for i in sorted(ids):
+        if out and i == out[-1][1] + 1:
+            out[-1][1] = i
+        else:
+            out.append([i, i])
+    return tuple((lo, hi) for lo, hi in out)
+
+
+def new_check_evaluations(
+    instance: DagsterInstance, keys: Sequence[AssetCheckKey], cursor: str | None
+) -> tuple[list[CheckEvaluation], str]:
+    """The checks' latest evaluations made since ``cursor``, and the cursor after them.
+
+    One query for all the checks, whatever their history; the cursor stays a few
+    numbers long. An evaluation is returned once: a re-read with the new cursor skips it.
+    """
+    state, legacy = EvaluationCursor.from_json(cursor)
+    records = _latest_records(instance, keys)
+    fresh, waiting, top = [], [], state.after
+    for key, record in records.items():
+        top = max(top, record.id)
+        if record.status == AssetCheckExecutionRecordStatus.PLANNED:
+            waiting.append(record.id)
+            continue
+        if legacy is not None:
+            if record.id <= legacy.get(key.to_user_string(), 0):
+                continue
+        elif not state.is_new(record.id):
+            continue
+        evaluation = _evaluation(key, record)
+        if evaluation is not None:
+            fresh.append(evaluation)
+    fresh.sort(key=lambda e: e.storage_id)
+    return fresh, EvaluationCursor(top, _ranges(waiting)).to_json()
 
 
 def latest_materializations(
