@@ -306,7 +306,7 @@ def main() -> None:
     rows = []
     for n in counts:
         rows.append(measure(n, args.launch_max, not args.no_webserver))
-        print(f"# {n} certificates done", file=sys.stderr, flush=True)
+        print(f"# {n} certificates: {json.dumps(rows[-1])}", file=sys.stderr, flush=True)
     print(" | ".join(title for _, title, _ in COLUMNS))
     for row in rows:
         cells = [fmt.format(row[key]) if key in row else "-" for key, _, fmt in COLUMNS]
