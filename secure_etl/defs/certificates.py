@@ -8,8 +8,8 @@ from dagster import (
     AssetKey,
     AssetsDefinition,
     AssetSelection,
-    Config,
     Failure,
+    Field,
     MaterializeResult,
     MetadataValue,
     asset,
@@ -75,9 +75,15 @@ def certificate_check_keys(platform: PlatformConfig, name: str) -> list[AssetChe
     ]
 
 
-class CertificateRunConfig(Config):
-    force: bool = False
-    """Renew even when the certificate is not due and passes every check."""
+# The run config of a certificate asset: `force: true` renews it anyway. One schema for
+# every certificate, built once (a Config class is analysed again for each asset).
+RUN_CONFIG = {
+    "force": Field(
+        bool,
+        default_value=False,
+        description="Renew even when the certificate is not due and passes every check.",
+    )
+}
 
 
 def certificate_asset(platform: PlatformConfig, name: str) -> AssetsDefinition:
@@ -93,10 +99,12 @@ def certificate_asset(platform: PlatformConfig, name: str) -> AssetsDefinition:
             "failing a check, then runs its deploy actions."
         ),
         tags={"secure_etl/use": cert.use},
+        config_schema=RUN_CONFIG,
     )
-    def _certificate(context, config: CertificateRunConfig) -> MaterializeResult:
+    def _certificate(context) -> MaterializeResult:
+        force = bool(context.op_config["force"])
         try:
-            result = ensure_certificate(platform, name, force=config.force, log=context.log.info)
+            result = ensure_certificate(platform, name, force=force, log=context.log.info)
         except (AcmeError, SolverError, AcmeConfigError, VerificationError) as err:
             # The previous version (if any) stays current; say what happened, in the UI too.
             outcome = "rate_limited" if isinstance(err, RateLimited) else "failed"
