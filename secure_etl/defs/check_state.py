@@ -182,7 +182,8 @@ def check_evaluation(
     Yielding an `AssetCheckResult` makes Dagster write an output event beside each
     evaluation and, in an op with many checks, resolve the result against all of them
     (quadratic in the number of checks); the evaluation is what the UI, the sensors and
-    the alerts read."""
+    the alerts read. (Dagster then logs, once per op, that the op did not yield its
+    optional outputs: one line in the run's log, against an event per check saved.)"""
     return AssetCheckEvaluation(
         asset_key=asset,
         check_name=check_name,
