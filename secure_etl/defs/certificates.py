@@ -102,7 +102,7 @@ def certificate_asset(platform: PlatformConfig, name: str) -> AssetsDefinition:
         config_schema=RUN_CONFIG,
     )
     def _certificate(context) -> MaterializeResult:
-        force = bool(context.op_config["force"])
+        force = bool(context.op_execution_context.op_config["force"])
         try:
             result = ensure_certificate(platform, name, force=force, log=context.log.info)
         except (AcmeError, SolverError, AcmeConfigError, VerificationError) as err:

@@ -22,7 +22,13 @@ from dagster import (
 from dagster._core.definitions.asset_checks.asset_check_evaluation import (
     AssetCheckEvaluationTargetMaterializationData as TargetMaterialization,
 )
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.storage.asset_check_execution_record import (
+    AssetCheckExecutionRecord,
+    AssetCheckExecutionRecordStatus,
+)
+from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable
+from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
+from dagster._core.storage.sqlalchemy_compat import db_fetch_mappings, db_select
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,47 @@ def _latest_records(instance: DagsterInstance, keys: Sequence[AssetCheckKey]) ->
     for i in range(0, len(keys), KEYS_PER_QUERY):
         chunk = keys[i : i + KEYS_PER_QUERY]
         records.update(instance.event_log_storage.get_latest_asset_check_execution_by_key(chunk))
+    return records
+
+
+_TOP = "top"  # in what _records_since returns: the highest execution id it read
+
+
+def _records_since(
+    instance: DagsterInstance, cursor: EvaluationCursor, wanted: set[AssetCheckKey]
+) -> dict | None:
+    """The latest execution record of each of ``wanted`` that changed since ``cursor``
+    (None: the storage is not SQL). It reads only the executions numbered from the
+    oldest one still waiting at the cursor, by primary key: what changed, not history."""
+    storage = instance.event_log_storage
+    if not isinstance(storage, SqlEventLogStorage):
+        return None
+    table = AssetCheckExecutionsTable
+    low = min([cursor.after + 1, *(lo for lo, _ in cursor.waiting)])
+    query = (
+        db_select(
+            [
+                table.c.id,
+                table.c.asset_key,
+                table.c.check_name,
+                table.c.run_id,
+                table.c.execution_status,
+                table.c.evaluation_event,
+                table.c.create_timestamp,
+                table.c.partition,
+            ]
+        )
+        .where(table.c.id >= low)
+        .order_by(table.c.id)
+    )
+    with storage.index_connection() as conn:
+        rows = db_fetch_mappings(conn, query)
+    records: dict = {_TOP: 0}
+    for row in rows:  # oldest first: the last record of a check is its latest
+        records[_TOP] = row["id"]
+        key = AssetCheckKey(AssetKey.from_db_string(row["asset_key"]), row["check_name"])
+        if key in wanted:
+            records[key] = AssetCheckExecutionRecord.from_db_row(row, key)
     return records
 
 
@@ -131,8 +178,12 @@ def new_check_evaluations(
     numbers long. An evaluation is returned once: a re-read with the new cursor skips it.
     """
     state, legacy = EvaluationCursor.from_json(cursor)
-    records = _latest_records(instance, keys)
-    fresh, waiting, top = [], [], state.after
+    records = None
+    if cursor and legacy is None:
+        records = _records_since(instance, state, set(keys))
+    if records is None:  # the first read, or a storage that is not SQL
+        records = _latest_records(instance, keys)
+    fresh, waiting, top = [], [], max(state.after, records.pop(_TOP, 0))
     for key, record in records.items():
         top = max(top, record.id)
         if record.status == AssetCheckExecutionRecordStatus.PLANNED:
