@@ -2,6 +2,7 @@
 #   make demo   install, then materialize the whole offline demo graph and print a summary
 #   make test   install what the tests need (system packages too when root), run pytest
 #   make unit   the tests that need no server or system package (pytest -m "not integration")
+#   make screenshots  retake the README's screenshots (docs/*.png) from the demo in chromium
 
 PYTHON ?= python3
 VENV   := .venv
@@ -12,7 +13,7 @@ BIN    := $(VENV)/bin
 # and the shipped alert rules.
 APT_PACKAGES := pebble bind9 postgresql-15 chromium prometheus mariadb-server
 
-.PHONY: demo test unit lint dev system-deps clean
+.PHONY: demo test unit lint dev screenshots system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +51,11 @@ test: system-deps $(VENV)/.installed-test
 	$(BIN)/ruff check secure_etl secure_etl_tests benchmarks
 	$(BIN)/bandit -q -r secure_etl -lll   # no high-severity finding
 	$(BIN)/pytest
+
+# The README's screenshots (docs/*.png), retaken from the bundled demo by the browser test
+# (chromium and dagster-webserver; a few minutes).
+screenshots: $(VENV)/.installed-test
+	SECURE_ETL_SCREENSHOTS=docs $(BIN)/pytest secure_etl_tests/defs/test_webserver.py -k demo
 
 unit: $(VENV)/.installed-test
 	$(BIN)/pytest -m "not integration"

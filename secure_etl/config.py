@@ -19,6 +19,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -30,9 +31,9 @@ from pydantic import (
 
 from secure_etl import filter_grammar
 from secure_etl.cron import check_cron
-from secure_etl.demo.schema import SCHEMA as DEMO_SCHEMA
+from secure_etl.demo.schema import KINDS as DEMO_KINDS
 from secure_etl.errors import UserError, escape_controls
-from secure_etl.identifiers import SQL_NAME_PATTERN, is_dns_name, is_ip_address
+from secure_etl.identifiers import is_dns_name, is_ip_address, sql_name_pattern
 
 CONFIG_ENV = "SECURE_ETL_CONFIG"
 STATE_DIR_ENV = "SECURE_ETL_STATE_DIR"
@@ -40,8 +41,10 @@ STATE_DIR_ENV = "SECURE_ETL_STATE_DIR"
 KeyType = Literal["ec256", "ec384", "rsa2048", "rsa3072", "rsa4096"]
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
 KeyId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
-SqlName = Annotated[str, Field(pattern=SQL_NAME_PATTERN)]  # a schema, table or column
-BigQueryName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,1023}$")]  # its limit
+SqlName = Annotated[str, Field(pattern=sql_name_pattern())]  # a schema, table or column
+# The same rule at the database's own limit, for names that stay in that database.
+MariaDBName = Annotated[str, Field(pattern=sql_name_pattern(64))]
+BigQueryName = Annotated[str, Field(pattern=sql_name_pattern(1024))]
 
 
 class _FromConfigDir:
@@ -54,6 +57,25 @@ LocalPath = Annotated[str, _FromConfigDir()]
 # A schedule: five cron fields or a macro, checked at load (not when Dagster builds it).
 Cron = Annotated[str, AfterValidator(check_cron)]
 MIN_PSEUDONYM_HEX = 32  # the truncation floor: 128 bits
+# What a column holds (filter_grammar.KINDS), where a source's config can say.
+ColumnKind = Literal["integer", "number", "string", "boolean", "timestamp", "date"]
+
+
+def _names_to_mapping(value: object) -> object:
+    """A list of column names is a mapping of the names to unknown kinds."""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return dict.fromkeys(value)
+    if isinstance(value, dict) or value is None:
+        return value
+    raise ValueError(
+        f"expected a list of column names, or a mapping of names to their kinds "
+        f"({', '.join(typing.get_args(ColumnKind))}), not {echo(value)}"
+    )
+
+
+# A source's columns named by the config: a list of names, or names with their kinds
+# (a list is read as names of unknown kinds).
+ColumnList = Annotated[dict[SqlName, ColumnKind | None], BeforeValidator(_names_to_mapping)]
 
 
 class ConfigError(UserError):
@@ -277,12 +299,29 @@ class CertificateConfig(_Strict):
 class _SourceConfig(_Strict):
     """What every source's config answers at load time, before any row is read."""
 
+    def column_kinds(self) -> dict[str, ColumnKind | None] | None:
+        """The columns its rows will have, each with its kind where the config knows it
+        (None for the kind: not known; None for the whole: the columns are known only
+        when the first batch arrives). Key, cursor and filter columns are checked
+        against it when the config loads, and filter values against the kinds."""
+        return None
+
     def known_columns(self) -> set[str] | None:
         """The columns its rows will have (None: known only when the first batch arrives)."""
-        return None
+        kinds = self.column_kinds()
+        return None if kinds is None else set(kinds)
+
+    def selected_columns(self) -> list[str] | None:
+        """The columns to read, in order (None: all of them)."""
+        columns = getattr(self, "columns", None)
+        return list(columns) if columns else None
 
     def hourly_problem(self) -> str | None:
         """Why it cannot be read by hourly partitions (None: it can)."""
+        return None
+
+    def incremental_cursor(self) -> IncrementalCursor | None:
+        """How it is read past a high-water mark (None: it is read by the hour only)."""
         return None
 
 
@@ -294,8 +333,8 @@ class DemoSource(_SourceConfig):
     seed: int = 0
     bad_row_rate: float = Field(0.005, ge=0, le=1)
 
-    def known_columns(self) -> set[str]:
-        return set(DEMO_SCHEMA)
+    def column_kinds(self) -> dict[str, ColumnKind | None]:
+        return dict(DEMO_KINDS)
 
 
 class _PostgresConnection(_Strict):
@@ -340,13 +379,13 @@ class PostgresSource(_PostgresConnection, _SourceConfig):
     type: Literal["postgres"]
     time_column: SqlName | None = None
     incremental: IncrementalCursor | None = None
-    columns: list[str] | None = None
+    columns: ColumnList | None = None
     # Rows per chunk (and per Parquet row group): small chunks keep memory low and cost
     # no speed (measured: 10,000 vs 100,000 rows, same throughput, 273 vs 500 MiB).
     chunk_rows: int = Field(10_000, ge=1)
 
-    def known_columns(self) -> set[str] | None:
-        return set(self.columns) if self.columns else None
+    def column_kinds(self) -> dict[str, ColumnKind | None] | None:
+        return _declared(self.columns)
 
     def hourly_problem(self) -> str | None:
         return (
@@ -354,6 +393,9 @@ class PostgresSource(_PostgresConnection, _SourceConfig):
             if self.time_column
             else "a postgres source with hourly partitions needs a time_column"
         )
+
+    def incremental_cursor(self) -> IncrementalCursor | None:
+        return self.incremental
 
 
 class HttpsApiSource(_SourceConfig):
@@ -387,17 +429,22 @@ class MariaDBSource(_SourceConfig):
     type: Literal["mariadb"]
     host: str
     port: int = Field(3306, ge=1, le=65535)
-    database: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    database: MariaDBName
     user: str
-    table: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-    time_column: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-    columns: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]] | None = None
+    table: MariaDBName
+    time_column: SqlName
+    columns: ColumnList | None = None
     chunk_rows: int = Field(10_000, ge=1)
     # Roots that verify the server (default: those of the pipeline's client certificate).
     ca_bundle: str | None = None
 
-    def known_columns(self) -> set[str] | None:
-        return set(self.columns) if self.columns else None
+    def column_kinds(self) -> dict[str, ColumnKind | None] | None:
+        return _declared(self.columns)
+
+
+def _declared(columns: dict[str, ColumnKind | None] | None) -> dict | None:
+    """The kinds of a ``columns`` key (None: every column of the table is read)."""
+    return dict(columns) if columns else None
 
 
 Source = Annotated[
@@ -519,6 +566,13 @@ Destination = Annotated[
 ]
 
 
+def _merging_destinations() -> str:
+    """The destination types that take incremental runs (merge by key), e.g. for an error."""
+    models = typing.get_args(typing.get_args(Destination)[0])
+    kinds = [typing.get_args(m.model_fields["type"].annotation)[0] for m in models]
+    return " or ".join(k for k, m in zip(kinds, models, strict=True) if m.merges_by_key)
+
+
 class HourlyPartitions(_Strict):
     """One partition per UTC hour from ``start``; the schedule runs each hour's partition
     ``schedule_minute`` minutes after the hour ends."""
@@ -601,39 +655,82 @@ class PipelineConfig(_Strict):
                         "a column takes one transform"
                     )
                 taken[column] = transform.type
-        known = self.source.known_columns()
-        if known is None:
-            return self  # checked when the first batch arrives
-        for i, transform in enumerate(self.transforms):
-            used = (
-                filter_grammar.columns(filter_grammar.parse(transform.where))
-                if transform.type == "filter"
-                else set(transform.columns)
-            )
-            unknown = sorted(used - known)
-            if unknown:
-                raise ValueError(
-                    f"transforms[{i}] ({transform.type}): unknown column "
-                    f"{', '.join(unknown)} (the source has {', '.join(sorted(known))})"
+            if transform.type == "drop" and self.key_column in transform.columns:
+                raise _KeyedError(
+                    ("transforms", i, "columns"),
+                    f"drops the key_column {self.key_column!r}, which the destination "
+                    "needs; drop other columns or choose another key_column",
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _columns_fit_the_source(self) -> PipelineConfig:
+        kinds = self.source.column_kinds()
+        if kinds is None:
+            return self  # the columns are checked when the first batch arrives
+        has = f"the source has {', '.join(sorted(kinds))}"
+        if self.key_column not in kinds:
+            raise _KeyedError(
+                ("key_column",),
+                f"unknown column {echo(self.key_column)} ({has})"
+                + _did_you_mean(self.key_column, list(kinds), fallback=""),
+            )
+        for i, transform in enumerate(self.transforms):
+            if transform.type != "filter":
+                unknown = sorted(set(transform.columns) - set(kinds))
+                if unknown:
+                    raise _KeyedError(
+                        ("transforms", i, "columns"),
+                        f"transforms[{i}] ({transform.type}): unknown column "
+                        f"{', '.join(unknown)} ({has})",
+                    )
+                continue
+            for where, leaf in filter_grammar.leaves(filter_grammar.parse(transform.where)):
+                loc = ("transforms", i, *where.split("."))
+                if leaf.column not in kinds:
+                    raise _KeyedError(
+                        loc,
+                        f"transforms[{i}] (filter): unknown column {leaf.column} ({has})"
+                        + _did_you_mean(leaf.column, list(kinds), fallback=""),
+                    )
+                kind = kinds[leaf.column]
+                values = (leaf.value,) if hasattr(leaf, "value") else getattr(leaf, "values", ())
+                for value in values if kind else ():
+                    problem = filter_grammar.value_problem(leaf.column, kind, value)
+                    if problem:
+                        raise _KeyedError(loc, problem)
+        cursor = getattr(self.source, "incremental", None)
+        if cursor is not None:
+            loc = ("source", "incremental", "cursor_column")
+            if cursor.cursor_column not in kinds:
+                raise _KeyedError(
+                    loc,
+                    f"{cursor.cursor_column!r} is not among the source's columns "
+                    f"({', '.join(sorted(kinds))}); add it to columns: the high-water mark "
+                    "is read from it",
+                )
+            _is_a_time(loc, cursor.cursor_column, kinds[cursor.cursor_column])
+        time_column = getattr(self.source, "time_column", None)
+        if time_column in kinds:  # a column not read may still be the one filtered on
+            _is_a_time(("source", "time_column"), time_column, kinds[time_column])
         return self
 
     @model_validator(mode="after")
     def _partitions_fit_the_source(self) -> PipelineConfig:
         if self.one_pass and self.partitions.type != "hourly":
             raise ValueError("one_pass: true takes hourly partitions")
-        incremental = getattr(self.source, "incremental", None)
+        incremental = self.source.incremental_cursor()
         if self.partitions.type == "incremental" and incremental is None:
             raise ValueError(
-                "partitions of type incremental need a postgres source with `incremental: "
-                "{cursor_column: ...}`"
+                f"partitions of type incremental need a source with `incremental: "
+                f"{{cursor_column: ...}}` (a {self.source.type} source has none)"
             )
         if self.partitions.type == "hourly" and incremental is not None:
             raise ValueError("a source with `incremental` needs `partitions: {type: incremental}`")
         if self.partitions.type == "incremental" and not self.destination.merges_by_key:
             raise ValueError(
                 f"a {self.destination.type} destination takes hourly partitions (one load "
-                "job replaces a partition); incremental merges go to postgres or duckdb"
+                f"job replaces a partition); incremental merges go to {_merging_destinations()}"
             )
         problem = self.source.hourly_problem() if self.partitions.type == "hourly" else None
         if problem:
@@ -788,6 +885,60 @@ class MonitoringConfig(_Strict):
     certificate_checks_max_age_hours: float = Field(2, gt=0)  # last certificate check
 
 
+class DemoApiConfig(_Strict):
+    """The offline demo's HTTPS API (``secure_etl/etl/demo_api.py``): synthetic customers
+    as JSON pages on ``https://127.0.0.1:<port>/customers``, served with ``certificate``
+    (a server certificate) to clients whose certificate chains to its roots. Point an
+    ``https_api`` source's ``url`` and the certificate's ``endpoints`` at that port.
+    ``secure-etl demo`` runs it for the whole demo; under ``dagster dev`` the steps that
+    need it (extracting from it, the certificate's checks) run it while they last."""
+
+    certificate: Name
+    port: int = Field(18443, ge=1, le=65535)
+    rows_per_partition: int = Field(1000, ge=1, le=1_000_000)
+    seed: int = 0
+    bad_row_rate: float = Field(0.005, ge=0, le=1)
+    page_size: int = Field(250, ge=1, le=10_000)
+
+
+class StorageConfig(_Strict):
+    """Where raw, hashed and quarantined partitions are kept: ``url`` left out, under
+    state_dir/data as always; a local path (relative to state_dir); or
+    ``s3://bucket/prefix`` / ``gs://bucket/prefix``. Credentials, region and endpoint
+    come from the environment (AWS_*, Google's application default credentials), never
+    from the URL."""
+
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _no_secrets_in_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return url
+        if not url.strip():
+            raise ValueError("empty: leave the key out for state_dir/data")
+        scheme, sep, _ = url.partition("://")
+        if not sep:
+            return url  # a local path
+        if scheme not in ("s3", "gs"):
+            raise ValueError(f"unknown scheme {echo(scheme)} (one of: s3, gs; or a local path)")
+        parts = urlsplit(url)
+        if "@" in parts.netloc or parts.password is not None:
+            # Not echoed: it holds a secret.
+            raise ValueError(
+                "credentials in the URL are refused: give them in the environment "
+                "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS)"
+            )
+        if parts.query or parts.fragment or "?" in url or "#" in url:
+            raise ValueError(
+                "options in the URL are refused (they may hold credentials): region and "
+                "endpoint come from the environment (AWS_REGION, AWS_ENDPOINT_URL)"
+            )
+        if not parts.netloc or ":" in parts.netloc:
+            raise ValueError(f"give {scheme}://<bucket>/<prefix> (got {echo(url)})")
+        return url
+
+
 class PlatformConfig(_Strict):
     state_dir: LocalPath = ".secure_etl"
     certificate_check_schedule: Cron = "*/30 * * * *"
@@ -802,10 +953,19 @@ class PlatformConfig(_Strict):
     encrypt_raw: bool = True
     alerts: AlertsConfig = AlertsConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    demo_api: DemoApiConfig | None = None
+    storage: StorageConfig = StorageConfig()
 
     @model_validator(mode="after")
     def _references_resolve(self) -> PlatformConfig:
         clients = [n for n, c in self.certificates.items() if c.use == "client"]
+        if self.demo_api is not None:
+            served = self.demo_api.certificate
+            servers = [n for n, c in self.certificates.items() if c.use == "server"]
+            if served not in servers:
+                raise _RefError(
+                    ("demo_api", "certificate"), served, servers, what="server certificate"
+                )
         for name, cert in self.certificates.items():
             if cert.issuer not in self.issuers:
                 raise _RefError(("certificates", name, "issuer"), cert.issuer, self.issuers)
@@ -858,7 +1018,8 @@ class PlatformConfig(_Strict):
 
 
 class _KeyedError(ValueError):
-    """A config error found across keys; carries the key path it belongs to."""
+    """A config error found across keys; carries the key path it belongs to, relative
+    to the model whose validator raised it."""
 
     def __init__(self, loc: tuple, message: str) -> None:
         self.loc = loc
@@ -1013,8 +1174,12 @@ def _first_error(path: Path, data: object, err: ValidationError) -> ConfigError:
     detail = unknown[0] if unknown else errors[0]
     ctx_error = (detail.get("ctx") or {}).get("error")
     if isinstance(ctx_error, _KeyedError):
-        return ConfigError(path, _key_path(ctx_error.loc), str(ctx_error))
+        # Its key path is relative to the model that raised it.
+        loc = [*_without_union_tags(data, detail["loc"]), *ctx_error.loc]
+        return ConfigError(path, _key_path(loc), str(ctx_error))
     loc = _without_union_tags(data, detail["loc"])
+    if loc[-1:] == ["[key]"]:  # a mapping's key: named by the mapping and the value
+        loc = loc[:-2]
     kind = detail["type"]
     if kind == "extra_forbidden":
         missing = [
@@ -1036,11 +1201,22 @@ def _first_error(path: Path, data: object, err: ValidationError) -> ConfigError:
     return ConfigError(path, _key_path(loc), message)
 
 
-def _did_you_mean(key: str, missing: list) -> str:
+def _did_you_mean(
+    key: str, missing: list, fallback: str = " (check its spelling and place)"
+) -> str:
     close = difflib.get_close_matches(key, [str(m) for m in missing], n=1, cutoff=0.5)
     if close:
         return f"; did you mean `{close[0]}`?"
-    return " (check its spelling and place)"
+    return fallback
+
+
+def _is_a_time(loc: tuple, column: str, kind: str | None) -> None:
+    """Refuse a time or cursor column whose known kind is not a timestamp or a date."""
+    if kind is not None and kind not in ("timestamp", "date"):
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise _KeyedError(
+            loc, f"{column} is {article} {kind} column; this must be a timestamp or date column"
+        )
 
 
 def _without_union_tags(data: object, loc: tuple) -> list:

@@ -117,3 +117,70 @@ def columns(condition: Condition) -> set[str]:
     if isinstance(condition, Negate):
         return columns(condition.item)
     return {condition.column}
+
+
+# What a column holds, as far as a filter's values are concerned: a source's config
+# names these where it knows them (``_SourceConfig.column_kinds``).
+KINDS = ("integer", "number", "string", "boolean", "timestamp", "date")
+Leaf = Compare | Member | NullTest
+
+
+def leaves(condition: Condition, where: str = "where") -> list[tuple[str, Leaf]]:
+    """Every comparison, membership and null test in the tree with its place, written
+    as ``parse`` names places in its errors (``where.and[1].gt``)."""
+    if isinstance(condition, Combine):
+        return [
+            leaf
+            for i, item in enumerate(condition.items)
+            for leaf in leaves(item, f"{where}.{condition.op}[{i}]")
+        ]
+    if isinstance(condition, Negate):
+        return leaves(condition.item, f"{where}.not")
+    return [(f"{where}.{condition.op}", condition)]
+
+
+_EXPECTED = {
+    "integer": "a whole number, unquoted",
+    "number": "a number, unquoted",
+    "string": "a string (in quotes if it looks like a number, a date or true/false)",
+    "boolean": "true or false, unquoted",
+    "timestamp": "a date (2026-11-01) or a time with its zone (2026-11-01T00:00:00Z), unquoted",
+    "date": "a date (2026-11-01), unquoted",
+}
+
+
+def _fits(kind: str, value: Value) -> bool:
+    if kind == "boolean":
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if kind == "integer":
+        return isinstance(value, int)
+    if kind == "number":
+        return isinstance(value, int | float)
+    if kind == "string":
+        return isinstance(value, str)
+    return isinstance(value, dt.date)  # timestamp, date (a datetime is a date too)
+
+
+def _described(value: Value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, dt.datetime):
+        return f"the time {value.isoformat()}"
+    if isinstance(value, dt.date):
+        return f"the date {value.isoformat()}"
+    return f"the number {value!r}"
+
+
+def value_problem(column: str, kind: str, value: Value) -> str | None:
+    """Why ``value`` cannot be compared with a ``kind`` column (None: it can)."""
+    if _fits(kind, value):
+        return None
+    article = "an" if kind[0] in "aeiou" else "a"
+    return (
+        f"{column} is {article} {kind} column: compare it with {_EXPECTED[kind]}, "
+        f"not {_described(value)}"
+    )

@@ -7,14 +7,23 @@ import ipaddress
 import re
 
 _DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-# Unquoted-identifier rules every database we load shares, within PostgreSQL's 63 bytes.
-SQL_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
-_SQL_NAME = re.compile(SQL_NAME_PATTERN)
+# The unquoted-identifier rule every database we read or load shares. Its length is each
+# database's own: PostgreSQL's 63 bytes (the default, and the limit of any column, since a
+# column may reach any destination), MariaDB/MySQL's 64 characters, BigQuery's 1,024.
+SQL_NAME_LONGEST = 63
+_SQL_FIRST, _SQL_REST = "A-Za-z_", "A-Za-z0-9_"
+_SQL_NAME = re.compile(rf"[{_SQL_FIRST}][{_SQL_REST}]*")
 
 
-def is_sql_name(value: str) -> bool:
-    """A plain SQL name: a letter or ``_``, then letters, digits or ``_``; 63 at most."""
-    return bool(_SQL_NAME.match(value))
+def sql_name_pattern(longest: int = SQL_NAME_LONGEST) -> str:
+    """The SQL-name rule as a regular expression (for a pydantic ``pattern``)."""
+    return rf"^[{_SQL_FIRST}][{_SQL_REST}]{{0,{longest - 1}}}$"
+
+
+def is_sql_name(value: str, longest: int = SQL_NAME_LONGEST) -> bool:
+    """A plain SQL name: a letter or ``_``, then letters, digits or ``_``; at most
+    ``longest`` of them."""
+    return len(value) <= longest and _SQL_NAME.fullmatch(value) is not None
 
 
 def is_ip_address(value: str) -> bool:

@@ -480,7 +480,10 @@ def test_a_pin_that_is_not_a_key_is_one_line_and_exit_2(log, write_config, capsy
     args = ["audit", "verify", str(log.path), "--checkpoints", str(log.checkpoint_dir)]
     assert cli.main([*args, "--public-key", str(log.path)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"--public-key: {log.path}: not a readable PEM" in err
+    assert (
+        err.count("\n") == 1
+        and f"--public-key: {log.path}: not a PEM public key (it is not PEM text)" in err
+    )
     bad = copy.deepcopy(BASE_CONFIG) | {"audit": {"public_key": "ed25519:not-hex"}}
     monkeypatch.setenv("SECURE_ETL_CONFIG", str(write_config(bad, "bad.yaml")))
     assert cli.main(args) == 2

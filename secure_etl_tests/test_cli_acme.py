@@ -311,3 +311,21 @@ def test_acme_issue_flags_become_the_configs_challenge_model(monkeypatch):
         algorithm="hmac-sha512",
         propagation_servers=["127.0.0.1:5353"],
     )
+
+
+def test_certs_list_shows_the_version_and_serial_of_each_issued_certificate(write_config):
+    config = str(write_config())
+    assert _run("certs", "renew", "db-server", "--config", config).returncode == 0
+    listed = _run("certs", "list", "--config", config)
+    assert listed.returncode == 0, listed.stderr
+    rows = {
+        json_row["name"]: json_row
+        for json_row in json.loads(_run("certs", "list", "--json", "--config", config).stdout)
+    }
+    header, *lines = listed.stdout.splitlines()
+    assert header.split()[:4] == ["NAME", "USE", "ISSUER", "VERSION"]
+    issued = next(line for line in lines if line.startswith("db-server "))
+    assert rows["db-server"]["version"] in issued.split()
+    assert issued.endswith(f"ok, serial {rows['db-server']['serial']}")
+    waiting = next(line for line in lines if line.startswith("etl-client "))
+    assert waiting.split()[3] == "-" and waiting.endswith("not issued")

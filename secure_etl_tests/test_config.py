@@ -283,3 +283,237 @@ def test_a_sql_name_that_is_not_plain_is_refused_at_load(write_config, bad):
     err = _error(write_config, data)
     assert err.key == f"pipelines.{pipeline}.destination.table"
     assert not is_sql_name(bad) and is_sql_name("customers_2") and is_sql_name("_" + "a" * 62)
+
+
+def test_one_sql_name_rule_at_each_databases_length():
+    from secure_etl.config import MariaDBSource
+    from secure_etl.identifiers import is_sql_name
+
+    assert not is_sql_name("customers\n")  # no end-of-line slips past the anchor
+    assert is_sql_name("a" * 64, longest=64) and not is_sql_name("a" * 65, longest=64)
+    source = {"type": "mariadb", "host": "db", "user": "etl", "time_column": "t"}
+    assert MariaDBSource(**source, database="d" * 64, table="t" * 64).table == "t" * 64
+    for bad in ({"table": "t" * 65}, {"table": "1t"}, {"time_column": "c" * 64}):
+        with pytest.raises(ValueError, match="should match pattern"):
+            MariaDBSource(**{**source, "database": "d", "table": "t", **bad})
+
+
+def _pipeline(change) -> dict:
+    return _with(lambda d: change(d["pipelines"]["customers"]))
+
+
+def _filter(where: dict):
+    return lambda p: p["transforms"].append({"type": "filter", "where": where})
+
+
+POSTGRES = {"type": "postgres", "host": "db.test", "dbname": "shop", "user": "etl", "table": "t"}
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "says"),
+    [
+        (
+            lambda p: p.update(key_column="cust_id"),
+            "key_column",
+            "unknown column 'cust_id' (the source has amount_eur, country, customer_id, "
+            "email, full_name, phone, signup_at); did you mean `customer_id`?",
+        ),
+        (
+            _filter({"gt": ["amount_eur", "10"]}),
+            "transforms[1].where.gt",
+            "amount_eur is a number column: compare it with a number, unquoted, "
+            "not the string '10'",
+        ),
+        (
+            _filter({"and": [{"ne": ["country", "US"]}, {"not": {"in": ["country", ["DE", 3]]}}]}),
+            "transforms[1].where.and[1].not.in",
+            "country is a string column: compare it with a string",
+        ),
+        (
+            _filter({"ge": ["signup_at", "2026-11-01"]}),
+            "transforms[1].where.ge",
+            "signup_at is a timestamp column: compare it with a date (2026-11-01) or a time "
+            "with its zone (2026-11-01T00:00:00Z), unquoted, not the string '2026-11-01'",
+        ),
+        (
+            _filter({"eq": ["customer_id", 1.5]}),
+            "transforms[1].where.eq",
+            "customer_id is an integer column: compare it with a whole number",
+        ),
+        (
+            _filter({"eq": ["customer_id", True]}),
+            "transforms[1].where.eq",
+            "not true",
+        ),
+        (
+            _filter({"eq": ["contry", "DE"]}),
+            "transforms[1].where.eq",
+            "unknown column contry",
+        ),
+        (
+            lambda p: p["transforms"].append({"type": "drop", "columns": ["customer_id"]}),
+            "transforms[1].columns",
+            "drops the key_column 'customer_id', which the destination needs",
+        ),
+        (
+            lambda p: p.update(
+                source={
+                    **POSTGRES,
+                    "time_column": "amount",
+                    "columns": {"id": "integer", "amount": "number"},
+                },
+                key_column="id",
+                transforms=[],
+            ),
+            "source.time_column",
+            "amount is a number column; this must be a timestamp or date column",
+        ),
+        (
+            lambda p: p.update(
+                source={
+                    **POSTGRES,
+                    "incremental": {"cursor_column": "updated_at"},
+                    "columns": ["id"],
+                },
+                key_column="id",
+                transforms=[],
+                partitions={"type": "incremental"},
+            ),
+            "source.incremental.cursor_column",
+            "'updated_at' is not among the source's columns (id); add it to columns",
+        ),
+        (
+            lambda p: p.update(
+                source={
+                    **POSTGRES,
+                    "incremental": {"cursor_column": "id"},
+                    "columns": {"id": "integer"},
+                },
+                key_column="id",
+                transforms=[],
+                partitions={"type": "incremental"},
+            ),
+            "source.incremental.cursor_column",
+            "id is an integer column; this must be a timestamp or date column",
+        ),
+        (
+            lambda p: p.update(
+                source={
+                    **POSTGRES,
+                    "time_column": "ts",
+                    "columns": {"id": "integer", "ts": "timezone"},
+                },
+                key_column="id",
+                transforms=[],
+            ),
+            "source.columns.ts",
+            "Input should be 'integer', 'number', 'string', 'boolean', 'timestamp' or 'date'",
+        ),
+        (
+            lambda p: p.update(
+                source={**POSTGRES, "time_column": "ts", "columns": "id"},
+                key_column="id",
+                transforms=[],
+            ),
+            "source.columns",
+            "expected a list of column names, or a mapping of names to their kinds",
+        ),
+        (
+            lambda p: p.update(
+                source={**POSTGRES, "time_column": "ts", "columns": ["id", "bad name"]},
+                key_column="id",
+                transforms=[],
+            ),
+            "source.columns",
+            "String should match pattern",
+        ),
+        (
+            lambda p: p.update(
+                source={
+                    "type": "mariadb",
+                    "host": "db.test",
+                    "database": "shop",
+                    "user": "etl",
+                    "table": "t",
+                    "time_column": "ts",
+                    "columns": {"id": "integer", "ts": "timestamp", "vip": "boolean"},
+                },
+                key_column="id",
+                transforms=[{"type": "filter", "where": {"eq": ["vip", "yes"]}}],
+            ),
+            "transforms[0].where.eq",
+            "vip is a boolean column: compare it with true or false, unquoted, not the string",
+        ),
+    ],
+)
+def test_key_time_cursor_and_filter_columns_are_checked_against_the_sources_columns(
+    write_config, change, key, says
+):
+    err = _error(write_config, _pipeline(change))
+    assert err.key == f"pipelines.customers.{key}"
+    assert says in err.message
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        _filter({"gt": ["amount_eur", 10]}),
+        _filter(
+            {"and": [{"ge": ["signup_at", "2026-11-01"]}]}
+        ),  # quoted here, a date in YAML below
+        _filter({"in": ["country", ["DE", "FR"]]}),
+        # Names only: kinds unknown, so any value is left to the run; a time_column that
+        # is not among the columns read may still be the one the query filters on.
+        lambda p: p.update(
+            source={**POSTGRES, "time_column": "created_at", "columns": ["id", "amount"]},
+            key_column="id",
+            transforms=[{"type": "filter", "where": {"gt": ["amount", "10"]}}],
+        ),
+        # No columns named: nothing is known, nothing is said.
+        lambda p: p.update(
+            source={**POSTGRES, "time_column": "created_at"},
+            key_column="anything",
+            transforms=[{"type": "filter", "where": {"gt": ["whatever", "10"]}}],
+        ),
+        lambda p: p.update(
+            source={"type": "https_api", "url": "https://api.test/rows"},
+            key_column="id",
+            transforms=[{"type": "filter", "where": {"eq": ["x", 1]}}],
+        ),
+    ],
+)
+def test_what_fits_the_sources_columns_or_cannot_be_known_loads(write_config, change):
+    data = _pipeline(change)
+    text = yaml.safe_dump(data, sort_keys=False).replace("'2026-11-01'", "2026-11-01")
+    path = write_config(data)
+    path.write_text(text)
+    assert load_config(path).pipelines["customers"]
+
+
+def test_declared_column_kinds_are_what_the_source_reports_and_reads(write_config):
+    data = _pipeline(
+        lambda p: p.update(
+            source={
+                **POSTGRES,
+                "time_column": "ts",
+                "columns": {"id": "integer", "ts": "timestamp"},
+            },
+            key_column="id",
+            transforms=[],
+        )
+    )
+    source = load_config(write_config(data)).pipelines["customers"].source
+    assert source.column_kinds() == {"id": "integer", "ts": "timestamp"}
+    assert source.selected_columns() == ["id", "ts"]
+    assert source.known_columns() == {"id", "ts"}
+
+
+def test_the_column_kinds_of_the_config_are_the_filter_grammars():
+    import typing
+
+    from secure_etl import filter_grammar
+    from secure_etl.config import ColumnKind
+    from secure_etl.demo.schema import KINDS, SCHEMA
+
+    assert typing.get_args(ColumnKind) == filter_grammar.KINDS
+    assert set(KINDS) == set(SCHEMA) and set(KINDS.values()) <= set(filter_grammar.KINDS)

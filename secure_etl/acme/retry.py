@@ -45,16 +45,17 @@ class GaveUp(Exception):
 @dataclass(frozen=True)
 class Backoff:
     """At most ``attempts`` attempts (None: until the deadline), waiting ``first_s``
-    after the first failure, doubling each time up to ``max_s``; a Retry-After longer
-    than ``max_s`` is not waited for."""
+    after the first failure the other side named no wait for, doubling with each such
+    failure up to ``max_s``. A Retry-After is waited out as given and does not advance
+    the doubling; one longer than ``max_s`` is not waited for."""
 
     attempts: int | None = 3
     first_s: float = 0.5
     max_s: float = 60.0
 
-    def delay(self, failures: int) -> float:
-        """The wait after the ``failures``-th failure when the other side said nothing."""
-        return min(self.first_s * 2 ** (failures - 1), self.max_s)
+    def delay(self, unguided: int) -> float:
+        """Our wait after the ``unguided``-th failure the other side named no wait for."""
+        return min(self.first_s * 2 ** (unguided - 1), self.max_s)
 
 
 def retry(
@@ -71,10 +72,11 @@ def retry(
 
     ``deadline`` is a ``clock()`` value: no attempt starts after it and no wait would
     end past it. An error with a ``retry_after`` (``TryAgain``, an ACME problem) is
-    waited out in full. ``on_retry(failures, error, wait_s)`` is told before each wait.
+    waited out in full, and the backoff then resumes where it was. ``on_retry(failures,
+    error, wait_s)`` is told before each wait.
     Raises ``GaveUp`` (from the last error) when no further attempt will be made; any
     other error goes straight through."""
-    failures, last = 0, None
+    failures, unguided, last = 0, 0, None
     while True:
         if deadline is not None and clock() >= deadline:
             raise GaveUp(last, failures, "deadline") from last
@@ -87,7 +89,9 @@ def retry(
         asked = getattr(last, "retry_after", None)
         if asked is not None and asked > backoff.max_s:
             raise GaveUp(last, failures, "wait", asked) from last
-        wait = asked if asked is not None else backoff.delay(failures)
+        if asked is None:
+            unguided += 1
+        wait = asked if asked is not None else backoff.delay(unguided)
         if deadline is not None and clock() + wait >= deadline:
             raise GaveUp(last, failures, "deadline", wait) from last
         if on_retry is not None:

@@ -15,6 +15,9 @@ from secure_etl.cli.exits import EXIT_BAD_INPUT, EXIT_FAILED, Refused
 from secure_etl.errors import UserError, escape_controls
 
 FAMILIES = (certs, acme, demo, audit, status, keys)
+# The commands that open the Dagster instance: $DAGSTER_HOME is checked before they run,
+# and whether Dagster accepts its settings too where the command does not ask itself.
+READS_DAGSTER_HOME = {"secure_etl.cli.demo": True, "secure_etl.cli.status": False}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_BAD_INPUT
     try:
+        if args.handler.__module__ in READS_DAGSTER_HOME:
+            from secure_etl.cli.state import check_dagster_home
+
+            check_dagster_home(settings=READS_DAGSTER_HOME[args.handler.__module__])
         return args.handler(args)
     except UserError as err:
         return _one_line(err, EXIT_BAD_INPUT)

@@ -146,29 +146,57 @@ def _client(args: argparse.Namespace, account_key=None, deadline_s: float | None
     from secure_etl.acme.client import AcmeClient
     from secure_etl.acme.jws import AccountKey
     from secure_etl.acme.transport import Transport
-    from secure_etl.pki.keys import generate_private_key, load_private_key, private_key_pem
-    from secure_etl.security.files import read_secret, write_secret
 
     if account_key is None:
-        path = args.account_key or default_account_key_path(args.directory)
-        if not path.exists():
-            write_secret(path, private_key_pem(generate_private_key("ec256")))
-            print(f"created account key {path}", file=sys.stderr)
-        account_key = load_private_key(read_secret(path))
+        account_key = _account_key(args)
     verify = str(args.ca_bundle) if args.ca_bundle else True
     transport = Transport(args.directory, verify=verify, deadline_s=deadline_s)
     return AcmeClient(transport, AccountKey(account_key))
 
 
+def _account_key(args: argparse.Namespace):
+    """The account key at ``--account-key`` (or the CA's default place), created if
+    missing; a path that holds no usable key is one line (exit 2)."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+
+    from secure_etl.pki.keys import generate_private_key, load_private_key, private_key_pem
+    from secure_etl.security.files import read_secret, write_secret
+
+    path = args.account_key or default_account_key_path(args.directory)
+    flag = "--account-key " if args.account_key else "account key "
+    if path.is_dir():
+        raise UserError(f"{flag}{path}: is a directory; give the key file (created if missing)")
+    try:
+        if not path.exists():
+            write_secret(path, private_key_pem(generate_private_key("ec256")))
+            print(f"created account key {path}", file=sys.stderr)
+        data = read_secret(path)
+    except OSError as err:
+        raise UserError(f"{flag}{path}: {err.strerror or err}") from None
+    try:
+        return load_private_key(data)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        what = "the file is empty" if not data.strip() else "not an unencrypted PEM EC or RSA key"
+        raise UserError(f"{flag}{path}: {what}") from None
+
+
 def _check_server_args(args: argparse.Namespace) -> None:
-    """Refuse a bad ``--directory`` before anything is created or sent."""
+    """Refuse a bad ``--directory`` or ``--ca-bundle`` before anything is created or sent."""
     from secure_etl.acme.errors import ProtocolError
     from secure_etl.acme.messages import https_url
+    from secure_etl.pki.inspect import PemError, load_roots_file
 
     try:
         https_url(args.directory, "--directory")
     except ProtocolError as err:
         raise UserError(str(err)) from None
+    if args.ca_bundle is not None:
+        try:
+            roots = load_roots_file(args.ca_bundle)
+        except PemError as err:
+            raise UserError(f"--ca-bundle {err}") from None
+        if not roots:
+            raise UserError(f"--ca-bundle {args.ca_bundle}: no certificate in it can be read")
 
 
 def _check_domains(domains: list[str]) -> None:
@@ -217,6 +245,9 @@ def _challenge(args: argparse.Namespace):
         )
     if args.dns_01 == "challtestsrv" and not args.challtestsrv:
         raise UserError("--dns-01 challtestsrv needs --challtestsrv URL")
+    if args.webroot is not None and not args.webroot.is_dir():
+        what = "is not a directory" if args.webroot.exists() else "does not exist"
+        raise UserError(f"--webroot {args.webroot}: {what} (give the web server's document root)")
     try:
         if args.http_01_port is not None:
             return config.Http01StandaloneChallenge(
@@ -265,12 +296,16 @@ def acme_issue(args: argparse.Namespace) -> int:
     _check_domains(args.domain)
     if not math.isfinite(args.timeout) or args.timeout <= 0:
         raise UserError(f"--timeout {args.timeout:g}: give a positive number of seconds")
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out}: is not a directory (the four files go into it)")
+    challenge = _challenge(args)
+    account = _account_key(args)
     from secure_etl.pki.acme_issuer import build_solver
 
-    solver = build_solver(_challenge(args))
+    solver = build_solver(challenge)
     started = time.monotonic()
     key = generate_private_key(args.key_type)
-    client = _client(args, deadline_s=args.timeout)
+    client = _client(args, account_key=account, deadline_s=args.timeout)
     try:
         client.register(args.email)
         chain = client.issue(args.domain, key, solver)
@@ -309,6 +344,7 @@ def acme_revoke(args: argparse.Namespace) -> int:
 
     _check_server_args(args)
     cert = load_chain_file(args.cert)[0]
+    platform = _platform_to_audit(args)  # a bad config is refused before the CA is asked
     der = cert.public_bytes(serialization.Encoding.DER)
     # Signed with the certificate's own key, a revocation needs no account (key).
     try:
@@ -328,23 +364,29 @@ def acme_revoke(args: argparse.Namespace) -> int:
         client.transport.close()
     serial = facts(cert).serial
     print(f"revoked serial {serial}" + (f" ({args.reason})" if args.reason else ""))
-    _audit_revocation(args, cert, serial)
+    if platform is not None:
+        _audit_revocation(args, platform, cert, serial)
     return EXIT_OK
 
 
-def _audit_revocation(args: argparse.Namespace, cert, serial: str) -> None:
-    """Record a revocation in the platform's audit log, when a platform is named."""
+def _platform_to_audit(args: argparse.Namespace):
+    """The platform whose audit log records the revocation (None: no platform named)."""
+    from secure_etl.config import CONFIG_ENV, load_config
+
+    if args.config is None and not os.environ.get(CONFIG_ENV):
+        return None
+    return load_config(args.config)
+
+
+def _audit_revocation(args: argparse.Namespace, platform, cert, serial: str) -> None:
+    """Record a revocation in the platform's audit log."""
     import getpass
-    import os
 
     from cryptography.hazmat.primitives import hashes
 
-    from secure_etl.config import CONFIG_ENV, load_config
     from secure_etl.security.audit import platform_audit_log
 
-    if args.config is None and not os.environ.get(CONFIG_ENV):
-        return
-    log = platform_audit_log(load_config(args.config))
+    log = platform_audit_log(platform)
     record = log.append(
         actor=f"cli:{getpass.getuser()}",
         action="certificate.revoked",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from secure_etl.cli.exits import EXIT_FAILED, EXIT_OK
@@ -29,13 +30,17 @@ def add_commands(commands) -> None:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
+    from secure_etl.cli.state import no_state_note
     from secure_etl.config import load_config
     from secure_etl.security.audit import key_pin, pinned_key, platform_audit_log, verify
 
-    log = platform_audit_log(load_config(args.config))
+    platform = load_config(args.config)
+    log = platform_audit_log(platform)
     path = args.path or log.path
     if args.path is None:
         print(f"audit log: {path}")
+    else:
+        _check_log_file(args.path)
     if args.checkpoints is not None and not args.checkpoints.is_dir():
         what = "is not a directory" if args.checkpoints.exists() else "does not exist"
         raise UserError(f"--checkpoints {args.checkpoints}: {what} (give the checkpoint directory)")
@@ -66,5 +71,26 @@ def _audit_verify(args: argparse.Namespace) -> int:
     if verdict.ok:
         print(f"ok: {verdict.records} records, {verdict.checkpoints} signed checkpoints")
         return EXIT_OK
+    note = no_state_note(platform, args.config) if not path.exists() else None
+    if note:
+        print(f"secure-etl: {note}", file=sys.stderr)
     print(f"FAILED: {verdict.problem}")
     return EXIT_FAILED
+
+
+def _check_log_file(path: Path) -> None:
+    """Refuse a PATH that cannot be an audit log (exit 2); a log whose records do not
+    verify is a failed verification instead (exit 1)."""
+    if not path.exists():
+        raise UserError(f"{path}: does not exist (give the audit log's path)")
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory (give the audit log's path)")
+    try:
+        with path.open("rb") as handle:
+            start = handle.read(1)
+    except OSError as err:
+        raise UserError(f"{path}: cannot read it: {err.strerror or err}") from None
+    if not start:
+        raise UserError(f"{path}: is empty: not an audit log (it starts with a record)")
+    if start != b"{":
+        raise UserError(f"{path}: not an audit log (one JSON record a line)")

@@ -70,11 +70,17 @@ def add_commands(commands) -> None:
 
 def certs_inspect(args: argparse.Namespace) -> int:
     """Run the inspection checks on a PEM chain: exit 1 when any fails."""
-    from secure_etl.pki.inspect import facts, inspect_chain, load_chain_file, system_trust_bundle
+    from secure_etl.pki.inspect import (
+        facts,
+        inspect_chain,
+        load_chain_file,
+        load_roots_file,
+        system_trust_bundle,
+    )
 
     chain = load_chain_file(args.path)
     bundle = args.ca_bundle or system_trust_bundle()
-    roots = load_chain_file(bundle) if bundle else None
+    roots = load_roots_file(bundle) if bundle else None
     results = inspect_chain(
         chain,
         identifiers=args.domain,
@@ -101,8 +107,9 @@ def certs_inspect(args: argparse.Namespace) -> int:
         print(f"{args.path}: {info.subject} (serial {info.serial})")
         print(f"  issuer {info.issuer}, {info.key_type}, {info.days_remaining:.1f} days left")
         for r in results:
-            mark = "skip" if r.skipped else ("ok" if r.passed else "FAIL")
-            print(f"  {mark:<4} {r.name:<20} {r.severity:<5} {r.reason}")
+            # Severity only where something failed: "ok ... ERROR" reads as an error.
+            mark = "skip" if r.skipped else ("ok" if r.passed else f"FAIL ({r.severity})")
+            print(f"  {mark:<12} {r.name:<20} {r.reason}")
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -111,6 +118,13 @@ def certs_renew(args: argparse.Namespace) -> int:
     from secure_etl.config import load_config
     from secure_etl.pki.renewal import ensure_certificate
 
+    if args.all and args.names:
+        raise UserError(
+            f"--all renews every configured certificate; give --all or names "
+            f"({' '.join(args.names)}), not both"
+        )
+    if args.jobs < 1:
+        raise UserError(f"--jobs {args.jobs}: give at least 1")
     platform = load_config(args.config)
     names = list(platform.certificates) if args.all else args.names
     if not names:
@@ -130,7 +144,7 @@ def certs_renew(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     failed = 0
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for name, result, err in pool.map(renew, names):
             if err is not None:
                 failed += 1
@@ -143,11 +157,15 @@ def certs_renew(args: argparse.Namespace) -> int:
 
 def certs_list(args: argparse.Namespace) -> int:
     """Print the certificate inventory (always exit 0: it reports, it does not judge)."""
+    from secure_etl.cli.state import no_state_note
     from secure_etl.config import load_config
     from secure_etl.pki.inspect import facts
     from secure_etl.pki.renewal import certificate_store, current_leaf, inspect_current
 
     platform = load_config(args.config)
+    note = no_state_note(platform, args.config)
+    if note:
+        print(f"secure-etl: {note}", file=sys.stderr)
     store = certificate_store(platform)
     rows = []
     for name, cert in platform.certificates.items():
@@ -176,10 +194,13 @@ def certs_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
+    print(f"{'NAME':<24} {'USE':<6} {'ISSUER':<14} {'VERSION':<22} {'DAYS LEFT':>9}  STATUS")
     for row in rows:
-        days = f"{row['days_remaining']:7.1f} d" if "days_remaining" in row else "      - "
+        days = f"{row['days_remaining']:9.1f}" if "days_remaining" in row else f"{'-':>9}"
         extra = f" ({', '.join(row['failing_checks'])})" if row.get("failing_checks") else ""
+        serial = f", serial {row['serial']}" if "serial" in row else ""
         print(
-            f"{row['name']:<24} {row['use']:<6} {row['issuer']:<14} {days}  {row['status']}{extra}"
+            f"{row['name']:<24} {row['use']:<6} {row['issuer']:<14} {row['version'] or '-':<22} "
+            f"{days}  {row['status']}{extra}{serial}"
         )
     return EXIT_OK

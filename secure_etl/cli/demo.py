@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from secure_etl.cli.exits import EXIT_FAILED, EXIT_OK
+from secure_etl.errors import UserError
 
 
 def add_commands(commands) -> None:
@@ -29,6 +30,8 @@ def add_commands(commands) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if args.partitions < 1:
+        raise UserError(f"--partitions {args.partitions}: give at least 1")
     from secure_etl.config import load_config
     from secure_etl.defs.demo import run_demo  # Dagster only for this command
 
@@ -48,6 +51,9 @@ def _demo(args: argparse.Namespace) -> int:
     for label, (ok, why) in summary.checks.items():
         if not ok:
             print(f"  FAIL {label}: {why}")
+    print(f"Connections verified: {summary.connections_verified}/{summary.connections}")
+    for line in summary.served:
+        print(f"  {line}")
     print(f"Retention: deleted {len(summary.deleted)} files")
     for line in summary.deleted:
         print(f"  {line}")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from secure_etl.cli.exits import EXIT_FAILED, EXIT_OK
+from secure_etl.errors import UserError
 
 
 def add_commands(commands) -> None:
@@ -27,13 +29,24 @@ def add_commands(commands) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from secure_etl.cli.state import no_state_note
     from secure_etl.config import load_config
+
+    platform = load_config(args.config)
+    if args.prometheus:
+        _check_output_file(args.prometheus, "--prometheus")
     from secure_etl.defs.health import report_for  # Dagster only for this command
     from secure_etl.monitor import health
 
-    report = report_for(load_config(args.config))
+    report = report_for(platform)
+    note = no_state_note(platform, args.config)
+    if note:
+        print(f"secure-etl: {note}", file=sys.stderr)
     if args.prometheus:
-        health.write_prometheus(report, args.prometheus)
+        try:
+            health.write_prometheus(report, args.prometheus)
+        except OSError as err:
+            raise UserError(f"--prometheus {args.prometheus}: {err.strerror or err}") from None
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
@@ -41,3 +54,15 @@ def _status(args: argparse.Namespace) -> int:
         if not report.problems:
             print("\nNothing needs attention.")
     return EXIT_FAILED if report.problems else EXIT_OK
+
+
+def _check_output_file(path: Path, flag: str) -> None:
+    """Refuse a file to write that cannot be: a directory, or in a directory that is not
+    there (it is not created: a mistyped path would otherwise leave directories behind)."""
+    if path.is_dir():
+        raise UserError(f"{flag} {path}: is a directory; give the file to write")
+    parent = path.parent
+    if not parent.exists():
+        raise UserError(f"{flag} {path}: directory {parent} does not exist; create it first")
+    if not parent.is_dir():
+        raise UserError(f"{flag} {path}: {parent} is not a directory")

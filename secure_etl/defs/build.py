@@ -20,6 +20,7 @@ from secure_etl.defs.renewal_sensor import renewal_sensor
 from secure_etl.defs.resources import (
     bigquery_resources,
     certificate_resources,
+    demo_api_resources,
     used_certificates,
 )
 from secure_etl.defs.retention import retention_job_and_schedule
@@ -74,5 +75,6 @@ def build_definitions(platform: PlatformConfig) -> Definitions:
         resources={
             **certificate_resources(platform, used_certificates(platform)),
             **bigquery_resources(platform),
+            **demo_api_resources(platform),
         },
     )

@@ -22,6 +22,7 @@ from secure_etl.acme.challenges import SolverError
 from secure_etl.acme.errors import AcmeError, AcmeProblem, RateLimited
 from secure_etl.config import PlatformConfig
 from secure_etl.defs.check_state import check_evaluation, latest_materializations
+from secure_etl.defs.resources import DEMO_API_KEY
 from secure_etl.pki.acme_issuer import AcmeConfigError
 from secure_etl.pki.endpoints import stale_endpoints
 from secure_etl.pki.inspect import CHECKS, CheckResult, PemError, facts
@@ -156,14 +157,27 @@ def certificate_checks(platform: PlatformConfig) -> list[AssetChecksDefinition]:
     renewed certificates' checks. Each selected certificate is inspected once, however
     many of its checks are selected.
     """
-    names = list(platform.certificates)
+    # The demo API serves its certificate: it runs while that certificate's checks do, so
+    # served_by_endpoint handshakes with a real server (under `dagster dev` too). Those
+    # checks have an op of their own, so no other check starts the server.
+    demo = platform.demo_api.certificate if platform.demo_api else None
+    names = [name for name in platform.certificates if name != demo]
     chunks = [names[i : i + CERTIFICATES_PER_OP] for i in range(0, len(names), CERTIFICATES_PER_OP)]
     if len(chunks) == 1:
-        return [_checks_op(platform, CHECKS_OP, chunks[0])]
-    return [_checks_op(platform, f"{CHECKS_OP}_{i}", chunk) for i, chunk in enumerate(chunks, 1)]
+        ops = [_checks_op(platform, CHECKS_OP, chunks[0])]
+    else:
+        ops = [_checks_op(platform, f"{CHECKS_OP}_{i}", c) for i, c in enumerate(chunks, 1)]
+    if demo in platform.certificates:
+        ops.append(_checks_op(platform, f"{CHECKS_OP}_demo_api", [demo], {DEMO_API_KEY}))
+    return ops
 
 
-def _checks_op(platform: PlatformConfig, op_name: str, names: list[str]) -> AssetChecksDefinition:
+def _checks_op(
+    platform: PlatformConfig,
+    op_name: str,
+    names: list[str],
+    resource_keys: set[str] | None = None,
+) -> AssetChecksDefinition:
     specs = [
         AssetCheckSpec(check, asset=certificate_key(name), description=text)
         for name in names
@@ -175,6 +189,7 @@ def _checks_op(platform: PlatformConfig, op_name: str, names: list[str]) -> Asse
         specs=specs,
         can_subset=True,
         description=f"Inspects the current version of each selected certificate of {len(names)}.",
+        required_resource_keys=resource_keys or set(),
     )
     def _checks(context):
         selected: dict[AssetKey, set[str]] = {}

@@ -1,9 +1,13 @@
 """Materialize the whole graph in-process and summarise it (``secure-etl demo``)."""
 
+import contextlib
 import datetime as dt
 import os
+from collections import Counter
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
+from cryptography.hazmat.primitives import hashes
 from dagster import DagsterInstance
 
 from secure_etl.config import PlatformConfig
@@ -11,7 +15,13 @@ from secure_etl.defs.build import build_definitions
 from secure_etl.defs.certificates import RENEWAL_JOB
 from secure_etl.defs.health import HEALTH_JOB
 from secure_etl.defs.pipelines import pipeline_job_name
+from secure_etl.defs.resources import demo_api_settings, reads_demo_api
 from secure_etl.defs.retention import RETENTION_JOB
+from secure_etl.etl import demo_api
+from secure_etl.monitor.health import connection_security
+from secure_etl.pki.renewal import current_leaf
+
+NO_CLIENT_CERTIFICATE = "peer did not return a certificate"  # OpenSSL's reason
 
 # Dagster's console logger at INFO: our progress lines, without every engine event.
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
@@ -23,6 +33,11 @@ class DemoSummary:
     rows: dict[str, int] = field(default_factory=dict)
     checks: dict[str, tuple[bool, str]] = field(default_factory=dict)
     deleted: list[str] = field(default_factory=list)  # what the retention job removed
+    connections: int = 0  # the pipelines' network connections
+    connections_verified: int = 0  # of those, how many verify the peer (TLS)
+    # What the demo API saw, one line per pipeline reading it: the client certificate it
+    # accepted (named when it is the pipeline's), requests, handshakes refused.
+    served: list[str] = field(default_factory=list)
 
     @property
     def all_checks_passed(self) -> bool:
@@ -44,7 +59,23 @@ def latest_complete_partitions(start: str, count: int, now: dt.datetime | None =
 
 def run_demo(platform: PlatformConfig, partitions: int = 1, log=print) -> DemoSummary:
     """Run the renewal job (issue or renew every certificate, then check them) and each
-    pipeline's job for the latest complete partitions, on ``$DAGSTER_HOME`` if set."""
+    pipeline's job for the latest complete partitions, on ``$DAGSTER_HOME`` if set.
+    With ``demo_api`` in the config, its HTTPS API serves for the whole run."""
+    with contextlib.ExitStack() as stack:
+        server = None
+        if platform.demo_api is not None:
+            server = stack.enter_context(
+                demo_api.serving(demo_api_settings(platform), fallback=True, log=log)
+            )
+            platform = on_port(platform, server.port)
+            log(f"demo API: serving {server.origin}{demo_api.PATH} over mutual TLS")
+        summary = _run(platform, partitions, log)
+        if server is not None:
+            summary.served = _served(platform, server.seen)
+    return summary
+
+
+def _run(platform: PlatformConfig, partitions: int, log) -> DemoSummary:
     defs = build_definitions(platform)
     # One instance for every job, so the health report sees the runs before it.
     instance = (
@@ -88,7 +119,69 @@ def run_demo(platform: PlatformConfig, partitions: int = 1, log=print) -> DemoSu
         run_config=QUIET, instance=instance
     )
     _collect(result, summary)
+    counts = connection_security(platform)
+    summary.connections = counts["connections"]
+    summary.connections_verified = counts["connections_verified"]
     return summary
+
+
+def on_port(platform: PlatformConfig, port: int) -> PlatformConfig:
+    """``platform`` with the demo API on ``port``: its ``demo_api``, the sources that read
+    it and its certificate's endpoint moved there (in memory, for this run only)."""
+    api = platform.demo_api
+    if api is None or api.port == port:
+        return platform
+    pipelines = {}
+    for name, p in platform.pipelines.items():
+        if reads_demo_api(platform, p):
+            url = urlsplit(p.source.url)._replace(netloc=f"{demo_api.HOST}:{port}").geturl()
+            p = p.model_copy(update={"source": p.source.model_copy(update={"url": url})})
+        pipelines[name] = p
+    cert = platform.certificates[api.certificate]
+    endpoints = [
+        e.model_copy(update={"port": port}) if (e.host, e.port) == (demo_api.HOST, api.port) else e
+        for e in cert.endpoints
+    ]
+    certificates = {
+        **platform.certificates,
+        api.certificate: cert.model_copy(update={"endpoints": endpoints}),
+    }
+    return platform.model_copy(
+        update={
+            "demo_api": api.model_copy(update={"port": port}),
+            "pipelines": pipelines,
+            "certificates": certificates,
+        }
+    )
+
+
+def _served(platform: PlatformConfig, seen: demo_api.Seen) -> list[str]:
+    """What the demo API saw, for the summary: per pipeline reading it, whether its
+    client certificate (by SHA-256 of the current version) was the one presented."""
+    lines = []
+    protocols = "/".join(sorted(seen.protocols)) or "no TLS handshake"
+    for name, p in platform.pipelines.items():
+        if not reads_demo_api(platform, p):
+            continue
+        leaf = current_leaf(platform, p.client_certificate)
+        ours = leaf.fingerprint(hashes.SHA256()).hex() if leaf else ""
+        connections = seen.clients.get(ours, 0)
+        who = (
+            f"client certificate {p.client_certificate} sha256:{ours[:16]}, "
+            f"{connections} connection{'s' * (connections != 1)}"
+            if connections
+            else f"NOT seen with client certificate {p.client_certificate}"
+        )
+        lines.append(f"raw/{name} <- {p.source.url} ({protocols}): {who}")
+    lines.append(f"the demo API answered {seen.requests} requests")
+    for why, count in sorted(Counter(seen.refused).items()):
+        if why == NO_CLIENT_CERTIFICATE:
+            why = (
+                "no client certificate (served_by_endpoint's probe presents none: it only "
+                "reads the chain the server sends)"
+            )
+        lines.append(f"the demo API refused {count} handshake{'s' * (count != 1)}: {why}")
+    return lines
 
 
 def _retention_files(result) -> list[str]:

@@ -15,6 +15,7 @@ from dagster import (
     AssetCheckSpec,
     AssetKey,
     AssetRecordsFilter,
+    DagsterError,
     DagsterEventType,
     DagsterInstance,
     DagsterRunStatus,
@@ -31,6 +32,7 @@ from secure_etl.config import PlatformConfig
 from secure_etl.defs.certificates import certificate_check_keys
 from secure_etl.defs.check_state import latest_check_evaluations
 from secure_etl.defs.pipelines import LOADED_CHECKS, pipeline_job_name, stage_key
+from secure_etl.errors import UserError
 from secure_etl.monitor import health
 from secure_etl.monitor.health import HealthReport, PipelineHealth, SecurityHealth
 
@@ -81,8 +83,18 @@ def report_for(platform: PlatformConfig) -> HealthReport:
         home = str(Path(".dagster_home").resolve())
     if not home:
         return collect(platform, None)
-    with DagsterInstance.from_config(home) as instance:
+    with open_instance(home) as instance:
         return collect(platform, instance)
+
+
+def open_instance(home: str) -> DagsterInstance:
+    """The instance of a Dagster home; a ``UserError`` (one line) when Dagster refuses
+    its settings (the CLI has checked the directory and that its YAML parses)."""
+    try:
+        return DagsterInstance.from_config(home)
+    except (DagsterError, OSError, ValueError) as err:
+        text = " ".join(str(err).split())
+        raise UserError(f"DAGSTER_HOME={home}: Dagster cannot open it: {text[:300]}") from None
 
 
 def _pipeline(platform: PlatformConfig, name: str, instance, now: dt.datetime) -> PipelineHealth:

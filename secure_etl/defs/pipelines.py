@@ -4,7 +4,6 @@ import datetime as dt
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from dagster import (
     AssetCheckResult,
@@ -48,7 +47,7 @@ from secure_etl.etl.transforms import (
     PseudonymiseStep,
     transform_partition,
 )
-from secure_etl.security.audit import AuditLog, file_digest, platform_audit_log
+from secure_etl.security.audit import AuditLog, platform_audit_log
 from secure_etl.security.hmac_keys import load_hmac_key
 
 SEVERITY = {"error": AssetCheckSeverity.ERROR, "warn": AssetCheckSeverity.WARN}
@@ -115,11 +114,12 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
     """raw/<p>, hashed/<p> and loaded/<p> as three steps (extract and load retried)."""
     p = platform.pipelines[name]
     state = platform.resolved_state_dir()
+    store = storage.storage_for(platform)
     partitions = (
         None if p.incremental else HourlyPartitionsDefinition(start_date=p.partitions.start)
     )
     specs = pipeline_specs(platform, name)
-    resources = PipelineResources.of(name, p)
+    resources = PipelineResources.of(name, p, platform)
     pii = _pii_columns(p)
     audit = platform_audit_log(platform)
     crypto = storage.raw_crypto(platform)
@@ -129,16 +129,16 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
         name=specs.raw.key.to_python_identifier(),
         partitions_def=partitions,
         retry_policy=_io_retry(p),
-        required_resource_keys={resources.certificate_key},
+        required_resource_keys=resources.extract_keys,
     )
     def raw(context: AssetExecutionContext) -> MaterializeResult:
         certificate = resources.certificate(context)
         certificate.ssl_context()  # fails early, with the path, if the certificate is unusable
-        path = storage.partition_file(state, "raw", name, _file_key(context))
+        path = store.file("raw", name, _file_key(context))
         tls = certificate  # connections present it and verify servers with its roots
         extra = {}
         if p.incremental:
-            cursor = p.source.incremental
+            cursor = p.source.incremental_cursor()
             previous = _high_water(context, stage_key("raw", name))
             since = previous - dt.timedelta(seconds=cursor.lag_s) if previous else None
             context.log.info(
@@ -175,10 +175,10 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
     def hashed(context: AssetExecutionContext) -> MaterializeResult:
         partition = _file_key(context)
         steps, key_ids = _pseudonymise_steps(platform, p)
-        out = storage.partition_file(state, "hashed", name, partition)
-        qpath = storage.partition_file(state, "quarantine", name, partition)
+        out = store.file("hashed", name, partition)
+        qpath = store.file("quarantine", name, partition)
         result = transform_partition(
-            storage.partition_file(state, "raw", name, partition),
+            store.file("raw", name, partition),
             out,
             qpath,
             p.key_column,
@@ -190,7 +190,7 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
             context.log.warning(
                 f"quarantined {result.quarantined} rows (no or duplicate key) in {qpath}"
             )
-        _audit_transform(audit, context, name, partition, state, key_ids)
+        _audit_transform(audit, context, name, partition, store, key_ids)
         return MaterializeResult(
             metadata=_hashed_metadata(out, result.rows, result.quarantined, key_ids)
         )
@@ -208,21 +208,22 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
         certificate = resources.certificate(context)
         clients = resources.bigquery_clients(context)
         target = registry.destination(p.destination, Runtime(state, certificate, clients))
-        hashed_file = storage.partition_file(state, "hashed", name, files)
+        hashed_file = store.file("hashed", name, files)
         if p.incremental:  # this run's rows carry its id in the partition column
             partition = context.run.run_id
-            rows = target.merge(partition, hashed_file, p.key_column)
+            with storage.local_copy(hashed_file) as local:
+                rows = target.merge(partition, local, p.key_column)
             context.log.info(f"merged {rows} rows by {p.key_column} into {target.description}")
         else:
             partition = files
-            rows = target.load(partition, hashed_file)
+            rows = _load(target, partition, hashed_file)
             context.log.info(f"loaded {rows} rows into {target.description}")
         _mark_for_retention(hashed_file, target, rows)
         _audit_load(audit, certificate, context, name, partition, hashed_file, target, rows)
         return MaterializeResult(
             metadata={"rows": rows, "destination": target.description},
             check_results=_check_results(
-                StageFiles.of(state, name, files, crypto),
+                StageFiles.of(store, name, files, crypto),
                 p,
                 target,
                 partition,
@@ -241,8 +242,9 @@ def one_pass_assets(platform: PlatformConfig, name: str) -> list:
     staged assets, but a failure anywhere retries the whole pass."""
     p = platform.pipelines[name]
     state = platform.resolved_state_dir()
+    store = storage.storage_for(platform)
     specs = pipeline_specs(platform, name)
-    resources = PipelineResources.of(name, p)
+    resources = PipelineResources.of(name, p, platform)
     pii = _pii_columns(p)
     audit = platform_audit_log(platform)
     crypto = storage.raw_crypto(platform)
@@ -263,7 +265,7 @@ def one_pass_assets(platform: PlatformConfig, name: str) -> list:
         tls = certificate  # connections present it and verify servers with its roots
         clients = resources.bigquery_clients(context)
         target = registry.destination(p.destination, Runtime(state, tls, clients))
-        files = StageFiles.of(state, name, partition, crypto)
+        files = StageFiles.of(store, name, partition, crypto)
         steps, key_ids = _pseudonymise_steps(platform, p)
         result = run_one_pass(
             registry.source(p.source, Runtime(tls=tls)).chunks(partition),
@@ -279,7 +281,7 @@ def one_pass_assets(platform: PlatformConfig, name: str) -> list:
         loaded = result.loaded
         _mark_for_retention(files.hashed, target, loaded)
         _audit_extract(audit, certificate, context, p, name, partition, files.raw, result.raw_rows)
-        _audit_transform(audit, context, name, partition, state, key_ids)
+        _audit_transform(audit, context, name, partition, store, key_ids)
         _audit_load(audit, certificate, context, name, partition, files.hashed, target, loaded)
         context.log.info(
             f"one pass: extracted {result.raw_rows} rows from {p.source.type}, quarantined "
@@ -327,21 +329,23 @@ def _audit_extract(audit, certificate, context, p, name, partition, raw, rows) -
         partition,
         context.run.run_id,
         inputs={"source": _source_name(p)},
-        outputs={"raw": file_digest(raw), "rows": str(rows)},
+        outputs={"raw": storage.as_file(raw).digest(), "rows": str(rows)},
     )
 
 
-def _audit_transform(audit, context, name: str, partition: str, state: Path, key_ids) -> None:
-    files = {s: storage.partition_file(state, s, name, partition) for s in storage.STAGES}
+def _audit_transform(
+    audit, context, name: str, partition: str, store: storage.Storage, key_ids
+) -> None:
+    files = {s: store.file(s, name, partition) for s in storage.STAGES}
     audit.append(
         "service:secure_etl",
         "transform",
         "/".join(stage_key("hashed", name).path),
         partition,
         context.run.run_id,
-        inputs={"raw": file_digest(files["raw"])},
+        inputs={"raw": files["raw"].digest()},
         outputs={
-            stage: file_digest(path)
+            stage: path.digest()
             for stage, path in files.items()
             if stage != "raw" and path.exists()
         },
@@ -349,7 +353,17 @@ def _audit_transform(audit, context, name: str, partition: str, state: Path, key
     )
 
 
-def _mark_for_retention(hashed: Path, target: Destination, rows: int) -> None:
+def _load(target: Destination, partition: str, hashed: storage.StoredFile) -> int:
+    """Load a hashed file: a local one by its path (a destination may read it itself),
+    one in a bucket streamed batch by batch."""
+    if hashed.local_path is not None:
+        return target.load(partition, hashed.local_path)
+    return target.load_batches(
+        partition, storage.iter_partition(hashed), storage.partition_schema(hashed)
+    )
+
+
+def _mark_for_retention(hashed: storage.StoredFile, target: Destination, rows: int) -> None:
     """Record the successful load beside the hashed file: the retention job deletes the
     partition's raw and quarantined files once this is older than the grace period."""
     mark_loaded(hashed, target.description, rows, dt.datetime.now(dt.UTC))
@@ -362,7 +376,7 @@ def _audit_load(audit, certificate, context, name, partition, hashed, target, ro
         "/".join(stage_key("loaded", name).path),
         partition,
         context.run.run_id,
-        inputs={"hashed": file_digest(hashed)},
+        inputs={"hashed": storage.as_file(hashed).digest()},
         outputs={"destination": target.description, "rows": str(rows)},
     )
     audit.checkpoint()  # every load ends with a signed head
@@ -395,7 +409,9 @@ def _pseudonymise_steps(platform: PlatformConfig, p: PipelineConfig):
     return steps, key_ids
 
 
-def _hashed_metadata(path: Path, rows: int, quarantined: int, key_ids: list[str]) -> dict:
+def _hashed_metadata(
+    path: storage.StoredFile, rows: int, quarantined: int, key_ids: list[str]
+) -> dict:
     preview = next(storage.iter_partition(path, batch_rows=5), None)
     return {
         "rows": rows,

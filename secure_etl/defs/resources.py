@@ -10,13 +10,14 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
-from dagster import AssetExecutionContext, ConfigurableResource, EnvVar
+from dagster import AssetExecutionContext, ConfigurableResource, EnvVar, InitResourceContext
 from dagster_gcp import BigQueryResource
 from google.cloud import bigquery
 
 from secure_etl.config import PipelineConfig, PlatformConfig
-from secure_etl.etl import registry
+from secure_etl.etl import demo_api, registry
 from secure_etl.pki.renewal import certificate_store, trust_bundle
 
 
@@ -163,6 +164,72 @@ def bigquery_resources(platform: PlatformConfig) -> dict[str, WarehouseBigQueryR
     return resources
 
 
+DEMO_API_KEY = "demo_api"
+
+
+class DemoApiResource(ConfigurableResource):
+    """The offline demo's HTTPS API (``demo_api`` in the config), running while a step
+    that needs it lasts: extracting from it, or checking what its certificate's endpoint
+    serves. In ``secure-etl demo`` the command's own server is used; under ``dagster dev``
+    each such step starts one on the configured port (or uses the one already there)."""
+
+    port: int
+    certificate_dir: str
+    ca_bundle: str
+    rows_per_partition: int
+    seed: int
+    bad_row_rate: float
+    page_size: int
+
+    def settings(self) -> demo_api.DemoApiSettings:
+        return demo_api.DemoApiSettings(
+            port=self.port,
+            certificate_dir=Path(self.certificate_dir),
+            ca_bundle=Path(self.ca_bundle),
+            rows_per_partition=self.rows_per_partition,
+            seed=self.seed,
+            bad_row_rate=self.bad_row_rate,
+            page_size=self.page_size,
+        )
+
+    @contextmanager
+    def yield_for_execution(self, context: InitResourceContext) -> Iterator[DemoApiResource]:
+        with demo_api.serving(self.settings(), log=context.log.info):
+            yield self
+
+
+def demo_api_settings(platform: PlatformConfig) -> demo_api.DemoApiSettings:
+    """The demo API's settings from the config (which must have ``demo_api``)."""
+    return demo_api_resources(platform)[DEMO_API_KEY].settings()
+
+
+def demo_api_resources(platform: PlatformConfig) -> dict[str, DemoApiResource]:
+    api = platform.demo_api
+    if api is None:
+        return {}
+    return {
+        DEMO_API_KEY: DemoApiResource(
+            port=api.port,
+            certificate_dir=str(certificate_store(platform).paths(api.certificate).directory),
+            ca_bundle=str(trust_bundle(platform, api.certificate)),
+            rows_per_partition=api.rows_per_partition,
+            seed=api.seed,
+            bad_row_rate=api.bad_row_rate,
+            page_size=api.page_size,
+        )
+    }
+
+
+def reads_demo_api(platform: PlatformConfig, pipeline: PipelineConfig) -> bool:
+    """Whether the pipeline's source is the demo API (an https_api url on its origin)."""
+    api = platform.demo_api
+    url = getattr(pipeline.source, "url", None)
+    if api is None or pipeline.source.type != "https_api" or url is None:
+        return False
+    parts = urlsplit(url)
+    return parts.hostname == demo_api.HOST and parts.port == api.port
+
+
 R = TypeVar("R")
 
 
@@ -176,24 +243,35 @@ def _resource(context: AssetExecutionContext, key: str, kind: type[R]) -> R:
 
 @dataclass(frozen=True)
 class PipelineResources:
-    """The resources one pipeline's assets use: its client certificate and, for a
-    BigQuery destination, its BigQuery resource. Their keys come from the config, so
-    the assets declare them (``keys``) and read them here, typed."""
+    """The resources one pipeline's assets use: its client certificate, for a BigQuery
+    destination its BigQuery resource, and for the demo API as source that API. Their
+    keys come from the config, so the assets declare them (``keys``, ``extract_keys``)
+    and read them here, typed."""
 
     certificate_key: str
     bigquery_key: str | None = None
+    demo_api_key: str | None = None  # not read: requiring it runs the API for the step
 
     @classmethod
-    def of(cls, name: str, pipeline: PipelineConfig) -> PipelineResources:
+    def of(
+        cls, name: str, pipeline: PipelineConfig, platform: PlatformConfig | None = None
+    ) -> PipelineResources:
         needs = registry.destination(pipeline.destination).needs_bigquery_client
+        demo = platform is not None and reads_demo_api(platform, pipeline)
         return cls(
             resource_key(pipeline.client_certificate),
             bigquery_resource_key(name) if needs else None,
+            DEMO_API_KEY if demo else None,
         )
 
     @property
+    def extract_keys(self) -> set[str]:
+        """What the extraction needs: the certificate, and the demo API if it reads it."""
+        return {self.certificate_key} | ({self.demo_api_key} if self.demo_api_key else set())
+
+    @property
     def keys(self) -> set[str]:
-        return {self.certificate_key} | ({self.bigquery_key} if self.bigquery_key else set())
+        return self.extract_keys | ({self.bigquery_key} if self.bigquery_key else set())
 
     def certificate(self, context: AssetExecutionContext) -> CertificateResource:
         return _resource(context, self.certificate_key, CertificateResource)

@@ -9,13 +9,14 @@ from dagster import DefaultScheduleStatus, Output, ScheduleDefinition, job, op
 
 from secure_etl.config import PlatformConfig
 from secure_etl.etl.retention import apply_retention
+from secure_etl.etl.storage import storage_for
 from secure_etl.security.audit import platform_audit_log
 
 RETENTION_JOB = "retention"
 
 
 def retention_job_and_schedule(platform: PlatformConfig):
-    state = platform.resolved_state_dir()
+    store = storage_for(platform)
     audit = platform_audit_log(platform)
 
     @op(name="apply_retention")
@@ -28,7 +29,7 @@ def retention_job_and_schedule(platform: PlatformConfig):
                 dt.timedelta(days=policy.hashed_days) if policy.hashed_days is not None else None
             )
             for item in apply_retention(
-                state, name, dt.timedelta(hours=policy.raw_grace_hours), hashed_keep, now
+                store, name, dt.timedelta(hours=policy.raw_grace_hours), hashed_keep, now
             ):
                 audit.append(
                     "service:secure_etl",

@@ -11,3 +11,13 @@ SCHEMA = {
     "amount_eur": "float64",
 }
 PII_COLUMNS = ("full_name", "email", "phone")
+# What each column holds, as config validation checks filters against it.
+KINDS = {
+    "customer_id": "integer",
+    "full_name": "string",
+    "email": "string",
+    "phone": "string",
+    "country": "string",
+    "signup_at": "timestamp",
+    "amount_eur": "number",
+}

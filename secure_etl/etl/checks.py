@@ -41,15 +41,25 @@ class CheckResult:
 class StageFiles:
     """One partition's files: raw and quarantine (encrypted with ``crypto`` if set), hashed."""
 
-    raw: Path
-    hashed: Path
-    quarantine: Path
+    raw: Path | storage.StoredFile
+    hashed: Path | storage.StoredFile
+    quarantine: Path | storage.StoredFile
     crypto: storage.ParquetCrypto | None = None
 
     @classmethod
     def of(
-        cls, state: Path, pipeline: str, partition: str, crypto: storage.ParquetCrypto | None
+        cls,
+        state: Path | storage.Storage,
+        pipeline: str,
+        partition: str,
+        crypto: storage.ParquetCrypto | None,
     ) -> StageFiles:
+        """The files in ``state``, a ``Storage`` or a state directory (its local storage,
+        where the files are plain paths)."""
+        if isinstance(state, storage.Storage):
+            files = [state.file(s, pipeline, partition) for s in ("raw", "hashed", "quarantine")]
+            return cls(*files, crypto)
+
         def file(stage: str) -> Path:
             return storage.partition_file(state, stage, pipeline, partition)
 

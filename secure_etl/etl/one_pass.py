@@ -91,9 +91,9 @@ class _Prefetch:
 
 def run_one_pass(
     chunks: Iterable[pa.Table | pd.DataFrame],
-    raw: Path,
-    hashed: Path,
-    quarantine: Path,
+    raw: Path | storage.StoredFile,
+    hashed: Path | storage.StoredFile,
+    quarantine: Path | storage.StoredFile,
     key_column: str,
     steps: list[Step],
     lineage: Lineage,

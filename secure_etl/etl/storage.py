@@ -1,22 +1,31 @@
 """Where each stage of a pipeline keeps a partition: one Parquet file, written atomically
-and owner-only (raw and quarantined rows hold PII), read back in bounded batches."""
+and owner-only (raw and quarantined rows hold PII), read back in bounded batches. The
+files live in a ``Storage``: a local directory (the default) or a bucket prefix on S3 or
+GCS (``storage.url``), the same code either way."""
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import re
 import secrets
+import tempfile
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from secure_etl.errors import UserError
+from secure_etl.security.audit import file_digest
 from secure_etl.security.files import SECRET_MODE, private_dir, write_secret
 from secure_etl.security.key_provider import KeyProvider
 from secure_etl.security.kms import provider_for
@@ -31,18 +40,230 @@ PARTITION_COLUMN = "_partition"
 
 
 def partition_file(state_dir: Path, stage: str, pipeline: str, partition: str) -> Path:
+    """Where a partition's file is in the local default storage (``state_dir/data``)."""
+    return Path(state_dir) / "data" / _relative(stage, pipeline, partition)
+
+
+def _relative(stage: str, pipeline: str, partition: str) -> str:
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}")
     safe = partition.replace(":", "-")
-    return Path(state_dir) / "data" / stage / pipeline / f"{safe}.parquet"
+    return f"{stage}/{pipeline}/{safe}.parquet"
 
 
-def partition_of(path: Path) -> str:
+def partition_of(path: Path | StoredFile | str) -> str:
     """The partition key a stage file holds (the inverse of ``partition_file``)."""
-    stem = Path(path).stem
+    name = path.name if isinstance(path, StoredFile) else Path(path).name
+    stem = name.removesuffix(".parquet")
     if re.fullmatch(r"\d{4}-\d{2}-\d{2}-\d{2}-\d{2}", stem):
         return stem[:-3] + ":" + stem[-2:]  # an hourly key: YYYY-MM-DD-HH:MM
     return stem
+
+
+@dataclass(frozen=True, eq=False)
+class StoredFile:
+    """One file of a ``Storage``: on local disk (``fs`` is None; ``path`` is the file's
+    path, owner-only as every file the platform writes) or an object in a bucket
+    (``path`` is ``bucket/key`` in ``fs``, a pyarrow filesystem)."""
+
+    path: str
+    fs: pafs.FileSystem | None = None
+    scheme: str = ""  # "s3" or "gs" for an object
+
+    @property
+    def local_path(self) -> Path | None:
+        """The file on this machine's disk (None: an object in a bucket)."""
+        return Path(self.path) if self.fs is None else None
+
+    @property
+    def name(self) -> str:
+        return self.path.rpartition("/")[2] if self.fs else Path(self.path).name
+
+    def with_name(self, name: str) -> StoredFile:
+        if self.fs is None:
+            return StoredFile(str(Path(self.path).with_name(name)))
+        return StoredFile(f"{self.path.rpartition('/')[0]}/{name}", self.fs, self.scheme)
+
+    def __str__(self) -> str:
+        return self.path if self.fs is None else f"{self.scheme}://{self.path}"
+
+    def __repr__(self) -> str:
+        return f"StoredFile({str(self)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StoredFile) and str(self) == str(other)
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+    def exists(self) -> bool:
+        if self.fs is None:
+            return Path(self.path).exists()
+        return self.fs.get_file_info(self.path).type == pafs.FileType.File
+
+    def size(self) -> int:
+        if self.fs is None:
+            return Path(self.path).stat().st_size
+        return self.fs.get_file_info(self.path).size
+
+    def unlink(self, missing_ok: bool = False) -> None:
+        """Delete the file (like ``Path.unlink``)."""
+        if self.fs is None:
+            Path(self.path).unlink(missing_ok=missing_ok)
+            return
+        if missing_ok and not self.exists():
+            return
+        try:
+            self.fs.delete_file(self.path)
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
+
+    def read_bytes(self) -> bytes:
+        if self.fs is None:
+            return Path(self.path).read_bytes()
+        with self.fs.open_input_stream(self.path) as handle:
+            return handle.read()
+
+    def write_secret(self, data: bytes) -> None:
+        """Replace the file's content at once: locally a 0600 file renamed into place,
+        in a bucket one upload (an object appears whole or not at all)."""
+        if self.fs is None:
+            write_secret(Path(self.path), data)
+            return
+        with self.fs.open_output_stream(self.path) as handle:
+            handle.write(data)
+
+    def digest(self) -> str:
+        """sha256 of the content, read in blocks (the audit log's form)."""
+        if self.fs is None:
+            return file_digest(Path(self.path))
+        digest = hashlib.sha256()
+        with self.fs.open_input_stream(self.path) as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+        return "sha256:" + digest.hexdigest()
+
+    def _source(self):
+        """What ``pq.ParquetFile`` reads: the local path, or a random-access object."""
+        return self.path if self.fs is None else self.fs.open_input_file(self.path)
+
+
+def as_file(path: Path | str | StoredFile) -> StoredFile:
+    """A local path as a ``StoredFile`` (a ``StoredFile`` as it is)."""
+    return path if isinstance(path, StoredFile) else StoredFile(str(path))
+
+
+@contextmanager
+def local_copy(file: StoredFile) -> Iterator[Path]:
+    """The file as a local path for a reader that needs one: a local file itself, an
+    object copied into a 0600 temporary file that is removed afterwards."""
+    if file.local_path is not None:
+        yield file.local_path
+        return
+    with tempfile.TemporaryDirectory(prefix="secure-etl-") as directory:  # 0700
+        path = Path(directory) / file.name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SECRET_MODE)
+        with file.fs.open_input_stream(file.path) as source, os.fdopen(fd, "wb") as out:
+            while block := source.read(1 << 20):
+                out.write(block)
+        yield path
+
+
+class Storage:
+    """Where the stage files are kept: a local directory (the default, ``state_dir/data``)
+    or a prefix in an S3 or GCS bucket, reached through pyarrow's filesystems with
+    credentials from the environment. Layout under the root:
+    ``<stage>/<pipeline>/<partition>.parquet`` and the small files beside them."""
+
+    def __init__(self, root: str | Path, fs: pafs.FileSystem | None = None, scheme: str = ""):
+        self.fs = fs
+        self.scheme = scheme
+        self.root = str(root).rstrip("/") if fs else str(Path(root))
+
+    @classmethod
+    def local(cls, state_dir: Path) -> Storage:
+        """The default: files under ``state_dir/data``, owner-only."""
+        return cls(Path(state_dir) / "data")
+
+    @property
+    def is_local(self) -> bool:
+        return self.fs is None
+
+    def __str__(self) -> str:
+        return self.root if self.fs is None else f"{self.scheme}://{self.root}"
+
+    def file(self, stage: str, pipeline: str, partition: str) -> StoredFile:
+        relative = _relative(stage, pipeline, partition)
+        if self.fs is None:
+            return StoredFile(str(Path(self.root) / relative))
+        return StoredFile(f"{self.root}/{relative}", self.fs, self.scheme)
+
+    def partitions(self, stage: str, pipeline: str) -> list[StoredFile]:
+        """The stage's partition files of ``pipeline``, sorted by name (temporary files of
+        unfinished writes and the small files beside each partition are left out)."""
+        directory = self.file(stage, pipeline, "x").path.rpartition("/")[0]
+        if self.fs is None:
+            here = Path(directory)
+            names = [p.name for p in here.glob("*.parquet")] if here.is_dir() else []
+            return [StoredFile(str(here / n)) for n in sorted(names)]
+        found = self.fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True))
+        names = sorted(
+            info.base_name
+            for info in found
+            if info.type == pafs.FileType.File
+            and info.base_name.endswith(".parquet")
+            and not info.base_name.startswith(".")
+        )
+        return [StoredFile(f"{directory}/{n}", self.fs, self.scheme) for n in names]
+
+
+STORAGE_SCHEMES = ("s3", "gs")
+
+
+def storage_for(platform: PlatformConfig) -> Storage:
+    """The platform's ``storage.url`` as a ``Storage``: left out, ``state_dir/data``; a
+    local path (relative to ``state_dir``); ``s3://bucket/prefix`` (region, endpoint, its
+    CA bundle and credentials from the standard AWS variables: AWS_REGION,
+    AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, AWS_CA_BUNDLE, AWS_ACCESS_KEY_ID...); or
+    ``gs://bucket/prefix`` (Google's application default credentials;
+    STORAGE_EMULATOR_HOST for an emulator)."""
+    state = platform.resolved_state_dir()
+    url = platform.storage.url
+    if url is None:
+        return Storage.local(state)
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return Storage(state / url)  # an absolute path stays as it is
+    return Storage(rest.strip("/"), _object_store(scheme), scheme)
+
+
+def _object_store(scheme: str) -> pafs.FileSystem:
+    env = os.environ
+    if scheme == "s3":
+        options = {}
+        endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            options["endpoint_override"] = endpoint
+        region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+        if region:
+            options["region"] = region
+        if env.get("AWS_CA_BUNDLE"):  # the roots that verify the endpoint (else the system's)
+            options["tls_ca_file_path"] = env["AWS_CA_BUNDLE"]
+        try:
+            return pafs.S3FileSystem(**options)
+        except TypeError:  # tls_ca_file_path came with pyarrow 21
+            raise UserError(f"AWS_CA_BUNDLE needs pyarrow 21 or later ({pa.__version__})") from None
+    if scheme == "gs":
+        emulator = env.get("STORAGE_EMULATOR_HOST")
+        if emulator:
+            host = emulator.removeprefix("http://").removeprefix("https://")
+            http = emulator.startswith("http://")
+            return pafs.GcsFileSystem(
+                anonymous=True, endpoint_override=host, scheme="http" if http else "https"
+            )
+        return pafs.GcsFileSystem()
+    raise ValueError(f"unknown storage scheme {scheme!r} (one of: {', '.join(STORAGE_SCHEMES)})")
 
 
 class ParquetCrypto:
@@ -94,20 +315,31 @@ def raw_crypto(platform: PlatformConfig) -> ParquetCrypto | None:
 
 class PartitionWriter:
     """Writes a partition table by table; the file appears complete on ``commit`` or not
-    at all. Every table must have the first one's schema (a later one is cast to it)."""
+    at all (written under a temporary name, then renamed: on local disk a 0600 file in
+    an owner-only directory, synced first; in a bucket a server-side move). Every table
+    must have the first one's schema (a later one is cast to it)."""
 
-    def __init__(self, path: Path, crypto: ParquetCrypto | None = None) -> None:
-        self.path = Path(path)
+    def __init__(self, path: Path | StoredFile, crypto: ParquetCrypto | None = None) -> None:
+        self.file = as_file(path)
         self._crypto = crypto
-        private_dir(self.path.parent)
-        self._tmp = self.path.with_name(
-            f".{self.path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        self._tmp = self.file.with_name(
+            f".{self.file.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
         )
-        self._handle = os.fdopen(
-            os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, SECRET_MODE), "wb"
-        )
+        local = self.file.local_path
+        if local is not None:
+            private_dir(local.parent)
+            self._handle = os.fdopen(
+                os.open(self._tmp.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, SECRET_MODE), "wb"
+            )
+        else:
+            self._handle = self.file.fs.open_output_stream(self._tmp.path)
         self._writer: pq.ParquetWriter | None = None
         self.rows = 0
+
+    @property
+    def path(self) -> Path | StoredFile:
+        """The local path (the file in a bucket)."""
+        return self.file.local_path or self.file
 
     @property
     def schema(self) -> pa.Schema | None:
@@ -133,7 +365,7 @@ class PartitionWriter:
                 table = table.cast(self._writer.schema)
             except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as err:
                 raise ValueError(
-                    f"{self.path}: a chunk's columns differ from the first chunk's: {err}"
+                    f"{self.file}: a chunk's columns differ from the first chunk's: {err}"
                 ) from None
         self._writer.write_table(table)
         self.rows += table.num_rows
@@ -142,19 +374,25 @@ class PartitionWriter:
         """Close, sync and move into place; returns (rows, bytes)."""
         if self._writer is None:
             self.abort()
-            raise ValueError(f"{self.path}: the source returned no rows and no schema")
+            raise ValueError(f"{self.file}: the source returned no rows and no schema")
         self._writer.close()
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-        self._handle.close()
-        os.replace(self._tmp, self.path)
-        return self.rows, self.path.stat().st_size
+        if self.file.fs is None:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._handle.close()
+            os.replace(self._tmp.path, self.file.path)
+        else:
+            self._handle.close()  # the upload completes
+            self.file.fs.move(self._tmp.path, self.file.path)
+        return self.rows, self.file.size()
 
     def abort(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        self._handle.close()
-        self._tmp.unlink(missing_ok=True)
+        try:
+            if self._writer is not None:
+                self._writer.close()
+            self._handle.close()
+        finally:
+            self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> PartitionWriter:
         return self
@@ -165,7 +403,7 @@ class PartitionWriter:
 
 
 def write_partition(
-    path: Path, frame: pd.DataFrame | pa.Table, crypto: ParquetCrypto | None = None
+    path: Path | StoredFile, frame: pd.DataFrame | pa.Table, crypto: ParquetCrypto | None = None
 ) -> int:
     """Write a whole partition at once; returns bytes."""
     with PartitionWriter(path, crypto) as writer:
@@ -174,7 +412,9 @@ def write_partition(
 
 
 def write_partition_chunks(
-    path: Path, chunks: Iterable[pa.Table | pd.DataFrame], crypto: ParquetCrypto | None = None
+    path: Path | StoredFile,
+    chunks: Iterable[pa.Table | pd.DataFrame],
+    crypto: ParquetCrypto | None = None,
 ) -> tuple[int, int]:
     """Write a partition chunk by chunk (memory stays bounded by one chunk); returns
     (rows, bytes)."""
@@ -184,19 +424,20 @@ def write_partition_chunks(
         return writer.commit()
 
 
-def _existing(path: Path, crypto: ParquetCrypto | None = None) -> pq.ParquetFile:
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: partition not materialized yet")
+def _existing(path: Path | StoredFile, crypto: ParquetCrypto | None = None) -> pq.ParquetFile:
+    file = as_file(path)
+    if not file.exists():
+        raise FileNotFoundError(f"{file}: partition not materialized yet")
     try:
         return pq.ParquetFile(
-            path, decryption_properties=crypto.read_properties() if crypto else None
+            file._source(), decryption_properties=crypto.read_properties() if crypto else None
         )
     except OSError as err:
-        raise OSError(f"{path}: cannot read ({err})") from None
+        raise OSError(f"{file}: cannot read ({err})") from None
 
 
 def iter_partition(
-    path: Path,
+    path: Path | StoredFile,
     columns: list[str] | None = None,
     batch_rows: int = 100_000,
     crypto: ParquetCrypto | None = None,
@@ -210,26 +451,28 @@ def iter_partition(
             yield table.slice(offset, batch_rows)
 
 
-def partition_rows(path: Path, crypto: ParquetCrypto | None = None) -> int:
+def partition_rows(path: Path | StoredFile, crypto: ParquetCrypto | None = None) -> int:
     """Rows in a partition file, from its footer (no data is read)."""
     return _existing(path, crypto).metadata.num_rows
 
 
-def counts_file(path: Path) -> Path:
+def counts_file(path: Path | StoredFile) -> Path | StoredFile:
+    if isinstance(path, StoredFile):
+        return path.with_name(path.name + ".counts.json")
     return Path(path).with_name(Path(path).name + ".counts.json")
 
 
-def write_counts(path: Path, counts: dict[str, int]) -> None:
+def write_counts(path: Path | StoredFile, counts: dict[str, int]) -> None:
     """Row counts that belong with a partition file (quarantined, filtered), beside it."""
-    write_secret(counts_file(path), json.dumps(counts, sort_keys=True).encode())
+    as_file(counts_file(path)).write_secret(json.dumps(counts, sort_keys=True).encode())
 
 
-def read_counts(path: Path) -> dict[str, int]:
-    file = counts_file(path)
+def read_counts(path: Path | StoredFile) -> dict[str, int]:
+    file = as_file(counts_file(path))
     return json.loads(file.read_bytes()) if file.exists() else {}
 
 
-def column_max(path: Path, column: str, crypto: ParquetCrypto | None = None):
+def column_max(path: Path | StoredFile, column: str, crypto: ParquetCrypto | None = None):
     """The largest value of ``column`` in the partition (None if it has no values), read
     one batch of that column at a time."""
     best = None
@@ -240,9 +483,9 @@ def column_max(path: Path, column: str, crypto: ParquetCrypto | None = None):
     return best
 
 
-def partition_schema(path: Path, crypto: ParquetCrypto | None = None) -> pa.Schema:
+def partition_schema(path: Path | StoredFile, crypto: ParquetCrypto | None = None) -> pa.Schema:
     return _existing(path, crypto).schema_arrow
 
 
-def read_partition(path: Path, crypto: ParquetCrypto | None = None) -> pd.DataFrame:
+def read_partition(path: Path | StoredFile, crypto: ParquetCrypto | None = None) -> pd.DataFrame:
     return _existing(path, crypto).read().to_pandas()

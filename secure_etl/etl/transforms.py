@@ -216,9 +216,9 @@ class TransformResult:
 
 
 def transform_partition(
-    raw: Path,
-    hashed: Path,
-    quarantine: Path,
+    raw: Path | storage.StoredFile,
+    hashed: Path | storage.StoredFile,
+    quarantine: Path | storage.StoredFile,
     key_column: str,
     steps: Sequence[Step],
     lineage: Lineage,

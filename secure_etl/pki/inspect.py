@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import re
 import ssl
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from secure_etl.errors import UserError
@@ -90,7 +93,7 @@ def load_pem_chain(data: bytes, source: str) -> list[x509.Certificate]:
     cryptography parses most fields only when they are read, so a malformed key, algorithm,
     version or date would otherwise fail mid-check; every field is read here instead."""
     if b"-----BEGIN CERTIFICATE-----" not in data:
-        raise PemError(f"{source}: no PEM certificate found")
+        raise PemError(f"{source}: no PEM certificate found: {what_it_holds(data)}")
     try:
         chain = x509.load_pem_x509_certificates(data)
         for cert in chain:
@@ -125,6 +128,81 @@ def load_chain_file(path: Path | str) -> list[x509.Certificate]:
     except OSError as err:
         raise PemError(f"{path}: {err.strerror or err}") from None
     return load_pem_chain(data, str(path))
+
+
+_PEM_LABEL = re.compile(rb"-----BEGIN ([A-Z0-9 ]{1,40})-----")
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.S)
+_PEM_KINDS = {
+    "PRIVATE KEY": "a private key",
+    "RSA PRIVATE KEY": "an RSA private key",
+    "EC PRIVATE KEY": "an EC private key",
+    "ENCRYPTED PRIVATE KEY": "an encrypted private key",
+    "OPENSSH PRIVATE KEY": "an OpenSSH private key",
+    "PUBLIC KEY": "a public key",
+    "RSA PUBLIC KEY": "an RSA public key",
+    "CERTIFICATE REQUEST": "a certificate signing request (CSR)",
+    "NEW CERTIFICATE REQUEST": "a certificate signing request (CSR)",
+    "X509 CRL": "a certificate revocation list",
+    "TRUSTED CERTIFICATE": "an OpenSSL 'TRUSTED CERTIFICATE' (export it as a plain certificate)",
+    "PKCS7": "a PKCS#7 bundle (extract the certificates: openssl pkcs7 -print_certs)",
+}
+
+
+def what_it_holds(data: bytes) -> str:
+    """What a file that is not a PEM certificate is, as far as can be told: empty, a
+    PEM key, CSR or CRL, a DER (binary) certificate or key, other text or binary data."""
+    if not data.strip():
+        return "the file is empty"
+    label = _PEM_LABEL.search(data)
+    if label:
+        kind = label.group(1).decode("ascii")
+        return f"it holds {_PEM_KINDS.get(kind, f'a PEM {kind!r} block')}, not a certificate"
+    if data[:1] == b"\x30":  # a DER SEQUENCE
+        from cryptography.hazmat.primitives import serialization
+
+        try:
+            x509.load_der_x509_certificate(data)
+            return "it is a DER (binary) certificate; convert it: openssl x509 -inform der -in FILE"
+        except ValueError:
+            pass
+        try:
+            serialization.load_der_private_key(data, password=None)
+            return "it holds a DER (binary) private key, not a certificate"
+        except TypeError:  # it needs a password: a key all the same
+            return "it holds an encrypted DER (binary) private key, not a certificate"
+        except (ValueError, UnsupportedAlgorithm):
+            pass
+        return "it is binary (DER?) data that is not a certificate"
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "it is binary data, not a PEM certificate"
+    return "it is text with no -----BEGIN CERTIFICATE----- line"
+
+
+def load_roots_file(path: Path | str) -> list[x509.Certificate]:
+    """The trusted roots in a PEM bundle, read quietly: a bundle (the system's above
+    all) may hold certificates that cryptography warns about (a negative serial) or
+    cannot read; those are left out, not reported, as they are not what is judged. A
+    file that holds no certificate at all is an error, as for ``load_chain_file``."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise PemError(f"{path}: {err.strerror or err}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise PemError(f"{path}: no PEM certificate found: {what_it_holds(data)}")
+    roots = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        for block in _PEM_CERTIFICATE.findall(data):
+            try:
+                cert = x509.load_pem_x509_certificate(block)
+                _read_every_field(cert)
+            except BROKEN_CERTIFICATE:
+                continue
+            roots.append(cert)
+    return roots
 
 
 def system_trust_bundle() -> Path | None:

@@ -23,7 +23,7 @@ from secure_etl.config import (
 from secure_etl.pki.acme_issuer import AcmeIssuer
 from secure_etl.pki.deploy import DeployContext, run_deploy_actions
 from secure_etl.pki.endpoints import stale_endpoints
-from secure_etl.pki.inspect import CheckResult, inspect_chain, load_chain_file
+from secure_etl.pki.inspect import CheckResult, inspect_chain, load_chain_file, load_roots_file
 from secure_etl.pki.internal_ca import InternalCA
 from secure_etl.pki.issuer import IssuedCertificate, Issuer
 from secure_etl.pki.keys import PrivateKey, generate_private_key, key_type_of, load_private_key
@@ -88,7 +88,7 @@ def inspect_current(
 def _roots(config: PlatformConfig, name: str) -> tuple[list[x509.Certificate] | None, str]:
     """The roots the certificate must chain to (None: no bundle at all) and their file."""
     bundle = trust_bundle(config, name)
-    roots = load_chain_file(bundle) if bundle and bundle.exists() else ([] if bundle else None)
+    roots = load_roots_file(bundle) if bundle and bundle.exists() else ([] if bundle else None)
     return roots, str(bundle or "")
 
 

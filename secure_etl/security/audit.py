@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -123,9 +123,23 @@ def pinned_key(pin: str) -> Ed25519PublicKey:
         except ValueError:
             raise ValueError(f"{pin[:80]!r}: not ed25519: and 64 hex digits") from None
     try:
-        public = serialization.load_pem_public_key(Path(pin).read_bytes())
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{pin}: not a readable PEM public key ({err})") from None
+        data = Path(pin).read_bytes()
+    except OSError as err:
+        raise ValueError(f"{pin}: not a readable PEM public key ({err.strerror or err})") from None
+    try:
+        public = serialization.load_pem_public_key(data)
+    except (ValueError, UnsupportedAlgorithm):
+        if not data.strip():
+            what = "the file is empty"
+        elif b"PRIVATE KEY-----" in data:
+            what = "it holds a private key: give the public one"
+        elif b"-----BEGIN " in data:
+            what = "it holds another kind of PEM block"
+        else:
+            what = "it is not PEM text"
+        raise ValueError(
+            f"{pin}: not a PEM public key ({what}); give the .pub file or ed25519:<64 hex>"
+        ) from None
     if not isinstance(public, Ed25519PublicKey):
         raise ValueError(f"{pin}: not an Ed25519 public key")
     return public

@@ -62,6 +62,13 @@ def test_retry_after_is_waited_in_full_never_sooner():
     assert clock.slept == [7.0, 0.0]  # the server's waits, not the 0.5 s backoff
 
 
+def test_a_wait_the_other_side_named_does_not_advance_the_backoff():
+    clock = Clock()
+    attempt, _ = failing(3, lambda n: TryAgain("busy", retry_after=7.0 if n == 1 else None))
+    assert retry(attempt, Backoff(4, 0.5, 10), sleep=clock.sleep, clock=clock) == "done at 4"
+    assert clock.slept == [7.0, 0.5, 1.0]  # the server's 7 s, then our backoff from its start
+
+
 def test_an_acme_problems_retry_after_is_honoured_too():
     clock = Clock()
     attempt, _ = failing(

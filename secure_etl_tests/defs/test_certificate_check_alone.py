@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 
-import httpx
 import pytest
 from dagster import AssetKey, DagsterInstance
 
@@ -13,25 +12,13 @@ from secure_etl.config import load_config
 from secure_etl.defs.build import build_definitions
 from secure_etl.defs.certificates import RENEWAL_JOB, certificate_check_keys, certificate_key
 from secure_etl.defs.check_state import latest_check_evaluations
-from secure_etl_tests.defs.test_webserver import _home, _webserver
+from secure_etl_tests.defs.test_webserver import _graphql, _home, _webserver
 
 CAN_EXECUTE = """{ assetNodes { assetKey { path } assetChecksOrError {
   ... on AssetChecks { checks { name canExecuteIndividually } } } } }"""
 LAUNCH = """mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
   __typename ... on LaunchRunSuccess { run { runId } } ... on Error { message } } }"""
-RUN_NOW = """
-run_coordinator:
-  module: dagster.core.run_coordinator
-  class: DefaultRunCoordinator
-"""
 STATUS = """query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"""
-
-
-def _graphql(url: str, query: str, **variables) -> dict:
-    reply = httpx.post(f"{url}/graphql", json={"query": query, "variables": variables}, timeout=60)
-    data = reply.json()
-    assert "errors" not in data, data
-    return data["data"]
 
 
 def _checks_by_asset(url: str) -> dict:
@@ -53,10 +40,7 @@ def _checks_by_asset(url: str) -> dict:
 def test_one_certificate_check_executes_without_renewing(tmp_path, write_config):
     config = write_config()
     platform = load_config(config)
-    home = _home(tmp_path)
-    # No daemon here (`dagster dev` runs one): launch straight away instead of queueing.
-    with (home / "dagster.yaml").open("a") as f:
-        f.write(RUN_NOW)
+    home = _home(tmp_path, run_now=True)  # no daemon: launch straight away, not queued
     with DagsterInstance.from_config(str(home)) as instance:
         issued = (
             build_definitions(platform)

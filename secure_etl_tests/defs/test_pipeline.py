@@ -14,6 +14,8 @@ import duckdb
 import pandas as pd
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from dagster import AssetKey
 
 from secure_etl.config import ConfigError, load_config
@@ -398,6 +400,15 @@ def test_the_bundled_demo_protects_its_data_end_to_end_and_its_audit_log_verifie
     assert "Retention: deleted 2 files" in done.stdout  # raw and quarantine, once loaded
     platform = load_config()
     state = platform.resolved_state_dir()
+    # The data came over mutual TLS: the demo API saw the etl-client certificate now
+    # current (its SHA-256 computed here, from the store), and the endpoint check passed.
+    assert "Connections verified: 1/1\n" in done.stdout
+    pem = (state / "certs" / "etl-client" / "current" / "fullchain.pem").read_bytes()
+    der = x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
+    seen = f"client certificate etl-client sha256:{hashlib.sha256(der).hexdigest()[:16]}, "
+    seen += "1 connection\n"
+    assert seen in done.stdout
+    assert "the demo API answered 4 requests" in done.stdout  # 1000 rows, 250 a page
     loaded = (
         duckdb.connect(str(state / "warehouse.duckdb"), read_only=True)
         .execute("SELECT country, email, phone, _pseudonym_key_id FROM customers")
@@ -434,6 +445,7 @@ def test_the_bundled_demo_protects_its_data_end_to_end_and_its_audit_log_verifie
     assert {c["name"] for c in report["certificates"]} == {"warehouse-server", "etl-client"}
     assert all(c["ready"] and 29 < c["days_left"] <= 30 for c in report["certificates"])
     assert report["security"]["audit_chain_ok"] and report["security"]["renewals_30d"] == 2
+    assert (report["security"]["connections"], report["security"]["connections_verified"]) == (1, 1)
     assert report["problems"] == []
     prom = (state / "metrics" / "secure_etl.prom").read_text()
     ready = 'secure_etl_certificate_ready_status{name="etl-client",issuer="demo-ca",'

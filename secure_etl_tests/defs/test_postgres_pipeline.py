@@ -288,3 +288,34 @@ def test_one_pass_between_postgres_servers_streams_and_reruns_identically(
     assert before.startswith("60|")
     _run(defs, instance)
     assert _warehouse(postgres_tls, query) == before
+
+
+@pytest.mark.integration
+def test_declared_column_kinds_check_the_filter_and_its_values_fit_the_columns(
+    platform, postgres_tls, write_config, instance
+):
+    """`columns` as a mapping to kinds: the filter is checked when the config loads, and
+    its values are compared as the columns hold them (a whole number with numeric(10,2),
+    a time without a zone with timestamptz)."""
+    import datetime as dt
+
+    kinds = {"id": "integer", "name": "string", "email": "string", "phone": "string"}
+    kinds |= {"amount": "number", "created_at": "timestamp"}
+    where = {
+        "and": [{"ge": ["amount", 30]}, {"lt": ["created_at", dt.datetime(2026, 3, 1, 10, 50)]}]
+    }
+    defs = _pg_definitions(
+        postgres_tls,
+        write_config,
+        instance,
+        source_overrides={"columns": kinds},
+        transforms=[
+            {"type": "filter", "where": where},
+            {"type": "pseudonymise", "columns": ["name", "email", "phone"], "key": "pseudo-1"},
+        ],
+    )
+    assert _run(defs, instance).success
+    # amount = id * 1.5 >= 30 from id 20; created_at = 10:00 + id minutes < 10:50 below id 50.
+    assert (
+        _warehouse(postgres_tls, "SELECT count(*), min(id), max(id) FROM customers") == "30|20|49"
+    )

@@ -248,6 +248,25 @@ def test_a_retry_after_longer_than_we_may_wait_fails_clearly(api, pki):
         list(fetch_pages(ApiSource(url=f"{api}/items"), _context(pki), sleep=lambda s: None))
 
 
+def test_the_last_busy_answer_is_named_with_its_text_and_the_attempts(api, pki):
+    Api.script = [(503, {}, b"maintenance until noon")] * 3
+    with pytest.raises(ApiError, match=r"HTTP 503: maintenance until noon \(3 attempts\)"):
+        list(
+            fetch_pages(
+                ApiSource(url=f"{api}/items", max_retries=2), _context(pki), sleep=lambda s: None
+            )
+        )
+    assert len(Api.requests) == 3
+
+
+def test_a_retry_after_past_the_deadline_fails_without_waiting(api, pki):
+    Api.script = [(503, {"Retry-After": "30"})]
+    slept = []
+    with pytest.raises(ApiError, match=r"waiting 30.0 s to retry would pass .*deadline_s \(5 s\)"):
+        list(fetch_pages(ApiSource(url=f"{api}/items", deadline_s=5), _context(pki), slept.append))
+    assert slept == [] and len(Api.requests) == 1
+
+
 def _ports(server_url: str) -> list[int]:
     port = urlsplit(server_url).port
     return [p for p, _ in Api.requests if p == port]

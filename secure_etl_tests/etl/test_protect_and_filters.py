@@ -124,3 +124,31 @@ def test_filter_parsing_raises_only_filter_error_on_any_input(data):
         assert str(err).startswith("where")
     else:
         assert filters.columns(condition)
+
+
+def test_filter_values_are_fitted_to_the_columns_time_zone_and_decimal_precision():
+    import datetime as dt
+
+    table = pa.table(
+        {
+            "utc": pa.array(
+                [dt.datetime(2026, 1, 1), dt.datetime(2026, 2, 1)], pa.timestamp("us", "UTC")
+            ),
+            "naive": pa.array(
+                [dt.datetime(2026, 1, 1), dt.datetime(2026, 2, 1)], pa.timestamp("us")
+            ),
+            "price": pa.array([1, 2], pa.decimal128(10, 2)),
+        }
+    )
+    # A time without a zone against a UTC column is taken as UTC, and the other way round.
+    assert (
+        filters.apply(table, filters.parse({"gt": ["utc", dt.datetime(2026, 1, 2)]})).num_rows == 1
+    )
+    aware = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+    assert filters.apply(table, filters.parse({"gt": ["naive", aware]})).num_rows == 1
+    assert (
+        filters.apply(table, filters.parse({"in": ["utc", [dt.datetime(2026, 1, 1)]]})).num_rows
+        == 1
+    )
+    # A whole number against a decimal(10, 2) (Arrow would need precision 21 otherwise).
+    assert filters.apply(table, filters.parse({"ge": ["price", 2]})).num_rows == 1

@@ -18,26 +18,70 @@ from secure_etl.etl.sources.postgres import checked_name, pg_endpoint, query_tab
 from secure_etl.etl.storage import PARTITION_COLUMN
 from secure_etl.security.postgres_tls import PgEndpoint
 
+# The column type for each Arrow type, matched to what ADBC's binary COPY writer sends
+# for it: the writer picks the wire format from the Arrow type alone, so a column of
+# another width fails ("insufficient data left in message") or reads the bytes wrong.
+# int8 and uint8 go as int2, uint16 as int4, uint32 as int8.
+_PG_TYPES = (
+    (pa.types.is_boolean, "boolean"),
+    (lambda t: pa.types.is_int8(t) or pa.types.is_int16(t) or pa.types.is_uint8(t), "smallint"),
+    (lambda t: pa.types.is_int32(t) or pa.types.is_uint16(t), "integer"),
+    (lambda t: pa.types.is_int64(t) or pa.types.is_uint32(t), "bigint"),
+    (pa.types.is_float32, "real"),
+    (pa.types.is_float64, "double precision"),
+    (pa.types.is_date32, "date"),
+    (lambda t: pa.types.is_time32(t) or pa.types.is_time64(t), "time"),
+    (pa.types.is_duration, "interval"),
+    (
+        lambda t: pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t),
+        "text",
+    ),
+    (
+        lambda t: (
+            pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t)
+        ),
+        "bytea",
+    ),
+)
 
-def _pg_type(arrow_type: pa.DataType) -> str:
+
+def _sent_as(arrow_type: pa.DataType) -> pa.DataType:
+    """The Arrow type a column is sent to COPY as: the writer has no exact form for a
+    uint64 (it would wrap past 2**63), a date64, a float16, a string view or a dictionary
+    of anything but text, so those are cast first; every other type goes as it is."""
+    if pa.types.is_dictionary(arrow_type):
+        value = _sent_as(arrow_type.value_type)
+        return arrow_type if pa.types.is_string(value) else value
+    if pa.types.is_uint64(arrow_type):
+        return pa.decimal128(20, 0)
+    if pa.types.is_date64(arrow_type):
+        return pa.date32()
+    if pa.types.is_float16(arrow_type):
+        return pa.float32()
+    if pa.types.is_string_view(arrow_type):
+        return pa.string()
+    if pa.types.is_binary_view(arrow_type):
+        return pa.binary()
+    return arrow_type
+
+
+def _pg_type(arrow_type: pa.DataType, column: str = "?") -> str:
+    """The column type that takes ``arrow_type`` as ADBC's COPY sends it (after
+    ``_sent_as``); a nested type has none and is refused, naming the column."""
+    arrow_type = _sent_as(arrow_type)
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
     if pa.types.is_decimal(arrow_type):
         return f"numeric({int(arrow_type.precision)},{int(arrow_type.scale)})"
     if pa.types.is_timestamp(arrow_type):
         return "timestamptz" if arrow_type.tz else "timestamp"
-    if pa.types.is_dictionary(arrow_type):
-        return _pg_type(arrow_type.value_type)
-    for test, name in (
-        (pa.types.is_boolean, "boolean"),
-        (pa.types.is_int16, "smallint"),
-        (pa.types.is_int32, "integer"),
-        (pa.types.is_integer, "bigint"),
-        (pa.types.is_float32, "real"),
-        (pa.types.is_floating, "double precision"),
-        (pa.types.is_date, "date"),
-    ):
+    for test, name in _PG_TYPES:
         if test(arrow_type):
             return name
-    return "text"
+    raise ValueError(
+        f"column {column}: the PostgreSQL destination takes no {arrow_type} column; "
+        "flatten it before the load (a nested value is not loaded as text)"
+    )
 
 
 def _prepare_table(
@@ -51,7 +95,9 @@ def _prepare_table(
     of ``indexed``) and its indexes if they do not exist yet."""
     partition_column = indexed[0]
     column_defs = sql.SQL(", ").join(
-        sql.SQL("{} {}").format(checked_name(field.name, "column"), sql.SQL(_pg_type(field.type)))
+        sql.SQL("{} {}").format(
+            checked_name(field.name, "column"), sql.SQL(_pg_type(field.type, field.name))
+        )
         for field in arrow_schema
     )
     with endpoint.connect() as conn:
@@ -73,15 +119,21 @@ def _prepare_table(
 def _stamped(
     batches: Iterable[pa.RecordBatch | pa.Table], schema: pa.Schema, partition: str
 ) -> pa.RecordBatchReader:
-    """The batches with the partition column appended, as a stream."""
+    """The batches with the partition column appended, as a stream, each column cast to
+    the type COPY sends (``_sent_as``) where it differs."""
+    sent = pa.schema([f.with_type(_sent_as(f.type)) for f in schema])
 
     def stamp() -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for piece in batch.to_batches() if isinstance(batch, pa.Table) else [batch]:
                 constant = pa.array([partition] * piece.num_rows, pa.string())
-                yield pa.RecordBatch.from_arrays([*piece.columns, constant], schema=schema)
+                columns = [
+                    c if c.type == f.type else c.cast(f.type)
+                    for c, f in zip([*piece.columns, constant], sent, strict=True)
+                ]
+                yield pa.RecordBatch.from_arrays(columns, schema=sent)
 
-    return pa.RecordBatchReader.from_batches(schema, stamp())
+    return pa.RecordBatchReader.from_batches(sent, stamp())
 
 
 def load_partition(

@@ -19,6 +19,7 @@ import httpx
 import pandas as pd
 
 from secure_etl.acme import deadline as socket_deadline
+from secure_etl.acme.retry import Backoff, GaveUp, TryAgain, retry
 from secure_etl.acme.transport import parse_retry_after
 from secure_etl.config import HttpsApiSource
 from secure_etl.etl.connector import Runtime, partition_hour
@@ -26,6 +27,7 @@ from secure_etl.etl.transforms import UNPARSED_COLUMN
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 DEFAULT_PORTS = {"https": 443, "http": 80}
+ERROR_TEXT_BYTES = 200  # of an error answer's body, in its message
 
 
 class ApiError(Exception):
@@ -83,9 +85,10 @@ def with_params(url: str, params: dict[str, str]) -> httpx.URL:
 
 
 class _Deadline:
-    """The extraction's overall time limit, checked before each request, between the
-    chunks of a body and before each wait, and held by the socket itself while a request
-    runs (a read timeout alone never ends an answer that arrives a byte at a time)."""
+    """The extraction's overall time limit: the retry helper starts no request and no
+    wait that would cross it, the body is checked against it between chunks, and the
+    socket itself holds it while a request runs (a read timeout alone never ends an
+    answer that arrives a byte at a time)."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
@@ -94,23 +97,26 @@ class _Deadline:
     def remaining(self) -> float:
         return self.end - time.monotonic()
 
+    def passed(self, url: httpx.URL) -> ApiError:
+        return ApiError(
+            f"GET {shown(url)}: the extraction ran past its deadline_s "
+            f"({self.seconds:g} s); raise deadline_s or ask for less (shorter partitions)"
+        )
+
     def check(self, url: httpx.URL) -> None:
         if self.remaining() <= 0:
-            raise ApiError(
-                f"GET {shown(url)}: the extraction ran past its deadline_s "
-                f"({self.seconds:g} s); raise deadline_s or ask for less (shorter partitions)"
-            )
+            raise self.passed(url)
 
     def timeout(self, timeout_s: float) -> float:
         return max(0.001, min(timeout_s, self.remaining()))
 
-    def sleep(self, url: httpx.URL, seconds: float, sleep: Callable[[float], None]) -> None:
-        if seconds >= self.remaining():
-            raise ApiError(
-                f"GET {shown(url)}: waiting {seconds:.1f} s to retry would pass the "
-                f"extraction's deadline_s ({self.seconds:g} s)"
-            )
-        sleep(seconds)
+
+class _Busy(TryAgain):
+    """A 429 or 5xx answer: asked again, never sooner than its Retry-After."""
+
+    def __init__(self, status: int, text: str, retry_after: float | None) -> None:
+        super().__init__(f"HTTP {status}: {text}", retry_after)
+        self.status = status
 
 
 def _read_body(response: httpx.Response, source: ApiSource, url, deadline: _Deadline) -> bytes:
@@ -136,6 +142,17 @@ def _read_body(response: httpx.Response, source: ApiSource, url, deadline: _Dead
     return b"".join(chunks)
 
 
+def _error_text(response: httpx.Response, url: httpx.URL, deadline: _Deadline) -> str:
+    """The start of an error answer's body (200 bytes), read no further."""
+    head = b""
+    for chunk in response.iter_bytes():
+        head += chunk
+        deadline.check(url)
+        if len(head) >= ERROR_TEXT_BYTES:
+            break
+    return head[:ERROR_TEXT_BYTES].decode(errors="replace")
+
+
 def _get(
     client: httpx.Client,
     source: ApiSource,
@@ -143,53 +160,60 @@ def _get(
     deadline: _Deadline,
     sleep: Callable[[float], None],
 ) -> dict:
-    backoff = 0.5
-    for attempt in range(source.max_retries + 1):
-        deadline.check(url)
-        last = attempt == source.max_retries
+    """One page, asked again after a 429, a 5xx or a lost connection (``max_retries``
+    times, backing off from 0.5 s, never sooner than Retry-After, all before the
+    deadline)."""
+
+    def attempt(_n: int) -> bytes:
         try:
-            status, wait, content = _attempt(client, source, url, deadline, retry=not last)
+            return _attempt(client, source, url, deadline)
         except httpx.TransportError as err:
             deadline.check(url)  # a read cut short by the deadline is the deadline's error
-            if last:
-                raise ApiError(f"GET {shown(url)}: {type(err).__name__}: {err}") from None
-            deadline.sleep(url, min(backoff, source.max_backoff_s), sleep)
-            backoff *= 2
-            continue
-        if content is not None:
-            return _page(content, source, url)
-        if wait is not None:  # the server said when: never sooner
-            if wait > source.max_backoff_s:
-                raise ApiError(
-                    f"GET {shown(url)}: HTTP {status}, Retry-After {wait:.0f} s is "
-                    f"longer than max_backoff_s ({source.max_backoff_s:.0f} s); giving up"
-                )
-            deadline.sleep(url, wait, sleep)
-        else:
-            deadline.sleep(url, min(backoff, source.max_backoff_s), sleep)
-            backoff *= 2
-    raise AssertionError("unreachable")
+            raise TryAgain(f"{type(err).__name__}: {err}") from None
+
+    backoff = Backoff(source.max_retries + 1, 0.5, source.max_backoff_s)
+    try:
+        content = retry(attempt, backoff, deadline=deadline.end, sleep=sleep)
+    except GaveUp as gave_up:
+        raise _gave_up(gave_up, source, url, deadline) from None
+    return _page(content, source, url)
 
 
-def _attempt(
-    client: httpx.Client, source: ApiSource, url: httpx.URL, deadline: _Deadline, retry: bool
-) -> tuple[int, float | None, bytes | None]:
-    """One GET: ``(status, Retry-After, None)`` when it is to be retried, else
-    ``(status, None, body)``; errors, redirects and oversized bodies raise."""
+def _gave_up(gave_up: GaveUp, source: ApiSource, url: httpx.URL, deadline: _Deadline) -> ApiError:
+    if gave_up.reason == "wait":  # only an answer names a wait
+        status = gave_up.last.status if isinstance(gave_up.last, _Busy) else "?"
+        return ApiError(
+            f"GET {shown(url)}: HTTP {status}, Retry-After {gave_up.wait_s:.0f} s is "
+            f"longer than max_backoff_s ({source.max_backoff_s:.0f} s); giving up"
+        )
+    if gave_up.reason == "deadline" and gave_up.wait_s > 0:
+        return ApiError(
+            f"GET {shown(url)}: waiting {gave_up.wait_s:.1f} s to retry would pass the "
+            f"extraction's deadline_s ({deadline.seconds:g} s)"
+        )
+    if gave_up.reason == "deadline":
+        return deadline.passed(url)
+    tries = f" ({gave_up.attempts} attempts)" if gave_up.attempts > 1 else ""
+    return ApiError(f"GET {shown(url)}: {gave_up.last}{tries}")
+
+
+def _attempt(client: httpx.Client, source: ApiSource, url: httpx.URL, deadline: _Deadline) -> bytes:
+    """One GET's body; a 429 or 5xx raises ``_Busy`` (to be asked again), other errors,
+    redirects and oversized bodies raise ``ApiError``."""
     timeout = deadline.timeout(source.timeout_s)
     with (
         socket_deadline.deadline(deadline.end),
         client.stream("GET", url, timeout=timeout) as response,
     ):
         status = response.status_code
-        if status in RETRY_STATUSES and retry:
-            return status, parse_retry_after(response.headers.get("Retry-After")), None
         _refuse_redirect(response, url)
-        content = _read_body(response, source, url, deadline)
         if status >= 400:
-            text = content[:200].decode(errors="replace")
+            text = _error_text(response, url, deadline)
+            if status in RETRY_STATUSES:
+                wait = parse_retry_after(response.headers.get("Retry-After"))
+                raise _Busy(status, text, wait)
             raise ApiError(f"GET {shown(url)}: HTTP {status}: {text}")
-        return status, None, content
+        return _read_body(response, source, url, deadline)
 
 
 def _page(content: bytes, source: ApiSource, url: httpx.URL) -> dict:

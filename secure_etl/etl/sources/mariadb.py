@@ -11,7 +11,6 @@ quoted (backticks doubled, MySQL's rule); values are always bound.
 from __future__ import annotations
 
 import datetime as dt
-import re
 import ssl
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -22,9 +21,10 @@ import pymysql.cursors
 
 from secure_etl.config import MariaDBSource
 from secure_etl.etl.connector import Runtime, partition_hour
+from secure_etl.identifiers import is_sql_name
 
 _SIGNED = ((16, pa.int16()), (32, pa.int32()), (64, pa.int64()))
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_NAME_LONGEST = 64  # MySQL's limit for a table; columns keep SqlName's 63
 # The server writes to a client that is slow to read (a chunk being written out) for
 # this long before it drops the connection (its default: 60 s).
 _NET_WRITE_TIMEOUT_S = 3600
@@ -36,7 +36,7 @@ class MariaDBError(Exception):
 
 def quoted_name(name: str, what: str) -> str:
     """``name`` as a MySQL identifier: validated, in backticks, inner backticks doubled."""
-    if not _NAME.match(name):
+    if not is_sql_name(name, _NAME_LONGEST):
         raise ValueError(f"invalid {what} name {name!r}")
     return "`" + name.replace("`", "``") + "`"
 
@@ -268,7 +268,7 @@ class MariaDBReader:
         c = self.config
         start, end = partition_hour(partition)
         yield from extract_range(
-            self._endpoint(), c.table, c.time_column, start, end, c.columns, c.chunk_rows
+            self._endpoint(), c.table, c.time_column, start, end, c.selected_columns(), c.chunk_rows
         )
 
     def chunks_since(self, since: dt.datetime | None) -> Iterator[pa.Table]:

@@ -108,7 +108,8 @@ def _arrow_field(field: pa.Field) -> pa.Field:
     """Plain Arrow types for what the driver hands over as PostgreSQL extension types:
     numeric(p, s) becomes decimal128(p, s), anything else opaque becomes text."""
     kind = field.type
-    if not isinstance(kind, pa.ExtensionType):
+    # BaseExtensionType: the driver's types are C++ opaque types, not Python-defined ones.
+    if not isinstance(kind, pa.BaseExtensionType):
         return pa.field(field.name, kind)
     meta = field.metadata or {}
     typmod = int(meta.get(b"POSTGRESQL:typmod", b"-1"))
@@ -122,7 +123,7 @@ def _arrow_field(field: pa.Field) -> pa.Field:
 def _normalised(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     columns = []
     for column, field in zip(batch.columns, schema, strict=True):
-        if isinstance(column.type, pa.ExtensionType):
+        if isinstance(column.type, pa.BaseExtensionType):
             column = column.storage
         columns.append(column if column.type == field.type else pc.cast(column, field.type))
     return pa.RecordBatch.from_arrays(columns, schema=schema)
@@ -176,7 +177,7 @@ class PostgresReader:
             c.time_column,
             start,
             end,
-            c.columns,
+            c.selected_columns(),
             c.chunk_rows,
         )
 
@@ -190,6 +191,6 @@ class PostgresReader:
             c.table,
             c.incremental.cursor_column,
             since,
-            c.columns,
+            c.selected_columns(),
             c.chunk_rows,
         )
