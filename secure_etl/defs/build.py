@@ -21,6 +21,7 @@ from secure_etl.defs.resources import (
     bigquery_resources,
     certificate_resources,
     demo_api_resources,
+    used_certificates,
 )
 from secure_etl.defs.retention import retention_job_and_schedule
 from secure_etl.errors import UserError
@@ -36,7 +37,7 @@ def build_definitions(platform: PlatformConfig) -> Definitions:
     if problems:
         raise UserError("refusing to start: " + "; ".join(problems))
     certificates = [certificate_asset(platform, name) for name in platform.certificates]
-    checks = [certificate_checks(platform, name) for name in platform.certificates]
+    checks = certificate_checks(platform)
     checks_job, renewal_job = certificate_jobs(platform)
     check_schedule = ScheduleDefinition(
         name="certificate_checks_schedule",
@@ -72,7 +73,7 @@ def build_definitions(platform: PlatformConfig) -> Definitions:
             run_failure_alerts(platform),
         ],
         resources={
-            **certificate_resources(platform),
+            **certificate_resources(platform, used_certificates(platform)),
             **bigquery_resources(platform),
             **demo_api_resources(platform),
         },

@@ -1,23 +1,26 @@
 """Certificate assets (materialize = issue or renew) and their inspection checks."""
 
 from dagster import (
-    AssetCheckResult,
+    AssetChecksDefinition,
     AssetCheckSeverity,
     AssetCheckSpec,
+    AssetKey,
     AssetsDefinition,
     AssetSelection,
-    Config,
     Failure,
+    Field,
     MaterializeResult,
     MetadataValue,
     asset,
     define_asset_job,
+    in_process_executor,
     multi_asset_check,
 )
 
 from secure_etl.acme.challenges import SolverError
 from secure_etl.acme.errors import AcmeError, AcmeProblem, RateLimited
 from secure_etl.config import PlatformConfig
+from secure_etl.defs.check_state import check_evaluation, latest_materializations
 from secure_etl.defs.names import ENDPOINT_CHECK, GROUP, certificate_check_names, certificate_key
 from secure_etl.defs.resources import DEMO_API_KEY
 from secure_etl.pki.endpoints import stale_endpoints
@@ -37,9 +40,15 @@ CHECKS_JOB = "certificate_checks"
 RENEWAL_JOB = "certificate_renewal"
 
 
-class CertificateRunConfig(Config):
-    force: bool = False
-    """Renew even when the certificate is not due and passes every check."""
+# The run config of a certificate asset: `force: true` renews it anyway. One schema for
+# every certificate, built once (a Config class is analysed again for each asset).
+RUN_CONFIG = {
+    "force": Field(
+        bool,
+        default_value=False,
+        description="Renew even when the certificate is not due and passes every check.",
+    )
+}
 
 
 def certificate_asset(platform: PlatformConfig, name: str) -> AssetsDefinition:
@@ -55,10 +64,12 @@ def certificate_asset(platform: PlatformConfig, name: str) -> AssetsDefinition:
             "failing a check, then runs its deploy actions."
         ),
         tags={"secure_etl/use": cert.use},
+        config_schema=RUN_CONFIG,
     )
-    def _certificate(context, config: CertificateRunConfig) -> MaterializeResult:
+    def _certificate(context) -> MaterializeResult:
+        force = bool(context.op_execution_context.op_config["force"])
         try:
-            result = ensure_certificate(platform, name, force=config.force, log=context.log.info)
+            result = ensure_certificate(platform, name, force=force, log=context.log.info)
         except (AcmeError, SolverError, AcmeConfigError, VerificationError) as err:
             # The previous version (if any) stays current; say what happened, in the UI too.
             outcome = "rate_limited" if isinstance(err, RateLimited) else "failed"
@@ -91,41 +102,81 @@ def certificate_asset(platform: PlatformConfig, name: str) -> AssetsDefinition:
     return _certificate
 
 
-def certificate_checks(platform: PlatformConfig, name: str):
-    """The inspection checks of certificate `name`, each executable on its own.
+CHECKS_OP = "certificate_inspection"
+# Certificates whose checks one op evaluates. One op for all would be one step, but
+# Dagster builds each job's graph in time quadratic in an op's checks (each input is
+# looked up among all of them): 100 keeps that small at thousands of certificates,
+# and a checks run at ten steps.
+CERTIFICATES_PER_OP = 100
 
-    One op inspects the current version once; it is subsettable (`can_subset`), so the UI's
-    "Execute" runs any one check, or several, without materializing (renewing) the asset.
+
+def certificate_checks(platform: PlatformConfig) -> list[AssetChecksDefinition]:
+    """Every certificate's inspection checks, CERTIFICATES_PER_OP certificates to an op.
+
+    Each certificate is still its own asset with its own checks in the UI; an op
+    evaluates many certificates' checks, so a checks run costs a few steps, not a step
+    (or, under the multiprocess executor, a process) per certificate. Each op is
+    subsettable (`can_subset`): the UI's "Execute" runs any one check, or several,
+    without materializing (renewing) an asset, and a renewal run evaluates only the
+    renewed certificates' checks. Each selected certificate is inspected once, however
+    many of its checks are selected.
     """
-    key = certificate_key(name)
+    # The demo API serves its certificate: it runs while that certificate's checks do, so
+    # served_by_endpoint handshakes with a real server (under `dagster dev` too). Those
+    # checks have an op of their own, so no other check starts the server.
+    demo = platform.demo_api.certificate if platform.demo_api else None
+    names = [name for name in platform.certificates if name != demo]
+    chunks = [names[i : i + CERTIFICATES_PER_OP] for i in range(0, len(names), CERTIFICATES_PER_OP)]
+    if len(chunks) == 1:
+        ops = [_checks_op(platform, CHECKS_OP, chunks[0])]
+    else:
+        ops = [_checks_op(platform, f"{CHECKS_OP}_{i}", c) for i, c in enumerate(chunks, 1)]
+    if demo in platform.certificates:
+        ops.append(_checks_op(platform, f"{CHECKS_OP}_demo_api", [demo], {DEMO_API_KEY}))
+    return ops
+
+
+def _checks_op(
+    platform: PlatformConfig,
+    op_name: str,
+    names: list[str],
+    resource_keys: set[str] | None = None,
+) -> AssetChecksDefinition:
+    specs = [
+        AssetCheckSpec(check, asset=certificate_key(name), description=text)
+        for name in names
+        for check, text in certificate_check_names(platform, name).items()
+    ]
 
     @multi_asset_check(
-        name=f"{name.replace('-', '_')}_inspection",
-        specs=[
-            AssetCheckSpec(check, asset=key, description=text)
-            for check, text in certificate_check_names(platform, name).items()
-        ],
+        name=op_name,
+        specs=specs,
         can_subset=True,
-        description=f"Inspects the current version of certificate {name!r}.",
-        # The demo API serves this certificate: it runs while the checks do, so
-        # served_by_endpoint handshakes with a real server (under `dagster dev` too).
-        required_resource_keys=(
-            {DEMO_API_KEY} if platform.demo_api and platform.demo_api.certificate == name else set()
-        ),
+        description=f"Inspects the current version of each selected certificate of {len(names)}.",
+        required_resource_keys=resource_keys or set(),
     )
     def _checks(context):
-        selected = {check.name for check in context.selected_asset_check_keys}
-        for result in _inspect(platform, name):
-            if result.name not in selected:
-                continue
-            yield AssetCheckResult(
-                asset_key=key,
-                check_name=result.name,
-                passed=result.passed,
-                severity=AssetCheckSeverity[result.severity],
-                description=result.reason,
-                metadata={"reason": result.reason},
-            )
+        selected: dict[AssetKey, set[str]] = {}
+        for check_key in context.selected_asset_check_keys:
+            selected.setdefault(check_key.asset_key, set()).add(check_key.name)
+        chosen = [name for name in names if certificate_key(name) in selected]
+        # The materialization each evaluation judges (shown as the check's status for
+        # the latest materialization), read for every chosen certificate at once.
+        targets = latest_materializations(context.instance, [certificate_key(n) for n in chosen])
+        for name in chosen:
+            key = certificate_key(name)
+            wanted = selected[key]
+            for result in _inspect(platform, name):
+                if result.name in wanted:
+                    yield check_evaluation(
+                        key,
+                        result.name,
+                        passed=result.passed,
+                        severity=AssetCheckSeverity[result.severity],
+                        description=result.reason,
+                        metadata={"reason": result.reason},
+                        target=targets.get(key),
+                    )
 
     return _checks
 
@@ -168,6 +219,9 @@ def certificate_jobs(platform: PlatformConfig):
         CHECKS_JOB,
         selection=AssetSelection.checks_for_assets(*keys),
         description="Evaluates every certificate check without renewing anything.",
+        # One step: run it in the run's own process, not in a subprocess that loads the
+        # whole code location again (Dagster's default executor).
+        executor_def=in_process_executor,
     )
     renewal_job = define_asset_job(
         RENEWAL_JOB,

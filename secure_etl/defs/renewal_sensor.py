@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from dagster import (
     DefaultSensorStatus,
     RunRequest,
@@ -13,7 +11,7 @@ from dagster import (
 )
 
 from secure_etl.config import PlatformConfig
-from secure_etl.defs.check_state import latest_check_evaluations
+from secure_etl.defs.check_state import new_check_evaluations
 from secure_etl.defs.names import certificate_check_keys, certificate_key
 from secure_etl.pki.renewal import verification_failure
 
@@ -22,6 +20,9 @@ RENEWAL_TAG = "secure_etl/renewal_of"
 
 def renewal_sensor(platform: PlatformConfig, renewal_job):
     names = list(platform.certificates)
+    keys_by_name = {name: certificate_check_keys(platform, name) for name in names}
+    all_keys = [key for keys in keys_by_name.values() for key in keys]
+    names_by_key = {certificate_key(name): name for name in names}
 
     @sensor(
         name="certificate_renewal",
@@ -33,17 +34,18 @@ def renewal_sensor(platform: PlatformConfig, renewal_job):
         "same settings failed verification.",
     )
     def _sensor(context: SensorEvaluationContext) -> SensorResult:
-        seen: dict[str, int] = json.loads(context.cursor) if context.cursor else {}
+        # One query for every certificate's checks; only evaluations since the cursor.
+        fresh, cursor = new_check_evaluations(context.instance, all_keys, context.cursor)
+        failed_by_name: dict[str, list] = {}
+        for evaluation in fresh:
+            if not evaluation.passed:
+                failed_by_name.setdefault(names_by_key[evaluation.key.asset_key], []).append(
+                    evaluation
+                )
         requests, notes = [], []
+        runs: dict[str, bool] = {}  # run id -> whether it was a renewal run
         for name in names:
-            keys = certificate_check_keys(platform, name)
-            latest = latest_check_evaluations(context.instance, keys)
-            fresh = [
-                e for e in latest.values() if e.storage_id > seen.get(e.key.to_user_string(), 0)
-            ]
-            for evaluation in fresh:
-                seen[evaluation.key.to_user_string()] = evaluation.storage_id
-            failed = [e for e in fresh if not e.passed]
+            failed = failed_by_name.get(name)
             if not failed:
                 continue
             refused = verification_failure(platform, name)
@@ -55,7 +57,7 @@ def renewal_sensor(platform: PlatformConfig, renewal_job):
                 )
                 context.log.warning(notes[-1])
                 continue
-            if _came_from_renewal(context, failed):
+            if _came_from_renewal(context, failed, runs):
                 notes.append(
                     f"{name}: checks still fail right after a renewal "
                     f"({', '.join(e.key.name for e in failed)}); needs a person, not another "
@@ -70,14 +72,13 @@ def renewal_sensor(platform: PlatformConfig, renewal_job):
                 RunRequest(
                     run_key=f"renew:{name}:{newest}",
                     asset_selection=[certificate_key(name)],
-                    asset_check_keys=keys,
+                    asset_check_keys=keys_by_name[name],
                     tags={
                         RENEWAL_TAG: name,
                         "secure_etl/failed_checks": ",".join(e.key.name for e in failed),
                     },
                 )
             )
-        cursor = json.dumps(seen, sort_keys=True)
         if requests:
             return SensorResult(run_requests=requests, cursor=cursor)
         skip = "; ".join(notes) or "no new failed certificate check evaluation"
@@ -86,10 +87,13 @@ def renewal_sensor(platform: PlatformConfig, renewal_job):
     return _sensor
 
 
-def _came_from_renewal(context: SensorEvaluationContext, failed) -> bool:
-    """Whether every failure was evaluated by a renewal run (so renewing again won't help)."""
+def _came_from_renewal(context: SensorEvaluationContext, failed, runs: dict[str, bool]) -> bool:
+    """Whether every failure was evaluated by a renewal run (so renewing again won't help).
+    ``runs`` remembers each run looked up this tick (one checks run fails many checks)."""
     for evaluation in failed:
-        run = context.instance.get_run_by_id(evaluation.run_id)
-        if run is None or RENEWAL_TAG not in run.tags:
+        if evaluation.run_id not in runs:
+            run = context.instance.get_run_by_id(evaluation.run_id)
+            runs[evaluation.run_id] = run is not None and RENEWAL_TAG in run.tags
+        if not runs[evaluation.run_id]:
             return False
     return True

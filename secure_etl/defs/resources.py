@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,17 +78,28 @@ class CertificateResource(ConfigurableResource):
         }
 
 
-def certificate_resources(platform: PlatformConfig) -> dict[str, CertificateResource]:
+def certificate_resources(
+    platform: PlatformConfig, names: Iterable[str] | None = None
+) -> dict[str, CertificateResource]:
+    """A CertificateResource for each of ``names`` (default: every certificate)."""
     store = certificate_store(platform)
+    wanted = platform.certificates if names is None else names
     return {
         resource_key(name): CertificateResource(
             name=name,
-            use=cert.use,
+            use=platform.certificates[name].use,
             directory=str(store.paths(name).directory),
             ca_bundle=str(trust_bundle(platform, name)),
         )
-        for name, cert in platform.certificates.items()
+        for name in wanted
     }
+
+
+def used_certificates(platform: PlatformConfig) -> list[str]:
+    """The certificates something in the definitions reads as a resource: the pipelines'
+    client certificates. Only these are registered: Dagster checks every registered
+    resource against every definition, so one per certificate makes loading quadratic."""
+    return sorted({pipeline.client_certificate for pipeline in platform.pipelines.values()})
 
 
 def bigquery_resource_key(pipeline: str) -> str:

@@ -14,7 +14,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from secure_etl.config import AcmeIssuer as AcmeIssuerConfig
-from secure_etl.config import CertificateConfig, InternalCAIssuer, PlatformConfig
+from secure_etl.config import (
+    CertificateConfig,
+    InternalCAIssuer,
+    PlatformConfig,
+    PostgresReloadDeploy,
+)
 from secure_etl.pki.endpoints import stale_endpoints
 from secure_etl.pki.inspect import CheckResult, inspect_chain, load_chain_file, load_roots_file
 from secure_etl.pki.internal_ca import InternalCA
@@ -146,7 +151,11 @@ def ensure_certificate(
     from secure_etl.pki.deploy import run_deploy_actions
 
     # Deploy outside the lock: a slow reload must not block the next renewal check.
-    deployed = run_deploy_actions(cert.deploy, _deploy_context(config, name, version, outcome))
+    deployed = (
+        run_deploy_actions(cert.deploy, _deploy_context(config, name, version, outcome))
+        if cert.deploy
+        else []
+    )
     return RenewalResult(
         name,
         outcome,
@@ -224,10 +233,12 @@ def _settings_digest(config: PlatformConfig, name: str) -> str:
 
 def _deploy_context(config: PlatformConfig, name: str, version: str, event: str) -> DeployContext:
     store = certificate_store(config)
+    # The client certificates its actions connect with (a postgres_reload's), not every one.
+    deploy = config.certificates[name].deploy
+    wanted = {a.client_certificate for a in deploy if isinstance(a, PostgresReloadDeploy)}
     clients = {
         other: (str(store.paths(other).fullchain), str(store.paths(other).privkey))
-        for other, c in config.certificates.items()
-        if c.use == "client"
+        for other in sorted(wanted)
     }
     from secure_etl.pki.deploy import DeployContext
 
