@@ -14,6 +14,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,39 @@ def require_port(address: str, port: int, why: str) -> None:
             pytest.skip(message)
         except OSError as err:
             pytest.fail(f"{address}:{port} is taken ({err.strerror}); {why} needs it free")
+
+
+def start_python_server(
+    argv: list[str],
+    ready_path: str,
+    log_path: Path,
+    tls_root: str | None = None,
+    env: dict[str, str] | None = None,
+) -> tuple[subprocess.Popen, str]:
+    """Start ``python -m <argv> <free port>`` (an emulator such as moto's server; ``argv``
+    ends with its port option) on loopback and wait until ``ready_path`` answers; returns
+    the process and its URL (https when ``tls_root`` verifies it)."""
+    port = free_port()
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", *argv, str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+    url = f"{'https' if tls_root else 'http'}://127.0.0.1:{port}"
+    verify = ssl.create_default_context(cafile=tls_root) if tls_root else True
+    for _ in range(600):
+        try:
+            if httpx.get(url + ready_path, verify=verify).status_code < 500:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"{argv[0]} did not start: {log_path.read_text()}")
 
 
 def _wait_until(ready, timeout_s: float, what: str, log: Path) -> None:

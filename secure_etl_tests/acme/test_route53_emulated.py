@@ -6,46 +6,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
 
-import httpx
 import pytest
 
 from secure_etl.acme.challenges import Dns01, SolverError, dns01_txt_value
 from secure_etl.acme.route53 import Route53Provider, txt_quote, txt_unquote
-from secure_etl_tests.servers import free_port
+from secure_etl_tests.servers import start_python_server
 
 
 def _start_moto(tmp_path, env: dict) -> tuple[subprocess.Popen, str]:
-    try:
-        import moto.server  # noqa: F401
-    except ImportError:
-        message = "moto is not installed (pip install -e '.[test]' brings moto[server])"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    port = free_port()
-    log = (tmp_path / f"moto-{port}.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **env},
-    )
-    log.close()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{url}/moto-api/").status_code < 500:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError(f"moto did not start: {(tmp_path / f'moto-{port}.log').read_text()}")
+    log = tmp_path / f"moto-{uuid.uuid4().hex[:8]}.log"
+    return start_python_server(["moto.server", "-H", "127.0.0.1", "-p"], "/moto-api/", log, env=env)
 
 
 @pytest.fixture(scope="module")

@@ -8,17 +8,12 @@ from __future__ import annotations
 
 import copy
 import json
-import ssl
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import boto3
 import duckdb
-import httpx
 import pyarrow as pa
 import pytest
 import yaml
@@ -32,7 +27,7 @@ from secure_etl.etl.destinations import duckdb as duckdb_dest
 from secure_etl.pki.internal_ca import InternalCA
 from secure_etl.pki.keys import generate_private_key
 from secure_etl.security.audit import platform_audit_log, verify_log
-from secure_etl_tests.servers import free_port
+from secure_etl_tests.servers import start_python_server
 
 pytestmark = pytest.mark.integration
 
@@ -40,38 +35,11 @@ PARTITION = "2026-03-01-10:00"
 FILE = "2026-03-01-10-00.parquet"
 
 
-def _start(
-    argv: list[str], ready_path: str, log_path, tls_root: str | None = None
-) -> tuple[subprocess.Popen, str]:
-    """Start an emulator listening on a free loopback port (``argv`` ends with the port
-    option); returns it and its URL (https when ``tls_root`` verifies it)."""
-    port = free_port()
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", *argv[:-1], argv[-1], str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"{'https' if tls_root else 'http'}://127.0.0.1:{port}"
-    verify = ssl.create_default_context(cafile=tls_root) if tls_root else True
-    for _ in range(600):
-        try:
-            if httpx.get(url + ready_path, verify=verify).status_code < 500:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError(f"{argv[0]} did not start: {log_path.read_text()}")
-
-
 @pytest.fixture(scope="module")
 def moto_s3(tmp_path_factory):
     """moto's S3 server for the module (each test has its own bucket)."""
     log = tmp_path_factory.mktemp("moto") / "moto.log"
-    proc, url = _start(["moto.server", "-H", "127.0.0.1", "-p"], "/moto-api/", log)
+    proc, url = start_python_server(["moto.server", "-H", "127.0.0.1", "-p"], "/moto-api/", log)
     yield url
     proc.terminate()
     proc.wait(10)
@@ -87,7 +55,7 @@ def moto_s3_tls(tmp_path_factory):
     (work / "key.pem").write_bytes(served.key_pem)
     argv = ["moto.server", "-H", "127.0.0.1", "-c", str(work / "cert.pem")]
     argv += ["-k", str(work / "key.pem"), "-p"]
-    proc, url = _start(argv, "/moto-api/", work / "moto.log", str(ca.root_path))
+    proc, url = start_python_server(argv, "/moto-api/", work / "moto.log", str(ca.root_path))
     yield url, str(ca.root_path)
     proc.terminate()
     proc.wait(10)
@@ -98,7 +66,7 @@ def gcs_emulator(tmp_path_factory):
     """gcp-storage-emulator (the GCS JSON API, in memory) for the module."""
     log = tmp_path_factory.mktemp("gcs") / "gcs.log"
     argv = ["gcp_storage_emulator", "start", "--in-memory", "--host", "127.0.0.1", "--port"]
-    proc, url = _start(argv, "/storage/v1/b", log)
+    proc, url = start_python_server(argv, "/storage/v1/b", log)
     yield url
     proc.terminate()
     proc.wait(10)
