@@ -139,7 +139,10 @@ def certificate_status(platform: PlatformConfig, now: dt.datetime) -> list[Certi
             info.lifetime_days, cert.renewal.fraction_left, cert.renewal.min_days_left
         )
         failing = [r.name for r in inspect_current(platform, name) or [] if not r.passed]
-        if certificate_store(platform).private_key_problem(name):
+        store = certificate_store(platform)
+        # Not not_before: CAs backdate it (ours by CLOCK_SKEW) against clock skew.
+        installed = store.installed_at(name)
+        if store.private_key_problem(name):
             failing.append(PRIVATE_KEY_CHECK)
         row = CertificateHealth(
             name,
@@ -148,7 +151,7 @@ def certificate_status(platform: PlatformConfig, now: dt.datetime) -> list[Certi
             serial=info.serial,
             not_after=info.not_after.isoformat(),
             days_left=round(info.days_remaining, 2),
-            issued_at=info.not_before.isoformat(),
+            issued_at=(installed or info.not_before).isoformat(),
             next_renewal_due=(info.not_after - dt.timedelta(days=threshold)).isoformat(),
             ready=not failing,
             failing_checks=failing,

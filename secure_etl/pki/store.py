@@ -37,6 +37,8 @@ from secure_etl.security.files import (
     write_secret,
 )
 
+# A version's id: the UTC time it was installed.
+_VERSION_FORMAT = "%Y%m%dT%H%M%S%fZ"
 # The check that the current private key is safe on disk (see private_key_problem).
 PRIVATE_KEY_CHECK = "private_key_protected"
 
@@ -82,6 +84,14 @@ class CertificateStore:
         try:
             return os.readlink(link).rsplit("/", 1)[-1]
         except FileNotFoundError:
+            return None
+
+    def installed_at(self, name: str) -> dt.datetime | None:
+        """When the current version was installed (its id is that UTC time), or None."""
+        version = self.current_version(name)
+        try:
+            return dt.datetime.strptime(version or "", _VERSION_FORMAT).replace(tzinfo=dt.UTC)
+        except ValueError:
             return None
 
     def has_current(self, name: str) -> bool:
@@ -148,7 +158,7 @@ class CertificateStore:
         Call with ``lock(name)`` held.
         """
         versions = private_dir(self.certificate_dir(name) / "versions", holds_keys=True)
-        version = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        version = dt.datetime.now(dt.UTC).strftime(_VERSION_FORMAT)
         staging = versions / f".staging-{version}"
         staging.mkdir(mode=0o700)
         try:

@@ -154,3 +154,20 @@ def test_the_json_form_keeps_its_shape(platform):
     assert cert["ready"] is False and cert["failing_checks"] == ["not issued"]
     assert cert["checks_age_hours"] is None and cert["checks_fresh"] is False
     assert report["problems"] and all(isinstance(p, str) for p in report["problems"])
+
+
+def test_last_issued_is_when_the_version_was_installed_not_the_backdated_not_before(platform):
+    import datetime as dt
+
+    from secure_etl.monitor.health import certificate_status
+    from secure_etl.pki.inspect import facts
+    from secure_etl.pki.renewal import current_leaf, ensure_certificate
+
+    before = dt.datetime.now(dt.UTC)
+    ensure_certificate(platform, "etl-client")
+    after = dt.datetime.now(dt.UTC)
+    row = next(c for c in certificate_status(platform, after) if c.name == "etl-client")
+    issued = dt.datetime.fromisoformat(row.issued_at)
+    assert before - dt.timedelta(seconds=1) <= issued <= after
+    not_before = facts(current_leaf(platform, "etl-client"), after).not_before
+    assert not_before < before - dt.timedelta(minutes=4)  # the CA backdates it
