@@ -122,6 +122,17 @@ BASE_CONFIG: dict = {
 }
 
 
+def module_platform(tmp_path_factory) -> PlatformConfig:
+    """The test platform (its internal CA issues db-server and etl-client) in directories
+    of its own, for a module-scoped fixture whose tests share it with one server."""
+    data = {**copy.deepcopy(BASE_CONFIG), "state_dir": str(tmp_path_factory.mktemp("state"))}
+    path = tmp_path_factory.mktemp("config") / "platform.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("SECURE_ETL_STATE_DIR", raising=False)
+        return load_config(path)
+
+
 @pytest.fixture
 def write_config(tmp_path: Path) -> Callable[..., Path]:
     """Write a config (the base one, or ``data``) with its state under ``tmp_path``."""

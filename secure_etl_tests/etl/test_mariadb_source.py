@@ -21,7 +21,7 @@ from secure_etl.etl.sources.mariadb import (
     quoted_name,
 )
 from secure_etl.pki.renewal import certificate_store, trust_bundle
-from secure_etl_tests.conftest import BASE_CONFIG
+from secure_etl_tests.conftest import BASE_CONFIG, module_platform
 
 pytestmark = pytest.mark.integration  # a real MariaDB (and PostgreSQL)
 
@@ -33,14 +33,8 @@ ROWS = 90
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory) -> PlatformConfig:
-    """The test platform (its internal CA issues db-server and etl-client), shared by the
-    module's tests like the server below."""
-    data = {**copy.deepcopy(BASE_CONFIG), "state_dir": str(tmp_path_factory.mktemp("state"))}
-    path = tmp_path_factory.mktemp("config") / "platform.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    with pytest.MonkeyPatch.context() as env:
-        env.delenv("SECURE_ETL_STATE_DIR", raising=False)
-        return load_config(path)
+    """The test platform, shared by the module's tests like the server below."""
+    return module_platform(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

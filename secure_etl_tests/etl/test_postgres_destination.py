@@ -3,21 +3,19 @@ produce is loaded by binary COPY into the column type made for it, and read back
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 from decimal import Decimal
 
 import pyarrow as pa
 import pytest
-import yaml
 
-from secure_etl.config import PlatformConfig, PostgresDestination, load_config
+from secure_etl.config import PlatformConfig, PostgresDestination
 from secure_etl.etl.connector import ClientTls
 from secure_etl.etl.destinations.postgres import load_partition, partition_chunks
 from secure_etl.etl.sources.postgres import pg_endpoint
 from secure_etl.pki.renewal import certificate_store, trust_bundle
 from secure_etl.security.postgres_tls import PgEndpoint
-from secure_etl_tests.conftest import BASE_CONFIG
+from secure_etl_tests.conftest import module_platform
 
 pytestmark = pytest.mark.integration
 
@@ -78,14 +76,8 @@ READ_BACK = {"duration": [(0, 0, 838 * NS_PER_H), (0, 0, -(10**9)), None]}
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory) -> PlatformConfig:
-    """The test platform (its internal CA issues db-server and etl-client), shared by the
-    module's tests like the server below."""
-    data = {**copy.deepcopy(BASE_CONFIG), "state_dir": str(tmp_path_factory.mktemp("state"))}
-    path = tmp_path_factory.mktemp("config") / "platform.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    with pytest.MonkeyPatch.context() as env:
-        env.delenv("SECURE_ETL_STATE_DIR", raising=False)
-        return load_config(path)
+    """The test platform, shared by the module's tests like the server below."""
+    return module_platform(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
