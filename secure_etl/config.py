@@ -39,6 +39,7 @@ from secure_etl.cron import check_cron
 from secure_etl.demo.schema import KINDS as DEMO_KINDS
 from secure_etl.errors import UserError, escape_controls
 from secure_etl.identifiers import is_dns_name, is_ip_address, sql_name_pattern
+from secure_etl.security.proxy import proxy_url_problem
 
 CONFIG_ENV = "SECURE_ETL_CONFIG"
 STATE_DIR_ENV = "SECURE_ETL_STATE_DIR"
@@ -99,6 +100,35 @@ class InternalCAIssuer(_Strict):
     lifetime_days: int = Field(90, ge=1, le=3650)
 
 
+# The name of an environment variable (the config names secrets, never holds them).
+EnvVarName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+class ProxyConfig(_Strict):
+    """A forward proxy for outbound HTTPS, through HTTP CONNECT: TLS (and mutual TLS) stays
+    end to end, the proxy sees the host and port only. ``url``: ``http://host:port`` (or
+    ``https://`` with ``ca_bundle`` verifying the proxy); Basic auth from the environment."""
+
+    url: str
+    ca_bundle: LocalPath | None = None
+    username_env: EnvVarName | None = None
+    password_env: EnvVarName | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _proxy_address(cls, url: str) -> str:
+        problem = proxy_url_problem(url)
+        if problem:
+            raise ValueError(problem)
+        return url
+
+    @model_validator(mode="after")
+    def _login_needs_both(self) -> ProxyConfig:
+        if bool(self.username_env) != bool(self.password_env):
+            raise ValueError("give username_env and password_env together")
+        return self
+
+
 class AcmeIssuer(_Strict):
     """Any RFC 8555 CA: Let's Encrypt, ZeroSSL, step-ca, Pebble..."""
 
@@ -117,6 +147,7 @@ class AcmeIssuer(_Strict):
     profile: str | None = None
     preferred_chain: str | None = None
     timeout_s: float = Field(300, gt=0)
+    proxy: ProxyConfig | None = None  # every request to the CA goes through it
 
     @field_validator("directory_url")
     @classmethod
@@ -304,6 +335,24 @@ class PostgresSource(_PostgresConnection, _SourceConfig):
         return self.incremental
 
 
+class ApiKeyConfig(_Strict):
+    """An API key sent with every request to the source's own origin (never to another,
+    next links included): ``Authorization: Bearer <key>`` by default, or the key as the
+    value of ``header``. The key is read from the environment variable ``env`` at run time."""
+
+    env: EnvVarName
+    header: str = Field("Authorization", pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+
+    @field_validator("header")
+    @classmethod
+    def _not_a_transport_header(cls, header: str) -> str:
+        if header.lower() in {"host", "content-length", "transfer-encoding", "connection"} or (
+            header.lower().startswith("proxy-")
+        ):
+            raise ValueError(f"{header!r} is not a header an API key can go in")
+        return header
+
+
 class HttpsApiSource(_SourceConfig):
     """JSON pages from an HTTPS API over mutual TLS with the pipeline's client certificate.
     With ``start_param``/``end_param`` the partition's hour is sent as ISO-8601 bounds."""
@@ -325,6 +374,8 @@ class HttpsApiSource(_SourceConfig):
     max_pages: int = Field(10_000, ge=1)
     max_response_bytes: int = Field(64 * 1024 * 1024, ge=1)
     deadline_s: float = Field(600, gt=0)  # the whole extraction of a partition
+    api_key: ApiKeyConfig | None = None
+    proxy: ProxyConfig | None = None
 
 
 class MariaDBSource(_SourceConfig):
@@ -733,6 +784,7 @@ class SlackChannel(_Strict):
     url_env: str
     ca_bundle: LocalPath | None = None
     timeout_s: float = Field(10, gt=0)
+    proxy: ProxyConfig | None = None  # then the URL must be https
 
 
 class WebhookChannel(_Strict):
@@ -742,6 +794,7 @@ class WebhookChannel(_Strict):
     url_env: str
     ca_bundle: LocalPath | None = None
     timeout_s: float = Field(10, gt=0)
+    proxy: ProxyConfig | None = None  # then the URL must be https
 
 
 class EmailChannel(_Strict):
@@ -758,6 +811,16 @@ class EmailChannel(_Strict):
     password_env: str | None = None
     ca_bundle: LocalPath | None = None
     timeout_s: float = Field(30, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_proxy(cls, data: object) -> object:
+        if isinstance(data, dict) and "proxy" in data:
+            raise ValueError(
+                "proxy: email goes over SMTP, which an HTTP CONNECT proxy does not carry; "
+                "send through an SMTP relay you can reach, or use a webhook channel"
+            )
+        return data
 
     @model_validator(mode="after")
     def _login_needs_both(self) -> EmailChannel:
