@@ -38,8 +38,7 @@ from secure_etl.challenge_config import FromConfigDir as _FromConfigDir
 from secure_etl.cron import check_cron
 from secure_etl.demo.schema import KINDS as DEMO_KINDS
 from secure_etl.errors import UserError, escape_controls
-from secure_etl.identifiers import is_dns_name, is_ip_address, sql_name_pattern
-from secure_etl.security.proxy import proxy_url_problem
+from secure_etl.identifiers import is_dns_name, is_ip_address, proxy_url_problem, sql_name_pattern
 
 CONFIG_ENV = "SECURE_ETL_CONFIG"
 STATE_DIR_ENV = "SECURE_ETL_STATE_DIR"

@@ -915,7 +915,8 @@ class TlsServer(ThreadingHTTPServer):
             self.context.verify_mode = ssl.CERT_REQUIRED
             self.context.load_verify_locations(cafile=client_ca)
         super().__init__((SERVER_HOST, 0), _TlsHandler)
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        # A short poll: shutting down waits for it.
+        self._thread = threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True)
 
     @property
     def origin(self) -> str:

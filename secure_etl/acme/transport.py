@@ -115,6 +115,8 @@ class Transport:
             verify = httpx.create_ssl_context()
         if isinstance(verify, ssl.SSLContext):
             bounded(verify)  # the deadline holds while headers drip in, not only the body
+        if isinstance(proxy, httpx.Proxy) and proxy.ssl_context is not None:
+            bounded(proxy.ssl_context)  # an https:// proxy's own TLS too
         self.http = client or httpx.Client(
             verify=verify, timeout=timeout, headers={"User-Agent": USER_AGENT}, proxy=proxy
         )

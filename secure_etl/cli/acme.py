@@ -206,8 +206,8 @@ def _check_server_args(args: argparse.Namespace) -> None:
     """Refuse a bad ``--directory`` or ``--ca-bundle`` before anything is created or sent."""
     from secure_etl.acme.errors import ProtocolError
     from secure_etl.acme.messages import https_url
+    from secure_etl.identifiers import proxy_url_problem
     from secure_etl.pki.inspect import PemError, load_roots_file
-    from secure_etl.security.proxy import proxy_url_problem
 
     try:
         https_url(args.directory, "--directory")

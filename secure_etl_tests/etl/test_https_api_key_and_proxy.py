@@ -10,6 +10,7 @@ import copy
 import logging
 import secrets
 import socket
+import ssl
 import threading
 
 import pytest
@@ -156,10 +157,11 @@ def test_through_tinyproxy_mutual_tls_runs_end_to_end_and_a_direct_connection_is
 
 
 @contextlib.contextmanager
-def recording_relay(port: int):
-    """A TCP relay on loopback to ``port`` that records the bytes each way: what a
-    proxy there is sent (``sent``) and sends back (``received``)."""
-    listener = socket.create_server(("127.0.0.1", 0))
+def recording_relay(port: int, tls: ssl.SSLContext | None = None):
+    """A TCP relay to ``port`` on 127.0.0.1 that records the bytes each way: what a
+    proxy there is sent (``sent``) and sends back (``received``). With ``tls`` the relay
+    listens on SERVER_HOST behind TLS: an https:// proxy in front of tinyproxy."""
+    listener = socket.create_server((SERVER_HOST if tls else "127.0.0.1", 0))
     sent, received, sockets = bytearray(), bytearray(), []
 
     def pump(source: socket.socket, target: socket.socket, record: bytearray) -> None:
@@ -174,14 +176,21 @@ def recording_relay(port: int):
         with contextlib.suppress(OSError):
             while True:
                 client = listener.accept()[0]
+                if tls:
+                    try:
+                        client = tls.wrap_socket(client, server_side=True)
+                    except OSError:  # the client refused our certificate: next one
+                        client.close()
+                        continue
                 upstream = socket.create_connection(("127.0.0.1", port))
                 sockets.extend((client, upstream))
                 for args in ((client, upstream, sent), (upstream, client, received)):
                     threading.Thread(target=pump, args=args, daemon=True).start()
 
     threading.Thread(target=accept, daemon=True).start()
+    scheme, host = ("https", SERVER_HOST) if tls else ("http", "127.0.0.1")
     try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}", sent, received
+        yield f"{scheme}://{host}:{listener.getsockname()[1]}", sent, received
     finally:
         listener.shutdown(socket.SHUT_RDWR)
         listener.close()
@@ -204,6 +213,32 @@ def test_the_proxy_is_sent_only_the_connect_request_and_then_tls_records(pki, pr
     assert answered[:2] == b"\x16\x03"  # the ServerHello
     for plaintext in (KEY.encode(), b"/items", b"GET ", b"u1@example.com", b'"data"'):
         assert plaintext not in sent + received
+
+
+@pytest.mark.integration
+def test_an_https_proxy_is_verified_by_its_ca_bundle_and_the_tls_runs_inside_its_tls(
+    pki, proxied_api, tmp_path
+):
+    api, proxy = proxied_api
+    front = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    front.load_cert_chain(*pki["server"])
+    url = f"{api.origin}/items"
+    with recording_relay(proxy.port, tls=front) as (relay, sent, _):
+        stranger = make_pki(tmp_path / "stranger")["ca"]
+        with pytest.raises(ApiError, match="CERTIFICATE_VERIFY_FAILED"):
+            _read(pki, url, proxy={"url": relay, "ca_bundle": stranger})
+        assert api.requests == []
+        rows = _read(
+            pki, url, api_key={"env": KEY_ENV}, proxy={"url": relay, "ca_bundle": pki["ca"]}
+        )
+        sent = bytes(sent)
+    assert len(rows) == 10
+    assert proxy.tunnels() == [f"{SERVER_HOST}:{api.port}"]
+    assert {(r.peer, r.client_cn) for r in api.requests} == {(PROXY_SOURCE, "etl")}
+    # What the proxy decrypted of its own TLS: the CONNECT, then the server's TLS.
+    head, _, tunnelled = sent.partition(b"\r\n\r\n")
+    assert head.startswith(f"CONNECT {SERVER_HOST}:{api.port} ".encode())
+    assert tunnelled[:2] == b"\x16\x03" and KEY.encode() not in sent
 
 
 @pytest.mark.integration

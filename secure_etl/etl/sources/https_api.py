@@ -310,6 +310,8 @@ def fetch_pages(
     CONNECT tunnels when given)."""
     own = client is None
     context = socket_deadline.bounded(context)  # the deadline holds while headers drip in
+    if proxy is not None and proxy.ssl_context is not None:  # an https:// proxy's TLS too
+        socket_deadline.bounded(proxy.ssl_context)
     client = client or httpx.Client(verify=context, timeout=source.timeout_s, proxy=proxy)
     deadline = _Deadline(source.deadline_s)
     columns: list[str] = []
