@@ -122,9 +122,11 @@ class ProxyConfig(_Strict):
         return url
 
     @model_validator(mode="after")
-    def _login_needs_both(self) -> ProxyConfig:
+    def _consistent(self) -> ProxyConfig:
         if bool(self.username_env) != bool(self.password_env):
             raise ValueError("give username_env and password_env together")
+        if self.ca_bundle and not self.url.lower().startswith("https://"):
+            raise ValueError("ca_bundle verifies an https:// proxy; this one is http://")
         return self
 
 
@@ -348,7 +350,10 @@ class ApiKeyConfig(_Strict):
         if header.lower() in {"host", "content-length", "transfer-encoding", "connection"} or (
             header.lower().startswith("proxy-")
         ):
-            raise ValueError(f"{header!r} is not a header an API key can go in")
+            raise ValueError(
+                f"{header!r} cannot carry an API key: use Authorization (the default) or the "
+                "header the API documents, such as X-Api-Key"
+            )
         return header
 
 

@@ -5,6 +5,7 @@ proxy's outgoing address (127.0.0.3), so a direct post (from 127.0.0.1) is refus
 
 from __future__ import annotations
 
+import copy
 import json
 import secrets
 import subprocess
@@ -63,6 +64,48 @@ def test_an_http_alert_url_is_not_sent_through_a_proxy(tmp_path, monkeypatch):
         "webhook: $T_ALERT_URL is not an https:// URL; through the proxy only https is sent "
         "(the proxy would read anything else)"
     )
+
+
+@pytest.mark.parametrize(
+    ("proxy", "message"),
+    [
+        ({"url": "http://etl:hunter2@proxy:3128"}, "credentials in the proxy URL are refused"),
+        ({"url": "socks5://proxy:1080"}, "not an http:// or https:// proxy address"),
+        ({"url": "http://proxy:3128/path"}, "without path or query"),
+        ({"url": "http://proxy:port"}, "not a URL"),
+        ({"url": "http://proxy:3128", "username_env": "U"}, "username_env and password_env"),
+        ({"url": "http://proxy:3128", "ca_bundle": "ca.pem"}, "verifies an https:// proxy"),
+        (
+            {"url": "http://proxy:3128", "username_env": "NOT A NAME", "password_env": "P"},
+            "pattern",
+        ),
+    ],
+)
+def test_a_bad_proxy_is_refused_at_load_naming_the_key_and_never_echoing_a_password(
+    proxy, message, write_config
+):
+    data = copy.deepcopy(BASE_CONFIG)
+    data["pipelines"]["customers"]["source"] = {
+        "type": "https_api",
+        "url": "https://api.example.com/items",
+        "proxy": proxy,
+    }
+    with pytest.raises(ConfigError) as refused:
+        load_config(write_config(data))
+    assert "pipelines.customers.source" in str(refused.value) and message in str(refused.value)
+    assert "hunter2" not in str(refused.value)
+
+
+@pytest.mark.parametrize("header", ["Host", "Proxy-Authorization", "Bad Header", "X-Key:"])
+def test_an_api_key_header_that_cannot_carry_it_is_refused_at_load(header, write_config):
+    data = copy.deepcopy(BASE_CONFIG)
+    data["pipelines"]["customers"]["source"] = {
+        "type": "https_api",
+        "url": "https://api.example.com/items",
+        "api_key": {"env": "API_KEY", "header": header},
+    }
+    with pytest.raises(ConfigError, match=r"pipelines\.customers\.source.*api_key\.header"):
+        load_config(write_config(data))
 
 
 def test_an_email_channel_with_a_proxy_is_refused_at_load(write_config):
