@@ -11,7 +11,6 @@ from __future__ import annotations
 import email.policy
 import os
 import smtplib
-import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import httpx
 from secure_etl.acme.retry import Backoff, GaveUp, retry
 from secure_etl.acme.transport import parse_retry_after
 from secure_etl.config import AlertsConfig, EmailChannel, SlackChannel, WebhookChannel
+from secure_etl.security.tls import verifying_context
 
 
 @dataclass(frozen=True)
@@ -79,12 +79,15 @@ def _env(variable: str, what: str) -> str:
 
 
 class _Http(Channel):
-    def __init__(self, url_env: str, ca_bundle: str | None, timeout_s: float) -> None:
+    def __init__(
+        self, url_env: str, ca_bundle: str | None, timeout_s: float, min_tls: str | None = None
+    ) -> None:
         self.url_env, self.ca_bundle, self.timeout_s = url_env, ca_bundle, timeout_s
+        self.min_tls = min_tls  # None: the security policy's default
 
     def _post(self, body: dict) -> None:
         url = _env(self.url_env, self.name)
-        verify = ssl.create_default_context(cafile=self.ca_bundle) if self.ca_bundle else True
+        verify = verifying_context(self.ca_bundle, self.min_tls)
         try:
             response = httpx.post(url, json=body, timeout=self.timeout_s, verify=verify)
         except httpx.HTTPError as err:  # the URL is a secret: never in the message
@@ -131,20 +134,20 @@ class Email(Channel):
         message["From"], message["To"] = c.sender, ", ".join(c.recipients)
         message["Subject"] = f"[secure_etl {notification.severity}] {notification.title}"
         message.set_content(notification.text + "\n\n" + notification.dedupe_key + "\n")
-        context = ssl.create_default_context(cafile=c.ca_bundle) if c.ca_bundle else None
+        context = verifying_context(c.ca_bundle, c.min_tls)
         try:
             if c.tls == "implicit":
                 client = smtplib.SMTP_SSL(
                     c.host,
                     c.port,
                     timeout=c.timeout_s,
-                    context=context or ssl.create_default_context(),
+                    context=context,
                 )
             else:
                 client = smtplib.SMTP(c.host, c.port, timeout=c.timeout_s)
             with client:
                 if c.tls == "starttls":
-                    client.starttls(context=context or ssl.create_default_context())
+                    client.starttls(context=context)
                 if c.username_env:
                     client.login(_env(c.username_env, "email"), _env(c.password_env or "", "email"))
                 client.send_message(message)
@@ -156,9 +159,13 @@ def channels_for(config: AlertsConfig) -> list[Channel]:
     out: list[Channel] = []
     for channel in config.channels:
         if isinstance(channel, SlackChannel):
-            out.append(Slack(channel.url_env, channel.ca_bundle, channel.timeout_s))
+            out.append(
+                Slack(channel.url_env, channel.ca_bundle, channel.timeout_s, channel.min_tls)
+            )
         elif isinstance(channel, WebhookChannel):
-            out.append(Webhook(channel.url_env, channel.ca_bundle, channel.timeout_s))
+            out.append(
+                Webhook(channel.url_env, channel.ca_bundle, channel.timeout_s, channel.min_tls)
+            )
         else:
             out.append(Email(channel))
     return out
