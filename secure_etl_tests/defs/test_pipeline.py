@@ -52,6 +52,7 @@ def test_a_partition_flows_to_the_warehouse_with_every_data_check_passing(platfo
         "null_rate",
         "unique_keys",
         "no_pii_leak",
+        "no_undeclared_pii",
         "audit_chain",
     }
     assert all(passed for passed, _ in checks.values()), checks
