@@ -1,6 +1,6 @@
 """Values that look like personal data, counted per column: e-mail addresses, phone
-numbers in international form, card numbers whose Luhn digit is right and IBANs whose
-mod-97 is right. Counts only, never values.
+numbers in international form, card numbers of a known issuer whose Luhn digit is right
+and IBANs whose mod-97 is right. Counts only, never values.
 
 Cheap by construction: at most ``sample_rows`` rows are read, the patterns run as
 vectorised RE2 matches in Arrow, and the checksums only on the (few) values a pattern
@@ -19,7 +19,15 @@ MAX_CHECKSUMS = 1_000
 EMAIL = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
 # E.164 as people write it: a plus, 8 to 15 digits, spaces, dots, dashes or brackets.
 PHONE = r"^\+[0-9](?:[ ().-]?[0-9]){7,14}$"
-CARD = r"^[0-9](?:[ -]?[0-9]){12,18}$"
+CARD = r"^[0-9](?:[ -]?[0-9]){13,18}$"
+# The issuer prefixes and lengths of the cards in use (Visa, Mastercard, American
+# Express, Diners, Discover, JCB, UnionPay): a 13-digit id starting with 4 is no card.
+CARD_ISSUERS = (
+    r"^(?:4[0-9]{15}(?:[0-9]{3})?|5[1-5][0-9]{14}"
+    r"|2(?:22[1-9]|2[3-9][0-9]|[3-6][0-9]{2}|7[01][0-9]|720)[0-9]{12}"
+    r"|3[47][0-9]{13}|3(?:0[0-5]|[689][0-9])[0-9]{11,13}"
+    r"|6(?:011|5[0-9]{2}|4[4-9][0-9])[0-9]{12,15}|35[0-9]{14,17}|62[0-9]{14,17})$"
+)
 IBAN = r"^[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}$"
 
 
@@ -52,7 +60,8 @@ def _count(column: pa.Array) -> int:
     cards = pc.filter(rest, pc.fill_null(pc.match_substring_regex(rest, CARD), False))
     if len(cards):
         digits = pc.replace_substring_regex(cards, r"[ -]", "")
-        hits += _checked(digits, luhn_valid)
+        issued = pc.filter(digits, pc.match_substring_regex(digits, CARD_ISSUERS))
+        hits += _checked(issued, luhn_valid)
     upper = pc.utf8_upper(rest)
     ibans = pc.filter(upper, pc.fill_null(pc.match_substring_regex(upper, IBAN), False))
     if len(ibans):

@@ -235,6 +235,8 @@ def test_without_the_demo_command_the_steps_that_need_the_api_start_it(tmp_path,
         for e in etl.get_asset_materialization_events()
     }
     assert rows["raw"] == 1000 and 0 < rows["loaded"] < 1000
-    assert all(e.passed for e in etl.get_asset_check_evaluations())
+    assert all(e.passed for e in etl.get_asset_check_evaluations()), [
+        (e.check_name, e.description) for e in etl.get_asset_check_evaluations() if not e.passed
+    ]
     with pytest.raises(OSError):  # each step's server stopped with its step
         socket.create_connection((demo_api.HOST, port), timeout=2).close()

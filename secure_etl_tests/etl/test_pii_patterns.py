@@ -45,6 +45,7 @@ def test_a_declared_column_is_not_counted(tmp_path):
 
 def test_the_demo_partition_as_the_demo_pipeline_loads_it_passes(tmp_path):
     raw = generate_partition(PARTITION, rows=500, seed=7)
+    raw["customer_id"] = raw["customer_id"].astype(str)  # as the https_api source reads it
     hashed = raw.assign(
         full_name=["f" * 32] * len(raw), email=["e" * 32] * len(raw), phone=["v1:x"] * len(raw)
     )
@@ -63,6 +64,9 @@ def test_the_demo_partition_as_the_demo_pipeline_loads_it_passes(tmp_path):
     [
         ("4111 1111 1111 1111", True),  # a test Visa number: Luhn digit right
         ("4111 1111 1111 1112", False),  # one digit off: not a card
+        ("378282246310005", True),  # an American Express test number
+        ("4982260000000", False),  # 13 digits, Luhn right: an id, no card in use
+        ("9111111111111110", False),  # Luhn right, no issuer's prefix
         ("DE89 3704 0044 0532 0130 00", True),  # the textbook IBAN: mod-97 is 1
         ("DE89 3704 0044 0532 0130 01", False),
         ("+49 30 1234567", True),
