@@ -308,9 +308,7 @@ def test_a_pipeline_from_mariadb_to_postgres_reruns_a_partition_idempotently(
 
     checks = {e.check_name: e.passed for e in first.get_asset_check_evaluations()}
     assert first.success and again.success
-    assert checks == dict.fromkeys(
-        list(LOADED_CHECKS), True
-    )
+    assert checks == dict.fromkeys(list(LOADED_CHECKS), True)
     count, low, high, amount, _ = before.split("|")
     assert (count, low, high, amount) == ("60", "0", "59", "2655.00")  # DECIMAL(10,2) exact
     assert after == before
