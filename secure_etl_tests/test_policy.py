@@ -291,3 +291,92 @@ def test_the_health_report_has_a_policy_section_and_a_gauge_per_point():
         assert f'secure_etl_policy_point_violations{{point="{point}"}} 0.0' in metrics
     assert 'secure_etl_policy_point_enforced{point="mtls_sources"} 1.0' in metrics
     assert 'secure_etl_policy_point_enforced{point="proxy_outbound"} 0.0' in metrics
+
+
+@pytest.fixture
+def tls12_only_server(tmp_path):
+    """A real HTTPS server on loopback that speaks TLS 1.2 at most, answering 200."""
+    import ssl
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from cryptography.hazmat.primitives import serialization
+
+    from secure_etl_tests.pki.certs import authority, leaf, new_key, pem
+
+    ca, key = authority(), new_key("ec256")
+    (tmp_path / "ca.pem").write_bytes(ca.pem)
+    (tmp_path / "server.pem").write_bytes(pem(leaf(ca, ["127.0.0.1"], key=key)))
+    (tmp_path / "server.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+    class Ok(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(tmp_path / "server.pem", tmp_path / "server.key")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], str(tmp_path / "ca.pem")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _handshake(port: int, context) -> str:
+    import socket
+
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        return tls.version()
+
+
+def test_a_tls_1_2_server_is_refused_by_the_default_policy_and_reached_when_exempted(
+    tls12_only_server, monkeypatch
+):
+    import ssl
+
+    from secure_etl.config import WebhookChannel
+    from secure_etl.monitor import notify
+    from secure_etl.security.tls import verifying_context
+
+    port, ca = tls12_only_server
+
+    with pytest.raises(ssl.SSLError, match="(?i)protocol version|unsupported protocol"):
+        _handshake(port, verifying_context(ca, None))  # what every connector builds
+    assert _handshake(port, verifying_context(ca, "1.2")) == "TLSv1.2"
+
+    monkeypatch.setenv("HOOK_URL", f"https://127.0.0.1:{port}/hook")
+    hook = {"type": "webhook", "url_env": "HOOK_URL", "ca_bundle": ca}
+    note = notify.Notification("check_failed", "t", "x", "WARN", "policy-test")
+    [strict] = notify.channels_for(_alerts([WebhookChannel.model_validate(hook)]))
+    with pytest.raises(notify.DeliveryError, match="ConnectError"):
+        strict.send(note)
+    [relaxed] = notify.channels_for(
+        _alerts([WebhookChannel.model_validate({**hook, "min_tls": "1.2"})])
+    )
+    relaxed.send(note)  # no error: delivered over TLS 1.2
+
+
+def _alerts(channels):
+    from secure_etl.config import AlertsConfig
+
+    return AlertsConfig(channels=channels)
