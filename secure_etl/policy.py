@@ -123,6 +123,7 @@ class PolicyReport:
 
 
 def at_least(version: str, minimum: str) -> bool:
+    """Whether TLS ``version`` ("1.2", "1.3") is ``minimum`` or newer."""
     return _VERSIONS.index(version) >= _VERSIONS.index(minimum)
 
 

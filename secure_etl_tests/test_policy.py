@@ -380,3 +380,16 @@ def _alerts(channels):
     from secure_etl.config import AlertsConfig
 
     return AlertsConfig(channels=channels)
+
+
+def test_every_command_refuses_a_config_that_breaks_the_policy_in_one_line_exit_2(write_config):
+    path = write_config(_broken("encrypt_at_rest"))
+
+    result = _cli("certs", "list", "--config", str(path))
+
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line == (
+        f"secure-etl: {path}: encrypt_raw: policy point encrypt_at_rest: encrypt_raw is "
+        "false, so raw partitions (they hold PII) are written in the clear; set encrypt_raw: true"
+    )
