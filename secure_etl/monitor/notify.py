@@ -13,7 +13,6 @@ from __future__ import annotations
 import email.policy
 import os
 import smtplib
-import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from secure_etl.config import (
     WebhookChannel,
 )
 from secure_etl.security.proxy import ProxyError, outbound_proxy
+from secure_etl.security.tls import verifying_context
 
 
 @dataclass(frozen=True)
@@ -94,9 +94,11 @@ class _Http(Channel):
         ca_bundle: str | None,
         timeout_s: float,
         proxy: ProxyConfig | None = None,
+        min_tls: str | None = None,
     ) -> None:
         self.url_env, self.ca_bundle, self.timeout_s = url_env, ca_bundle, timeout_s
         self.proxy = proxy
+        self.min_tls = min_tls  # None: the security policy's default
 
     def _through(self, url: str) -> httpx.Proxy | None:
         p = self.proxy
@@ -114,7 +116,7 @@ class _Http(Channel):
 
     def _post(self, body: dict) -> None:
         url = _env(self.url_env, self.name)
-        verify = ssl.create_default_context(cafile=self.ca_bundle) if self.ca_bundle else True
+        verify = verifying_context(self.ca_bundle, self.min_tls)
         proxy = self._through(url)
         try:
             response = httpx.post(
@@ -164,20 +166,20 @@ class Email(Channel):
         message["From"], message["To"] = c.sender, ", ".join(c.recipients)
         message["Subject"] = f"[secure_etl {notification.severity}] {notification.title}"
         message.set_content(notification.text + "\n\n" + notification.dedupe_key + "\n")
-        context = ssl.create_default_context(cafile=c.ca_bundle) if c.ca_bundle else None
+        context = verifying_context(c.ca_bundle, c.min_tls)
         try:
             if c.tls == "implicit":
                 client = smtplib.SMTP_SSL(
                     c.host,
                     c.port,
                     timeout=c.timeout_s,
-                    context=context or ssl.create_default_context(),
+                    context=context,
                 )
             else:
                 client = smtplib.SMTP(c.host, c.port, timeout=c.timeout_s)
             with client:
                 if c.tls == "starttls":
-                    client.starttls(context=context or ssl.create_default_context())
+                    client.starttls(context=context)
                 if c.username_env:
                     client.login(_env(c.username_env, "email"), _env(c.password_env or "", "email"))
                 client.send_message(message)
@@ -190,7 +192,15 @@ def channels_for(config: AlertsConfig) -> list[Channel]:
     for channel in config.channels:
         if isinstance(channel, SlackChannel | WebhookChannel):
             kind = Slack if isinstance(channel, SlackChannel) else Webhook
-            out.append(kind(channel.url_env, channel.ca_bundle, channel.timeout_s, channel.proxy))
+            out.append(
+                kind(
+                    channel.url_env,
+                    channel.ca_bundle,
+                    channel.timeout_s,
+                    channel.proxy,
+                    channel.min_tls,
+                )
+            )
         else:
             out.append(Email(channel))
     return out

@@ -40,6 +40,7 @@ from secure_etl.security.files import (
     write_secret,
 )
 from secure_etl.security.proxy import ProxyError, outbound_proxy
+from secure_etl.security.tls import verifying_context
 
 # How often to ask the CA for renewal information: its Retry-After, kept within a minute
 # and a day (RFC 9773 section 4.3); six hours when it says nothing, one after an error.
@@ -110,7 +111,9 @@ class AcmeIssuer:
     def _client_locked(self) -> AcmeClient:
         transport = Transport(
             self.config.directory_url,
-            verify=self.config.server_ca_bundle or True,
+            # The ACME server verified (its bundle, else the system roots) at the policy's
+            # minimum TLS version for ACME.
+            verify=verifying_context(self.config.server_ca_bundle, self.config.min_tls),
             timeout=min(self.config.timeout_s, 60),
             log=self.log,
             # One deadline for all this client does (an issuance: every request and poll).

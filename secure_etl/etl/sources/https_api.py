@@ -28,6 +28,7 @@ from secure_etl.acme.transport import parse_retry_after
 from secure_etl.config import HttpsApiSource
 from secure_etl.etl.connector import Runtime, partition_hour
 from secure_etl.etl.transforms import UNPARSED_COLUMN
+from secure_etl.security import tls as tls_policy
 from secure_etl.security.proxy import ProxyError, outbound_proxy
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
@@ -75,11 +76,12 @@ class ApiSource:
     api_key: ApiKey | None = None  # sent only to the url's own origin
 
 
-def client_context(cert: str, key: str, ca_bundle: str) -> ssl.SSLContext:
-    """Verify the server against ``ca_bundle``, present our certificate; TLS 1.2 at least
-    (1.3 is negotiated whenever the server offers it)."""
-    context = ssl.create_default_context(cafile=ca_bundle)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+def client_context(
+    cert: str, key: str, ca_bundle: str, min_tls: str | None = None
+) -> ssl.SSLContext:
+    """Verify the server against ``ca_bundle``, present our certificate; nothing below
+    ``min_tls`` (default: the security policy's default, TLS 1.3)."""
+    context = tls_policy.verifying_context(ca_bundle, min_tls)
     context.load_cert_chain(cert, key)
     return context
 
@@ -428,7 +430,10 @@ class HttpsApiReader:
     def chunks(self, partition: str) -> Iterator[pd.DataFrame]:
         tls = self.runtime.client_tls(shown(self.config.url))
         context = client_context(
-            str(tls.fullchain_path), str(tls.privkey_path), self.config.ca_bundle or tls.ca_bundle
+            str(tls.fullchain_path),
+            str(tls.privkey_path),
+            self.config.ca_bundle or tls.ca_bundle,
+            self.config.min_tls,
         )
         yield from fetch_pages(self.api(partition), context, proxy=self.proxy())
 
