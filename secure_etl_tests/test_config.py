@@ -517,3 +517,9 @@ def test_the_column_kinds_of_the_config_are_the_filter_grammars():
 
     assert typing.get_args(ColumnKind) == filter_grammar.KINDS
     assert set(KINDS) == set(SCHEMA) and set(KINDS.values()) <= set(filter_grammar.KINDS)
+
+
+def test_a_shared_backend_without_its_connection_is_named(write_config):
+    data = {**copy.deepcopy(BASE_CONFIG), "audit": {"backend": "postgres"}}
+    err = _error(write_config, data)
+    assert err.key == "audit" and "backend postgres needs a postgres: section" in err.message
