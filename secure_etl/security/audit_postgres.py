@@ -17,7 +17,6 @@ rewrite (``audit verify --checkpoints`` checks against such a copy).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ import psycopg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from psycopg import sql
 
-from secure_etl.config import AuditPostgres, SharedPostgres
+from secure_etl.config import AuditPostgres
 from secure_etl.security.audit import (
     CHECKPOINTS_ON,
     GENESIS,
@@ -47,25 +46,7 @@ from secure_etl.security.audit import (
     write_checkpoint,
 )
 from secure_etl.security.postgres_tls import PgEndpoint, PostgresError
-
-
-def endpoint_of(config: SharedPostgres) -> PgEndpoint:
-    """The verify-full endpoint of a shared PostgreSQL, with the worker's own files."""
-    return PgEndpoint(
-        host=config.host,
-        port=config.port,
-        dbname=config.dbname,
-        user=config.user,
-        sslrootcert=config.ca_bundle,
-        sslcert=config.client_certificate,
-        sslkey=config.client_key,
-        connect_timeout_s=config.connect_timeout_s,
-    )
-
-
-def advisory_key(name: str) -> int:
-    """A signed 64-bit advisory-lock key for ``name``, the same on every machine."""
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+from secure_etl.security.shared_postgres import advisory_key, endpoint_of, ensure_tables
 
 
 @dataclass
@@ -193,23 +174,15 @@ class PostgresAuditLog:
     def _connect(self) -> psycopg.Connection:
         conn = self.endpoint.connect()
         if not self._created:
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock,))
-                conn.execute(
-                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
-                )
-                conn.execute(
-                    sql.SQL(
-                        "CREATE TABLE IF NOT EXISTS {} "
-                        "(seq bigint PRIMARY KEY, record text NOT NULL)"
-                    ).format(self._name)
-                )
-                conn.execute(
-                    sql.SQL(
-                        "CREATE TABLE IF NOT EXISTS {} "
-                        "(records bigint PRIMARY KEY, signed text NOT NULL)"
-                    ).format(self._points)
-                )
+            ensure_tables(
+                conn,
+                self._lock,
+                self.schema,
+                {
+                    self.table: "seq bigint PRIMARY KEY, record text NOT NULL",
+                    self.checkpoint_table: "records bigint PRIMARY KEY, signed text NOT NULL",
+                },
+            )
             self._created = True
         return conn
 
