@@ -708,6 +708,28 @@ class AuditPostgres(SharedPostgres):
     checkpoint_table: SqlName = "audit_checkpoints"
 
 
+class CertificateStorePostgres(SharedPostgres):
+    table: SqlName = "certificate_versions"  # every kept version, keys encrypted
+    current_table: SqlName = "certificate_current"  # which version is current
+
+
+class CertificateStoreConfig(_Strict):
+    """Where certificates and their keys are kept: ``local`` (the default) under
+    state_dir/certs; ``postgres`` in two tables every worker shares, each private key
+    encrypted under a fresh data key that the KMS (``kms:``) wraps."""
+
+    backend: Literal["local", "postgres"] = "local"
+    postgres: CertificateStorePostgres | None = None
+
+    @model_validator(mode="after")
+    def _backend_has_its_settings(self) -> CertificateStoreConfig:
+        if self.backend == "postgres" and self.postgres is None:
+            raise ValueError("backend postgres needs a postgres: section (host, dbname, ...)")
+        if self.backend == "local" and self.postgres is not None:
+            raise ValueError("a postgres: section needs backend: postgres")
+        return self
+
+
 class AuditConfig(_Strict):
     """The audit log and its signed checkpoints; relative paths are under state_dir.
     Put ``checkpoint_dir`` on other storage than the log: a checkpoint is only evidence
@@ -899,6 +921,7 @@ class PlatformConfig(_Strict):
     monitoring: MonitoringConfig = MonitoringConfig()
     demo_api: DemoApiConfig | None = None
     storage: StorageConfig = StorageConfig()
+    certificate_store: CertificateStoreConfig = CertificateStoreConfig()
 
     @model_validator(mode="after")
     def _references_resolve(self) -> PlatformConfig:
