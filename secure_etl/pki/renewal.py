@@ -52,6 +52,7 @@ def build_issuer(config: PlatformConfig, name: str, log=None) -> Issuer:
     issuer = config.issuers[name]
     state = config.resolved_state_dir()
     if isinstance(issuer, InternalCAIssuer):
+        store = certificate_store(config)
         return InternalCA(
             name,
             state / "ca" / name,
@@ -59,6 +60,7 @@ def build_issuer(config: PlatformConfig, name: str, log=None) -> Issuer:
             key_type=issuer.key_type,
             ca_lifetime_days=issuer.ca_lifetime_days,
             lifetime_days=issuer.lifetime_days,
+            shared=None if isinstance(store, CertificateStore) else store,
         )
     if isinstance(issuer, AcmeIssuerConfig):
         from secure_etl.pki.acme_issuer import AcmeIssuer

@@ -205,3 +205,26 @@ def test_the_stored_key_is_sealed_and_opens_only_through_the_kms(renewer, server
     # ...nor does it open as another certificate's or version's key.
     with pytest.raises(KeyUnwrapError):
         open_key(transit, "db-server", version, bytes(sealed), wrapped)
+
+
+def test_the_internal_ca_is_kept_sealed_in_the_store_and_a_worker_without_it_issues(
+    renewer, platform, servers, tmp_path
+):
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    ensure_certificate(load_config(renewer), "etl-client")  # the CA moved into the store
+    second = load_config(_worker(platform, servers, tmp_path / "second"))
+    assert ensure_certificate(second, "db-server", force=True).outcome in ("issued", "renewed")
+
+    # Signed by the one root the renewer had, whose key the second worker never held on disk.
+    root = x509.load_pem_x509_certificate(
+        (platform.resolved_state_dir() / "ca" / "test-ca" / "ca.pem").read_bytes()
+    )
+    current_leaf(second, "db-server").verify_directly_issued_by(root)
+    ca_dir = second.resolved_state_dir() / "ca" / "test-ca"
+    assert sorted(p.name for p in ca_dir.iterdir()) == ["ca.pem"]
+    assert ca_dir.joinpath("ca.pem").read_bytes() == root.public_bytes(Encoding.PEM)
+    store = certificate_store(second)
+    assert store.current_key("ca:test-ca").startswith(b"-----BEGIN ")
+    assert len(store.versions("ca:test-ca")) == 1
