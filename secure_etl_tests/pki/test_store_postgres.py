@@ -228,3 +228,13 @@ def test_the_internal_ca_is_kept_sealed_in_the_store_and_a_worker_without_it_iss
     store = certificate_store(second)
     assert store.current_key("ca:test-ca").startswith(b"-----BEGIN ")
     assert len(store.versions("ca:test-ca")) == 1
+
+
+def test_a_worker_with_another_local_root_refuses_to_issue(renewer, platform, servers, tmp_path):
+    from secure_etl.pki.internal_ca import InternalCA
+
+    ensure_certificate(load_config(renewer), "etl-client")  # the CA moved into the store
+    third = load_config(_worker(platform, servers, tmp_path / "third"))
+    InternalCA("test-ca", third.resolved_state_dir() / "ca" / "test-ca").ensure_root()
+    with pytest.raises(ValueError, match="another root than the shared store's CA 'ca:test-ca'"):
+        ensure_certificate(third, "db-server", force=True)
