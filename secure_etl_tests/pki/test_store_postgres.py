@@ -238,3 +238,33 @@ def test_a_worker_with_another_local_root_refuses_to_issue(renewer, platform, se
     InternalCA("test-ca", third.resolved_state_dir() / "ca" / "test-ca").ensure_root()
     with pytest.raises(ValueError, match="another root than the shared store's CA 'ca:test-ca'"):
         ensure_certificate(third, "db-server", force=True)
+
+
+def test_a_pipeline_run_on_a_second_worker_uses_the_shared_certificate_and_leaves_no_copy(
+    renewer, platform, servers, tmp_path, monkeypatch, instance
+):
+    import json
+    import tempfile
+
+    from secure_etl.definitions import build_definitions
+    from secure_etl.security.audit import platform_audit_log
+
+    ensure_certificate(load_config(renewer), "etl-client")
+    second = load_config(_worker(platform, servers, tmp_path / "second"))
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    result = (
+        build_definitions(second)
+        .resolve_job_def("customers_etl")
+        .execute_in_process(partition_key="2026-01-01-00:00", instance=instance)
+    )
+    assert result.success
+    assert list(scratch.iterdir()) == []  # each step's copies removed
+    extract = next(
+        r
+        for r in map(json.loads, platform_audit_log(second).path.open())
+        if r["action"] == "extract"
+    )
+    leaf = current_leaf(second, "etl-client")
+    assert extract["actor"] == leaf.subject.rfc4514_string()
