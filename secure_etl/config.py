@@ -913,6 +913,7 @@ class PlatformConfig(_Strict):
     keys: dict[Name, HmacKeyConfig] = {}
     pipelines: dict[Name, PipelineConfig] = {}
     audit: AuditConfig = AuditConfig()
+    certificate_store: CertificateStoreConfig = CertificateStoreConfig()
     retention_schedule: Cron = "35 * * * *"
     kms: Kms = LocalKms()
     # Raw and quarantined partitions (they hold PII) as encrypted Parquet.
@@ -921,7 +922,6 @@ class PlatformConfig(_Strict):
     monitoring: MonitoringConfig = MonitoringConfig()
     demo_api: DemoApiConfig | None = None
     storage: StorageConfig = StorageConfig()
-    certificate_store: CertificateStoreConfig = CertificateStoreConfig()
 
     @model_validator(mode="after")
     def _references_resolve(self) -> PlatformConfig:
