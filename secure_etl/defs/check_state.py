@@ -225,8 +225,8 @@ def check_evaluation(
     passed: bool,
     severity: AssetCheckSeverity,
     description: str,
-    metadata: dict[str, str | float],
     target: TargetMaterialization | None,
+    metadata: dict[str, str | float] | None = None,
 ) -> AssetCheckEvaluation:
     """What a check op yields for one check: the evaluation alone.
 
@@ -239,7 +239,7 @@ def check_evaluation(
         asset_key=asset,
         check_name=check_name,
         passed=passed,
-        metadata=metadata,
+        metadata=metadata or {},
         target_materialization_data=target,
         severity=severity,
         description=description,
