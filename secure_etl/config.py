@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import os
 import reprlib
 import typing
@@ -920,7 +921,14 @@ class PlatformConfig(_Strict):
 
     def resolved_state_dir(self) -> Path:
         """``SECURE_ETL_STATE_DIR`` if set, else ``state_dir`` (relative to the cwd)."""
-        return Path(os.environ.get(STATE_DIR_ENV) or self.state_dir).resolve()
+        return _resolved(str(os.environ.get(STATE_DIR_ENV) or self.state_dir), os.getcwd())
+
+
+@functools.lru_cache(maxsize=64)
+def _resolved(path: str, cwd: str) -> Path:
+    # Resolving stats every component of the path: a renewal of a thousand certificates
+    # asks for the state directory tens of thousands of times.
+    return (Path(cwd) / path).resolve()
 
 
 class _KeyedError(ValueError):
