@@ -260,7 +260,7 @@ def certificate_jobs(platform: PlatformConfig):
 
 def _inspection_op(platform: PlatformConfig, name: str, names: list[str], resource_keys: set[str]):
     @op(
-        name=f"inspect_{name}",
+        name=name.replace(CHECKS_OP, "inspect_certificates"),
         out={},
         required_resource_keys=resource_keys,
         description=f"Reports every check of {len(names)} certificates.",
