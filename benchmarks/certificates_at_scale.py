@@ -256,7 +256,10 @@ def measure(
             _expire(platform, "cert-0000")
             if n > full_rerun_max:  # only the failing certificate's checks run again
                 keys = set(certificate_check_keys(platform, "cert-0000"))
-                job.get_subset(asset_check_selection=keys).execute_in_process(instance=instance)
+                checks_only = defs.resolve_implicit_global_asset_job_def()
+                checks_only.get_subset(asset_check_selection=keys).execute_in_process(
+                    instance=instance
+                )
             else:
                 job.execute_in_process(instance=instance)
             row["tick_one_failed_s"], failed = tick(quiet.cursor)

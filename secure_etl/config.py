@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import os
 import reprlib
 import typing
@@ -1171,7 +1172,14 @@ class PlatformConfig(_Strict):
 
     def resolved_state_dir(self) -> Path:
         """``SECURE_ETL_STATE_DIR`` if set, else ``state_dir`` (relative to the cwd)."""
-        return Path(os.environ.get(STATE_DIR_ENV) or self.state_dir).resolve()
+        return _resolved(str(os.environ.get(STATE_DIR_ENV) or self.state_dir), os.getcwd())
+
+
+@functools.lru_cache(maxsize=64)
+def _resolved(path: str, cwd: str) -> Path:
+    # Resolving stats every component of the path: a renewal of a thousand certificates
+    # asks for the state directory tens of thousands of times.
+    return (Path(cwd) / path).resolve()
 
 
 class _KeyedError(ValueError):
@@ -1217,13 +1225,34 @@ def echo(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-class _BoundedLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses documents too deep or too large once aliases are
-    expanded (a "billion laughs" file is a few lines that stand for 10^9 nodes), before
-    anything is built from them; the composer's recursion never reaches Python's limit."""
+# libyaml's parser when PyYAML has it (a config of a thousand certificates parses in a
+# tenth of the time), under the Python composer that bounds what the document builds.
+try:
+    from yaml.cyaml import CParser as _Parser
+
+    _PARSING: tuple[type, ...] = (_Parser,)
+except ImportError:  # PyYAML built without libyaml
+    _PARSING = (yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser)
+
+
+class _BoundedLoader(
+    yaml.composer.Composer, *_PARSING, yaml.constructor.SafeConstructor, yaml.resolver.Resolver
+):
+    """A safe loader (``yaml.SafeLoader``'s constructor and resolver) that refuses
+    documents too deep or too large once aliases are expanded (a "billion laughs" file is
+    a few lines that stand for 10^9 nodes), before anything is built from them; the
+    composer's recursion never reaches Python's limit."""
 
     def __init__(self, stream: str) -> None:
-        super().__init__(stream)
+        if len(_PARSING) == 1:
+            _PARSING[0].__init__(self, stream)
+        else:
+            yaml.reader.Reader.__init__(self, stream)
+            yaml.scanner.Scanner.__init__(self)
+            yaml.parser.Parser.__init__(self)
+        yaml.composer.Composer.__init__(self)
+        yaml.constructor.SafeConstructor.__init__(self)
+        yaml.resolver.Resolver.__init__(self)
         self._aliases = self._depth = 0
         self._sizes: dict[int, int] = {}  # id(node) -> nodes it stands for, expanded
 
@@ -1262,6 +1291,11 @@ def _load_yaml(text: str) -> object:
     loader = _BoundedLoader(text)
     try:
         return loader.get_single_data()
+    except yaml.YAMLError as err:
+        if getattr(err, "problem", None) == "exceeded maximum nesting depth":  # libyaml's
+            problem = f"nested more than {MAX_DEPTH} levels deep; flatten it"
+            raise yaml.composer.ComposerError(None, None, problem, err.problem_mark) from None
+        raise
     finally:
         loader.dispose()
 

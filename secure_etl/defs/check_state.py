@@ -74,40 +74,56 @@ _TOP = "top"  # in what _records_since returns: the highest execution id it read
 
 
 def _records_since(
-    instance: DagsterInstance, cursor: EvaluationCursor, wanted: set[AssetCheckKey]
+    instance: DagsterInstance,
+    cursor: EvaluationCursor,
+    wanted: set[AssetCheckKey],
+    failed_only: bool = False,
 ) -> dict | None:
     """The latest execution record of each of ``wanted`` that changed since ``cursor``
-    (None: the storage is not SQL). It reads only the executions numbered from the
-    oldest one still waiting at the cursor, by primary key: what changed, not history."""
+    (None: the storage is not SQL); with ``failed_only``, only those that failed or are
+    still planned. It reads the executions numbered from the oldest one still waiting at
+    the cursor, by primary key (what changed, not history): first their ids and states,
+    then the whole record of only the ones returned (a checks run of a thousand
+    certificates adds eight thousand; one failed is one record to decode)."""
     storage = instance.event_log_storage
     if not isinstance(storage, SqlEventLogStorage):
         return None
     table = AssetCheckExecutionsTable
     low = min([cursor.after + 1, *(lo for lo, _ in cursor.waiting)])
-    query = (
-        db_select(
-            [
-                table.c.id,
-                table.c.asset_key,
-                table.c.check_name,
-                table.c.run_id,
-                table.c.execution_status,
-                table.c.evaluation_event,
-                table.c.create_timestamp,
-                table.c.partition,
-            ]
-        )
+    by_name = {(key.asset_key.to_string(), key.name): key for key in wanted}
+    states = (
+        db_select([table.c.id, table.c.asset_key, table.c.check_name, table.c.execution_status])
         .where(table.c.id >= low)
         .order_by(table.c.id)
     )
     with storage.index_connection() as conn:
-        rows = db_fetch_mappings(conn, query)
-    records: dict = {_TOP: 0}
+        rows = db_fetch_mappings(conn, states)
+    top, latest = 0, {}
     for row in rows:  # oldest first: the last record of a check is its latest
-        records[_TOP] = row["id"]
-        key = AssetCheckKey(AssetKey.from_db_string(row["asset_key"]), row["check_name"])
-        if key in wanted:
-            records[key] = AssetCheckExecutionRecord.from_db_row(row, key)
+        top = row["id"]
+        key = by_name.get((row["asset_key"], row["check_name"]))
+        if key is not None:
+            latest[key] = row
+    skip = {AssetCheckExecutionRecordStatus.SUCCEEDED.value} if failed_only else set()
+    ids = {row["id"]: key for key, row in latest.items() if row["execution_status"] not in skip}
+    records: dict = {_TOP: top}
+    columns = [
+        table.c.id,
+        table.c.asset_key,
+        table.c.check_name,
+        table.c.run_id,
+        table.c.execution_status,
+        table.c.evaluation_event,
+        table.c.create_timestamp,
+        table.c.partition,
+    ]
+    chosen = sorted(ids)
+    for i in range(0, len(chosen), KEYS_PER_QUERY):
+        query = db_select(columns).where(table.c.id.in_(chosen[i : i + KEYS_PER_QUERY]))
+        with storage.index_connection() as conn:
+            for row in db_fetch_mappings(conn, query):
+                key = ids[row["id"]]
+                records[key] = AssetCheckExecutionRecord.from_db_row(row, key)
     return records
 
 
@@ -170,17 +186,21 @@ def _ranges(ids: list[int]) -> tuple[tuple[int, int], ...]:
 
 
 def new_check_evaluations(
-    instance: DagsterInstance, keys: Sequence[AssetCheckKey], cursor: str | None
+    instance: DagsterInstance,
+    keys: Sequence[AssetCheckKey],
+    cursor: str | None,
+    failed_only: bool = False,
 ) -> tuple[list[CheckEvaluation], str]:
-    """The checks' latest evaluations made since ``cursor``, and the cursor after them.
+    """The checks' latest evaluations made since ``cursor`` (``failed_only``: those that
+    failed), and the cursor after them.
 
-    One query for all the checks, whatever their history; the cursor stays a few
+    A few queries for all the checks, whatever their history; the cursor stays a few
     numbers long. An evaluation is returned once: a re-read with the new cursor skips it.
     """
     state, legacy = EvaluationCursor.from_json(cursor)
     records = None
     if cursor and legacy is None:
-        records = _records_since(instance, state, set(keys))
+        records = _records_since(instance, state, set(keys), failed_only)
     if records is None:  # the first read, or a storage that is not SQL
         records = _latest_records(instance, keys)
     fresh, waiting, top = [], [], max(state.after, records.pop(_TOP, 0))
@@ -195,7 +215,7 @@ def new_check_evaluations(
         elif not state.is_new(record.id):
             continue
         evaluation = _evaluation(key, record)
-        if evaluation is not None:
+        if evaluation is not None and not (failed_only and evaluation.passed):
             fresh.append(evaluation)
     fresh.sort(key=lambda e: e.storage_id)
     return fresh, EvaluationCursor(top, _ranges(waiting)).to_json()
@@ -225,8 +245,8 @@ def check_evaluation(
     passed: bool,
     severity: AssetCheckSeverity,
     description: str,
-    metadata: dict[str, str | float],
     target: TargetMaterialization | None,
+    metadata: dict[str, str | float] | None = None,
 ) -> AssetCheckEvaluation:
     """What a check op yields for one check: the evaluation alone.
 
@@ -239,7 +259,7 @@ def check_evaluation(
         asset_key=asset,
         check_name=check_name,
         passed=passed,
-        metadata=metadata,
+        metadata=metadata or {},
         target_materialization_data=target,
         severity=severity,
         description=description,

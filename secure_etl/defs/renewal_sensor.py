@@ -34,14 +34,14 @@ def renewal_sensor(platform: PlatformConfig, renewal_job):
         "same settings failed verification.",
     )
     def _sensor(context: SensorEvaluationContext) -> SensorResult:
-        # One query for every certificate's checks; only evaluations since the cursor.
-        fresh, cursor = new_check_evaluations(context.instance, all_keys, context.cursor)
+        # Every certificate's checks at once; only the evaluations since the cursor that
+        # failed.
+        failed_now, cursor = new_check_evaluations(
+            context.instance, all_keys, context.cursor, failed_only=True
+        )
         failed_by_name: dict[str, list] = {}
-        for evaluation in fresh:
-            if not evaluation.passed:
-                failed_by_name.setdefault(names_by_key[evaluation.key.asset_key], []).append(
-                    evaluation
-                )
+        for evaluation in failed_now:
+            failed_by_name.setdefault(names_by_key[evaluation.key.asset_key], []).append(evaluation)
         requests, notes = [], []
         runs: dict[str, bool] = {}  # run id -> whether it was a renewal run
         for name in names:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import ipaddress
+import os
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -66,6 +67,24 @@ class SharedKeeper(Protocol):
     def install(self, name: str, issued: IssuedCertificate, keep: int = 5) -> str: ...
 
 
+# Each CA directory's root and key as last loaded, with the signature of their files
+# then: issuing a thousand leaves reads and checks them once, not a thousand times.
+_LOADED: dict[Path, tuple[tuple, tuple[x509.Certificate, PrivateKey]]] = {}
+
+
+def _files_signature(directory: Path) -> tuple | None:
+    """What identifies the CA's directory, key and root as they are on disk now (None:
+    one is missing). Never follows a link: a link in their place changes it."""
+    try:
+        infos = [os.lstat(directory / part) for part in ("", "ca.key", "ca.pem")]
+    except FileNotFoundError:
+        return None
+    return tuple(
+        (i.st_ino, i.st_dev, i.st_size, i.st_mtime_ns, i.st_ctime_ns, i.st_uid, i.st_mode)
+        for i in infos
+    )
+
+
 class InternalCA:
     """A root CA kept in ``directory`` (``ca.pem``, ``ca.key`` 0600), or with a
     ``shared`` store in that store as the entry ``ca:<name>`` (its key encrypted under
@@ -118,9 +137,14 @@ class InternalCA:
         return None
 
     def ensure_root(self) -> tuple[x509.Certificate, PrivateKey]:
-        """Load the root, creating it (under a lock) the first time."""
+        """Load the root, creating it (under a lock) the first time. Kept in memory while
+        its files stay as they were loaded (same inode, size, time, owner and mode)."""
         if self.shared is not None:
             return self._shared_root()
+        seen = _files_signature(self.directory)
+        cached = _LOADED.get(self.directory)
+        if seen is not None and cached is not None and cached[0] == seen:
+            return cached[1]
         private_dir(self.directory, holds_keys=True)
         with lock_file(self.directory / ".lock") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -129,8 +153,11 @@ class InternalCA:
                 # The key first: a root without its key would be useless.
                 write_secret(self.key_path, key_pem)
                 write_atomic(self.root_path, root_pem)
+            seen = _files_signature(self.directory)  # before reading: a change is seen
             key = load_private_key(read_secret(self.key_path))
             root = x509.load_pem_x509_certificate(self.root_path.read_bytes())
+        if seen is not None:
+            _LOADED[self.directory] = (seen, (root, key))
         return root, key
 
     def _shared_root(self) -> tuple[x509.Certificate, PrivateKey]:

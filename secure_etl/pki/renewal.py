@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -124,8 +125,21 @@ def inspect_current(
 def _roots(config: PlatformConfig, name: str) -> tuple[list[x509.Certificate] | None, str]:
     """The roots the certificate must chain to (None: no bundle at all) and their file."""
     bundle = trust_bundle(config, name)
-    roots = load_roots_file(bundle) if bundle and bundle.exists() else ([] if bundle else None)
-    return roots, str(bundle or "")
+    if not bundle:
+        return None, ""
+    try:
+        info = os.stat(bundle)
+    except FileNotFoundError:
+        return [], str(bundle)
+    # One bundle serves many certificates: read it again only when its file changed.
+    seen = (info.st_ino, info.st_dev, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    cached = _BUNDLES.get(bundle)
+    if cached is None or cached[0] != seen:
+        cached = _BUNDLES[bundle] = (seen, load_roots_file(bundle))
+    return list(cached[1]), str(bundle)
+
+
+_BUNDLES: dict[Path, tuple[tuple, list[x509.Certificate]]] = {}
 
 
 @dataclass(frozen=True)

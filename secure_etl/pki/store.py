@@ -28,14 +28,13 @@ from pathlib import Path
 
 from secure_etl.pki.issuer import IssuedCertificate
 from secure_etl.security.files import (
+    SECRET_MODE,
     InsecureSecretFile,
     check_key_dir,
     lock_file,
     private_dir,
     read_secret,
     secret_file_problem,
-    write_atomic,
-    write_secret,
 )
 
 # A version's id: the UTC time it was installed.
@@ -177,15 +176,19 @@ class CertificateStore:
 
         Call with ``lock(name)`` held.
         """
-        versions = private_dir(self.certificate_dir(name) / "versions", holds_keys=True)
+        # lock(name) made and checked <root>/<name>.
+        versions = private_dir(self.root / name / "versions", holds_keys=True)
         version = dt.datetime.now(dt.UTC).strftime(VERSION_FORMAT)
         staging = versions / f".staging-{version}"
         staging.mkdir(mode=0o700)
         try:
-            write_atomic(staging / "cert.pem", issued.cert_pem)
-            write_atomic(staging / "chain.pem", issued.chain_pem)
-            write_atomic(staging / "fullchain.pem", issued.fullchain_pem)
-            write_secret(staging / "privkey.pem", issued.key_pem)
+            # The staging directory is new and ours, and becomes a version with one
+            # rename: its files need no atomic replacement of their own, only to be
+            # durable before that rename.
+            _write_new(staging / "cert.pem", issued.cert_pem)
+            _write_new(staging / "chain.pem", issued.chain_pem)
+            _write_new(staging / "fullchain.pem", issued.fullchain_pem)
+            _write_new(staging / "privkey.pem", issued.key_pem)
             os.rename(staging, versions / version)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -220,6 +223,20 @@ class CertificateStore:
             shutil.rmtree(versions_dir / version)
         for leftover in versions_dir.glob(".staging-*"):
             shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Create ``path`` (it must not exist; never through a link), owner-only, durable."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(path, flags, SECRET_MODE)
+    try:
+        os.fchmod(fd, SECRET_MODE)  # the umask may have narrowed it
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _linked_dir(directory: Path) -> str:

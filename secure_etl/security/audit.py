@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,24 +168,45 @@ class AuditLog:
         outputs: Mapping[str, str] | None = None,
         key_ids: list[str] | None = None,
     ) -> dict:
-        """Append one record (under an exclusive lock: concurrent writers queue up).
+        """Append one record (under an exclusive lock: concurrent writers queue up), and
+        return once it is durable. Records the threads of this process append at the
+        same time are written together, under one lock and one fsync.
         Every ``checkpoint_every`` records the head is signed; AuditChainBroken (after the
         record is written) if the chain since the last checkpoint does not verify."""
-        with self._locked() as handle:
-            record = _write(
-                handle,
-                actor=actor,
-                action=action,
-                asset=asset,
-                partition=partition,
-                run_id=run_id,
-                inputs=dict(inputs or {}),
-                outputs=dict(outputs or {}),
-                key_ids=list(key_ids or []),
-            )
-            if record["seq"] % self.checkpoint_every == 0:
-                self._sign(handle)
-        return record
+        fields = {
+            "actor": actor,
+            "action": action,
+            "asset": asset,
+            "partition": partition,
+            "run_id": run_id,
+            "inputs": dict(inputs or {}),
+            "outputs": dict(outputs or {}),
+            "key_ids": list(key_ids or []),
+        }
+        return _group_for(self).append(self, fields)
+
+    def _append_batch(self, batch: list[_Pending]) -> None:
+        try:
+            with self._locked() as handle:
+                records = _write_all(handle, [pending.fields for pending in batch])
+                for pending, record in zip(batch, records, strict=True):
+                    pending.record = record
+                crossing = [
+                    p for p in batch if records and p.record["seq"] % self.checkpoint_every == 0
+                ]
+                if crossing:
+                    try:
+                        self._sign(handle)
+                    except AuditChainBroken as err:
+                        crossing[0].error = err
+        except BaseException as err:
+            for pending in batch:
+                if pending.record is None:
+                    pending.error = err
+            raise
+        finally:
+            for pending in batch:
+                pending.done = True
 
     def checkpoint(self) -> dict | None:
         """Sign the log's current head now (e.g. at the end of a run); AuditChainBroken if
@@ -287,12 +309,23 @@ def last_checkpoint(checkpoint_dir: Path, public: Ed25519PublicKey) -> dict | No
 
 def _write(handle: BinaryIO, **fields) -> dict:
     """Append the next record to the locked log and make it durable."""
+    return _write_all(handle, [fields])[0]
+
+
+def _write_all(handle: BinaryIO, batch: list[dict]) -> list[dict]:
+    """Append the next records to the locked log, chained, and make them durable (one
+    write, one fsync)."""
     last, _ = _tail(handle)
-    record = next_record(last, **fields)
-    handle.write(canonical(record) + b"\n")
+    records, lines = [], []
+    for fields in batch:
+        record = next_record(last, **fields)
+        records.append(record)
+        lines.append(canonical(record) + b"\n")
+        last = record
+    handle.write(b"".join(lines))
     handle.flush()
     os.fsync(handle.fileno())
-    return record
+    return records
 
 
 def next_record(last: Mapping | None, **fields) -> dict:
@@ -311,6 +344,55 @@ def next_record(last: Mapping | None, **fields) -> dict:
     }
     record["hash"] = record_hash(record)
     return record
+
+
+@dataclass
+class _Pending:
+    fields: dict
+    done: bool = False
+    record: dict | None = None
+    error: BaseException | None = None
+
+
+class _GroupCommit:
+    """The appends of one process's threads to one log, written in batches: the thread
+    that gets to write takes every record waiting (in order), so N threads appending at
+    once cost one lock and one fsync, not N; each returns once its record is durable."""
+
+    def __init__(self) -> None:
+        self._queue: list[_Pending] = []
+        self._queue_lock = threading.Lock()
+        self._writer = threading.Lock()
+
+    def append(self, log: AuditLog, fields: dict) -> dict:
+        pending = _Pending(fields)
+        with self._queue_lock:
+            self._queue.append(pending)
+        with self._writer:
+            if not pending.done:  # no writer took it yet: take it and all waiting
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                log._append_batch(batch)
+        if pending.error is not None:
+            raise pending.error
+        assert pending.record is not None
+        return pending.record
+
+
+_GROUPS: dict[tuple, _GroupCommit] = {}
+_GROUPS_LOCK = threading.Lock()
+
+
+def _group_for(log: AuditLog) -> _GroupCommit:
+    key = (
+        str(log.path),
+        str(log.checkpoint_dir),
+        str(log.signing_key_path),
+        log.checkpoint_every,
+        log.public_key,
+    )
+    with _GROUPS_LOCK:
+        return _GROUPS.setdefault(key, _GroupCommit())
 
 
 def _tail(handle: BinaryIO) -> tuple[dict | None, int]:

@@ -8,7 +8,12 @@ import json
 from dagster import in_process_executor
 
 from secure_etl.defs.build import build_definitions
-from secure_etl.defs.certificates import CERTIFICATES_PER_OP, CHECKS_JOB, certificate_checks
+from secure_etl.defs.certificates import (
+    CERTIFICATES_PER_OP,
+    CHECKS_JOB,
+    RENEWAL_JOB,
+    certificate_checks,
+)
 from secure_etl.defs.check_state import EvaluationCursor, _ranges, new_check_evaluations
 from secure_etl.defs.names import certificate_check_keys
 from secure_etl.defs.resources import resource_key
@@ -79,3 +84,18 @@ def test_each_evaluation_is_new_once_and_the_cursor_stays_small(platform, instan
     seen = {e.key.to_user_string(): e.storage_id for e in second if e.key.name != "expiry_window"}
     legacy, _ = new_check_evaluations(instance, keys, json.dumps(seen))
     assert {e.key.name for e in legacy} == {"expiry_window"}
+
+
+def test_the_sensor_reads_only_the_failed_evaluations_since_its_cursor(platform, instance):
+    defs = build_definitions(platform)
+    keys = [k for n in platform.certificates for k in certificate_check_keys(platform, n)]
+    _, start = new_check_evaluations(instance, keys, None)
+    defs.resolve_job_def(CHECKS_JOB).execute_in_process(instance=instance)  # none issued
+    failed, after_checks = new_check_evaluations(instance, keys, start, failed_only=True)
+    assert {e.key for e in failed} == set(keys) and not any(e.passed for e in failed)
+
+    defs.resolve_job_def(RENEWAL_JOB).execute_in_process(instance=instance)  # all pass now
+    none_failed, _ = new_check_evaluations(instance, keys, after_checks, failed_only=True)
+    passed, _ = new_check_evaluations(instance, keys, after_checks)
+    assert none_failed == []
+    assert {e.key for e in passed} == set(keys) and all(e.passed for e in passed)

@@ -150,7 +150,7 @@ def test_an_interrupted_install_leaves_the_previous_version_and_no_debris(
     def crash(path, data):
         raise OSError("disk full")
 
-    monkeypatch.setattr(store_module, "write_secret", crash)
+    monkeypatch.setattr(store_module, "_write_new", crash)
     with pytest.raises(OSError, match="disk full"):
         _install(store, ca)
 
