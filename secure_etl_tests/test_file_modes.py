@@ -159,12 +159,16 @@ def test_a_world_readable_private_key_fails_its_check_and_the_status(
     defs = build_definitions(platform)
     defs.resolve_job_def(RENEWAL_JOB).execute_in_process(instance=instance)
     privkey = certificate_store(platform).paths("db-server").privkey
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
     monkeypatch.chdir(tmp_path)
     config = ["status", "--json", "--config", str(tmp_path / "platform.yaml")]
 
     def status() -> tuple[int, dict, list[str]]:
-        code = cli.main(config)
+        # Without DAGSTER_HOME for the command only: undone here, while the instance's
+        # temporary home still exists (undone at teardown, it would put back a deleted
+        # directory for the tests that follow).
+        with monkeypatch.context() as env:
+            env.delenv("DAGSTER_HOME", raising=False)
+            code = cli.main(config)
         report = json.loads(capsys.readouterr().out)
         failing = {c["name"]: c["failing_checks"] for c in report["certificates"]}
         return code, failing, [p for p in report["problems"] if "failing" in p]
