@@ -28,17 +28,19 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from secure_etl import filter_grammar
+from secure_etl import filter_grammar, policy
 from secure_etl.challenge_config import Challenge, LocalPath
 from secure_etl.challenge_config import FromConfigDir as _FromConfigDir
 from secure_etl.cron import check_cron
 from secure_etl.demo.schema import KINDS as DEMO_KINDS
+from secure_etl.demo.schema import PII_COLUMNS as DEMO_PII
 from secure_etl.errors import UserError, escape_controls
-from secure_etl.identifiers import is_dns_name, is_ip_address, sql_name_pattern
+from secure_etl.identifiers import is_dns_name, is_ip_address, proxy_url_problem, sql_name_pattern
 
 CONFIG_ENV = "SECURE_ETL_CONFIG"
 STATE_DIR_ENV = "SECURE_ETL_STATE_DIR"
@@ -73,6 +75,39 @@ def _names_to_mapping(value: object) -> object:
 # A source's columns named by the config: a list of names, or names with their kinds
 # (a list is read as names of unknown kinds).
 ColumnList = Annotated[dict[SqlName, ColumnKind | None], BeforeValidator(_names_to_mapping)]
+# The lowest TLS version a connection accepts (None: the security policy's for its kind).
+TlsVersion = Literal["1.2", "1.3"]
+PolicyPoint = Literal[tuple(policy.POINTS)]  # type: ignore[valid-type]
+
+
+def _exemption_list(value: object) -> object:
+    """``[{point, reason}, ...]`` is the same as ``{point: reason, ...}``."""
+    if not isinstance(value, list):
+        return value
+    out: dict = {}
+    for item in value:
+        if not isinstance(item, dict) or set(item) != {"point", "reason"}:
+            raise ValueError(
+                f"each exemption is {{point: <policy point>, reason: <why>}}, not {echo(item)}"
+            )
+        out[item["point"]] = item["reason"]
+    return out
+
+
+def _a_reason(value: object) -> object:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise ValueError(
+            "an exemption needs its reason: say why the point does not apply here "
+            "(it is recorded and reported)"
+        )
+    return value
+
+
+# Points of the security policy set aside here, each with the reason (recorded, reported).
+Exemptions = Annotated[
+    dict[PolicyPoint, Annotated[str, BeforeValidator(_a_reason)]],
+    BeforeValidator(_exemption_list),
+]
 
 
 class ConfigError(UserError):
@@ -97,6 +132,38 @@ class InternalCAIssuer(_Strict):
     key_type: KeyType = "ec256"
     ca_lifetime_days: int = Field(3650, ge=1)
     lifetime_days: int = Field(90, ge=1, le=3650)
+    exemption: Exemptions = {}
+
+
+# The name of an environment variable (the config names secrets, never holds them).
+EnvVarName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+class ProxyConfig(_Strict):
+    """A forward proxy for outbound HTTPS, through HTTP CONNECT: TLS (and mutual TLS) stays
+    end to end, the proxy sees the host and port only. ``url``: ``http://host:port`` (or
+    ``https://`` with ``ca_bundle`` verifying the proxy); Basic auth from the environment."""
+
+    url: str
+    ca_bundle: LocalPath | None = None
+    username_env: EnvVarName | None = None
+    password_env: EnvVarName | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _proxy_address(cls, url: str) -> str:
+        problem = proxy_url_problem(url)
+        if problem:
+            raise ValueError(problem)
+        return url
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ProxyConfig:
+        if bool(self.username_env) != bool(self.password_env):
+            raise ValueError("give username_env and password_env together")
+        if self.ca_bundle and not self.url.lower().startswith("https://"):
+            raise ValueError("ca_bundle verifies an https:// proxy; this one is http://")
+        return self
 
 
 class AcmeIssuer(_Strict):
@@ -117,6 +184,9 @@ class AcmeIssuer(_Strict):
     profile: str | None = None
     preferred_chain: str | None = None
     timeout_s: float = Field(300, gt=0)
+    proxy: ProxyConfig | None = None  # every request to the CA goes through it
+    min_tls: TlsVersion | None = None
+    exemption: Exemptions = {}
 
     @field_validator("directory_url")
     @classmethod
@@ -192,6 +262,7 @@ class CertificateConfig(_Strict):
     ca_bundle: LocalPath | None = None
     deploy: list[DeployAction] = []
     endpoints: list[Endpoint] = []
+    exemption: Exemptions = {}
 
     @field_validator("identifiers")
     @classmethod
@@ -230,6 +301,10 @@ class _SourceConfig(_Strict):
         """How it is read past a high-water mark (None: it is read by the hour only)."""
         return None
 
+    def pii_columns(self) -> tuple[str, ...]:
+        """The columns its schema marks as PII (besides those the pipeline declares)."""
+        return ()
+
 
 class DemoSource(_SourceConfig):
     """Synthetic customers with PII, generated deterministically per partition."""
@@ -241,6 +316,9 @@ class DemoSource(_SourceConfig):
 
     def column_kinds(self) -> dict[str, ColumnKind | None]:
         return dict(DEMO_KINDS)
+
+    def pii_columns(self) -> tuple[str, ...]:
+        return DEMO_PII
 
 
 class _PostgresConnection(_Strict):
@@ -257,6 +335,7 @@ class _PostgresConnection(_Strict):
     sslmode: Literal["verify-full", "verify-ca", "require", "disable"] = "verify-full"
     # Anything weaker than verify-full must be asked for by name.
     allow_insecure_sslmode: bool = False
+    min_tls: TlsVersion | None = None
 
     @model_validator(mode="after")
     def _sslmode_is_safe(self) -> _PostgresConnection:
@@ -304,6 +383,27 @@ class PostgresSource(_PostgresConnection, _SourceConfig):
         return self.incremental
 
 
+class ApiKeyConfig(_Strict):
+    """An API key sent with every request to the source's own origin (never to another,
+    next links included): ``Authorization: Bearer <key>`` by default, or the key as the
+    value of ``header``. The key is read from the environment variable ``env`` at run time."""
+
+    env: EnvVarName
+    header: str = Field("Authorization", pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+
+    @field_validator("header")
+    @classmethod
+    def _not_a_transport_header(cls, header: str) -> str:
+        if header.lower() in {"host", "content-length", "transfer-encoding", "connection"} or (
+            header.lower().startswith("proxy-")
+        ):
+            raise ValueError(
+                f"{header!r} cannot carry an API key: use Authorization (the default) or the "
+                "header the API documents, such as X-Api-Key"
+            )
+        return header
+
+
 class HttpsApiSource(_SourceConfig):
     """JSON pages from an HTTPS API over mutual TLS with the pipeline's client certificate.
     With ``start_param``/``end_param`` the partition's hour is sent as ISO-8601 bounds."""
@@ -325,6 +425,9 @@ class HttpsApiSource(_SourceConfig):
     max_pages: int = Field(10_000, ge=1)
     max_response_bytes: int = Field(64 * 1024 * 1024, ge=1)
     deadline_s: float = Field(600, gt=0)  # the whole extraction of a partition
+    api_key: ApiKeyConfig | None = None
+    proxy: ProxyConfig | None = None
+    min_tls: TlsVersion | None = None
 
 
 class MariaDBSource(_SourceConfig):
@@ -343,6 +446,7 @@ class MariaDBSource(_SourceConfig):
     chunk_rows: int = Field(10_000, ge=1)
     # Roots that verify the server (default: those of the pipeline's client certificate).
     ca_bundle: str | None = None
+    min_tls: TlsVersion | None = None
 
     def column_kinds(self) -> dict[str, ColumnKind | None] | None:
         return _declared(self.columns)
@@ -538,6 +642,9 @@ class PipelineConfig(_Strict):
     source: Source
     client_certificate: Name
     key_column: str
+    # Columns holding personal data (besides those the source's schema marks): each must
+    # be pseudonymised, encrypted, masked or dropped (security_policy.pii_transformed).
+    pii: list[SqlName] = []
     transforms: list[Transform] = []
     destination: Destination
     partitions: Partitions
@@ -547,6 +654,11 @@ class PipelineConfig(_Strict):
     # Extract, pseudonymise and load in one step, overlapped (faster for big partitions;
     # a failure retries the whole pass). Hourly partitions only.
     one_pass: bool = False
+    exemption: Exemptions = {}
+
+    def declared_pii(self) -> list[str]:
+        """The PII columns: those declared by ``pii``, then those the source marks."""
+        return list(dict.fromkeys([*self.pii, *self.source.pii_columns()]))
 
     @model_validator(mode="after")
     def _transforms_fit_the_columns(self) -> PipelineConfig:
@@ -575,6 +687,13 @@ class PipelineConfig(_Strict):
         if kinds is None:
             return self  # the columns are checked when the first batch arrives
         has = f"the source has {', '.join(sorted(kinds))}"
+        for column in self.pii:
+            if column not in kinds:
+                raise _KeyedError(
+                    ("pii",),
+                    f"unknown column {echo(column)} ({has})"
+                    + _did_you_mean(column, list(kinds), fallback=""),
+                )
         if self.key_column not in kinds:
             raise _KeyedError(
                 ("key_column",),
@@ -733,6 +852,9 @@ class SlackChannel(_Strict):
     url_env: str
     ca_bundle: LocalPath | None = None
     timeout_s: float = Field(10, gt=0)
+    proxy: ProxyConfig | None = None  # then the URL must be https
+    min_tls: TlsVersion | None = None
+    exemption: Exemptions = {}
 
 
 class WebhookChannel(_Strict):
@@ -742,6 +864,9 @@ class WebhookChannel(_Strict):
     url_env: str
     ca_bundle: LocalPath | None = None
     timeout_s: float = Field(10, gt=0)
+    proxy: ProxyConfig | None = None  # then the URL must be https
+    min_tls: TlsVersion | None = None
+    exemption: Exemptions = {}
 
 
 class EmailChannel(_Strict):
@@ -758,6 +883,18 @@ class EmailChannel(_Strict):
     password_env: str | None = None
     ca_bundle: LocalPath | None = None
     timeout_s: float = Field(30, gt=0)
+    min_tls: TlsVersion | None = None
+    exemption: Exemptions = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_proxy(cls, data: object) -> object:
+        if isinstance(data, dict) and "proxy" in data:
+            raise ValueError(
+                "proxy: email goes over SMTP, which an HTTP CONNECT proxy does not carry; "
+                "send through an SMTP relay you can reach, or use a webhook channel"
+            )
+        return data
 
     @model_validator(mode="after")
     def _login_needs_both(self) -> EmailChannel:
@@ -872,6 +1009,43 @@ Executor = Annotated[
     Annotated[MultiprocessExecutor, Tag("multiprocess")] | Annotated[CeleryExecutor, Tag("celery")],
     Discriminator(_kind("multiprocess")),
 ]
+class MinTls(_Strict):
+    """The lowest TLS version per kind of connection. 1.3 is the default: every
+    connector sets it (Python's ``ssl`` for HTTPS, MariaDB, SMTP and ACME; libpq's
+    ``ssl_min_protocol_version`` for PostgreSQL). A connection's own ``min_tls`` may
+    only raise it, unless its ``exemption`` says why not."""
+
+    sources: TlsVersion = "1.3"
+    destinations: TlsVersion = "1.3"
+    alerts: TlsVersion = "1.3"
+    acme: TlsVersion = "1.3"
+
+
+class SecurityPolicy(_Strict):
+    """The security policy (``secure_etl/policy.py`` checks it at every load; README,
+    Security policy). The defaults are the policy; a config that breaks a point is
+    refused unless the pipeline, certificate, issuer or channel carries an
+    ``exemption: {point: reason}`` (platform-wide points: this section's own)."""
+
+    min_tls: MinTls = MinTls()
+    mtls_sources: bool = True
+    min_rsa_bits: int = Field(2048, ge=2048)  # pki/inspect.py refuses less in any case
+    min_ec_bits: Literal[256, 384] = 256
+    at_rest: Literal["AES-256-GCM"] = "AES-256-GCM"  # what encrypted Parquet uses
+    encrypt_raw: bool = True
+    kms_types: list[Literal["local_file", "vault_transit"]] = Field(
+        ["local_file", "vault_transit"], min_length=1
+    )
+    max_raw_grace_hours: float = Field(24, ge=0)
+    audit_trail: bool = True
+    pii_transformed: bool = True
+    api_key_sources: bool = False
+    proxy_outbound: bool = False
+    exemption: Exemptions = {}
+
+
+# load_config(..., refuse_policy_violations=False) passes this as validation context.
+_REPORT_POLICY = "report_policy_violations"
 
 
 class PlatformConfig(_Strict):
@@ -891,6 +1065,7 @@ class PlatformConfig(_Strict):
     demo_api: DemoApiConfig | None = None
     executor: Executor = MultiprocessExecutor()
     storage: StorageConfig = StorageConfig()
+    security_policy: SecurityPolicy = SecurityPolicy()
 
     @model_validator(mode="after")
     def _references_resolve(self) -> PlatformConfig:
@@ -947,6 +1122,19 @@ class PlatformConfig(_Strict):
                 )
             writers[target] = name
         return self
+
+    @model_validator(mode="after")
+    def _keeps_the_policy(self, info: ValidationInfo) -> PlatformConfig:
+        # Also gives each connection without a min_tls the policy's (its connector reads it).
+        report = policy.evaluate(self)
+        if report.violations and not (info.context or {}).get(_REPORT_POLICY):
+            first = report.violations[0]
+            raise _KeyedError(first.loc, first.line())
+        return self
+
+    def policy_report(self) -> policy.PolicyReport:
+        """Each point of the security policy: where it holds, exemptions, violations."""
+        return policy.evaluate(self)
 
     def resolved_state_dir(self) -> Path:
         """``SECURE_ETL_STATE_DIR`` if set, else ``state_dir`` (relative to the cwd)."""
@@ -1045,8 +1233,12 @@ def _load_yaml(text: str) -> object:
         loader.dispose()
 
 
-def load_config(path: Path | str | None = None) -> PlatformConfig:
-    """Load and validate a platform config; ``None`` means ``$SECURE_ETL_CONFIG`` or the demo."""
+def load_config(
+    path: Path | str | None = None, *, refuse_policy_violations: bool = True
+) -> PlatformConfig:
+    """Load and validate a platform config; ``None`` means ``$SECURE_ETL_CONFIG`` or the
+    demo. A config that breaks the security policy is refused, unless asked not to
+    (``secure-etl policy check`` reports every violation)."""
     path = Path(path) if path is not None else config_path_from_env()
     try:
         text = path.read_text(encoding="utf-8")
@@ -1064,7 +1256,8 @@ def load_config(path: Path | str | None = None) -> PlatformConfig:
     if not isinstance(data, dict):
         raise ConfigError(path, "", "expected a mapping at the top level")
     try:
-        config = PlatformConfig.model_validate(data)
+        context = None if refuse_policy_violations else {_REPORT_POLICY: True}
+        config = PlatformConfig.model_validate(data, context=context)
     except ValidationError as err:
         raise _first_error(path, data, err) from None
     except _KeyedError as err:

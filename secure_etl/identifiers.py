@@ -1,10 +1,12 @@
-"""What counts as a name: a certificate identifier (a DNS name or an IP address) and a
-SQL name (a schema, table or column the platform quotes into SQL)."""
+"""What counts as a name: a certificate identifier (a DNS name or an IP address), a
+SQL name (a schema, table or column the platform quotes into SQL) and a forward proxy's
+address."""
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from urllib.parse import urlsplit
 
 _DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 # The unquoted-identifier rule every database we read or load shares. Its length is each
@@ -40,3 +42,23 @@ def is_dns_name(value: str) -> bool:
     if labels[0] == "*":
         labels = labels[1:]
     return len(value) <= 253 and len(labels) >= 1 and all(_DNS_LABEL.match(x) for x in labels)
+
+
+def proxy_url_problem(url: str) -> str | None:
+    """Why ``url`` is no proxy address (``http://host:port`` or ``https://host:port``), or
+    None. The URL itself is never echoed: it may hold a password."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        return "not a URL; give http://host:port"
+    if "@" in parts.netloc:
+        return (
+            "credentials in the proxy URL are refused: name the environment variables "
+            "holding them in username_env and password_env"
+        )
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "not an http:// or https:// proxy address; give http://host:port"
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return "a proxy address is scheme://host:port, without path or query"
+    return None

@@ -9,14 +9,18 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import dns.exception
@@ -816,6 +820,22 @@ class RabbitMQ:
     worker holding it disconnects."""
 
     workdir: Path
+# On one machine the proxy and a direct client are both on loopback: tinyproxy connects
+# out from PROXY_SOURCE, the test servers listen on SERVER_HOST, so a server can accept
+# the proxy's connections and refuse a direct one (from 127.0.0.1).
+PROXY_SOURCE, SERVER_HOST = "127.0.0.3", "127.0.0.2"
+
+
+@dataclass
+class Tinyproxy:
+    """tinyproxy (Debian's small forward proxy) on a free loopback port, with its own
+    config and log under ``workdir``: CONNECT only to ``connect_ports``, outgoing
+    connections bound to ``bind``, Basic auth when ``login`` is given."""
+
+    workdir: Path
+    connect_ports: list[int]
+    bind: str = PROXY_SOURCE
+    login: tuple[str, str] | None = None
     port: int = 0
     _proc: subprocess.Popen | None = None
 
@@ -870,3 +890,176 @@ class RabbitMQ:
             except subprocess.TimeoutExpired:
                 os.killpg(self._proc.pid, 9)
                 self._proc.wait(10)
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "tinyproxy.log"
+
+    def start(self) -> Tinyproxy:
+        tinyproxy = require_binary("tinyproxy", "tinyproxy")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        lines = [
+            f"Port {self.port}",
+            "Listen 127.0.0.1",
+            f"Bind {self.bind}",
+            "Timeout 30",
+            f'LogFile "{self.log_path}"',
+            "LogLevel Info",
+            f'PidFile "{self.workdir / "tinyproxy.pid"}"',
+            "MaxClients 20",
+            "Allow 127.0.0.1",
+            "DisableViaHeader Yes",
+            *(f"ConnectPort {port}" for port in self.connect_ports),
+        ]
+        if self.login:
+            lines.append(f"BasicAuth {self.login[0]} {self.login[1]}")
+        config = self.workdir / "tinyproxy.conf"
+        config.write_text("\n".join(lines) + "\n")
+        with (self.workdir / "stdout.log").open("ab") as out:
+            self._proc = subprocess.Popen(
+                [tinyproxy, "-d", "-c", str(config)], stdout=out, stderr=subprocess.STDOUT
+            )
+        _wait_until(lambda: "Accepting connections" in self.log(), 20, "tinyproxy", self.log_path)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def tunnels(self) -> list[str]:
+        """``host:port`` of every CONNECT the proxy was asked for, in order."""
+        return re.findall(r"Request \(file descriptor \d+\): CONNECT (\S+) HTTP", self.log())
+
+    def stop(self) -> None:
+        if self._proc:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a ``TlsServer`` saw of one request."""
+
+    peer: str  # the address the connection came from
+    client_cn: str | None  # the client certificate's common name (None: no certificate)
+    method: str
+    path: str
+    headers: dict[str, str]  # names lower-cased
+    body: bytes
+
+
+Answer = Callable[[Request], tuple[int, object]]
+
+
+class TlsServer(ThreadingHTTPServer):
+    """An HTTPS server on ``SERVER_HOST`` that answers JSON: connections from an address
+    not in ``peers`` are closed before TLS begins; with ``client_ca`` a client certificate
+    chaining to it is required (mutual TLS). ``answer`` maps a request to (status, body);
+    ``requests`` and ``refused`` (peer addresses) record what happened."""
+
+    daemon_threads = True
+
+    def __init__(
+        self,
+        cert: tuple[str, str],
+        answer: Answer,
+        peers: set[str] | None = None,
+        client_ca: str | None = None,
+    ) -> None:
+        self.answer, self.peers = answer, peers
+        self.requests: list[Request] = []
+        self.refused: list[str] = []
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(*cert)
+        if client_ca:
+            self.context.verify_mode = ssl.CERT_REQUIRED
+            self.context.load_verify_locations(cafile=client_ca)
+        super().__init__((SERVER_HOST, 0), _TlsHandler)
+        # A short poll: shutting down waits for it.
+        self._thread = threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True)
+
+    @property
+    def origin(self) -> str:
+        return f"https://{SERVER_HOST}:{self.server_address[1]}"
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    def __enter__(self) -> TlsServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+        self.server_close()
+        self._thread.join(5)
+
+    def get_request(self):
+        raw, address = self.socket.accept()
+        if self.peers is not None and address[0] not in self.peers:
+            self.refused.append(address[0])
+            raw.close()
+            raise OSError("refused")  # socketserver drops the connection
+        return self.context.wrap_socket(
+            raw, server_side=True, do_handshake_on_connect=False
+        ), address
+
+    def finish_request(self, request, client_address) -> None:
+        request.settimeout(10)
+        try:
+            request.do_handshake()
+        except (OSError, ssl.SSLError):
+            return
+        super().finish_request(request, client_address)
+
+    def handle_error(self, request, client_address) -> None:
+        pass
+
+
+class _TlsHandler(BaseHTTPRequestHandler):
+    server: TlsServer
+    protocol_version = "HTTP/1.1"
+
+    def _handle(self) -> None:
+        cert = self.connection.getpeercert()
+        subject = dict(pair[0] for pair in cert["subject"]) if cert else {}
+        length = int(self.headers.get("Content-Length") or 0)
+        request = Request(
+            peer=self.client_address[0],
+            client_cn=subject.get("commonName"),
+            method=self.command,
+            path=self.path,
+            headers={k.lower(): v for k, v in self.headers.items()},
+            body=self.rfile.read(length) if length else b"",
+        )
+        self.server.requests.append(request)
+        status, body = self.server.answer(request)
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = _handle  # noqa: N815 (http.server's names)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def make_pki(workdir: Path) -> dict[str, tuple[str, str] | str]:
+    """A CA, a server certificate for ``SERVER_HOST`` and a client certificate (CN etl):
+    ``{"ca": root, "server": (cert, key), "client": (cert, key)}``."""
+    ca = InternalCA("proxy-tests", workdir / "ca")
+    out: dict = {"ca": str(ca.root_path)}
+    for name, use, ids in (("server", "server", [SERVER_HOST]), ("client", "client", ["etl"])):
+        issued = ca.issue(ids, use, generate_private_key("ec256"))
+        (workdir / f"{name}.pem").write_bytes(issued.fullchain_pem)
+        (workdir / f"{name}.key").write_bytes(issued.key_pem)
+        out[name] = (str(workdir / f"{name}.pem"), str(workdir / f"{name}.key"))
+    return out

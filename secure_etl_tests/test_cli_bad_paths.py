@@ -56,6 +56,7 @@ PATH_KINDS: dict[tuple[str, str], str] = {
     ("status", "--config"): "input",
     ("keys pseudonym", "--config"): "input",
     ("keys decrypt", "--config"): "input",
+    ("policy check", "--config"): "input",
 }
 BAD_CASES = {
     "input": ("missing", "directory", "empty", "garbage"),
@@ -97,7 +98,7 @@ def test_every_path_argument_has_a_kind():
     assert found == set(PATH_KINDS), "give each new path argument its kind in PATH_KINDS"
 
 
-GROUPS = {"certs", "acme", "audit", "keys"}  # commands with subcommands
+GROUPS = {"certs", "acme", "audit", "keys", "policy"}  # commands with subcommands
 
 
 def test_the_commands_are_the_ones_the_readme_documents():
@@ -162,6 +163,7 @@ def _base(command: str, w: dict[str, str]) -> list[str]:
         "status": config,
         "keys pseudonym": ["pseudo-1", *config],
         "keys decrypt": ["pseudo-1", "--column", "email", *config],
+        "policy check": config,
     }[command]
 
 

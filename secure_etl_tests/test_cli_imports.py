@@ -62,6 +62,7 @@ def platform_env(tmp_path) -> dict:
         ["audit", "verify"],
         ["keys", "pseudonym", "pseudo-1"],
         ["keys", "decrypt", "pseudo-1", "--column", "phone"],
+        ["policy", "check"],
     ],
     ids=" ".join,
 )

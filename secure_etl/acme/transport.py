@@ -100,9 +100,11 @@ class Transport:
         client: httpx.Client | None = None,
         log: Callable[[str], None] | None = None,
         deadline_s: float | None = None,
+        proxy: httpx.Proxy | str | None = None,
     ) -> None:
         """``deadline_s``: every request through this transport ends within that many
-        seconds from now (``within`` narrows it further)."""
+        seconds from now (``within`` narrows it further). ``proxy``: a forward proxy every
+        request tunnels through (HTTP CONNECT; TLS stays end to end with the CA)."""
         self.directory_url = https_url(directory_url, "the ACME directory URL")
         # When set (a time.monotonic() value), no request may run past it.
         self.deadline = None if deadline_s is None else time.monotonic() + deadline_s
@@ -113,8 +115,10 @@ class Transport:
             verify = httpx.create_ssl_context()
         if isinstance(verify, ssl.SSLContext):
             bounded(verify)  # the deadline holds while headers drip in, not only the body
+        if isinstance(proxy, httpx.Proxy) and proxy.ssl_context is not None:
+            bounded(proxy.ssl_context)  # an https:// proxy's own TLS too
         self.http = client or httpx.Client(
-            verify=verify, timeout=timeout, headers={"User-Agent": USER_AGENT}
+            verify=verify, timeout=timeout, headers={"User-Agent": USER_AGENT}, proxy=proxy
         )
         self._nonces: list[str] = []
         self._directory: Directory | None = None

@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from secure_etl.cli import acme, audit, certs, demo, keys, status
+from secure_etl.cli import acme, audit, certs, demo, keys, policy, status
 from secure_etl.cli.exits import EXIT_BAD_INPUT, EXIT_FAILED, Refused
 from secure_etl.errors import UserError, escape_controls
 
-FAMILIES = (certs, acme, demo, audit, status, keys)
+FAMILIES = (certs, acme, demo, audit, status, keys, policy)
 # The commands that open the Dagster instance: $DAGSTER_HOME is checked before they run,
 # and whether Dagster accepts its settings too where the command does not ask itself.
 READS_DAGSTER_HOME = {"secure_etl.cli.demo": True, "secure_etl.cli.status": False}

@@ -20,6 +20,7 @@ from secure_etl.pki.keys import KEY_TYPES
 # `secure-etl` starts fast.
 
 TSIG_SECRET_ENV = "SECURE_ETL_TSIG_SECRET"  # noqa: S105 (a variable's name, not a secret)
+PROXY_USERNAME_ENV, PROXY_PASSWORD_ENV = "SECURE_ETL_PROXY_USERNAME", "SECURE_ETL_PROXY_PASSWORD"
 
 
 def add_commands(commands) -> None:
@@ -137,6 +138,13 @@ def _server_args(parser: argparse.ArgumentParser) -> None:
         help="account key (created if missing; default: one per CA under "
         "~/.local/share/secure_etl/acme/)",
     )
+    parser.add_argument(
+        "--proxy",
+        metavar="URL",
+        help="reach the CA through this forward proxy (http://host:port; HTTP CONNECT, TLS "
+        f"end to end); its login, if it wants one, from ${PROXY_USERNAME_ENV} and "
+        f"${PROXY_PASSWORD_ENV}",
+    )
 
 
 def _client(args: argparse.Namespace, account_key=None, deadline_s: float | None = None):
@@ -150,8 +158,22 @@ def _client(args: argparse.Namespace, account_key=None, deadline_s: float | None
     if account_key is None:
         account_key = _account_key(args)
     verify = str(args.ca_bundle) if args.ca_bundle else True
-    transport = Transport(args.directory, verify=verify, deadline_s=deadline_s)
+    transport = Transport(args.directory, verify=verify, deadline_s=deadline_s, proxy=_proxy(args))
     return AcmeClient(transport, AccountKey(account_key))
+
+
+def _proxy(args: argparse.Namespace):
+    """``--proxy`` for httpx (None without it); its login from the environment if set."""
+    from secure_etl.security.proxy import ProxyError, outbound_proxy
+
+    if not args.proxy:
+        return None
+    login = os.environ.get(PROXY_USERNAME_ENV) or os.environ.get(PROXY_PASSWORD_ENV)
+    envs = (PROXY_USERNAME_ENV, PROXY_PASSWORD_ENV) if login else (None, None)
+    try:
+        return outbound_proxy(args.proxy, None, *envs)
+    except ProxyError as err:
+        raise UserError(f"--proxy: {err}") from None
 
 
 def _account_key(args: argparse.Namespace):
@@ -184,12 +206,16 @@ def _check_server_args(args: argparse.Namespace) -> None:
     """Refuse a bad ``--directory`` or ``--ca-bundle`` before anything is created or sent."""
     from secure_etl.acme.errors import ProtocolError
     from secure_etl.acme.messages import https_url
+    from secure_etl.identifiers import proxy_url_problem
     from secure_etl.pki.inspect import PemError, load_roots_file
 
     try:
         https_url(args.directory, "--directory")
     except ProtocolError as err:
         raise UserError(str(err)) from None
+    problem = args.proxy and proxy_url_problem(args.proxy)
+    if problem:
+        raise UserError(f"--proxy: {problem}")
     if args.ca_bundle is not None:
         try:
             roots = load_roots_file(args.ca_bundle)

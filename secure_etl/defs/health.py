@@ -70,6 +70,7 @@ def collect(platform: PlatformConfig, instance: DagsterInstance | None) -> Healt
         pipelines=pipelines,
         certificates=certificates,
         security=security,
+        policy=health.policy_status(platform),
     )
     report.problems = _problems(report, platform)
     return report
@@ -191,6 +192,11 @@ def _problems(report: HealthReport, platform: PlatformConfig) -> list[str]:
                 f"certificate {c.name}: checks last ran {c.checks_age_hours} h ago "
                 f"(limit {limit} h)"
             )
+    for point in report.policy:
+        problems += [
+            f"security policy {point['point']}: {v['where']}: {v['problem']}"
+            for v in point["violations"]
+        ]
     s = report.security
     if not s.audit_chain_ok:
         problems.append(f"audit log: {s.audit_problem}")

@@ -522,10 +522,10 @@ def _strings(value) -> Iterator[str]:
 
 
 def _pii_columns(p: PipelineConfig) -> list[str]:
-    """The columns the pipeline protects (pseudonymise, encrypt, mask, drop); for the
-    source, also the PII it is known to hold (the demo's)."""
+    """The columns the pipeline protects (pseudonymise, encrypt, mask, drop), then the
+    PII it declares or its source's schema marks."""
     columns = [c for t in p.transforms if t.type != "filter" for c in t.columns]
-    columns += [c for c in registry.source(p.source).pii_columns if c not in columns]
+    columns += [c for c in p.declared_pii() if c not in columns]
     return columns
 
 

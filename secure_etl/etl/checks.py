@@ -12,7 +12,7 @@ from typing import Literal
 
 import pyarrow as pa
 
-from secure_etl.etl import quality, storage
+from secure_etl.etl import pii_patterns, quality, storage
 from secure_etl.security.audit import AuditLog, verify_log
 
 Severity = Literal["error", "warn"]
@@ -130,6 +130,24 @@ def no_pii_leak(
     )
 
 
+def no_undeclared_pii(files: StageFiles, protected: Sequence[str]) -> CheckResult:
+    """No loaded text column outside ``protected`` (declared PII and transformed columns)
+    holds values that look like personal data, on a sample of the hashed partition."""
+    skip = {*protected, *quality.GENERATED_COLUMNS}
+    found = pii_patterns.personal_data_counts(storage.iter_partition(files.hashed), skip)
+    return CheckResult(
+        "no_undeclared_pii",
+        not found,
+        "no undeclared column looks like personal data"
+        if not found
+        else "values that look like personal data (e-mail, phone, card, IBAN) in undeclared "
+        "columns: "
+        + ", ".join(f"{c} ({n})" for c, n in sorted(found.items()))
+        + "; declare them in pii: and transform them",
+        {"suspect_values": sum(found.values()), "sampled_rows_max": pii_patterns.SAMPLE_ROWS},
+    )
+
+
 def audit_chain(audit: AuditLog) -> CheckResult:
     """The audit log's hash chain and signed checkpoints verify."""
     verdict = verify_log(audit)
@@ -162,5 +180,6 @@ def loaded_checks(
         null_rate(stats, max_null_rate, nulled),
         unique_keys(stats, key_column),
         no_pii_leak(files, pii, loaded, texts),
+        no_undeclared_pii(files, pii),
         audit_chain(audit),
     ]

@@ -293,6 +293,7 @@ class ParquetCrypto:
             footer_key=self.MASTER_KEY_ID,
             uniform_encryption=True,
             encryption_algorithm="AES_GCM_V1",
+            data_key_length_bits=256,  # AES-256-GCM, as security_policy.at_rest says
             plaintext_footer=False,
             double_wrapping=False,
             cache_lifetime=dt.timedelta(minutes=10),

@@ -116,6 +116,9 @@ class HealthReport:
     pipelines: list[PipelineHealth]
     certificates: list[CertificateHealth]
     security: SecurityHealth
+    # The security policy, point by point (``PointReport.as_dict``: status, where it is
+    # enforced, exemptions with their reasons, violations).
+    policy: list[dict] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -272,9 +275,27 @@ def render_markdown(report: HealthReport) -> str:
         + ("" if s.audit_key_pinned else "; key NOT pinned: set audit.public_key")
         + ")",
     ]
+    lines += ["", "### Security policy", ""] + policy_lines(report.policy)
     if report.problems:
         lines += ["", "### Needs attention", ""] + [f"- {p}" for p in report.problems]
     return "\n".join(lines) + "\n"
+
+
+def policy_status(platform: PlatformConfig) -> list[dict]:
+    """Each point of the security policy as the report shows it."""
+    return platform.policy_report().as_dict()["points"]
+
+
+def policy_lines(points: list[dict]) -> list[str]:
+    """One line per point (status, setting, where), then its exemptions and violations."""
+    lines = []
+    for p in points:
+        where = "; ".join(p["enforced_at"]) or "-"
+        lines.append(f"- {p['point']}: {p['status']} ({p['setting']}) at {where}")
+        lines += [f"  - not enforced: {place}" for place in p["not_enforced_at"]]
+        lines += [f"  - exempted: {e['where']}: {e['reason']}" for e in p["exemptions"]]
+        lines += [f"  - VIOLATED: {v['where']}: {v['problem']}" for v in p["violations"]]
+    return lines
 
 
 def render_text(report: HealthReport) -> str:
@@ -406,6 +427,22 @@ def render_prometheus(report: HealthReport) -> str:
         gauge(name, text, each(pipelines, lambda p: {"pipeline": p.name}, attribute, number))
     for name, text, attribute, number in SECURITY_GAUGES:
         gauge(name, text, each([report.security], lambda _: {}, attribute, number))
+    points = report.policy
+    gauge(
+        "policy_point_enforced",
+        "1 if the security policy requires the point and the config keeps it everywhere.",
+        [({"point": p["point"]}, p["status"] in ("enforced", "exempted")) for p in points],
+    )
+    gauge(
+        "policy_point_exemptions",
+        "Places where an exemption (with its reason) sets the point aside.",
+        [({"point": p["point"]}, len(p["exemptions"])) for p in points],
+    )
+    gauge(
+        "policy_point_violations",
+        "Places where the config breaks the point.",
+        [({"point": p["point"]}, len(p["violations"])) for p in points],
+    )
     gauge(
         "health_report_timestamp_seconds",
         "When this report was made: alert if it gets old (the scheduler stalled).",

@@ -1,6 +1,8 @@
 """Notifications through Slack incoming webhooks, a generic JSON webhook and SMTP.
 
 Every URL and secret comes from the environment (the config names the variables). A
+Slack or webhook channel with a ``proxy`` posts through its HTTP CONNECT tunnel, and
+only to an https URL (the proxy would read anything else); email has no proxy. A
 delivery is retried with exponential backoff, never sooner than a server's Retry-After;
 what still fails is reported back to the caller, never raised, so a broken channel
 cannot stop the sensor that notifies.
@@ -11,7 +13,6 @@ from __future__ import annotations
 import email.policy
 import os
 import smtplib
-import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,15 @@ import httpx
 
 from secure_etl.acme.retry import Backoff, GaveUp, retry
 from secure_etl.acme.transport import parse_retry_after
-from secure_etl.config import AlertsConfig, EmailChannel, SlackChannel, WebhookChannel
+from secure_etl.config import (
+    AlertsConfig,
+    EmailChannel,
+    ProxyConfig,
+    SlackChannel,
+    WebhookChannel,
+)
+from secure_etl.security.proxy import ProxyError, outbound_proxy
+from secure_etl.security.tls import verifying_context
 
 
 @dataclass(frozen=True)
@@ -79,14 +88,40 @@ def _env(variable: str, what: str) -> str:
 
 
 class _Http(Channel):
-    def __init__(self, url_env: str, ca_bundle: str | None, timeout_s: float) -> None:
+    def __init__(
+        self,
+        url_env: str,
+        ca_bundle: str | None,
+        timeout_s: float,
+        proxy: ProxyConfig | None = None,
+        min_tls: str | None = None,
+    ) -> None:
         self.url_env, self.ca_bundle, self.timeout_s = url_env, ca_bundle, timeout_s
+        self.proxy = proxy
+        self.min_tls = min_tls  # None: the security policy's default
+
+    def _through(self, url: str) -> httpx.Proxy | None:
+        p = self.proxy
+        if p is None:
+            return None
+        if not url.lower().startswith("https://"):
+            raise DeliveryError(
+                f"{self.name}: ${self.url_env} is not an https:// URL; through the proxy only "
+                "https is sent (the proxy would read anything else)"
+            )
+        try:
+            return outbound_proxy(p.url, p.ca_bundle, p.username_env, p.password_env)
+        except ProxyError as err:
+            raise DeliveryError(f"{self.name}: {err}") from None
 
     def _post(self, body: dict) -> None:
         url = _env(self.url_env, self.name)
-        verify = ssl.create_default_context(cafile=self.ca_bundle) if self.ca_bundle else True
+        verify = verifying_context(self.ca_bundle, self.min_tls)
+        proxy = self._through(url)
         try:
-            response = httpx.post(url, json=body, timeout=self.timeout_s, verify=verify)
+            response = httpx.post(
+                url, json=body, timeout=self.timeout_s, verify=verify, proxy=proxy
+            )
         except httpx.HTTPError as err:  # the URL is a secret: never in the message
             reason = str(err).replace(url, f"${self.url_env}")
             raise DeliveryError(f"{self.name}: {type(err).__name__}: {reason}") from None
@@ -131,20 +166,20 @@ class Email(Channel):
         message["From"], message["To"] = c.sender, ", ".join(c.recipients)
         message["Subject"] = f"[secure_etl {notification.severity}] {notification.title}"
         message.set_content(notification.text + "\n\n" + notification.dedupe_key + "\n")
-        context = ssl.create_default_context(cafile=c.ca_bundle) if c.ca_bundle else None
+        context = verifying_context(c.ca_bundle, c.min_tls)
         try:
             if c.tls == "implicit":
                 client = smtplib.SMTP_SSL(
                     c.host,
                     c.port,
                     timeout=c.timeout_s,
-                    context=context or ssl.create_default_context(),
+                    context=context,
                 )
             else:
                 client = smtplib.SMTP(c.host, c.port, timeout=c.timeout_s)
             with client:
                 if c.tls == "starttls":
-                    client.starttls(context=context or ssl.create_default_context())
+                    client.starttls(context=context)
                 if c.username_env:
                     client.login(_env(c.username_env, "email"), _env(c.password_env or "", "email"))
                 client.send_message(message)
@@ -155,10 +190,17 @@ class Email(Channel):
 def channels_for(config: AlertsConfig) -> list[Channel]:
     out: list[Channel] = []
     for channel in config.channels:
-        if isinstance(channel, SlackChannel):
-            out.append(Slack(channel.url_env, channel.ca_bundle, channel.timeout_s))
-        elif isinstance(channel, WebhookChannel):
-            out.append(Webhook(channel.url_env, channel.ca_bundle, channel.timeout_s))
+        if isinstance(channel, SlackChannel | WebhookChannel):
+            kind = Slack if isinstance(channel, SlackChannel) else Webhook
+            out.append(
+                kind(
+                    channel.url_env,
+                    channel.ca_bundle,
+                    channel.timeout_s,
+                    channel.proxy,
+                    channel.min_tls,
+                )
+            )
         else:
             out.append(Email(channel))
     return out

@@ -19,6 +19,7 @@ import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -38,6 +39,8 @@ from secure_etl.security.files import (
     write_atomic,
     write_secret,
 )
+from secure_etl.security.proxy import ProxyError, outbound_proxy
+from secure_etl.security.tls import verifying_context
 
 # How often to ask the CA for renewal information: its Retry-After, kept within a minute
 # and a day (RFC 9773 section 4.3); six hours when it says nothing, one after an error.
@@ -108,11 +111,14 @@ class AcmeIssuer:
     def _client_locked(self) -> AcmeClient:
         transport = Transport(
             self.config.directory_url,
-            verify=self.config.server_ca_bundle or True,
+            # The ACME server verified (its bundle, else the system roots) at the policy's
+            # minimum TLS version for ACME.
+            verify=verifying_context(self.config.server_ca_bundle, self.config.min_tls),
             timeout=min(self.config.timeout_s, 60),
             log=self.log,
             # One deadline for all this client does (an issuance: every request and poll).
             deadline_s=self.config.timeout_s,
+            proxy=self._proxy(),
         )
         client = AcmeClient(transport, self._account_key(), log=self.log)
         account_file = self.directory / "account.json"
@@ -121,6 +127,15 @@ class AcmeIssuer:
         else:
             self._register(client)
         return client
+
+    def _proxy(self) -> httpx.Proxy | None:
+        p = self.config.proxy
+        if p is None:
+            return None
+        try:
+            return outbound_proxy(p.url, p.ca_bundle, p.username_env, p.password_env)
+        except ProxyError as err:
+            raise AcmeConfigError(f"issuer {self.name!r}: {err}") from None
 
     def _register(self, client: AcmeClient) -> None:
         terms = client.directory.terms_of_service

@@ -291,8 +291,11 @@ def inspect_chain(
     min_days: float = 0.0,
     fraction_left: float | None = None,
     now: dt.datetime | None = None,
+    key_floor: tuple[int, int] = (2048, 256),
 ) -> list[CheckResult]:
-    """Judge a chain (leaf first). Checks with nothing to judge against are skipped."""
+    """Judge a chain (leaf first). Checks with nothing to judge against are skipped.
+    ``key_floor``: the least RSA and EC key sizes the security policy accepts (never
+    below the allow-list's)."""
     if not chain:
         raise ValueError("an empty chain")
     now = now or dt.datetime.now(dt.UTC)
@@ -302,7 +305,7 @@ def inspect_chain(
         _expiry(info, now, min_days, fraction_left),
         _started(info, now),
         _covers(info, leaf, identifiers),
-        _key_strength(info, leaf, use),
+        _key_strength(info, leaf, use, key_floor),
         _signatures(chain),
         _chain_trusted(chain, roots, roots_source, now),
         _eku_fits(leaf, use),
@@ -365,8 +368,18 @@ def _covers(
     return CheckResult("covers_identifiers", True, "ERROR", f"covers {', '.join(identifiers)}")
 
 
-def _key_strength(info: CertificateFacts, leaf: x509.Certificate, use: str | None) -> CheckResult:
-    problem = _key_problem(leaf.public_key(), info.key_type, use)
+def _key_strength(
+    info: CertificateFacts,
+    leaf: x509.Certificate,
+    use: str | None,
+    key_floor: tuple[int, int] = (2048, 256),
+) -> CheckResult:
+    key, (min_rsa, min_ec) = leaf.public_key(), key_floor
+    problem = _key_problem(key, info.key_type, use)
+    if problem is None and isinstance(key, rsa.RSAPublicKey) and key.key_size < min_rsa:
+        problem = f"{info.key_type} is below the security policy's RSA >= {min_rsa}"
+    if problem is None and isinstance(key, ec.EllipticCurvePublicKey) and key.key_size < min_ec:
+        problem = f"{info.key_type} is below the security policy's EC >= P-{min_ec}"
     if problem:
         return CheckResult("key_strength", False, "ERROR", problem)
     return CheckResult("key_strength", True, "ERROR", info.key_type)

@@ -88,6 +88,7 @@ def inspect_current(
         min_days=cert.renewal.min_days_left or 0.0,
         fraction_left=cert.renewal.fraction_left,
         now=now,
+        key_floor=(config.security_policy.min_rsa_bits, config.security_policy.min_ec_bits),
     )
 
 

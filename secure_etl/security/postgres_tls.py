@@ -9,6 +9,8 @@ from urllib.parse import quote, urlencode
 
 import psycopg
 
+from secure_etl.security.tls import libpq_minimum
+
 
 class PostgresError(Exception):
     """A refused or failed PostgreSQL connection or statement; says where."""
@@ -25,6 +27,7 @@ class PgEndpoint:
     sslcert: str | None = None
     sslkey: str | None = None
     connect_timeout_s: int = 10
+    min_tls: str | None = None  # None: the policy's default (libpq ssl_min_protocol_version)
 
     def connect(self) -> psycopg.Connection:
         """Certificate files are read now, at connect time: a rotation needs no restart."""
@@ -38,6 +41,7 @@ class PgEndpoint:
                 sslrootcert=self.sslrootcert,
                 sslcert=self.sslcert,
                 sslkey=self.sslkey,
+                ssl_min_protocol_version=libpq_minimum(self.min_tls),
                 connect_timeout=self.connect_timeout_s,
             )
         except psycopg.OperationalError as err:
@@ -53,6 +57,7 @@ class PgEndpoint:
             "sslrootcert": self.sslrootcert,
             "sslcert": self.sslcert,
             "sslkey": self.sslkey,
+            "ssl_min_protocol_version": libpq_minimum(self.min_tls),
             "connect_timeout": str(self.connect_timeout_s),
         }
         query = urlencode({k: v for k, v in params.items() if v is not None}, quote_via=quote)

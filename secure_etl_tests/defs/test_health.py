@@ -135,6 +135,7 @@ def test_the_json_form_keeps_its_shape(platform):
         "pipelines",
         "certificates",
         "security",
+        "policy",
         "problems",
     ]
     assert list(report["security"]) == [
@@ -154,6 +155,11 @@ def test_the_json_form_keeps_its_shape(platform):
     assert cert["ready"] is False and cert["failing_checks"] == ["not issued"]
     assert cert["checks_age_hours"] is None and cert["checks_fresh"] is False
     assert report["problems"] and all(isinstance(p, str) for p in report["problems"])
+    policy = {p["point"]: p for p in report["policy"]}
+    assert policy["pii_transformed"]["status"] == "enforced"
+    assert policy["pii_transformed"]["enforced_at"] == [
+        "pipelines.customers (PII: full_name, email, phone)"
+    ]
 
 
 def test_last_issued_is_when_the_version_was_installed_not_the_backdated_not_before(platform):

@@ -235,6 +235,42 @@ def test_without_the_demo_command_the_steps_that_need_the_api_start_it(tmp_path,
         for e in etl.get_asset_materialization_events()
     }
     assert rows["raw"] == 1000 and 0 < rows["loaded"] < 1000
-    assert all(e.passed for e in etl.get_asset_check_evaluations())
+    assert all(e.passed for e in etl.get_asset_check_evaluations()), [
+        (e.check_name, e.description) for e in etl.get_asset_check_evaluations() if not e.passed
+    ]
     with pytest.raises(OSError):  # each step's server stopped with its step
         socket.create_connection((demo_api.HOST, port), timeout=2).close()
+
+
+def test_e_mails_the_demo_loads_undeclared_and_untransformed_fail_the_pii_pattern_check(
+    tmp_path, monkeypatch
+):
+    """The demo pipeline with its e-mails neither declared nor pseudonymised: the config
+    loads (nothing declared is loaded raw), and the check on the load names the column."""
+    from dagster import instance_for_test
+
+    from secure_etl.defs.build import build_definitions
+    from secure_etl.defs.certificates import RENEWAL_JOB
+
+    monkeypatch.delenv("SECURE_ETL_STATE_DIR", raising=False)
+    port = free_port()
+    platform = bundled_demo(tmp_path, port)
+    path = tmp_path / "state" / "platform.yaml"
+    data = yaml.safe_load(path.read_text())
+    pipeline = data["pipelines"]["customers"]
+    pipeline["pii"] = ["full_name", "phone"]
+    pipeline["transforms"][1]["columns"] = ["full_name"]  # email no longer pseudonymised
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    platform = load_config(path)
+    defs = build_definitions(platform)
+    with instance_for_test() as instance:
+        defs.resolve_job_def(RENEWAL_JOB).execute_in_process(instance=instance)
+        etl = defs.resolve_job_def("customers_etl").execute_in_process(
+            partition_key="2026-11-02-10:00", instance=instance, raise_on_error=False
+        )
+    checks = {e.check_name: e for e in etl.get_asset_check_evaluations()}
+    found = checks["no_undeclared_pii"]
+    loaded = etl.get_asset_materialization_events()[-1].materialization.metadata["rows"].value
+    assert not found.passed
+    assert f"email ({loaded})" in found.description  # every loaded row: sample > partition
+    assert "@" not in found.description

@@ -263,3 +263,13 @@ def test_a_malformed_extension_is_a_pem_error_at_load_time(tmp_path):
     )
     with pytest.raises(PemError, match="bad-ext.pem: broken PEM certificate"):
         load_chain_file(path)
+
+
+def test_a_stricter_policy_raises_the_floor_for_the_keys_we_accept():
+    ca = authority()
+    chain = [leaf(ca, key=new_key("ec256"))]
+
+    result = _results(chain, ca, key_floor=(3072, 384))["key_strength"]
+
+    assert not result.passed and "below the security policy's EC >= P-384" in result.reason
+    assert _results(chain, ca)["key_strength"].passed  # the default floor: the allow-list's

@@ -4,16 +4,20 @@ Every extraction is bounded: next links are followed only to the configured orig
 allow-listed one) over https, a URL seen before is a loop, and the pages, each page's
 size and the whole extraction's time are capped. Redirects are refused, not followed: the
 client certificate goes only where the config says, and a redirect's body is not data.
+An API key (read from the environment) goes only to the url's own origin: pages on an
+allow-listed origin are fetched without it. Through a forward proxy every request takes
+an HTTP CONNECT tunnel, so TLS and the client certificate stay end to end.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import ssl
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 import pandas as pd
@@ -24,6 +28,8 @@ from secure_etl.acme.transport import parse_retry_after
 from secure_etl.config import HttpsApiSource
 from secure_etl.etl.connector import Runtime, partition_hour
 from secure_etl.etl.transforms import UNPARSED_COLUMN
+from secure_etl.security import tls as tls_policy
+from secure_etl.security.proxy import ProxyError, outbound_proxy
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 DEFAULT_PORTS = {"https": 443, "http": 80}
@@ -32,6 +38,23 @@ ERROR_TEXT_BYTES = 200  # of an error answer's body, in its message
 
 class ApiError(Exception):
     """The API refused, failed after its retries, or answered something unusable."""
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """The API key and its header (``Authorization`` carries it as a bearer token); the
+    secret is kept out of every repr."""
+
+    header: str
+    secret: str = field(repr=False)
+
+    def headers(self) -> dict[str, str]:
+        bearer = self.header.lower() == "authorization"
+        return {self.header: f"Bearer {self.secret}" if bearer else self.secret}
+
+    def hidden(self, text: str) -> str:
+        """``text`` with the key (should a server echo it) replaced by ``<api key>``."""
+        return text.replace(self.secret, "<api key>")
 
 
 @dataclass(frozen=True)
@@ -50,13 +73,15 @@ class ApiSource:
     max_pages: int = 10_000
     max_response_bytes: int = 64 * 1024 * 1024
     deadline_s: float = 600.0
+    api_key: ApiKey | None = None  # sent only to the url's own origin
 
 
-def client_context(cert: str, key: str, ca_bundle: str) -> ssl.SSLContext:
-    """Verify the server against ``ca_bundle``, present our certificate; TLS 1.2 at least
-    (1.3 is negotiated whenever the server offers it)."""
-    context = ssl.create_default_context(cafile=ca_bundle)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+def client_context(
+    cert: str, key: str, ca_bundle: str, min_tls: str | None = None
+) -> ssl.SSLContext:
+    """Verify the server against ``ca_bundle``, present our certificate; nothing below
+    ``min_tls`` (default: the security policy's default, TLS 1.3)."""
+    context = tls_policy.verifying_context(ca_bundle, min_tls)
     context.load_cert_chain(cert, key)
     return context
 
@@ -201,14 +226,17 @@ def _attempt(client: httpx.Client, source: ApiSource, url: httpx.URL, deadline: 
     """One GET's body; a 429 or 5xx raises ``_Busy`` (to be asked again), other errors,
     redirects and oversized bodies raise ``ApiError``."""
     timeout = deadline.timeout(source.timeout_s)
+    key = source.api_key
+    headers = key.headers() if key and origin(url) == origin(source.url) else {}
     with (
         socket_deadline.deadline(deadline.end),
-        client.stream("GET", url, timeout=timeout) as response,
+        client.stream("GET", url, headers=headers, timeout=timeout) as response,
     ):
         status = response.status_code
         _refuse_redirect(response, url)
         if status >= 400:
             text = _error_text(response, url, deadline)
+            text = key.hidden(text) if key else text
             if status in RETRY_STATUSES:
                 wait = parse_retry_after(response.headers.get("Retry-After"))
                 raise _Busy(status, text, wait)
@@ -278,11 +306,15 @@ def fetch_pages(
     context: ssl.SSLContext,
     sleep: Callable[[float], None] = time.sleep,
     client: httpx.Client | None = None,
+    proxy: httpx.Proxy | None = None,
 ) -> Iterator[pd.DataFrame]:
-    """One DataFrame per page until the API gives no next page."""
+    """One DataFrame per page until the API gives no next page (through ``proxy``'s
+    CONNECT tunnels when given)."""
     own = client is None
     context = socket_deadline.bounded(context)  # the deadline holds while headers drip in
-    client = client or httpx.Client(verify=context, timeout=source.timeout_s)
+    if proxy is not None and proxy.ssl_context is not None:  # an https:// proxy's TLS too
+        socket_deadline.bounded(proxy.ssl_context)
+    client = client or httpx.Client(verify=context, timeout=source.timeout_s, proxy=proxy)
     deadline = _Deadline(source.deadline_s)
     columns: list[str] = []
     try:
@@ -363,14 +395,47 @@ class HttpsApiReader:
             max_pages=c.max_pages,
             max_response_bytes=c.max_response_bytes,
             deadline_s=c.deadline_s,
+            api_key=self.api_key(),
         )
+
+    def api_key(self) -> ApiKey | None:
+        """The configured key, read from its environment variable now (Dagster ``EnvVar``
+        style: the config names the variable); the error names the variable, never a value."""
+        key = self.config.api_key
+        if key is None:
+            return None
+        secret = os.environ.get(key.env, "")
+        where = f"{shown(self.config.url)}: api_key.env"
+        if not secret:
+            raise ApiError(
+                f"{where}: the environment variable {key.env} is not set (or is empty); "
+                "set it to the API key where the pipeline runs"
+            )
+        if not secret.isprintable() or not secret.isascii() or secret != secret.strip():
+            raise ApiError(
+                f"{where}: the value of {key.env} cannot be sent in a header (control "
+                "characters, spaces at an end or non-ASCII); set it to the key alone"
+            )
+        return ApiKey(key.header, secret)
+
+    def proxy(self) -> httpx.Proxy | None:
+        p = self.config.proxy
+        if p is None:
+            return None
+        try:
+            return outbound_proxy(p.url, p.ca_bundle, p.username_env, p.password_env)
+        except ProxyError as err:
+            raise ApiError(f"{shown(self.config.url)}: {err}") from None
 
     def chunks(self, partition: str) -> Iterator[pd.DataFrame]:
         tls = self.runtime.client_tls(shown(self.config.url))
         context = client_context(
-            str(tls.fullchain_path), str(tls.privkey_path), self.config.ca_bundle or tls.ca_bundle
+            str(tls.fullchain_path),
+            str(tls.privkey_path),
+            self.config.ca_bundle or tls.ca_bundle,
+            self.config.min_tls,
         )
-        yield from fetch_pages(self.api(partition), context)
+        yield from fetch_pages(self.api(partition), context, proxy=self.proxy())
 
     def chunks_since(self, since: dt.datetime | None) -> Iterator[pd.DataFrame]:
         raise ValueError(f"{shown(self.config.url)}: the source is not incremental")

@@ -22,6 +22,7 @@ import pymysql.cursors
 from secure_etl.config import MariaDBSource
 from secure_etl.etl.connector import Runtime, partition_hour
 from secure_etl.identifiers import is_sql_name
+from secure_etl.security import tls as tls_policy
 
 _SIGNED = ((16, pa.int16()), (32, pa.int32()), (64, pa.int64()))
 _NAME_LONGEST = 64  # MySQL's limit for a table; columns keep SqlName's 63
@@ -51,6 +52,7 @@ class MariaDBEndpoint:
     cert: str | None = None
     key: str | None = None
     connect_timeout_s: int = 10
+    min_tls: str | None = None  # None: the policy's default
 
     @property
     def where(self) -> str:
@@ -59,8 +61,7 @@ class MariaDBEndpoint:
     def tls_context(self) -> ssl.SSLContext:
         """Verify the server against ``ca_bundle`` and its name; present the client
         certificate. Files are read now, at connect time: a rotation needs no restart."""
-        context = ssl.create_default_context(cafile=self.ca_bundle)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context = tls_policy.verifying_context(self.ca_bundle, self.min_tls)
         if self.cert:
             context.load_cert_chain(self.cert, self.key)
         return context
@@ -262,6 +263,7 @@ class MariaDBReader:
             ca_bundle=c.ca_bundle or tls.ca_bundle,
             cert=str(tls.fullchain_path),
             key=str(tls.privkey_path),
+            min_tls=c.min_tls,
         )
 
     def chunks(self, partition: str) -> Iterator[pa.Table]:

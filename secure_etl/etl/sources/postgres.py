@@ -140,6 +140,7 @@ def pg_endpoint(config: _PostgresConnection, tls: ClientCertificate) -> PgEndpoi
         sslrootcert=config.ca_bundle or tls.ca_bundle,
         sslcert=str(tls.fullchain_path),
         sslkey=str(tls.privkey_path),
+        min_tls=config.min_tls,
     )
 
 
