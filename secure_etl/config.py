@@ -803,11 +803,63 @@ class HmacKeyConfig(KeySource):
         return self
 
 
+class SharedPostgres(_Strict):
+    """A PostgreSQL that holds state every worker shares, reached over verify-full TLS
+    with a client certificate. The certificate, its key (0600) and the roots are files
+    the deployment provides on each worker (e.g. a mounted secret): they are how a
+    worker proves itself before it can read anything the platform keeps."""
+
+    host: str
+    port: int = Field(5432, ge=1, le=65535)
+    dbname: str
+    user: str
+    db_schema: SqlName = Field("public", alias="schema")
+    table: SqlName
+    client_certificate: LocalPath
+    client_key: LocalPath
+    ca_bundle: LocalPath
+    connect_timeout_s: int = Field(10, ge=1)
+
+
+class AuditPostgres(SharedPostgres):
+    table: SqlName = "audit_log"
+    # Signed checkpoints, which every writer must see (a copy also goes to checkpoint_dir).
+    checkpoint_table: SqlName = "audit_checkpoints"
+
+
+class CertificateStorePostgres(SharedPostgres):
+    table: SqlName = "certificate_versions"  # every kept version, keys encrypted
+    current_table: SqlName = "certificate_current"  # which version is current
+
+
+class CertificateStoreConfig(_Strict):
+    """Where certificates and their keys are kept: ``local`` (the default) under
+    state_dir/certs; ``postgres`` in two tables every worker shares, each private key
+    encrypted under a fresh data key that the KMS (``kms:``) wraps."""
+
+    backend: Literal["local", "postgres"] = "local"
+    postgres: CertificateStorePostgres | None = None
+
+    @model_validator(mode="after")
+    def _backend_has_its_settings(self) -> CertificateStoreConfig:
+        if self.backend == "postgres" and self.postgres is None:
+            raise ValueError("backend postgres needs a postgres: section (host, dbname, ...)")
+        if self.backend == "local" and self.postgres is not None:
+            raise ValueError("a postgres: section needs backend: postgres")
+        return self
+
+
 class AuditConfig(_Strict):
     """The audit log and its signed checkpoints; relative paths are under state_dir.
     Put ``checkpoint_dir`` on other storage than the log: a checkpoint is only evidence
-    if whoever can rewrite the log cannot rewrite it too."""
+    if whoever can rewrite the log cannot rewrite it too.
 
+    ``backend: postgres`` keeps the records in a PostgreSQL table (``postgres:``) that
+    writers on many machines append to as one chain, and the checkpoints in a second
+    table; ``path`` is then unused and ``checkpoint_dir`` receives each writer's copies."""
+
+    backend: Literal["file", "postgres"] = "file"
+    postgres: AuditPostgres | None = None
     path: str = "audit/audit.log"
     checkpoint_dir: str = "audit-checkpoints"
     signing_key: str = "audit/checkpoint.key"
@@ -815,6 +867,14 @@ class AuditConfig(_Strict):
     # The key the verifier trusts: ``ed25519:<64 hex>`` (``audit verify`` prints it) or a
     # PEM path kept where whoever can write the log cannot. Never the one beside the key.
     public_key: LocalPath | None = Field(None, pattern=r"^(ed25519:[0-9a-f]{64}|[^:]+)$")
+
+    @model_validator(mode="after")
+    def _backend_has_its_settings(self) -> AuditConfig:
+        if self.backend == "postgres" and self.postgres is None:
+            raise ValueError("backend postgres needs a postgres: section (host, dbname, ...)")
+        if self.backend == "file" and self.postgres is not None:
+            raise ValueError("a postgres: section needs backend: postgres")
+        return self
 
 
 class LocalKms(_Strict):
@@ -1056,6 +1116,7 @@ class PlatformConfig(_Strict):
     keys: dict[Name, HmacKeyConfig] = {}
     pipelines: dict[Name, PipelineConfig] = {}
     audit: AuditConfig = AuditConfig()
+    certificate_store: CertificateStoreConfig = CertificateStoreConfig()
     retention_schedule: Cron = "35 * * * *"
     kms: Kms = LocalKms()
     # Raw and quarantined partitions (they hold PII) as encrypted Parquet.

@@ -23,6 +23,7 @@ print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
 
 # Top-level packages none of the certificate, audit and key commands may load.
 HEAVY = {"dagster", "pandas", "pyarrow", "numpy", "duckdb", "httpx", "dns", "boto3", "google"}
+HEAVY |= {"psycopg"}  # only for a postgres audit log or certificate store
 
 
 def _loaded(command: list[str], env: dict, stdin: str = "") -> tuple[int, set[str]]:

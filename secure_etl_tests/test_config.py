@@ -517,3 +517,17 @@ def test_the_column_kinds_of_the_config_are_the_filter_grammars():
 
     assert typing.get_args(ColumnKind) == filter_grammar.KINDS
     assert set(KINDS) == set(SCHEMA) and set(KINDS.values()) <= set(filter_grammar.KINDS)
+
+
+def test_a_shared_backend_without_its_connection_is_named(write_config):
+    data = {**copy.deepcopy(BASE_CONFIG), "audit": {"backend": "postgres"}}
+    err = _error(write_config, data)
+    assert err.key == "audit" and "backend postgres needs a postgres: section" in err.message
+
+
+def test_a_certificate_store_section_without_its_backend_is_named(write_config):
+    section = {"host": "db", "dbname": "d", "user": "u", "client_certificate": "c.pem"}
+    section |= {"client_key": "c.key", "ca_bundle": "ca.pem"}
+    data = {**copy.deepcopy(BASE_CONFIG), "certificate_store": {"postgres": section}}
+    err = _error(write_config, data)
+    assert err.key == "certificate_store" and "needs backend: postgres" in err.message

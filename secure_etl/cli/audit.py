@@ -21,7 +21,10 @@ def add_commands(commands) -> None:
         "record or checkpoint is named), 2 on unusable input.",
     )
     verify.add_argument(
-        "path", nargs="?", type=Path, help="the log (default: the configured platform's)"
+        "path",
+        nargs="?",
+        type=Path,
+        help="a log file (default: the configured platform's log, its file or its table)",
     )
     verify.add_argument("--checkpoints", type=Path, metavar="DIR", help="checkpoint directory")
     verify.add_argument("--public-key", type=Path, metavar="PEM", help="checkpoint public key")
@@ -36,6 +39,7 @@ def _audit_verify(args: argparse.Namespace) -> int:
 
     platform = load_config(args.config)
     log = platform_audit_log(platform)
+    shared = args.path is None and platform.audit.backend != "file"
     path = args.path or log.path
     if args.path is None:
         print(f"audit log: {path}")
@@ -64,14 +68,17 @@ def _audit_verify(args: argparse.Namespace) -> int:
         raise UserError(
             f"{'--public-key' if args.public_key else 'audit.public_key'}: {err}"
         ) from None
-    verdict = verify(path, args.checkpoints or log.checkpoint_dir, public)
+    if shared:
+        verdict = log.verify(args.checkpoints, public)
+    else:
+        verdict = verify(path, args.checkpoints or log.checkpoint_dir, public)
     if verdict.torn:
         lines = ", ".join(map(str, verdict.torn))
         print(f"note: {path}: line {lines}: a write cut short (its process was killed), skipped")
     if verdict.ok:
         print(f"ok: {verdict.records} records, {verdict.checkpoints} signed checkpoints")
         return EXIT_OK
-    note = no_state_note(platform, args.config) if not path.exists() else None
+    note = no_state_note(platform, args.config) if not shared and not path.exists() else None
     if note:
         print(f"secure-etl: {note}", file=sys.stderr)
     print(f"FAILED: {verdict.problem}")

@@ -31,7 +31,7 @@ from dagster import DefaultScheduleStatus as Status
 from secure_etl.config import Destination as DestinationConfig
 from secure_etl.config import PipelineConfig, PlatformConfig
 from secure_etl.defs.names import certificate_key, pipeline_job_name, stage_key
-from secure_etl.defs.resources import PipelineResources
+from secure_etl.defs.resources import PipelineResources, step_certificate
 from secure_etl.etl import checks, filters, registry, storage
 from secure_etl.etl.check_names import LOADED_CHECKS
 from secure_etl.etl.checks import StageFiles
@@ -143,40 +143,40 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
         required_resource_keys=resources.extract_keys,
     )
     def raw(context: AssetExecutionContext) -> MaterializeResult:
-        certificate = resources.certificate(context)
-        certificate.ssl_context()  # fails early, with the path, if the certificate is unusable
-        path = store.file("raw", name, _file_key(context))
-        tls = certificate  # connections present it and verify servers with its roots
-        extra = {}
-        if p.incremental:
-            cursor = p.source.incremental_cursor()
-            previous = _high_water(context, stage_key("raw", name))
-            since = previous - dt.timedelta(seconds=cursor.lag_s) if previous else None
-            context.log.info(
-                f"extracting rows with {cursor.cursor_column} >= {since or 'the beginning'} "
-                f"(high-water mark {previous or 'none'}, lag {cursor.lag_s:g} s)"
+        with step_certificate(platform, resources.certificate(context)) as certificate:
+            certificate.ssl_context()  # fails early, with the path, if the certificate is unusable
+            path = store.file("raw", name, _file_key(context))
+            tls = certificate  # connections present it and verify servers with its roots
+            extra = {}
+            if p.incremental:
+                cursor = p.source.incremental_cursor()
+                previous = _high_water(context, stage_key("raw", name))
+                since = previous - dt.timedelta(seconds=cursor.lag_s) if previous else None
+                context.log.info(
+                    f"extracting rows with {cursor.cursor_column} >= {since or 'the beginning'} "
+                    f"(high-water mark {previous or 'none'}, lag {cursor.lag_s:g} s)"
+                )
+                rows, size = storage.write_partition_chunks(
+                    path, registry.source(p.source, Runtime(tls=tls)).chunks_since(since), crypto
+                )
+                high = storage.column_max(path, cursor.cursor_column, crypto) or previous
+                extra = {
+                    "extracted_since": since.isoformat() if since else "the beginning",
+                    HIGH_WATER: high.isoformat() if high else "",
+                }
+            else:
+                chunks = registry.source(p.source, Runtime(tls=tls)).chunks(context.partition_key)
+                rows, size = storage.write_partition_chunks(path, chunks, crypto)
+            context.log.info(f"extracted {rows} rows from {p.source.type} into {path}")
+            _audit_extract(audit, certificate, context, p, name, _file_key(context), path, rows)
+            return MaterializeResult(
+                metadata={
+                    "rows": rows,
+                    "bytes": size,
+                    "client_certificate": p.client_certificate,
+                    **extra,
+                }
             )
-            rows, size = storage.write_partition_chunks(
-                path, registry.source(p.source, Runtime(tls=tls)).chunks_since(since), crypto
-            )
-            high = storage.column_max(path, cursor.cursor_column, crypto) or previous
-            extra = {
-                "extracted_since": since.isoformat() if since else "the beginning",
-                HIGH_WATER: high.isoformat() if high else "",
-            }
-        else:
-            chunks = registry.source(p.source, Runtime(tls=tls)).chunks(context.partition_key)
-            rows, size = storage.write_partition_chunks(path, chunks, crypto)
-        context.log.info(f"extracted {rows} rows from {p.source.type} into {path}")
-        _audit_extract(audit, certificate, context, p, name, _file_key(context), path, rows)
-        return MaterializeResult(
-            metadata={
-                "rows": rows,
-                "bytes": size,
-                "client_certificate": p.client_certificate,
-                **extra,
-            }
-        )
 
     @multi_asset(
         specs=[specs.hashed],
@@ -217,33 +217,33 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
     )
     def loaded(context: AssetExecutionContext) -> MaterializeResult:
         files = _file_key(context)
-        certificate = resources.certificate(context)
-        clients = resources.bigquery_clients(context)
-        target = registry.destination(p.destination, Runtime(state, certificate, clients))
-        hashed_file = store.file("hashed", name, files)
-        if p.incremental:  # this run's rows carry its id in the partition column
-            partition = context.run.run_id
-            with storage.local_copy(hashed_file) as local:
-                rows = target.merge(partition, local, p.key_column)
-            context.log.info(f"merged {rows} rows by {p.key_column} into {target.description}")
-        else:
-            partition = files
-            rows = _load(target, partition, hashed_file)
-            context.log.info(f"loaded {rows} rows into {target.description}")
-        _mark_for_retention(hashed_file, target, rows)
-        _audit_load(audit, certificate, context, name, partition, hashed_file, target, rows)
-        return MaterializeResult(
-            metadata={"rows": rows, "destination": target.description},
-            check_results=_check_results(
-                StageFiles.of(store, name, files, crypto),
-                p,
-                target,
-                partition,
-                pii,
-                audit,
-                _run_texts(context, name),
-            ),
-        )
+        with step_certificate(platform, resources.certificate(context)) as certificate:
+            clients = resources.bigquery_clients(context)
+            target = registry.destination(p.destination, Runtime(state, certificate, clients))
+            hashed_file = store.file("hashed", name, files)
+            if p.incremental:  # this run's rows carry its id in the partition column
+                partition = context.run.run_id
+                with storage.local_copy(hashed_file) as local:
+                    rows = target.merge(partition, local, p.key_column)
+                context.log.info(f"merged {rows} rows by {p.key_column} into {target.description}")
+            else:
+                partition = files
+                rows = _load(target, partition, hashed_file)
+                context.log.info(f"loaded {rows} rows into {target.description}")
+            _mark_for_retention(hashed_file, target, rows)
+            _audit_load(audit, certificate, context, name, partition, hashed_file, target, rows)
+            return MaterializeResult(
+                metadata={"rows": rows, "destination": target.description},
+                check_results=_check_results(
+                    StageFiles.of(store, name, files, crypto),
+                    p,
+                    target,
+                    partition,
+                    pii,
+                    audit,
+                    _run_texts(context, name),
+                ),
+            )
 
     return [raw, hashed, loaded]
 
@@ -273,52 +273,54 @@ def one_pass_assets(platform: PlatformConfig, name: str) -> list:
     )
     def one_pass(context: AssetExecutionContext):
         partition = context.partition_key
-        certificate = resources.certificate(context)
-        certificate.ssl_context()  # fails early, with the path, if the certificate is unusable
-        tls = certificate  # connections present it and verify servers with its roots
-        clients = resources.bigquery_clients(context)
-        target = registry.destination(p.destination, Runtime(state, tls, clients))
-        files = StageFiles.of(store, name, partition, crypto)
-        steps, key_ids = _pseudonymise_steps(platform, p)
-        result = run_one_pass(
-            registry.source(p.source, Runtime(tls=tls)).chunks(partition),
-            files.raw,
-            files.hashed,
-            files.quarantine,
-            p.key_column,
-            steps,
-            Lineage(context.run.run_id, p.version, dt.datetime.now(dt.UTC)),
-            lambda batches, schema: target.load_batches(partition, batches, schema),
-            crypto=crypto,
-        )
-        loaded = result.loaded
-        _mark_for_retention(files.hashed, target, loaded)
-        _audit_extract(audit, certificate, context, p, name, partition, files.raw, result.raw_rows)
-        _audit_transform(audit, context, name, partition, store, key_ids)
-        _audit_load(audit, certificate, context, name, partition, files.hashed, target, loaded)
-        context.log.info(
-            f"one pass: extracted {result.raw_rows} rows from {p.source.type}, quarantined "
-            f"{result.quarantined}, loaded {loaded} into {target.description}"
-        )
-        yield MaterializeResult(
-            asset_key=specs.raw.key,
-            metadata={
-                "rows": result.raw_rows,
-                "bytes": result.raw_bytes,
-                "client_certificate": p.client_certificate,
-            },
-        )
-        yield MaterializeResult(
-            asset_key=specs.hashed.key,
-            metadata=_hashed_metadata(files.hashed, result.rows, result.quarantined, key_ids),
-        )
-        yield MaterializeResult(
-            asset_key=specs.loaded.key,
-            metadata={"rows": loaded, "destination": target.description},
-            check_results=_check_results(
-                files, p, target, partition, pii, audit, _run_texts(context, name)
-            ),
-        )
+        with step_certificate(platform, resources.certificate(context)) as certificate:
+            certificate.ssl_context()  # fails early, with the path, if the certificate is unusable
+            tls = certificate  # connections present it and verify servers with its roots
+            clients = resources.bigquery_clients(context)
+            target = registry.destination(p.destination, Runtime(state, tls, clients))
+            files = StageFiles.of(store, name, partition, crypto)
+            steps, key_ids = _pseudonymise_steps(platform, p)
+            result = run_one_pass(
+                registry.source(p.source, Runtime(tls=tls)).chunks(partition),
+                files.raw,
+                files.hashed,
+                files.quarantine,
+                p.key_column,
+                steps,
+                Lineage(context.run.run_id, p.version, dt.datetime.now(dt.UTC)),
+                lambda batches, schema: target.load_batches(partition, batches, schema),
+                crypto=crypto,
+            )
+            loaded = result.loaded
+            _mark_for_retention(files.hashed, target, loaded)
+            _audit_extract(
+                audit, certificate, context, p, name, partition, files.raw, result.raw_rows
+            )
+            _audit_transform(audit, context, name, partition, store, key_ids)
+            _audit_load(audit, certificate, context, name, partition, files.hashed, target, loaded)
+            context.log.info(
+                f"one pass: extracted {result.raw_rows} rows from {p.source.type}, quarantined "
+                f"{result.quarantined}, loaded {loaded} into {target.description}"
+            )
+            yield MaterializeResult(
+                asset_key=specs.raw.key,
+                metadata={
+                    "rows": result.raw_rows,
+                    "bytes": result.raw_bytes,
+                    "client_certificate": p.client_certificate,
+                },
+            )
+            yield MaterializeResult(
+                asset_key=specs.hashed.key,
+                metadata=_hashed_metadata(files.hashed, result.rows, result.quarantined, key_ids),
+            )
+            yield MaterializeResult(
+                asset_key=specs.loaded.key,
+                metadata={"rows": loaded, "destination": target.description},
+                check_results=_check_results(
+                    files, p, target, partition, pii, audit, _run_texts(context, name)
+                ),
+            )
 
     return [one_pass]
 

@@ -18,7 +18,7 @@ from google.cloud import bigquery
 
 from secure_etl.config import PipelineConfig, PlatformConfig
 from secure_etl.etl import demo_api, registry
-from secure_etl.pki.renewal import certificate_store, trust_bundle
+from secure_etl.pki.renewal import certificate_files, certificate_store, trust_bundle
 
 
 def resource_key(certificate: str) -> str:
@@ -76,6 +76,25 @@ class CertificateResource(ConfigurableResource):
             "sslcert": str(self.fullchain_path),
             "sslkey": str(self.privkey_path),
         }
+
+
+@contextmanager
+def step_certificate(
+    platform: PlatformConfig, certificate: CertificateResource
+) -> Iterator[CertificateResource]:
+    """The certificate for one step: itself with the local store (its paths follow
+    ``current``); with a shared store, one whose files are 0600 copies of the current
+    version in a temporary directory that is removed when the step ends."""
+    if platform.certificate_store.backend == "local":
+        yield certificate
+        return
+    with certificate_files(platform, certificate.name) as files:
+        yield CertificateResource(
+            name=certificate.name,
+            use=certificate.use,
+            directory=str(files.directory),
+            ca_bundle=certificate.ca_bundle,
+        )
 
 
 def certificate_resources(

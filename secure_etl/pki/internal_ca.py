@@ -6,7 +6,9 @@ import datetime as dt
 import fcntl
 import ipaddress
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -54,8 +56,22 @@ def signing_hash(key: PrivateKey) -> hashes.HashAlgorithm:
     return hashes.SHA256()
 
 
+class SharedKeeper(Protocol):
+    """A shared certificate store (store_postgres) as the CA's keeper."""
+
+    def lock(self, name: str) -> AbstractContextManager[None]: ...
+    def has_current(self, name: str) -> bool: ...
+    def current_fullchain(self, name: str) -> bytes | None: ...
+    def current_key(self, name: str) -> bytes | None: ...
+    def install(self, name: str, issued: IssuedCertificate, keep: int = 5) -> str: ...
+
+
 class InternalCA:
-    """A root CA kept in ``directory`` (``ca.pem``, ``ca.key`` 0600)."""
+    """A root CA kept in ``directory`` (``ca.pem``, ``ca.key`` 0600), or with a
+    ``shared`` store in that store as the entry ``ca:<name>`` (its key encrypted under
+    the KMS like every key there, decrypted in memory only), created once under the
+    store's lock whichever worker issues first; ``ca.pem`` (public) is then a local copy
+    of the root for whoever needs it as a trust bundle."""
 
     def __init__(
         self,
@@ -66,8 +82,10 @@ class InternalCA:
         key_type: str = "ec256",
         ca_lifetime_days: int = 3650,
         lifetime_days: int = 90,
+        shared: SharedKeeper | None = None,
     ) -> None:
         self.name = name
+        self.shared = shared
         self.directory = Path(directory)
         self.common_name = common_name
         self.key_type = key_type
@@ -84,7 +102,16 @@ class InternalCA:
 
     def trust_bundle(self) -> Path:
         """Where the root is (or will be once the first certificate is issued)."""
+        if self.shared is not None and not self.root_path.exists():
+            root = self.shared.current_fullchain(self._entry)
+            if root:
+                private_dir(self.directory)
+                write_atomic(self.root_path, root)
         return self.root_path
+
+    @property
+    def _entry(self) -> str:
+        return f"ca:{self.name}"
 
     def renewal_due(self, leaf: x509.Certificate, now: dt.datetime | None = None) -> str | None:
         """Never: our own schedule alone decides when a leaf of this CA is renewed."""
@@ -92,16 +119,44 @@ class InternalCA:
 
     def ensure_root(self) -> tuple[x509.Certificate, PrivateKey]:
         """Load the root, creating it (under a lock) the first time."""
+        if self.shared is not None:
+            return self._shared_root()
         private_dir(self.directory, holds_keys=True)
         with lock_file(self.directory / ".lock") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not self.root_path.exists():
-                self._create_root()
+                root_pem, key_pem = self._new_root()
+                # The key first: a root without its key would be useless.
+                write_secret(self.key_path, key_pem)
+                write_atomic(self.root_path, root_pem)
             key = load_private_key(read_secret(self.key_path))
             root = x509.load_pem_x509_certificate(self.root_path.read_bytes())
         return root, key
 
-    def _create_root(self) -> None:
+    def _shared_root(self) -> tuple[x509.Certificate, PrivateKey]:
+        """The root from the shared store; the first worker puts it there: this
+        machine's own root if it has one (a move from the local store), else a new one."""
+        local = self.root_path.exists() and self.key_path.exists()
+        with self.shared.lock(self._entry):
+            if not self.shared.has_current(self._entry):
+                if local:
+                    root_pem, key_pem = self.root_path.read_bytes(), read_secret(self.key_path)
+                else:
+                    root_pem, key_pem = self._new_root()
+                self.shared.install(self._entry, IssuedCertificate(root_pem, b"", key_pem), 1)
+            root_pem = self.shared.current_fullchain(self._entry)
+            key = load_private_key(self.shared.current_key(self._entry))
+        if self.root_path.exists() and self.root_path.read_bytes() != root_pem:
+            raise ValueError(
+                f"{self.root_path}: another root than the shared store's CA {self._entry!r}: "
+                "move this file away (or empty the shared entry) so one root signs for all"
+            )
+        private_dir(self.directory)
+        write_atomic(self.root_path, root_pem)  # public: the local trust bundle
+        return x509.load_pem_x509_certificate(root_pem), key
+
+    def _new_root(self) -> tuple[bytes, bytes]:
+        """A new self-signed root and its key, as PEM."""
         key = generate_private_key(self.key_type)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, self.common_name)])
         now = dt.datetime.now(dt.UTC)
@@ -132,9 +187,7 @@ class InternalCA:
             .add_extension(ski, critical=False)
             .sign(key, signing_hash(key))
         )
-        # The key first: a root without its key would be useless.
-        write_secret(self.key_path, private_key_pem(key))
-        write_atomic(self.root_path, cert.public_bytes(serialization.Encoding.PEM))
+        return cert.public_bytes(serialization.Encoding.PEM), private_key_pem(key)
 
     def issue(
         self,

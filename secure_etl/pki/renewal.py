@@ -6,6 +6,8 @@ import datetime as dt
 import hashlib
 import json
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -21,17 +23,24 @@ from secure_etl.config import (
     PostgresReloadDeploy,
 )
 from secure_etl.pki.endpoints import stale_endpoints
-from secure_etl.pki.inspect import CheckResult, inspect_chain, load_chain_file, load_roots_file
+from secure_etl.pki.inspect import (
+    CheckResult,
+    inspect_chain,
+    load_chain_file,
+    load_pem_chain,
+    load_roots_file,
+)
 from secure_etl.pki.internal_ca import InternalCA
 from secure_etl.pki.issuer import IssuedCertificate, Issuer
 from secure_etl.pki.keys import PrivateKey, generate_private_key, key_type_of, load_private_key
-from secure_etl.pki.store import CertificateStore
+from secure_etl.pki.store import CertificatePaths, CertificateStore
 from secure_etl.pki.verify import VerificationError, verify_issued
 from secure_etl.security.audit import platform_audit_log
-from secure_etl.security.files import read_secret, write_atomic
+from secure_etl.security.files import write_atomic
 
 if TYPE_CHECKING:
     from secure_etl.pki.deploy import DeployContext
+    from secure_etl.pki.store_postgres import PostgresCertificateStore
 
 # The ACME issuer (httpx) and the deploy actions (httpx) are imported when an ACME issuer
 # is built or a renewal deploys, so `certs list` on an internal-CA platform loads neither.
@@ -43,6 +52,7 @@ def build_issuer(config: PlatformConfig, name: str, log=None) -> Issuer:
     issuer = config.issuers[name]
     state = config.resolved_state_dir()
     if isinstance(issuer, InternalCAIssuer):
+        store = certificate_store(config)
         return InternalCA(
             name,
             state / "ca" / name,
@@ -50,6 +60,7 @@ def build_issuer(config: PlatformConfig, name: str, log=None) -> Issuer:
             key_type=issuer.key_type,
             ca_lifetime_days=issuer.ca_lifetime_days,
             lifetime_days=issuer.lifetime_days,
+            shared=None if isinstance(store, CertificateStore) else store,
         )
     if isinstance(issuer, AcmeIssuerConfig):
         from secure_etl.pki.acme_issuer import AcmeIssuer
@@ -58,8 +69,26 @@ def build_issuer(config: PlatformConfig, name: str, log=None) -> Issuer:
     raise NotImplementedError(f"issuer type {type(issuer).__name__}")
 
 
-def certificate_store(config: PlatformConfig) -> CertificateStore:
-    return CertificateStore(config.resolved_state_dir() / "certs")
+def certificate_store(config: PlatformConfig) -> CertificateStore | PostgresCertificateStore:
+    """The configured store: local under state_dir/certs (the default), or PostgreSQL
+    (``certificate_store.backend: postgres``), which has the same calls."""
+    local = config.resolved_state_dir() / "certs"
+    shared = config.certificate_store.postgres
+    if shared is None:
+        return CertificateStore(local)
+    # psycopg loads only for this backend: `certs list` on a local store stays light.
+    from secure_etl.pki.store_postgres import postgres_certificate_store
+    from secure_etl.security.kms import provider_for
+
+    return postgres_certificate_store(shared, lambda: provider_for(config), local)
+
+
+@contextmanager
+def certificate_files(config: PlatformConfig, name: str) -> Iterator[CertificatePaths]:
+    """The current version of ``name`` as files for as long as the block runs: the local
+    store's own, or (a shared store) 0600 copies in a temporary directory removed after."""
+    with certificate_store(config).materialised(name) as files:
+        yield files
 
 
 def trust_bundle(config: PlatformConfig, name: str) -> Path | None:
@@ -75,12 +104,12 @@ def inspect_current(
 ) -> list[CheckResult] | None:
     """Every inspection check of the current version against its config; None if none."""
     cert = config.certificates[name]
-    store = certificate_store(config)
-    if not store.has_current(name):
+    chain = current_chain(config, name)
+    if chain is None:
         return None
     roots, roots_source = _roots(config, name)
     return inspect_chain(
-        load_chain_file(store.paths(name).fullchain),
+        chain,
         identifiers=cert.identifiers,
         use=cert.use,
         roots=roots,
@@ -152,11 +181,11 @@ def ensure_certificate(
     from secure_etl.pki.deploy import run_deploy_actions
 
     # Deploy outside the lock: a slow reload must not block the next renewal check.
-    deployed = (
-        run_deploy_actions(cert.deploy, _deploy_context(config, name, version, outcome))
-        if cert.deploy
-        else []
-    )
+    deployed = []
+    if cert.deploy:
+        with ExitStack() as files:
+            context = _deploy_context(config, name, version, outcome, files)
+            deployed = run_deploy_actions(cert.deploy, context)
     return RenewalResult(
         name,
         outcome,
@@ -232,22 +261,27 @@ def _settings_digest(config: PlatformConfig, name: str) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
-def _deploy_context(config: PlatformConfig, name: str, version: str, event: str) -> DeployContext:
+def _deploy_context(
+    config: PlatformConfig, name: str, version: str, event: str, files: ExitStack
+) -> DeployContext:
+    """What the deploy actions get; the certificate files they read are ``files``'s for
+    as long as it is open (a shared store's copies are removed when it closes)."""
     store = certificate_store(config)
     # The client certificates its actions connect with (a postgres_reload's), not every one.
     deploy = config.certificates[name].deploy
     wanted = {a.client_certificate for a in deploy if isinstance(a, PostgresReloadDeploy)}
-    clients = {
-        other: (str(store.paths(other).fullchain), str(store.paths(other).privkey))
-        for other in sorted(wanted)
-    }
+    clients = {}
+    for other in sorted(wanted):
+        paths = files.enter_context(store.materialised(other))
+        clients[other] = (str(paths.fullchain), str(paths.privkey))
+    own = files.enter_context(store.materialised(name))
     from secure_etl.pki.deploy import DeployContext
 
     leaf = current_leaf(config, name)
     return DeployContext(
         certificate=name,
         version=version,
-        directory=str(store.paths(name).directory),
+        directory=str(own.directory),
         event=event,
         serial=leaf.serial_number,
         fingerprint=leaf.fingerprint(hashes.SHA256()).hex(),
@@ -256,11 +290,12 @@ def _deploy_context(config: PlatformConfig, name: str, version: str, event: str)
     )
 
 
-def _key_for(store: CertificateStore, name: str, cert: CertificateConfig) -> PrivateKey:
+def _key_for(store, name: str, cert: CertificateConfig) -> PrivateKey:
     """The current key when the config says to reuse it (and it is of the configured
     type), else a new one."""
-    if cert.reuse_key and store.has_current(name):
-        key = load_private_key(read_secret(store.paths(name).privkey))
+    pem = store.current_key(name) if cert.reuse_key else None
+    if pem:
+        key = load_private_key(pem)
         if key_type_of(key) == cert.key_type:
             return key
     return generate_private_key(cert.key_type)
@@ -289,6 +324,9 @@ def current_leaf(config: PlatformConfig, name: str) -> x509.Certificate | None:
 def current_chain(config: PlatformConfig, name: str) -> list[x509.Certificate] | None:
     """The current version's certificates, leaf first; None if there is none."""
     store = certificate_store(config)
-    if not store.has_current(name):
-        return None
-    return load_chain_file(store.paths(name).fullchain)
+    if isinstance(store, CertificateStore):
+        if not store.has_current(name):
+            return None
+        return load_chain_file(store.paths(name).fullchain)
+    fullchain = store.current_fullchain(name)
+    return load_pem_chain(fullchain, f"{store.where}: {name}") if fullchain else None

@@ -32,13 +32,14 @@ from secure_etl.security.files import (
     check_key_dir,
     lock_file,
     private_dir,
+    read_secret,
     secret_file_problem,
     write_atomic,
     write_secret,
 )
 
 # A version's id: the UTC time it was installed.
-_VERSION_FORMAT = "%Y%m%dT%H%M%S%fZ"
+VERSION_FORMAT = "%Y%m%dT%H%M%S%fZ"
 # The check that the current private key is safe on disk (see private_key_problem).
 PRIVATE_KEY_CHECK = "private_key_protected"
 
@@ -90,12 +91,31 @@ class CertificateStore:
         """When the current version was installed (its id is that UTC time), or None."""
         version = self.current_version(name)
         try:
-            return dt.datetime.strptime(version or "", _VERSION_FORMAT).replace(tzinfo=dt.UTC)
+            return dt.datetime.strptime(version or "", VERSION_FORMAT).replace(tzinfo=dt.UTC)
         except ValueError:
             return None
 
     def has_current(self, name: str) -> bool:
         return self.paths(name).fullchain.is_file()
+
+    def current_fullchain(self, name: str) -> bytes | None:
+        """The current version's fullchain.pem, or None."""
+        try:
+            return self.paths(name).fullchain.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def current_key(self, name: str) -> bytes | None:
+        """The current private key (PEM), or None; a key file others could read or
+        replace is refused (InsecureSecretFile)."""
+        if not self.has_current(name):
+            return None
+        return read_secret(self.paths(name).privkey)
+
+    @contextmanager
+    def materialised(self, name: str) -> Iterator[CertificatePaths]:
+        """The current version's files: here, the store's own (0600, through ``current``)."""
+        yield self.paths(name)
 
     def versions(self, name: str) -> list[str]:
         """Installed versions, oldest first."""
@@ -158,7 +178,7 @@ class CertificateStore:
         Call with ``lock(name)`` held.
         """
         versions = private_dir(self.certificate_dir(name) / "versions", holds_keys=True)
-        version = dt.datetime.now(dt.UTC).strftime(_VERSION_FORMAT)
+        version = dt.datetime.now(dt.UTC).strftime(VERSION_FORMAT)
         staging = versions / f".staging-{version}"
         staging.mkdir(mode=0o700)
         try:

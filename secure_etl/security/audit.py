@@ -21,10 +21,10 @@ import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -39,6 +39,9 @@ from secure_etl.security.files import (
     write_atomic,
     write_secret,
 )
+
+if TYPE_CHECKING:
+    from secure_etl.security.audit_postgres import PostgresAuditLog
 
 GENESIS = "0" * 64
 FIELDS = (
@@ -202,58 +205,98 @@ class AuditLog:
     def _sign(self, handle: BinaryIO) -> dict | None:
         if _tail(handle)[0] is None:
             return None  # an empty log: nothing to sign
-        key = load_signing_key(self.signing_key_path)
-        public = key.public_key()
-        try:
-            pinned = pinned_key(self.public_key) if self.public_key else public
-        except ValueError as err:
-            raise AuditChainBroken(f"audit.public_key: {err}") from None
-        if key_pin(pinned) != key_pin(public):
-            raise AuditChainBroken(
-                f"{self.signing_key_path}: not the key audit.public_key pins: refusing to sign"
-            )
-        last_point = self._last_checkpoint(public)
+        key = signing_key(self)
+        last_point = last_checkpoint(self.checkpoint_dir, key.public_key())
         announced = _verify_since(handle, self.path, last_point)
         if last_point is None:
-            if announced:
-                raise AuditChainBroken(
-                    f"{self.path}: checkpoints were written (record {announced}), but "
-                    f"{self.checkpoint_dir} has none: restore it; nothing is signed until then"
-                )
-            _write(
-                handle,
-                actor="audit",
-                action=CHECKPOINTS_ON,
-                outputs={"checkpoint_dir": str(self.checkpoint_dir), "public_key": key_pin(public)},
-            )
+            refuse_a_lost_store(self.path, self.checkpoint_dir, announced)
+            _write(handle, **checkpoints_on(str(self.checkpoint_dir), key))
         last, size = _tail(handle)
         if last_point and last_point["records"] == last["seq"]:
             return last_point  # nothing new since
-        body = {
-            "records": last["seq"],
-            "size": size,
-            "head": last["hash"],
-            "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        }
-        signed = {**body, "signature": base64.b64encode(key.sign(canonical(body))).decode()}
-        write_atomic(self.checkpoint_dir / _checkpoint_name(last["seq"]), canonical(signed))
-        return signed
+        signed = sign_checkpoint(key, last["seq"], size, last["hash"])
+        return write_checkpoint(self.checkpoint_dir, signed)
 
-    def _last_checkpoint(self, public: Ed25519PublicKey) -> dict | None:
-        if not self.checkpoint_dir.is_dir():
-            return None
-        points = sorted(self.checkpoint_dir.glob("*.json"))
-        if not points:
-            return None
-        body = _signed_body(points[-1], public)
-        if body is None or points[-1].name != _checkpoint_name(body["records"]):
-            raise AuditChainBroken(f"{points[-1]}: not a checkpoint this key signed under its name")
-        return body
+
+def signing_key(log) -> Ed25519PrivateKey:
+    """The log's checkpoint signing key; AuditChainBroken if it is not the pinned one."""
+    key = load_signing_key(log.signing_key_path)
+    public = key.public_key()
+    try:
+        pinned = pinned_key(log.public_key) if log.public_key else public
+    except ValueError as err:
+        raise AuditChainBroken(f"audit.public_key: {err}") from None
+    if key_pin(pinned) != key_pin(public):
+        raise AuditChainBroken(
+            f"{log.signing_key_path}: not the key audit.public_key pins: refusing to sign"
+        )
+    return key
+
+
+def refuse_a_lost_store(log: object, store: object, announced: int) -> None:
+    """AuditChainBroken if the log ``announced`` checkpoints that ``store`` lost."""
+    if announced:
+        raise AuditChainBroken(
+            f"{log}: checkpoints were written (record {announced}), but "
+            f"{store} has none: restore it; nothing is signed until then"
+        )
+
+
+def checkpoints_on(store: str, key: Ed25519PrivateKey) -> dict:
+    """The fields of the record that says checkpoints are on (written with the first)."""
+    return {
+        "actor": "audit",
+        "action": CHECKPOINTS_ON,
+        "outputs": {"checkpoint_dir": store, "public_key": key_pin(key.public_key())},
+    }
+
+
+def sign_checkpoint(key: Ed25519PrivateKey, records: int, size: int, head: str) -> dict:
+    """A signed checkpoint of the head ``records`` (the log ``size`` long after it)."""
+    body = {
+        "records": records,
+        "size": size,
+        "head": head,
+        "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    return {**body, "signature": base64.b64encode(key.sign(canonical(body))).decode()}
+
+
+def write_checkpoint(checkpoint_dir: Path, signed: dict) -> dict:
+    """Write a signed checkpoint into ``checkpoint_dir``, named by the records it signs."""
+    write_atomic(Path(checkpoint_dir) / checkpoint_name(signed["records"]), canonical(signed))
+    return signed
+
+
+def last_checkpoint(checkpoint_dir: Path, public: Ed25519PublicKey) -> dict | None:
+    """The body of the newest checkpoint; AuditChainBroken if this key did not sign it."""
+    checkpoint_dir = Path(checkpoint_dir)
+    if not checkpoint_dir.is_dir():
+        return None
+    points = sorted(checkpoint_dir.glob("*.json"))
+    if not points:
+        return None
+    try:
+        body = signed_body(points[-1].read_bytes(), public)
+    except OSError:
+        body = None
+    if body is None or points[-1].name != checkpoint_name(body["records"]):
+        raise AuditChainBroken(f"{points[-1]}: not a checkpoint this key signed under its name")
+    return body
 
 
 def _write(handle: BinaryIO, **fields) -> dict:
     """Append the next record to the locked log and make it durable."""
     last, _ = _tail(handle)
+    record = next_record(last, **fields)
+    handle.write(canonical(record) + b"\n")
+    handle.flush()
+    os.fsync(handle.fileno())
+    return record
+
+
+def next_record(last: Mapping | None, **fields) -> dict:
+    """The record that follows ``last`` (None: the first), its hash included."""
     record = {
         "seq": (last["seq"] + 1) if last else 1,
         "time": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
@@ -267,9 +310,6 @@ def _write(handle: BinaryIO, **fields) -> dict:
         "prev": last["hash"] if last else GENESIS,
     }
     record["hash"] = record_hash(record)
-    handle.write(canonical(record) + b"\n")
-    handle.flush()
-    os.fsync(handle.fileno())
     return record
 
 
@@ -320,14 +360,14 @@ def _lines_backwards(handle: BinaryIO, end: int, block: int = BLOCK) -> Iterator
         yield 0, b"".join(reversed(pieces))
 
 
-def _checkpoint_name(records: object) -> str:
+def checkpoint_name(records: object) -> str:
     return f"{records:012d}.json" if isinstance(records, int) else ""
 
 
-def _signed_body(point: Path, public: Ed25519PublicKey) -> dict | None:
-    """The body of a checkpoint file whose signature verifies, else None."""
+def signed_body(data: bytes, public: Ed25519PublicKey) -> dict | None:
+    """The body of a signed checkpoint whose signature verifies, else None."""
     try:
-        signed = json.loads(point.read_bytes())
+        signed = json.loads(data)
         body = {k: signed[k] for k in ("records", "size", "head", "time")}
         public.verify(base64.b64decode(signed["signature"]), canonical(body))
     except (OSError, ValueError, KeyError, TypeError, InvalidSignature):
@@ -335,7 +375,7 @@ def _signed_body(point: Path, public: Ed25519PublicKey) -> dict | None:
     return body
 
 
-def _check(line: bytes, previous: str, count: int) -> tuple[dict | None, str]:
+def check_line(line: bytes, previous: str, count: int) -> tuple[dict | None, str]:
     """The record on ``line`` if it is the next link of the chain, else why not."""
     if not line.endswith(b"\n"):
         line += b"\n"  # a whole record whose newline a killed writer did not write
@@ -395,7 +435,7 @@ def _verify_since(handle: BinaryIO, path: Path, point: dict | None) -> int:
     handle.seek(start)
     announced = 0
     for line in handle:
-        record, problem = _check(line, previous, count)
+        record, problem = check_line(line, previous, count)
         if record is None:
             if _is_torn(line):
                 continue
@@ -409,13 +449,25 @@ def _verify_since(handle: BinaryIO, path: Path, point: dict | None) -> int:
     return announced
 
 
-def platform_audit_log(config: PlatformConfig) -> AuditLog:
-    """The configured platform's audit log."""
+def platform_audit_log(config: PlatformConfig) -> AuditLog | PostgresAuditLog:
+    """The configured platform's audit log: the local file (the default) or a
+    PostgresAuditLog (``audit.backend: postgres``), which has the same calls."""
     state = config.resolved_state_dir()
     audit = config.audit
     pin = audit.public_key
     if pin and not pin.startswith(PIN_PREFIX):
         pin = str(state / pin)
+    if audit.postgres is not None:
+        # The driver loads only for this backend: `audit verify` on a file stays light.
+        from secure_etl.security.audit_postgres import postgres_audit_log
+
+        return postgres_audit_log(
+            audit.postgres,
+            state / audit.checkpoint_dir,
+            state / audit.signing_key,
+            audit.checkpoint_every,
+            pin,
+        )
     return AuditLog(
         state / audit.path,
         state / audit.checkpoint_dir,
@@ -425,7 +477,7 @@ def platform_audit_log(config: PlatformConfig) -> AuditLog:
     )
 
 
-def verify_log(log: AuditLog) -> Verdict:
+def verify_log(log: AuditLog | PostgresAuditLog) -> Verdict:
     """Verify a platform's log with its pinned key, else (unpinned) the ``.pub`` beside
     its signing key."""
     if log.public_key:
@@ -435,6 +487,8 @@ def verify_log(log: AuditLog) -> Verdict:
             return Verdict(False, 0, 0, f"audit.public_key: {err}")
     else:
         public = log.signing_key_path.with_suffix(".pub")
+    if not isinstance(log, AuditLog):
+        return log.verify(None, public)
     return verify(log.path, log.checkpoint_dir, public)
 
 
@@ -469,9 +523,38 @@ def verify(
         return Verdict(False, 0, 0, f"{path}: no audit log")
     if checkpoint_dir and Path(checkpoint_dir).exists() and not Path(checkpoint_dir).is_dir():
         return Verdict(False, 0, 0, f"{checkpoint_dir}: not a checkpoint directory")
+    lines = ((f"{path}:{number}", offset, line) for number, offset, line in _lines(path))
+    documents = checkpoint_files(checkpoint_dir)
+    return verify_chain(lines, str(path), documents, str(checkpoint_dir), public_key, tearable=True)
+
+
+def checkpoint_files(checkpoint_dir: Path | None) -> list[tuple[str, str, bytes]]:
+    """(where, name, signed bytes) of each checkpoint file, oldest first."""
     files = sorted(Path(checkpoint_dir).glob("*.json")) if checkpoint_dir else []
-    points: list[tuple[Path, dict]] = []
-    if files:
+    documents = []
+    for point in files:
+        try:
+            documents.append((str(point), point.name, point.read_bytes()))
+        except OSError:
+            documents.append((str(point), point.name, b""))  # not valid: named below
+    return documents
+
+
+def verify_chain(
+    lines: Iterable[tuple[str, int, bytes]],
+    log: str,
+    documents: Iterable[tuple[str, str, bytes]],
+    store: str,
+    public_key: Ed25519PublicKey | Path | None,
+    tearable: bool = False,
+) -> Verdict:
+    """``verify`` over any store of records and of checkpoints: ``lines`` are (where, the
+    log's size after it, the canonical record with a newline), oldest first, ``log``
+    names them; ``documents`` are the signed checkpoints as (where, name, bytes), kept in
+    ``store``. Only a ``tearable`` log (a file: ``where`` ends in its line number) can
+    hold a write cut short."""
+    points: list[tuple[str, dict]] = []
+    for where, name, data in documents:
         if public_key is None:
             return Verdict(False, 0, 0, "no checkpoint public key to check the checkpoints")
         if isinstance(public_key, Path):
@@ -479,25 +562,21 @@ def verify(
                 public_key = pinned_key(str(public_key))
             except ValueError as err:
                 return Verdict(False, 0, 0, str(err))
-        for point in files:
-            body = _signed_body(point, public_key)
-            if body is None:
-                return Verdict(False, 0, 0, f"{point}: checkpoint signature is not valid")
-            if point.name != _checkpoint_name(body["records"]):
-                # An older checkpoint copied over a newer one would hide a rollback.
-                return Verdict(
-                    False, 0, 0, f"{point}: signs record {body['records']}, not its name"
-                )
-            points.append((point, body))
+        body = signed_body(data, public_key)
+        if body is None:
+            return Verdict(False, 0, 0, f"{where}: checkpoint signature is not valid")
+        if name != checkpoint_name(body["records"]):
+            # An older checkpoint copied over a newer one would hide a rollback.
+            return Verdict(False, 0, 0, f"{where}: signs record {body['records']}, not its name")
+        points.append((name, body))
     wanted = {body["records"] for _, body in points}
     heads: dict[int, tuple[str, int]] = {}  # seq -> (hash, log size after it)
     previous, count, torn, announced = GENESIS, 0, [], ""
-    for number, offset, line in _lines(path):
-        where = f"{path}:{number}"
-        record, problem = _check(line, previous, count)
+    for where, offset, line in lines:
+        record, problem = check_line(line, previous, count)
         if record is None:
-            if _is_torn(line):
-                torn.append(number)
+            if tearable and _is_torn(line):
+                torn.append(int(where.rsplit(":", 1)[-1]))
                 continue
             return Verdict(False, count, 0, f"{where}: {problem}", tuple(torn))
         if record["action"] == CHECKPOINTS_ON and not announced:
@@ -511,7 +590,7 @@ def verify(
             count,
             0,
             f"{announced}: checkpoints have been written since this record, but "
-            f"{checkpoint_dir} has none (deleted or emptied)",
+            f"{store} has none (deleted or emptied)",
             tuple(torn),
         )
     for checked, (point, body) in enumerate(points):
@@ -520,7 +599,7 @@ def verify(
                 False,
                 count,
                 checked,
-                f"{path}: truncated: checkpoint {point.name} signed {body['records']} "
+                f"{log}: truncated: checkpoint {point} signed {body['records']} "
                 f"records, the log has {count}",
                 tuple(torn),
             )
@@ -529,16 +608,19 @@ def verify(
                 False,
                 count,
                 checked,
-                f"{path}: record {body['records']} differs from checkpoint {point.name} "
+                f"{log}: record {body['records']} differs from checkpoint {point} "
                 "(the log was rewritten)",
                 tuple(torn),
             )
     return Verdict(True, count, len(points), torn=tuple(torn))
 
 
-def read_records(log: AuditLog) -> Iterator[dict]:
+def read_records(log: AuditLog | PostgresAuditLog) -> Iterator[dict]:
     """The log's records, oldest first, without checking them (``verify`` does that):
     lines that do not parse (a torn write) are passed over; no log, no records."""
+    if not isinstance(log, AuditLog):
+        yield from log.records()
+        return
     if not log.path.exists():
         return
     for _number, _offset, line in _lines(log.path):
