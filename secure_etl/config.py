@@ -1069,6 +1069,8 @@ Executor = Annotated[
     Annotated[MultiprocessExecutor, Tag("multiprocess")] | Annotated[CeleryExecutor, Tag("celery")],
     Discriminator(_kind("multiprocess")),
 ]
+
+
 class MinTls(_Strict):
     """The lowest TLS version per kind of connection. 1.3 is the default: every
     connector sets it (Python's ``ssl`` for HTTPS, MariaDB, SMTP and ACME; libpq's

@@ -343,7 +343,7 @@ def _audit_extract(audit, certificate, context, p, name, partition, raw, rows) -
         "/".join(stage_key("raw", name).path),
         partition,
         context.run.run_id,
-        inputs={"source": _source_name(p)},
+        inputs={"source": _source_name(p), "client_certificate": certificate.serial()},
         outputs={"raw": storage.as_file(raw).digest(), "rows": str(rows)},
     )
 
@@ -391,7 +391,10 @@ def _audit_load(audit, certificate, context, name, partition, hashed, target, ro
         "/".join(stage_key("loaded", name).path),
         partition,
         context.run.run_id,
-        inputs={"hashed": storage.as_file(hashed).digest()},
+        inputs={
+            "hashed": storage.as_file(hashed).digest(),
+            "client_certificate": certificate.serial(),
+        },
         outputs={"destination": target.description, "rows": str(rows)},
     )
     audit.checkpoint()  # every load ends with a signed head
