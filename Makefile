@@ -11,7 +11,8 @@ BIN    := $(VENV)/bin
 # run as root; otherwise listed so you can install them yourself.
 # chromium drives the UI test; prometheus brings promtool, which checks the metrics file
 # and the shipped alert rules.
-APT_PACKAGES := pebble bind9 postgresql-15 chromium prometheus mariadb-server tinyproxy
+APT_PACKAGES := pebble bind9 postgresql-15 chromium prometheus mariadb-server tinyproxy \
+  rabbitmq-server
 
 .PHONY: demo test unit lint dev screenshots system-deps clean
 

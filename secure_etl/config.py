@@ -1043,6 +1043,35 @@ class StorageConfig(_Strict):
         return url
 
 
+class CeleryExecutor(_Strict):
+    """The pipeline jobs' steps run on Celery workers (``dagster-celery``, the ``celery``
+    extra) reached through a broker such as Redis or RabbitMQ; the certificate jobs keep
+    running in the run's own process. The broker's and the result backend's URLs come
+    from the environment (they may hold a password), never from this file. Workers share
+    only network services: see the README's scaling section."""
+
+    type: Literal["celery"]
+    broker_env: str = Field("SECURE_ETL_CELERY_BROKER", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    backend_env: str = Field("SECURE_ETL_CELERY_BACKEND", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # A step is acknowledged when it ends, not when a worker takes it: a step whose
+    # worker died goes back to the queue, and a Redis broker hands it to another worker
+    # after this long. Make it longer than the slowest step, or a slow step runs twice.
+    redeliver_after_s: float = Field(3600, ge=5)
+
+
+class MultiprocessExecutor(_Strict):
+    """Dagster's default: each step in a subprocess of the run, on the run's machine."""
+
+    type: Literal["multiprocess"] = "multiprocess"
+    max_concurrent: int | None = Field(None, ge=1)
+
+
+Executor = Annotated[
+    Annotated[MultiprocessExecutor, Tag("multiprocess")] | Annotated[CeleryExecutor, Tag("celery")],
+    Discriminator(_kind("multiprocess")),
+]
+
+
 class MinTls(_Strict):
     """The lowest TLS version per kind of connection. 1.3 is the default: every
     connector sets it (Python's ``ssl`` for HTTPS, MariaDB, SMTP and ACME; libpq's
@@ -1098,6 +1127,7 @@ class PlatformConfig(_Strict):
     alerts: AlertsConfig = AlertsConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     demo_api: DemoApiConfig | None = None
+    executor: Executor = MultiprocessExecutor()
     storage: StorageConfig = StorageConfig()
     security_policy: SecurityPolicy = SecurityPolicy()
 

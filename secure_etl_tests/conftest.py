@@ -28,7 +28,7 @@ SERVER_PROGRAMS = frozenset(
     {"pebble", "pebble-challtestsrv", "named", "initdb", "pg_ctl", "postgres", "bao"}
     | {"mariadbd", "mysqld", "mariadb-install-db", "mysql_install_db", "chromium", "promtool"}
     | {"dagster-webserver", "dagster-daemon", "moto.server", "gcp_storage_emulator"}
-    | {"tinyproxy"}
+    | {"tinyproxy", "rabbitmq-server", "celery", "unshare"}
 )
 _WRAPPERS = frozenset({"runuser", "sudo", "env"})
 _UNMARKED = "{test} {what} but is not marked integration: add @pytest.mark.integration (or a "

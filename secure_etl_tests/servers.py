@@ -999,3 +999,74 @@ def make_pki(workdir: Path) -> dict[str, tuple[str, str] | str]:
         (workdir / f"{name}.key").write_bytes(issued.key_pem)
         out[name] = (str(workdir / f"{name}.pem"), str(workdir / f"{name}.key"))
     return out
+
+
+def _rabbitmq_server() -> str:
+    found = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+    if found.exists():
+        return str(found)
+    return require_binary("rabbitmq-server", "rabbitmq-server")
+
+
+@dataclass
+class RabbitMQ:
+    """A private RabbitMQ node (Debian's rabbitmq-server) on free loopback ports, its
+    database, logs and Erlang cookie under ``workdir``; the guest user may log in over
+    loopback only. A Celery broker that redelivers an unacknowledged task as soon as the
+    worker holding it disconnects."""
+
+    workdir: Path
+    port: int = 0
+    _proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"pyamqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def start(self) -> RabbitMQ:
+        binary = _rabbitmq_server()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        dist_port = free_port()
+        (self.workdir / "rabbitmq.conf").write_text(
+            f"listeners.tcp.1 = 127.0.0.1:{self.port}\n"
+            "loopback_users.guest = true\n"
+            "log.console = false\n"
+        )
+        (self.workdir / "enabled_plugins").write_text("[].\n")
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.workdir),  # the Erlang cookie
+            "RABBITMQ_NODENAME": f"etl{self.port}@localhost",
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(dist_port),
+            "RABBITMQ_MNESIA_BASE": str(self.workdir / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.workdir / "log"),
+            "RABBITMQ_CONFIG_FILE": str(self.workdir / "rabbitmq.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.workdir / "enabled_plugins"),
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+        }
+        log = self.workdir / "rabbitmq.out"
+        with log.open("wb") as out:
+            self._proc = subprocess.Popen(
+                [binary], stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        _wait_until(self._accepts, 60, "RabbitMQ", log)
+        return self
+
+    def _accepts(self) -> bool:
+        if self._proc is not None and self._proc.poll() is not None:
+            raise AssertionError(f"RabbitMQ exited with {self._proc.returncode}")
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+            conn.sendall(b"AMQP\x00\x00\x09\x01")
+            return conn.recv(1) == b"\x01"  # connection.start, the first frame
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            os.killpg(self._proc.pid, 15)
+            try:
+                self._proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._proc.pid, 9)
+                self._proc.wait(10)

@@ -71,7 +71,12 @@ def test_a_queued_run_is_dequeued_by_the_daemon_and_succeeds_on_postgres(product
     with DagsterInstance.get() as instance:
         coordinator = instance.run_coordinator
         assert type(coordinator).__name__ == "QueuedRunCoordinator"
-        assert coordinator.get_run_queue_config().max_concurrent_runs == 4
+        # What the daemon dequeues by: the instance's `concurrency` settings.
+        concurrency = instance.get_concurrency_config()
+        assert concurrency.run_queue_config.max_concurrent_runs == 4
+        [renewals] = concurrency.run_queue_config.tag_concurrency_limits
+        assert renewals["key"] == "secure_etl/renewal_of" and renewals["limit"] == 1
+        assert concurrency.pool_config.default_pool_limit == 1  # one load per database
         assert "postgres" in type(instance.run_storage).__module__
 
         with log.open("wb") as out:

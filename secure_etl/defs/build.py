@@ -10,6 +10,7 @@ from dagster import Definitions, ScheduleDefinition
 from secure_etl.config import PlatformConfig
 from secure_etl.defs.alerts import check_alerts_sensor, run_failure_alerts
 from secure_etl.defs.certificates import certificate_asset, certificate_checks, certificate_jobs
+from secure_etl.defs.engine import executor_for
 from secure_etl.defs.health import health_definitions
 from secure_etl.defs.pipelines import (
     one_pass_assets,
@@ -63,6 +64,7 @@ def build_definitions(platform: PlatformConfig) -> Definitions:
         key for d in [*certificates, *checks, *data_assets, health_report] for key in d.check_keys
     ]
     return Definitions(
+        executor=executor_for(platform.executor),
         assets=[*certificates, *data_assets, health_report],
         asset_checks=checks,
         jobs=[checks_job, renewal_job, retention_job, health_job, *data_jobs],

@@ -28,6 +28,7 @@ from dagster import (
 )
 from dagster import DefaultScheduleStatus as Status
 
+from secure_etl.config import Destination as DestinationConfig
 from secure_etl.config import PipelineConfig, PlatformConfig
 from secure_etl.defs.names import certificate_key, pipeline_job_name, stage_key
 from secure_etl.defs.resources import PipelineResources, step_certificate
@@ -97,6 +98,19 @@ def pipeline_specs(platform: PlatformConfig, name: str) -> PipelineSpecs:
         for check, text in LOADED_CHECKS.items()
     ]
     return PipelineSpecs(raw, hashed, loaded, checks)
+
+
+def destination_pool(target: DestinationConfig) -> str:
+    """The Dagster concurrency pool of the steps that load into ``target``'s database: the
+    instance's ``concurrency: pools`` setting caps how many load into it at once, across
+    runs and workers."""
+    if target.type == "postgres":
+        where = f"{target.host}:{target.port}/{target.dbname}"
+    elif target.type == "bigquery":
+        where = f"{target.project}.{target.dataset}"
+    else:
+        where = target.path
+    return f"load/{target.type}/{where}"
 
 
 def _io_retry(p: PipelineConfig) -> RetryPolicy:
@@ -199,6 +213,7 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
         partitions_def=partitions,
         retry_policy=_io_retry(p),
         required_resource_keys=resources.keys,
+        pool=destination_pool(p.destination),
     )
     def loaded(context: AssetExecutionContext) -> MaterializeResult:
         files = _file_key(context)
@@ -254,6 +269,7 @@ def one_pass_assets(platform: PlatformConfig, name: str) -> list:
         retry_policy=_io_retry(p),
         required_resource_keys=resources.keys,
         can_subset=False,
+        pool=destination_pool(p.destination),
     )
     def one_pass(context: AssetExecutionContext):
         partition = context.partition_key
@@ -327,7 +343,7 @@ def _audit_extract(audit, certificate, context, p, name, partition, raw, rows) -
         "/".join(stage_key("raw", name).path),
         partition,
         context.run.run_id,
-        inputs={"source": _source_name(p)},
+        inputs={"source": _source_name(p), "client_certificate": certificate.serial()},
         outputs={"raw": storage.as_file(raw).digest(), "rows": str(rows)},
     )
 
@@ -375,7 +391,10 @@ def _audit_load(audit, certificate, context, name, partition, hashed, target, ro
         "/".join(stage_key("loaded", name).path),
         partition,
         context.run.run_id,
-        inputs={"hashed": storage.as_file(hashed).digest()},
+        inputs={
+            "hashed": storage.as_file(hashed).digest(),
+            "client_certificate": certificate.serial(),
+        },
         outputs={"destination": target.description, "rows": str(rows)},
     )
     audit.checkpoint()  # every load ends with a signed head

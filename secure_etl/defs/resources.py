@@ -47,10 +47,16 @@ class CertificateResource(ConfigurableResource):
 
     def subject(self) -> str:
         """The current certificate's subject (RFC 4514): who acts, in the audit log."""
+        return self._leaf().subject.rfc4514_string()
+
+    def serial(self) -> str:
+        """The current certificate's serial number (hex): which credential it was."""
+        return f"{self._leaf().serial_number:x}"
+
+    def _leaf(self):
         from cryptography import x509
 
-        leaf = x509.load_pem_x509_certificate(self.fullchain_path.read_bytes())
-        return leaf.subject.rfc4514_string()
+        return x509.load_pem_x509_certificate(self.fullchain_path.read_bytes())
 
     def ssl_context(self) -> ssl.SSLContext:
         """A verifying context presenting this certificate: as a client, or as a server
@@ -93,7 +99,9 @@ def step_certificate(
             name=certificate.name,
             use=certificate.use,
             directory=str(files.directory),
-            ca_bundle=certificate.ca_bundle,
+            # Looked up again: the roots are copied from the shared store into this
+            # machine's state directory whenever it lacks them (a new or wiped worker).
+            ca_bundle=str(trust_bundle(platform, certificate.name)),
         )
 
 

@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import json
 import os
+import socket
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ FIELDS = (
     "key_ids",
     "prev",
 )
+# Records also name the host that wrote them (logs from before that verify without it).
 CHECKPOINTS_ON = "audit.checkpoints"  # written once, with the first checkpoint
 PIN_PREFIX = "ed25519:"
 BLOCK = 1 << 16
@@ -333,6 +335,7 @@ def next_record(last: Mapping | None, **fields) -> dict:
     record = {
         "seq": (last["seq"] + 1) if last else 1,
         "time": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
+        "host": socket.gethostname(),  # which machine wrote it, when many write one chain
         "asset": "",
         "partition": "",
         "run_id": "",
@@ -465,7 +468,7 @@ def check_line(line: bytes, previous: str, count: int) -> tuple[dict | None, str
         record = json.loads(line)
     except ValueError:
         return None, "not a JSON record"
-    if not isinstance(record, dict) or set(record) != {*FIELDS, "hash"}:
+    if not isinstance(record, dict) or set(record) - {"host"} != {*FIELDS, "hash"}:
         return None, "not an audit record"
     if canonical(record) + b"\n" != line:
         return None, "not in canonical form (edited?)"
