@@ -5,7 +5,7 @@ the check's own scratch database."""
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import duckdb
 import pyarrow as pa
@@ -47,40 +47,76 @@ def pii_leaks(
     values, and how many distinct raw PII values appear in each free text source
     (``texts``: logs, metadata), as ``label``: counts only, never values.
 
-    The distinct raw values and each downstream dataset go into a scratch DuckDB
-    (bounded by ``memory_limit``, spilling to a private temporary directory beyond it,
-    deleted afterwards); one join per column counts. In free text, a raw value counts
-    when it appears between word boundaries and has at least MIN_TEXT_MATCH characters.
+    Only a value as long as some raw PII value can be one, so the raw values are read
+    twice and never kept whole: first their lengths, then, against the candidates (the
+    downstream values and the free-text stretches of those lengths, usually few: a
+    pseudonym is 64 characters), the raw values that are candidates. Candidates go into
+    a scratch DuckDB (bounded by ``memory_limit``, spilling to a private temporary
+    directory beyond it, deleted afterwards). In free text, a raw value counts when it
+    appears between word boundaries and has at least MIN_TEXT_MATCH characters.
     """
     pii_columns = list(pii_columns)
+    lengths = _lengths(raw, pii_columns)
+    if not lengths:
+        return {}
     with tempfile.TemporaryDirectory(prefix="secure-etl-leaks-") as scratch:
         con = duckdb.connect(config={"memory_limit": memory_limit, "temp_directory": scratch})
         try:
-            con.execute("CREATE TEMP TABLE pii (v VARCHAR)")
-            for table in raw():
-                present = [c for c in pii_columns if c in table.column_names]
-                if not present:
-                    continue
-                chunk = con.from_arrow(_as_text(table, present))
-                for column in present:
-                    # DuckDB quotes the name itself: no column name is ever spliced into SQL.
-                    value = duckdb.ColumnExpression(column)
-                    chunk.filter(value.isnotnull()).select(value.alias("v")).insert_into("pii")
-            con.execute("CREATE TEMP TABLE pii_set AS SELECT DISTINCT v FROM pii")
-            con.execute("DROP TABLE pii")
-            leaks: dict[str, int] = {}
+            # kind 0: a downstream row (every one counts), 1: a free-text stretch (distinct)
+            con.execute("CREATE TEMP TABLE cand (label VARCHAR, kind INTEGER, v VARCHAR)")
             for label, tables in downstream.items():
-                leaks.update(_scan(con, label, tables))
+                _downstream_candidates(con, label, tables, lengths)
+            text_lengths = sorted(n for n in lengths if n >= MIN_TEXT_MATCH)
             for label, text in (texts or {}).items():
-                hits = _scan_text(con, text())
-                if hits:
-                    leaks[label] = hits
+                if text_lengths:
+                    _text_candidates(con, label, text(), text_lengths)
+            if not con.execute("SELECT count(*) FROM cand").fetchone()[0]:
+                return {}
+            con.execute("CREATE TEMP TABLE wanted AS SELECT DISTINCT v FROM cand")
+            con.execute("CREATE TEMP TABLE hits (v VARCHAR)")
+            for raw_chunk in _raw_values(raw, pii_columns):  # noqa: B007 - read by DuckDB
+                con.execute(
+                    "INSERT INTO hits SELECT DISTINCT v FROM raw_chunk "
+                    "WHERE v IN (SELECT v FROM wanted)"
+                )
+            found = con.execute(
+                "SELECT label, CASE WHEN max(kind) = 0 THEN count(*) "
+                "ELSE count(DISTINCT c.v) END FROM cand c "
+                "SEMI JOIN (SELECT DISTINCT v FROM hits) h ON c.v = h.v GROUP BY label"
+            ).fetchall()
         finally:
             con.close()
-    return leaks
+    return {label: hits for label, hits in found if hits}
 
 
-def _scan(con: duckdb.DuckDBPyConnection, label: str, tables: Tables) -> dict[str, int]:
+def _raw_values(raw: Tables, pii_columns: list[str]) -> Iterator[pa.Table]:
+    """The non-null raw PII values as text, one column ``v`` per table read."""
+    for table in raw():
+        present = [c for c in pii_columns if c in table.column_names]
+        if not present:
+            continue
+        text = _as_text(table, present)
+        values = pa.chunked_array(
+            [chunk for column in text.columns for chunk in column.chunks], pa.string()
+        )
+        values = values.filter(pc.is_valid(values))
+        if len(values):
+            yield pa.table({"v": values})
+
+
+def _lengths(raw: Tables, pii_columns: list[str]) -> set[int]:
+    """The distinct lengths (in characters) of the raw PII values."""
+    lengths: set[int] = set()
+    for values in _raw_values(raw, pii_columns):
+        lengths.update(pc.unique(pc.utf8_length(values["v"])).to_pylist())
+    return lengths
+
+
+def _downstream_candidates(
+    con: duckdb.DuckDBPyConnection, label: str, tables: Tables, lengths: set[int]
+) -> None:
+    """The values of each text column as long as some raw value, as ``label.column``."""
+    wanted = pa.array(sorted(lengths), pa.int32())
     columns: list[str] | None = None
     for table in tables():
         if columns is None:
@@ -95,42 +131,38 @@ def _scan(con: duckdb.DuckDBPyConnection, label: str, tables: Tables) -> dict[st
                 )
             ]
             if not columns:
-                return {}
-            definition = ", ".join(f'"c{i}" VARCHAR' for i in range(len(columns)))
-            con.execute(f"CREATE OR REPLACE TEMP TABLE downstream ({definition})")
-        chunk = _as_text(table, columns)  # noqa: F841 - read by DuckDB by name
-        con.execute("INSERT INTO downstream SELECT * FROM chunk")
-    leaks = {}
-    for i, name in enumerate(columns or []):
-        hits = con.execute(
-            f'SELECT count(*) FROM downstream d SEMI JOIN pii_set p ON d."c{i}" = p.v'  # noqa: S608
-        ).fetchone()[0]
-        if hits:
-            leaks[f"{label}.{name}"] = hits
-    return leaks
+                return
+        text = _as_text(table, columns)
+        for name in columns:
+            values = text[name]
+            values = values.filter(pc.is_in(pc.utf8_length(values), value_set=wanted))
+            if len(values):
+                chunk = pa.table(  # noqa: F841 - read by DuckDB by name
+                    {
+                        "label": pa.array([f"{label}.{name}"] * len(values), pa.string()),
+                        "kind": pa.array([0] * len(values), pa.int32()),
+                        "v": values.cast(pa.string()),
+                    }
+                )
+                con.execute("INSERT INTO cand SELECT * FROM chunk")
 
 
-def _scan_text(con: duckdb.DuckDBPyConnection, texts: Iterable[str]) -> int:
-    """Distinct raw PII values found in ``texts``: every substring that starts and ends
-    at a word boundary and has the length of some raw value is a candidate; one join
-    with the raw values counts the candidates that are PII."""
-    lengths = sorted(
-        n
-        for (n,) in con.execute(
-            f"SELECT DISTINCT length(v) FROM pii_set WHERE length(v) >= {MIN_TEXT_MATCH}"  # noqa: S608
-        ).fetchall()
-    )
-    if not lengths:
-        return 0
-    con.execute("CREATE OR REPLACE TEMP TABLE candidates (v VARCHAR)")
+def _text_candidates(
+    con: duckdb.DuckDBPyConnection, label: str, texts: Iterable[str], lengths: list[int]
+) -> None:
+    """Every substring of ``texts`` that starts and ends at a word boundary and has the
+    length of some raw value."""
     for text in texts:
         found = _candidates(text, lengths)
         if found:
-            chunk = pa.table({"v": pa.array(sorted(found), pa.string())})  # noqa: F841
-            con.execute("INSERT INTO candidates SELECT v FROM chunk")
-    return con.execute(
-        "SELECT count(DISTINCT c.v) FROM candidates c SEMI JOIN pii_set p ON c.v = p.v"
-    ).fetchone()[0]
+            chunk = pa.table(  # noqa: F841 - read by DuckDB by name
+                {
+                    "label": pa.array([label] * len(found), pa.string()),
+                    "kind": pa.array([1] * len(found), pa.int32()),
+                    "v": pa.array(sorted(found), pa.string()),
+                }
+            )
+            con.execute("INSERT INTO cand SELECT * FROM chunk")
 
 
 def _candidates(text: str, lengths: list[int]) -> set[str]:
