@@ -106,29 +106,32 @@ def no_pii_leak(
     texts: Mapping[str, Callable[[], Iterable[str]]] | None = None,
 ) -> CheckResult:
     """No raw value of a ``pii`` column appears in the hashed file, the loaded rows or
-    the free ``texts`` (logs, metadata). The description counts per place, never values."""
+    the free ``texts`` (logs, metadata). The description counts per place, never values.
+
+    The step that wrote the hashed file tallied the value lengths of every raw and hashed
+    text column (``counts`` file): a hashed column none of whose lengths is that of a raw
+    PII value holds none, and neither does its loaded copy, so only the other columns are
+    read back, from the file and from the destination. Without a tally all are read."""
     raw_columns = set(storage.partition_schema(files.raw, files.crypto).names)
-    # Only text columns can hold a raw value (quality.pii_leaks compares text columns).
-    loaded_columns = [
-        f.name
-        for f in storage.partition_schema(files.hashed)
-        if f.name not in quality.GENERATED_COLUMNS
-        and (
-            pa.types.is_string(f.type)
-            or pa.types.is_large_string(f.type)
-            or pa.types.is_dictionary(f.type)
-        )
-    ]
+    present = [c for c in pii if c in raw_columns]
+    columns = quality.text_columns(storage.partition_schema(files.hashed))
+    tally = storage.read_counts(files.hashed).get("lengths", {})
+    raw_lengths = None
+    if tally and all(c in tally["raw"] for c in present):
+        raw_lengths = {n for c in present for n in tally["raw"][c]}
+        columns = [c for c in columns if raw_lengths & set(tally["hashed"].get(c, ()))]
+    downstream: dict[str, quality.Tables] = {}
+    if columns:
+        downstream = {
+            "hashed": lambda: storage.iter_partition(files.hashed, columns=columns),
+            "loaded": lambda: loaded(columns),
+        }
     leaks = quality.pii_leaks(
-        lambda: storage.iter_partition(
-            files.raw, columns=[c for c in pii if c in raw_columns], crypto=files.crypto
-        ),
+        lambda: storage.iter_partition(files.raw, columns=present, crypto=files.crypto),
         pii,
-        {
-            "hashed": lambda: storage.iter_partition(files.hashed),
-            "loaded": lambda: loaded(loaded_columns) if loaded_columns else [],
-        },
+        downstream,
         texts,
+        lengths=raw_lengths,
     )
     return CheckResult(
         "no_pii_leak",

@@ -4,12 +4,16 @@ the check's own scratch database."""
 
 from __future__ import annotations
 
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
+
+if TYPE_CHECKING:  # imported when a leak check runs: the pipeline's steps only tally
+    import duckdb
 
 Tables = Callable[[], Iterable[pa.Table]]
 # Columns the pipeline itself writes: they hold no source values.
@@ -33,6 +37,39 @@ def _as_text(table: pa.Table, columns: Iterable[str]) -> pa.Table:
     return pa.table(arrays, names=names)
 
 
+def _is_text(arrow_type: pa.DataType) -> bool:
+    return (
+        pa.types.is_string(arrow_type)
+        or pa.types.is_large_string(arrow_type)
+        or pa.types.is_dictionary(arrow_type)
+    )
+
+
+def text_columns(schema: pa.Schema) -> list[str]:
+    """The columns that can hold a source's text: text columns the pipeline did not add."""
+    return [f.name for f in schema if f.name not in GENERATED_COLUMNS and _is_text(f.type)]
+
+
+class LengthTally:
+    """Per text column, the distinct lengths (in characters) of its values, gathered
+    while the tables stream by: a downstream column none of whose lengths is that of a
+    raw PII value cannot hold one, so the leak check need not read it back."""
+
+    def __init__(self) -> None:
+        self.lengths: dict[str, set[int]] = {}
+
+    def add(self, table: pa.Table) -> None:
+        for name in text_columns(table.schema):
+            column = table[name]
+            if pa.types.is_dictionary(column.type):
+                column = column.cast(column.type.value_type)
+            found = pc.unique(pc.utf8_length(column)).to_pylist()
+            self.lengths.setdefault(name, set()).update(n for n in found if n is not None)
+
+    def as_json(self) -> dict[str, list[int]]:
+        return {name: sorted(lengths) for name, lengths in self.lengths.items()}
+
+
 MIN_TEXT_MATCH = 4  # shorter raw values are not looked for in free text (too common)
 
 
@@ -42,6 +79,7 @@ def pii_leaks(
     downstream: Mapping[str, Tables],
     texts: Mapping[str, Callable[[], Iterable[str]]] | None = None,
     memory_limit: str = "256MB",
+    lengths: set[int] | None = None,
 ) -> dict[str, int]:
     """How many values of each downstream text column, as ``label.column``, are raw PII
     values, and how many distinct raw PII values appear in each free text source
@@ -54,9 +92,13 @@ def pii_leaks(
     a scratch DuckDB (bounded by ``memory_limit``, spilling to a private temporary
     directory beyond it, deleted afterwards). In free text, a raw value counts when it
     appears between word boundaries and has at least MIN_TEXT_MATCH characters.
+    ``lengths``, when known (a ``LengthTally`` of the raw file), spares the first read.
     """
+    import duckdb
+
     pii_columns = list(pii_columns)
-    lengths = _lengths(raw, pii_columns)
+    if lengths is None:
+        lengths = _lengths(raw, pii_columns)
     if not lengths:
         return {}
     with tempfile.TemporaryDirectory(prefix="secure-etl-leaks-") as scratch:
@@ -120,16 +162,7 @@ def _downstream_candidates(
     columns: list[str] | None = None
     for table in tables():
         if columns is None:
-            columns = [
-                f.name
-                for f in table.schema
-                if f.name not in GENERATED_COLUMNS
-                and (
-                    pa.types.is_string(f.type)
-                    or pa.types.is_large_string(f.type)
-                    or pa.types.is_dictionary(f.type)
-                )
-            ]
+            columns = text_columns(table.schema)
             if not columns:
                 return
         text = _as_text(table, columns)
@@ -165,8 +198,12 @@ def _text_candidates(
             con.execute("INSERT INTO cand SELECT * FROM chunk")
 
 
+_NOT_ALNUM = re.compile(r"[\W_]")
+
+
 def _candidates(text: str, lengths: list[int]) -> set[str]:
-    size = len(text)
-    starts = [i for i in range(size) if i == 0 or not text[i - 1].isalnum()]
-    ends = {j for j in range(1, size + 1) if j == size or not text[j].isalnum()}
+    # [\W_] is a character str.isalnum() refuses: a word boundary is just after or before one.
+    breaks = [m.start() for m in _NOT_ALNUM.finditer(text)]
+    starts = [0, *(i + 1 for i in breaks)]
+    ends = {*breaks, len(text)}
     return {text[i : i + n] for i in starts for n in lengths if i + n in ends}
