@@ -369,7 +369,8 @@ class _TreePeak:
 
     def _run(self) -> None:
         while not self._stop.wait(0.02):
-            self.peak_kib = max(self.peak_kib, _tree_rss_kib(os.getpid()))
+            now = _tree_rss_kib(os.getpid())
+            self.peak_kib = max(self.peak_kib, now)
 
     def stop(self) -> int:
         self._stop.set()
@@ -446,6 +447,13 @@ def main() -> None:
         help="a second table, for our peak RSS as the table grows (0: skip)",
     )
     parser.add_argument("--skip", nargs="*", default=[], help="methods to leave out")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds of every method in turn; the median time and the largest RSS count "
+        "(a loaded machine)",
+    )
     args = parser.parse_args()
 
     from secure_etl_tests.servers import postgres_for_platform
@@ -503,15 +511,24 @@ def _bench(args, work: Path, server) -> None:
         "dagster_one_pass",
     )
     methods = [m for m in every if m not in args.skip]
+    rounds: dict[str, list[dict]] = {name: [] for name in methods}
+    for round_ in range(args.repeat):
+        for name in methods:
+            print(f"running {name} (round {round_ + 1}) ...", file=sys.stderr, flush=True)
+            target = f"{name}_{args.rows}_{round_}"
+            rounds[name].append(run_method(name, work, "src_small", target, env))
+            loaded = _count(server, f"{target}.src_small" if name.startswith("dlt") else target)
+            if loaded != args.rows:
+                raise SystemExit(f"{name} loaded {loaded} of {args.rows} rows")
     results = {}
-    for name in methods:
-        print(f"running {name} ...", file=sys.stderr, flush=True)
-        target = f"{name}_{args.rows}"
-        results[name] = run_method(name, work, "src_small", target, env)
-        loaded = _count(server, f"{target}.src_small" if name.startswith("dlt") else target)
-        if loaded != args.rows:
-            raise SystemExit(f"{name} loaded {loaded} of {args.rows} rows")
-        results[name]["rows_per_s"] = args.rows / results[name]["seconds"]
+    for name, runs in rounds.items():
+        median = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
+        results[name] = {
+            **median,
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+            "tree_peak_rss_mib": max(r["tree_peak_rss_mib"] for r in runs),
+            "rows_per_s": args.rows / median["seconds"],
+        }
     big = None
     if args.big_rows:
         print("running ours on the big table ...", file=sys.stderr, flush=True)
@@ -519,7 +536,10 @@ def _bench(args, work: Path, server) -> None:
         if _count(server, f"ours_{args.big_rows}") != args.big_rows:
             raise SystemExit("ours did not load every row of the big table")
 
-    print(f"\n{args.rows} rows, PostgreSQL -> PostgreSQL, verify-full + client certificate")
+    print(
+        f"\n{args.rows} rows, PostgreSQL -> PostgreSQL, verify-full + client certificate"
+        f" (median of {args.repeat}; load average {os.getloadavg()[0]:.2f})"
+    )
     ours_s = results["ours"]["seconds"] if "ours" in results else None
     print(
         f"{'method':<17}{'seconds':>9}{'rows/s':>11}{'peak RSS MiB':>14}"
@@ -537,7 +557,11 @@ def _bench(args, work: Path, server) -> None:
             f"peak RSS {big['peak_rss_mib']:.0f} MiB"
         )
 
-    figures: dict[str, float | int] = {"rows": args.rows}
+    figures: dict[str, float | int] = {
+        "rows": args.rows,
+        "repeat": args.repeat,
+        "load_average_1min": round(os.getloadavg()[0], 2),
+    }
     for name, r in results.items():
         figures[f"{name}_s"] = round(r["seconds"], 3)
         figures[f"{name}_rows_per_s"] = round(r["rows_per_s"])

@@ -28,6 +28,7 @@ from secure_etl.etl.transforms import (
     SeenKeys,
     Step,
     add_metadata,
+    hex_columns,
     lengths_record,
     split_valid,
     transform_later,
@@ -109,7 +110,7 @@ def run_one_pass(
         workers = len(os.sched_getaffinity(0))
     prefetch = _Prefetch(chunks)
     raw_out = storage.PartitionWriter(raw, crypto)
-    hashed_out = storage.PartitionWriter(hashed)
+    hashed_out = storage.PartitionWriter(hashed, incompressible=hex_columns(steps))
     rejected: list[storage.PartitionWriter] = []
     counts = {"quarantined": 0, "filtered": 0}
     hashing = any(isinstance(step, PseudonymiseStep) for step in steps)

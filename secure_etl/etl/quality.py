@@ -105,7 +105,9 @@ def pii_leaks(
         con = duckdb.connect(config={"memory_limit": memory_limit, "temp_directory": scratch})
         try:
             # kind 0: a downstream row (every one counts), 1: a free-text stretch (distinct)
-            con.execute("CREATE TEMP TABLE cand (label VARCHAR, kind INTEGER, v VARCHAR)")
+            con.execute(
+                "CREATE TEMP TABLE cand (label VARCHAR, kind INTEGER, v VARCHAR, place INTEGER)"
+            )
             for label, tables in downstream.items():
                 _downstream_candidates(con, label, tables, lengths)
             text_lengths = sorted(n for n in lengths if n >= MIN_TEXT_MATCH)
@@ -124,7 +126,8 @@ def pii_leaks(
             found = con.execute(
                 "SELECT label, CASE WHEN max(kind) = 0 THEN count(*) "
                 "ELSE count(DISTINCT c.v) END FROM cand c "
-                "SEMI JOIN (SELECT DISTINCT v FROM hits) h ON c.v = h.v GROUP BY label"
+                "SEMI JOIN (SELECT DISTINCT v FROM hits) h ON c.v = h.v GROUP BY label "
+                "ORDER BY min(place)"
             ).fetchall()
         finally:
             con.close()
@@ -154,6 +157,25 @@ def _lengths(raw: Tables, pii_columns: list[str]) -> set[int]:
     return lengths
 
 
+def _add(con: duckdb.DuckDBPyConnection, label: str, kind: int, values: pa.Array) -> None:
+    """Candidates of one place; ``place`` keeps the order the places came in."""
+    (place,) = con.execute(
+        "SELECT coalesce((SELECT min(place) FROM cand WHERE label = ?), "
+        "(SELECT count(DISTINCT label) FROM cand))",
+        [label],
+    ).fetchone()
+    count = len(values)
+    chunk = pa.table(  # noqa: F841 - read by DuckDB by name
+        {
+            "label": pa.array([label] * count, pa.string()),
+            "kind": pa.array([kind] * count, pa.int32()),
+            "v": values,
+            "place": pa.array([place] * count, pa.int32()),
+        }
+    )
+    con.execute("INSERT INTO cand SELECT * FROM chunk")
+
+
 def _downstream_candidates(
     con: duckdb.DuckDBPyConnection, label: str, tables: Tables, lengths: set[int]
 ) -> None:
@@ -170,14 +192,7 @@ def _downstream_candidates(
             values = text[name]
             values = values.filter(pc.is_in(pc.utf8_length(values), value_set=wanted))
             if len(values):
-                chunk = pa.table(  # noqa: F841 - read by DuckDB by name
-                    {
-                        "label": pa.array([f"{label}.{name}"] * len(values), pa.string()),
-                        "kind": pa.array([0] * len(values), pa.int32()),
-                        "v": values.cast(pa.string()),
-                    }
-                )
-                con.execute("INSERT INTO cand SELECT * FROM chunk")
+                _add(con, f"{label}.{name}", 0, values.cast(pa.string()))
 
 
 def _text_candidates(
@@ -188,14 +203,7 @@ def _text_candidates(
     for text in texts:
         found = _candidates(text, lengths)
         if found:
-            chunk = pa.table(  # noqa: F841 - read by DuckDB by name
-                {
-                    "label": pa.array([label] * len(found), pa.string()),
-                    "kind": pa.array([1] * len(found), pa.int32()),
-                    "v": pa.array(sorted(found), pa.string()),
-                }
-            )
-            con.execute("INSERT INTO cand SELECT * FROM chunk")
+            _add(con, label, 1, pa.array(sorted(found), pa.string()))
 
 
 _NOT_ALNUM = re.compile(r"[\W_]")

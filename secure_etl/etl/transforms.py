@@ -216,6 +216,11 @@ class TransformResult:
     filtered: int = 0
 
 
+def hex_columns(steps: Sequence[Step]) -> list[str]:
+    """The columns the steps leave as hex pseudonyms (written uncompressed)."""
+    return [c for s in steps if isinstance(s, PseudonymiseStep) for c in s.columns]
+
+
 def lengths_record(raw: quality.LengthTally, hashed: quality.LengthTally) -> dict:
     """The value lengths of the raw and hashed text columns, kept beside the hashed file
     (counts file) for the leak check."""
@@ -253,7 +258,7 @@ def _transform(raw, hashed, quarantine, key_column, steps, lineage, batch_rows, 
     raw_lengths, hashed_lengths = quality.LengthTally(), quality.LengthTally()
     filtered = 0
     rejected: storage.PartitionWriter | None = None
-    with storage.PartitionWriter(hashed) as valid_out:
+    with storage.PartitionWriter(hashed, incompressible=hex_columns(steps)) as valid_out:
         try:
             tables = storage.iter_partition(raw, batch_rows=batch_rows, crypto=crypto)
             first = next(tables, None)
