@@ -339,18 +339,30 @@ def method_dagster_one_pass(work: Path, table: str, target: str) -> None:
 
 
 def _tree_rss_kib(pid: int) -> int:
-    """Resident memory of ``pid`` and all its descendants (hash workers, ...), in KiB."""
-    total, todo = 0, [pid]
+    """Resident memory of ``pid`` and all its descendants (hash workers, ...), in KiB. A
+    child still running its parent's program is being spawned (it shares the parent's
+    memory until it execs) and is not counted."""
+
+    def read(path: str) -> bytes:
+        with open(path, "rb") as file:
+            return file.read()
+
+    total, todo, parents = 0, [pid], {}
     while todo:
         current = todo.pop()
         try:
-            with open(f"/proc/{current}/status") as status:
-                total += next(
-                    (int(line.split()[1]) for line in status if line.startswith("VmRSS:")), 0
-                )
+            cmdline = read(f"/proc/{current}/cmdline")
+            if current != pid and cmdline == parents.get(current):
+                continue
+            status = read(f"/proc/{current}/status").decode()
+            total += next(
+                (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")),
+                0,
+            )
             for task in os.listdir(f"/proc/{current}/task"):
-                with open(f"/proc/{current}/task/{task}/children") as children:
-                    todo.extend(int(c) for c in children.read().split())
+                for c in read(f"/proc/{current}/task/{task}/children").split():
+                    parents[int(c)] = cmdline
+                    todo.append(int(c))
         except (OSError, ValueError):
             continue  # it ended meanwhile
     return total
