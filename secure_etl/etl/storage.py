@@ -60,6 +60,9 @@ def partition_of(path: Path | StoredFile | str) -> str:
     return stem
 
 
+_DIGESTS: dict[tuple, str] = {}  # StoredFile.digest's memory of local files
+
+
 @dataclass(frozen=True, eq=False)
 class StoredFile:
     """One file of a ``Storage``: on local disk (``fs`` is None; ``path`` is the file's
@@ -135,9 +138,17 @@ class StoredFile:
             handle.write(data)
 
     def digest(self) -> str:
-        """sha256 of the content, read in blocks (the audit log's form)."""
+        """sha256 of the content, read in blocks (the audit log's form). A local file's
+        is remembered while its inode, size and modification time stay the same: a step
+        records the digests of the files it wrote in several audit records."""
         if self.fs is None:
-            return file_digest(Path(self.path))
+            stat = os.stat(self.path)
+            key = (str(self.path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+            if key not in _DIGESTS:
+                if len(_DIGESTS) >= 64:
+                    _DIGESTS.pop(next(iter(_DIGESTS)))
+                _DIGESTS[key] = file_digest(Path(self.path))
+            return _DIGESTS[key]
         digest = hashlib.sha256()
         with self.fs.open_input_stream(self.path) as handle:
             while block := handle.read(1 << 20):
