@@ -4,6 +4,7 @@ the check's own scratch database."""
 
 from __future__ import annotations
 
+import bisect
 import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -199,8 +200,13 @@ def _text_candidates(
     con: duckdb.DuckDBPyConnection, label: str, texts: Iterable[str], lengths: list[int]
 ) -> None:
     """Every substring of ``texts`` that starts and ends at a word boundary and has the
-    length of some raw value."""
+    length of some raw value. A text seen before (event logs repeat run ids, step keys
+    and messages) is skipped."""
+    seen: set[str] = set()
     for text in texts:
+        if text in seen:
+            continue
+        seen.add(text)
         found = _candidates(text, lengths)
         if found:
             _add(con, label, 1, pa.array(sorted(found), pa.string()))
@@ -213,5 +219,15 @@ def _candidates(text: str, lengths: list[int]) -> set[str]:
     # [\W_] is a character str.isalnum() refuses: a word boundary is just after or before one.
     breaks = [m.start() for m in _NOT_ALNUM.finditer(text)]
     starts = [0, *(i + 1 for i in breaks)]
-    ends = {*breaks, len(text)}
-    return {text[i : i + n] for i in starts for n in lengths if i + n in ends}
+    ends = [*breaks, len(text)]  # sorted
+    wanted = set(lengths)
+    shortest, longest = lengths[0], lengths[-1]
+    found = set()
+    for i in starts:
+        # the ends within reach of this start, found by bisection
+        for j in ends[
+            bisect.bisect_left(ends, i + shortest) : bisect.bisect_right(ends, i + longest)
+        ]:
+            if j - i in wanted:
+                found.add(text[i:j])
+    return found
