@@ -1,7 +1,13 @@
 """The checks of a loaded partition as plain functions. Each returns a ``CheckResult``
 (passed, severity, a description with counts only, metadata as plain numbers); defs/
 turns them into Dagster's ``AssetCheckResult``. No value of the data ever goes into a
-result."""
+result.
+
+A new check of loaded/<p>: a function here returning a ``CheckResult``, its name and
+text in ``check_names.LOADED_CHECKS`` (the check spec) and one line in ``loaded_checks``;
+defs/pipelines.py passes every result on as it is. A statistic best gathered while the
+rows stream through goes beside ``LengthTally`` in the step (``one_pass``,
+``transforms``) and into the counts file the check reads."""
 
 from __future__ import annotations
 
