@@ -2,13 +2,17 @@
 our pipeline code side by side with the COPY floor, a naive per-record loop and dlt.
 
     .venv/bin/pip install -e '.[bench]'
-    .venv/bin/python benchmarks/etl_throughput.py [--rows 1000000] [--big-rows 5000000]
+    .venv/bin/python benchmarks/etl_throughput.py [--rows 1000000] [--big-rows 5000000] [--repeat 3]
 
 One PostgreSQL 15 (ssl = on, ``hostssl ... cert``, plaintext refused) holds a source
 table (id, name, email, phone, amount, created_at) of ``--rows`` rows in one hour; every
 method reads it with sslmode=verify-full and the etl-client certificate and writes to a
 second database the same way. Each method runs in its own process, so its peak RSS is
-its own. Every method must have loaded every row. Prints a table, then one JSON line.
+its own; "+children" adds its child processes (hash workers), sampled every 20 ms. The
+Dagster rows give their time as a multiple of "ours" (the bare one-pass functions) and
+count the run's events. ``--repeat N`` runs every method N times in turn and keeps the
+median (the machine is shared). Every method must have loaded every row. Prints a
+table, then one JSON line.
 """
 
 from __future__ import annotations
@@ -284,7 +288,7 @@ def method_dlt_pyarrow(work: Path, table: str, target: str) -> None:
     _dlt_pipeline(work, table, target, "pyarrow")
 
 
-def method_dagster(work: Path, table: str, target: str, one_pass: bool = False) -> None:
+def method_dagster(work: Path, table: str, target: str, one_pass: bool = False) -> dict:
     """The whole asset graph raw -> hashed -> loaded (with its checks) in process."""
     from dagster import DagsterInstance
 
@@ -305,9 +309,11 @@ def method_dagster(work: Path, table: str, target: str, one_pass: bool = False) 
             .resolve_job_def("bench_etl")
             .execute_in_process(partition_key=HOUR, instance=instance)
         )
+        events = len(instance.all_logs(result.run_id))
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     if not result.success or not all(checks.values()):
         raise SystemExit(f"the Dagster run failed or a check failed: {checks}")
+    return {"events": events}
 
 
 WARM = {  # imported before the clock starts: a fixed cost, not a per-row one
@@ -334,8 +340,60 @@ WARM = {  # imported before the clock starts: a fixed cost, not a per-row one
 }
 
 
-def method_dagster_one_pass(work: Path, table: str, target: str) -> None:
-    method_dagster(work, table, target, one_pass=True)
+def method_dagster_one_pass(work: Path, table: str, target: str) -> dict:
+    return method_dagster(work, table, target, one_pass=True)
+
+
+def _tree_rss_kib(pid: int) -> int:
+    """Resident memory of ``pid`` and all its descendants (hash workers, ...), in KiB. A
+    child still running its parent's program is being spawned (it shares the parent's
+    memory until it execs) and is not counted."""
+
+    def read(path: str) -> bytes:
+        with open(path, "rb") as file:
+            return file.read()
+
+    total, todo, parents = 0, [pid], {}
+    while todo:
+        current = todo.pop()
+        try:
+            cmdline = read(f"/proc/{current}/cmdline")
+            if current != pid and cmdline == parents.get(current):
+                continue
+            status = read(f"/proc/{current}/status").decode()
+            total += next(
+                (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")),
+                0,
+            )
+            for task in os.listdir(f"/proc/{current}/task"):
+                for c in read(f"/proc/{current}/task/{task}/children").split():
+                    parents[int(c)] = cmdline
+                    todo.append(int(c))
+        except (OSError, ValueError):
+            continue  # it ended meanwhile
+    return total
+
+
+class _TreePeak:
+    """Samples the process tree's summed RSS every 20 ms in a thread; ``peak_kib``."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak_kib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            now = _tree_rss_kib(os.getpid())
+            self.peak_kib = max(self.peak_kib, now)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak_kib
 
 
 def child(name: str, work: Path, table: str, target: str) -> None:
@@ -343,20 +401,31 @@ def child(name: str, work: Path, table: str, target: str) -> None:
 
     for module in WARM[name]:
         importlib.import_module(module)
+    tree = _TreePeak()
     started = time.perf_counter()
     method = globals()[f"method_{name}"]
-    if os.environ.get("BENCH_PROFILE") == name:  # where the time goes, on stderr
+    if name in os.environ.get("BENCH_PROFILE", "").split(","):  # where the time goes, stderr
         import cProfile
         import pstats
 
         profile = cProfile.Profile()
         stages = profile.runcall(method, work, table, target) or {}
-        pstats.Stats(profile, stream=sys.stderr).sort_stats("cumulative").print_stats(40)
+        pstats.Stats(profile, stream=sys.stderr).sort_stats("cumulative").print_stats(60)
     else:
         stages = method(work, table, target) or {}
     elapsed = time.perf_counter() - started
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"seconds": elapsed, "peak_rss_mib": peak_kib / 1024, **stages}))
+    tree_kib = max(tree.stop(), peak_kib)
+    print(
+        json.dumps(
+            {
+                "seconds": elapsed,
+                "peak_rss_mib": peak_kib / 1024,
+                "tree_peak_rss_mib": tree_kib / 1024,
+                **stages,
+            }
+        )
+    )
 
 
 # --- the harness ------------------------------------------------------------------------
@@ -372,7 +441,7 @@ def run_method(name: str, work: Path, table: str, target: str, env: dict) -> dic
     )
     if result.returncode != 0:
         raise SystemExit(f"{name} failed:\n{result.stderr[-3000:]}")
-    if os.environ.get("BENCH_PROFILE") == name:
+    if name in os.environ.get("BENCH_PROFILE", "").split(","):
         print(result.stderr, file=sys.stderr)
     print(f"{name}: {result.stdout.strip().splitlines()[-1]}", file=sys.stderr)
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -396,6 +465,13 @@ def main() -> None:
         help="a second table, for our peak RSS as the table grows (0: skip)",
     )
     parser.add_argument("--skip", nargs="*", default=[], help="methods to leave out")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds of every method in turn; the median time and the largest RSS count "
+        "(a loaded machine)",
+    )
     args = parser.parse_args()
 
     from secure_etl_tests.servers import postgres_for_platform
@@ -453,15 +529,24 @@ def _bench(args, work: Path, server) -> None:
         "dagster_one_pass",
     )
     methods = [m for m in every if m not in args.skip]
+    rounds: dict[str, list[dict]] = {name: [] for name in methods}
+    for round_ in range(args.repeat):
+        for name in methods:
+            print(f"running {name} (round {round_ + 1}) ...", file=sys.stderr, flush=True)
+            target = f"{name}_{args.rows}_{round_}"
+            rounds[name].append(run_method(name, work, "src_small", target, env))
+            loaded = _count(server, f"{target}.src_small" if name.startswith("dlt") else target)
+            if loaded != args.rows:
+                raise SystemExit(f"{name} loaded {loaded} of {args.rows} rows")
     results = {}
-    for name in methods:
-        print(f"running {name} ...", file=sys.stderr, flush=True)
-        target = f"{name}_{args.rows}"
-        results[name] = run_method(name, work, "src_small", target, env)
-        loaded = _count(server, f"{target}.src_small" if name.startswith("dlt") else target)
-        if loaded != args.rows:
-            raise SystemExit(f"{name} loaded {loaded} of {args.rows} rows")
-        results[name]["rows_per_s"] = args.rows / results[name]["seconds"]
+    for name, runs in rounds.items():
+        median = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
+        results[name] = {
+            **median,
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+            "tree_peak_rss_mib": max(r["tree_peak_rss_mib"] for r in runs),
+            "rows_per_s": args.rows / median["seconds"],
+        }
     big = None
     if args.big_rows:
         print("running ours on the big table ...", file=sys.stderr, flush=True)
@@ -469,21 +554,39 @@ def _bench(args, work: Path, server) -> None:
         if _count(server, f"ours_{args.big_rows}") != args.big_rows:
             raise SystemExit("ours did not load every row of the big table")
 
-    print(f"\n{args.rows} rows, PostgreSQL -> PostgreSQL, verify-full + client certificate")
-    print(f"{'method':<14}{'seconds':>9}{'rows/s':>11}{'peak RSS MiB':>14}")
+    print(
+        f"\n{args.rows} rows, PostgreSQL -> PostgreSQL, verify-full + client certificate"
+        f" (median of {args.repeat}; load average {os.getloadavg()[0]:.2f})"
+    )
+    ours_s = results["ours"]["seconds"] if "ours" in results else None
+    print(
+        f"{'method':<17}{'seconds':>9}{'rows/s':>11}{'peak RSS MiB':>14}"
+        f"{'+children MiB':>15}{'x ours':>8}"
+    )
     for name, r in results.items():
-        print(f"{name:<14}{r['seconds']:>9.2f}{r['rows_per_s']:>11.0f}{r['peak_rss_mib']:>14.0f}")
+        ratio = f"{r['seconds'] / ours_s:>8.2f}" if ours_s and name.startswith("dagster") else ""
+        print(
+            f"{name:<17}{r['seconds']:>9.2f}{r['rows_per_s']:>11.0f}{r['peak_rss_mib']:>14.0f}"
+            f"{r['tree_peak_rss_mib']:>15.0f}{ratio}"
+        )
     if big:
         print(
             f"ours, {args.big_rows} rows: {big['seconds']:.2f} s, "
             f"peak RSS {big['peak_rss_mib']:.0f} MiB"
         )
 
-    figures: dict[str, float | int] = {"rows": args.rows}
+    figures: dict[str, float | int] = {
+        "rows": args.rows,
+        "repeat": args.repeat,
+        "load_average_1min": round(os.getloadavg()[0], 2),
+    }
     for name, r in results.items():
         figures[f"{name}_s"] = round(r["seconds"], 3)
         figures[f"{name}_rows_per_s"] = round(r["rows_per_s"])
         figures[f"{name}_peak_rss_mib"] = round(r["peak_rss_mib"], 1)
+        figures[f"{name}_tree_peak_rss_mib"] = round(r["tree_peak_rss_mib"], 1)
+        if "events" in r:
+            figures[f"{name}_events"] = r["events"]
     ours = results.get("ours")
     if ours:
         for peer in ("floor", "naive", "dlt", "dlt_pyarrow"):
@@ -491,11 +594,15 @@ def _bench(args, work: Path, server) -> None:
                 figures[f"ours_ratio_vs_{peer}"] = round(
                     ours["rows_per_s"] / results[peer]["rows_per_s"], 3
                 )
-        for dagster in ("dagster", "dagster_one_pass"):
-            if dagster in results:
+        for dagster, bare in (("dagster", "ours_staged"), ("dagster_one_pass", "ours")):
+            if dagster in results:  # time x the bare pass (ours), and x its own functions
                 figures[f"{dagster}_overhead_ratio"] = round(
                     results[dagster]["seconds"] / ours["seconds"], 3
                 )
+                if bare in results:
+                    figures[f"{dagster}_ratio_vs_{bare}"] = round(
+                        results[dagster]["seconds"] / results[bare]["seconds"], 3
+                    )
     if big and ours:
         figures["big_rows"] = args.big_rows
         figures["ours_big_peak_rss_mib"] = round(big["peak_rss_mib"], 1)

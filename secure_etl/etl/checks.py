@@ -1,7 +1,13 @@
 """The checks of a loaded partition as plain functions. Each returns a ``CheckResult``
 (passed, severity, a description with counts only, metadata as plain numbers); defs/
 turns them into Dagster's ``AssetCheckResult``. No value of the data ever goes into a
-result."""
+result.
+
+A new check of loaded/<p>: a function here returning a ``CheckResult``, its name and
+text in ``check_names.LOADED_CHECKS`` (the check spec) and one line in ``loaded_checks``;
+defs/pipelines.py passes every result on as it is. A statistic best gathered while the
+rows stream through goes beside ``LengthTally`` in the step (``one_pass``,
+``transforms``) and into the counts file the check reads."""
 
 from __future__ import annotations
 
@@ -106,19 +112,32 @@ def no_pii_leak(
     texts: Mapping[str, Callable[[], Iterable[str]]] | None = None,
 ) -> CheckResult:
     """No raw value of a ``pii`` column appears in the hashed file, the loaded rows or
-    the free ``texts`` (logs, metadata). The description counts per place, never values."""
+    the free ``texts`` (logs, metadata). The description counts per place, never values.
+
+    The step that wrote the hashed file tallied the value lengths of every raw and hashed
+    text column (``counts`` file): a hashed column none of whose lengths is that of a raw
+    PII value holds none, and neither does its loaded copy, so only the other columns are
+    read back, from the file and from the destination. Without a tally all are read."""
     raw_columns = set(storage.partition_schema(files.raw, files.crypto).names)
-    loaded_columns = list(storage.partition_schema(files.hashed).names)
+    present = [c for c in pii if c in raw_columns]
+    columns = quality.text_columns(storage.partition_schema(files.hashed))
+    tally = storage.read_counts(files.hashed).get("lengths", {})
+    raw_lengths = None
+    if tally and all(c in tally["raw"] for c in present):
+        raw_lengths = {n for c in present for n in tally["raw"][c]}
+        columns = [c for c in columns if raw_lengths & set(tally["hashed"].get(c, ()))]
+    downstream: dict[str, quality.Tables] = {}
+    if columns:
+        downstream = {
+            "hashed": lambda: storage.iter_partition(files.hashed, columns=columns),
+            "loaded": lambda: loaded(columns),
+        }
     leaks = quality.pii_leaks(
-        lambda: storage.iter_partition(
-            files.raw, columns=[c for c in pii if c in raw_columns], crypto=files.crypto
-        ),
+        lambda: storage.iter_partition(files.raw, columns=present, crypto=files.crypto),
         pii,
-        {
-            "hashed": lambda: storage.iter_partition(files.hashed),
-            "loaded": lambda: loaded(loaded_columns),
-        },
+        downstream,
         texts,
+        lengths=raw_lengths,
     )
     return CheckResult(
         "no_pii_leak",

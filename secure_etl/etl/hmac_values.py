@@ -1,9 +1,13 @@
 """HMAC-SHA256 of byte strings with the key's padded blocks computed once: hashlib only,
 so ``secure-etl keys pseudonym`` hashes as the pipeline does without loading pyarrow
-(``hmac_column`` applies these to Arrow columns)."""
+(``hmac_column`` applies these to Arrow columns), and a hash worker process
+(``python -m secure_etl.etl.hmac_values``) stays a few MiB."""
 
 from __future__ import annotations
 
+import struct
+import sys
+from array import array
 from collections.abc import Iterable
 from hashlib import sha256
 
@@ -41,3 +45,37 @@ def digests(pads: tuple[bytes, bytes], values: list[bytes | None]) -> list[bytes
         o.update(i.digest())
         append(o.digest())
     return out
+
+
+def _read(stream, size: int) -> bytes:
+    data = stream.read(size)
+    if len(data) != size:
+        raise SystemExit("HMAC worker: truncated request")
+    return data
+
+
+def serve(stdin, stdout) -> None:
+    """A hash worker's loop (see ``hmac_column.HashWorkers``): per request the two pads,
+    a count, count + 1 native int32 offsets and the data; answers the digests, 32 bytes
+    each. Ends when the parent closes the pipe."""
+    while pads := stdin.read(2 * BLOCK):
+        if len(pads) != 2 * BLOCK:
+            raise SystemExit("HMAC worker: truncated request")
+        (count,) = struct.unpack("=I", _read(stdin, 4))
+        offsets = array("i")
+        offsets.frombytes(_read(stdin, offsets.itemsize * (count + 1)))
+        data = memoryview(_read(stdin, offsets[count]))
+        inner, outer = sha256(pads[:BLOCK]).copy, sha256(pads[BLOCK:]).copy
+        out = bytearray()
+        for k in range(count):
+            i = inner()
+            i.update(data[offsets[k] : offsets[k + 1]])
+            o = outer()
+            o.update(i.digest())
+            out += o.digest()
+        stdout.write(out)
+        stdout.flush()
+
+
+if __name__ == "__main__":
+    serve(sys.stdin.buffer, sys.stdout.buffer)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from secure_etl.etl import storage
+from secure_etl.etl import quality, storage
 from secure_etl.etl.hmac_column import HashWorkers
 from secure_etl.etl.transforms import (
     PARALLEL_MIN_ROWS,
@@ -28,6 +28,8 @@ from secure_etl.etl.transforms import (
     SeenKeys,
     Step,
     add_metadata,
+    hex_columns,
+    lengths_record,
     split_valid,
     transform_later,
 )
@@ -108,18 +110,20 @@ def run_one_pass(
         workers = len(os.sched_getaffinity(0))
     prefetch = _Prefetch(chunks)
     raw_out = storage.PartitionWriter(raw, crypto)
-    hashed_out = storage.PartitionWriter(hashed)
+    hashed_out = storage.PartitionWriter(hashed, incompressible=hex_columns(steps))
     rejected: list[storage.PartitionWriter] = []
     counts = {"quarantined": 0, "filtered": 0}
     hashing = any(isinstance(step, PseudonymiseStep) for step in steps)
     pool: HashWorkers | None = None
     seen = SeenKeys()
+    raw_lengths, hashed_lengths = quality.LengthTally(), quality.LengthTally()
 
     def hashed_batches() -> Iterator[pa.Table]:
         nonlocal pool
         in_flight: list[Callable[[], pa.Table]] = []
         for table in prefetch:
             raw_out.write(table)
+            raw_lengths.add(table)
             if pool is None and workers > 1 and hashing and raw_out.rows >= PARALLEL_MIN_ROWS / 4:
                 pool = HashWorkers(workers)  # a big partition: start the workers
             valid, bad = split_valid(table, key_column, seen)
@@ -134,10 +138,12 @@ def run_one_pass(
             if len(in_flight) > 1:
                 out = add_metadata(in_flight.pop(0)(), lineage)
                 hashed_out.write(out)
+                hashed_lengths.add(out)
                 yield out
         for pending in in_flight:
             out = add_metadata(pending(), lineage)
             hashed_out.write(out)
+            hashed_lengths.add(out)
             yield out
 
     try:
@@ -161,7 +167,7 @@ def run_one_pass(
             rejected[0].commit()
         else:
             quarantine.unlink(missing_ok=True)
-        storage.write_counts(hashed, counts)
+        storage.write_counts(hashed, {**counts, **lengths_record(raw_lengths, hashed_lengths)})
     except BaseException:
         for writer in (raw_out, hashed_out, *rejected):
             with contextlib.suppress(Exception):

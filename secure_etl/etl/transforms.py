@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from secure_etl.etl import filters, storage
+from secure_etl.etl import filters, quality, storage
 from secure_etl.etl.hmac_column import HashWorkers, hmac_column
 from secure_etl.etl.hmac_values import hex_many, key_pads
 from secure_etl.etl.protect import ColumnCipher, mask_column
@@ -216,6 +216,17 @@ class TransformResult:
     filtered: int = 0
 
 
+def hex_columns(steps: Sequence[Step]) -> list[str]:
+    """The columns the steps leave as hex pseudonyms (written uncompressed)."""
+    return [c for s in steps if isinstance(s, PseudonymiseStep) for c in s.columns]
+
+
+def lengths_record(raw: quality.LengthTally, hashed: quality.LengthTally) -> dict:
+    """The value lengths of the raw and hashed text columns, kept beside the hashed file
+    (counts file) for the leak check."""
+    return {"lengths": {"raw": raw.as_json(), "hashed": hashed.as_json()}}
+
+
 def transform_partition(
     raw: Path | storage.StoredFile,
     hashed: Path | storage.StoredFile,
@@ -244,9 +255,10 @@ def transform_partition(
 
 def _transform(raw, hashed, quarantine, key_column, steps, lineage, batch_rows, pool, crypto):
     seen = SeenKeys()
+    raw_lengths, hashed_lengths = quality.LengthTally(), quality.LengthTally()
     filtered = 0
     rejected: storage.PartitionWriter | None = None
-    with storage.PartitionWriter(hashed) as valid_out:
+    with storage.PartitionWriter(hashed, incompressible=hex_columns(steps)) as valid_out:
         try:
             tables = storage.iter_partition(raw, batch_rows=batch_rows, crypto=crypto)
             first = next(tables, None)
@@ -254,6 +266,7 @@ def _transform(raw, hashed, quarantine, key_column, steps, lineage, batch_rows, 
                 first = storage.partition_schema(raw, crypto).empty_table()
             in_flight: list[Callable[[], pa.Table]] = []
             for table in itertools.chain([first], tables):
+                raw_lengths.add(table)
                 valid, bad = split_valid(table, key_column, seen)
                 if bad.num_rows:
                     rejected = rejected or storage.PartitionWriter(quarantine, crypto)
@@ -262,9 +275,13 @@ def _transform(raw, hashed, quarantine, key_column, steps, lineage, batch_rows, 
                 filtered += dropped
                 in_flight.append(pending)
                 if len(in_flight) > 1:  # two batches in flight: the workers never wait
-                    valid_out.write(add_metadata(in_flight.pop(0)(), lineage))
+                    out = add_metadata(in_flight.pop(0)(), lineage)
+                    valid_out.write(out)
+                    hashed_lengths.add(out)
             for pending in in_flight:
-                valid_out.write(add_metadata(pending(), lineage))
+                out = add_metadata(pending(), lineage)
+                valid_out.write(out)
+                hashed_lengths.add(out)
             rows, _ = valid_out.commit()
             quarantined = rejected.commit()[0] if rejected else 0
         except BaseException:
@@ -273,5 +290,12 @@ def _transform(raw, hashed, quarantine, key_column, steps, lineage, batch_rows, 
             raise
     if not rejected:
         quarantine.unlink(missing_ok=True)  # a previous run's rejects are not this run's
-    storage.write_counts(hashed, {"quarantined": quarantined, "filtered": filtered})
+    storage.write_counts(
+        hashed,
+        {
+            "quarantined": quarantined,
+            "filtered": filtered,
+            **lengths_record(raw_lengths, hashed_lengths),
+        },
+    )
     return TransformResult(rows, quarantined, filtered)

@@ -196,3 +196,40 @@ def test_loaded_checks_run_every_named_check_in_order(tmp_path, files):
 
     assert [r.name for r in results] == list(LOADED_CHECKS)
     assert all(r.passed for r in results), results
+
+
+def test_the_leak_check_reads_back_only_columns_whose_lengths_meet_raw_pii(tmp_path):
+    """The transform tallies value lengths: the pseudonymised email (64 hex characters)
+    cannot hold a raw value and is not read back; the city, PII left as it was, is, and
+    its raw values are found in the hashed file and in the destination."""
+    import datetime as dt
+
+    from secure_etl.etl.transforms import (
+        Lineage,
+        Pseudonymiser,
+        PseudonymiseStep,
+        transform_partition,
+    )
+
+    files = checks.StageFiles.of(tmp_path, "customers", PARTITION, None)
+    storage.write_partition(files.raw, RAW)
+    step = PseudonymiseStep(["email"], Pseudonymiser(b"k" * 32), "k1")
+    lineage = Lineage("run", "1", dt.datetime.now(dt.UTC))
+    transform_partition(files.raw, files.hashed, files.quarantine, "id", [step], lineage)
+    assert storage.read_counts(files.hashed)["lengths"]["hashed"]["email"] == [64]
+    _, chunks = _warehouse(tmp_path, files.hashed)
+    asked = []
+
+    def loaded(columns):
+        asked.append(list(columns))
+        return chunks(columns)
+
+    clean = checks.no_pii_leak(files, ["email"], loaded, {"log": lambda: ["loaded 6 rows"]})
+    assert clean.passed and asked == []  # nothing to read back
+
+    leaked = checks.no_pii_leak(files, ["email", "city"], loaded)
+    cities = RAW.city.notna().sum()
+    assert not leaked.passed and asked == [["city"]]
+    assert leaked.description == (
+        f"raw PII values found in hashed.city ({cities}), loaded.city ({cities})"
+    )
