@@ -522,8 +522,47 @@ def _wipe_state(cluster: Cluster) -> None:
 
 
 def test_a_backfill_spreads_over_both_workers_and_loads_every_row_once(cluster):
-    runs = [cluster.launch(hour) for hour in HOURS[:3]]
-    run_ids = [_finished(cluster, run) for run in runs]
+    # A backfill as users start one: its runs queue up, the orchestrator's daemon launches
+    # them (at most 4 at once), and their steps go to the workers.
+    orchestrator = cluster.orchestrator
+    daemon = orchestrator.spawn(
+        "daemon", str(BIN / "dagster-daemon"), "run", "-m", "secure_etl.definitions"
+    )
+    daemon_log = orchestrator.logs[-1]
+    mark = uuid.uuid4().hex
+    try:
+        orchestrator.run(
+            str(BIN / "dagster"),
+            "job",
+            "backfill",
+            "-m",
+            "secure_etl.definitions",
+            "-j",
+            JOB,
+            "--partitions",
+            ",".join(HOURS[:3]),
+            "--tags",
+            json.dumps({"secure_etl_test/launch": mark}),
+            "--noprompt",
+        )
+
+        def backfilled():
+            from dagster import RunsFilter
+
+            with _instance(orchestrator) as instance:
+                runs = instance.get_runs(filters=RunsFilter(tags={"secure_etl_test/launch": mark}))
+                return runs if len(runs) == 3 and all(r.is_finished for r in runs) else None
+
+        runs = _wait(backfilled, 600, daemon_log, "backfilled")
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        try:
+            daemon.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(daemon.pid, signal.SIGKILL)
+    assert all(r.is_success for r in runs), [(r.run_id, r.status) for r in runs]
+    assert sorted(r.tags["dagster/partition"] for r in runs) == HOURS[:3]
+    run_ids = [r.run_id for r in runs]
 
     _reconciled(cluster.services, HOURS[:3])
     with _instance(cluster.orchestrator) as instance:
