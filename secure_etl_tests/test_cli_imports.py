@@ -106,9 +106,14 @@ def test_acme_issue_builds_its_solver_without_pydantic_the_platform_config_or_dn
 
 
 def test_status_loads_the_health_collector_without_the_pipelines_or_their_resources(
-    platform_env, tmp_path
+    tmp_path,
 ):
-    env = {**platform_env, "DAGSTER_HOME": str(tmp_path / "dagster_home")}
+    # With a pipeline (demo source, DuckDB destination), whose connections it counts.
+    data = {**BASE_CONFIG, "state_dir": str(tmp_path / "state")}
+    config = tmp_path / "platform.yaml"
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    env = {**os.environ, "SECURE_ETL_CONFIG": str(config)}
+    env["DAGSTER_HOME"] = str(tmp_path / "dagster_home")
     (tmp_path / "dagster_home").mkdir()
     code, modules = _loaded(["status"], env)
     assert code in (0, 1)  # a report: 1 when something needs attention
@@ -117,3 +122,7 @@ def test_status_loads_the_health_collector_without_the_pipelines_or_their_resour
     assert not modules & {"secure_etl.defs.pipelines", "secure_etl.defs.certificates"}
     assert not modules & {"secure_etl.defs.resources", "secure_etl.pki.acme_issuer"}
     assert not _top(modules) & {"google", "dagster_gcp", "dns", "boto3"}
+    # Whether each connection verifies its peer is read from the config, not from the
+    # connector classes (pandas, pyarrow and the drivers stay unloaded).
+    assert not modules & {"secure_etl.etl.connector"}
+    assert not _top(modules) & {"pandas", "pyarrow", "duckdb", "psycopg", "httpx"}

@@ -70,14 +70,8 @@ def partition_hour(partition_key: str) -> tuple[dt.datetime, dt.datetime]:
 class Source(Protocol):
     """Where a pipeline's rows come from."""
 
-    networked: bool  # False: no connection leaves the process (nothing to verify)
-
     def describe(self) -> str:
         """Where the rows come from, for logs, the audit log and the health report."""
-
-    @property
-    def verifies_peer(self) -> bool:
-        """Whether the connection verifies the server's certificate and name."""
 
     def known_columns(self) -> set[str] | None:
         """The columns the rows will have (None: known only when they arrive)."""
@@ -96,7 +90,6 @@ class Source(Protocol):
 class Destination(Protocol):
     """Where a pipeline's hashed rows go, and the statistics the checks read back."""
 
-    networked: bool
     needs_bigquery_client: bool  # the Dagster layer then provides a BigQuery resource
 
     @property
@@ -105,10 +98,6 @@ class Destination(Protocol):
 
     def describe(self) -> str:
         """Same as ``description``."""
-
-    @property
-    def verifies_peer(self) -> bool:
-        """Whether the connection verifies the server's certificate and name."""
 
     def known_columns(self) -> set[str] | None:
         """The columns the table has, when the config says (None: not known)."""

@@ -168,7 +168,10 @@ def connection_security(platform: PlatformConfig) -> dict:
     certificate and host name checks)."""
     total = verified = 0
     for pipeline in platform.pipelines.values():
-        for end in (registry.source(pipeline.source), registry.destination(pipeline.destination)):
+        for end in (
+            registry.source_connection(pipeline.source),
+            registry.destination_connection(pipeline.destination),
+        ):
             if end.networked:
                 total += 1
                 verified += end.verifies_peer

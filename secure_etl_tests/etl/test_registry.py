@@ -42,6 +42,9 @@ def _types(union) -> set[str]:
 def test_every_configurable_type_has_exactly_one_registered_class():
     assert _types(config.Source) == set(registry.SOURCES) >= set(SOURCES)
     assert _types(config.Destination) == set(registry.DESTINATIONS) >= set(DESTINATIONS)
+    # and what its connection is, said without loading it
+    assert set(registry.SOURCE_CONNECTIONS) == set(registry.SOURCES)
+    assert set(registry.DESTINATION_CONNECTIONS) == set(registry.DESTINATIONS)
     for table in (registry.SOURCES, registry.DESTINATIONS):
         for kind, where in table.items():
             module = where.split(":")[0]
@@ -52,8 +55,13 @@ def test_sources_describe_themselves_as_the_audit_log_names_them():
     adapter = TypeAdapter(config.PipelineConfig.model_fields["source"].annotation)
     described = {}
     for kind, data in SOURCES.items():
-        source = registry.source(adapter.validate_python(data))
-        described[kind] = (source.describe(), source.networked, source.verifies_peer)
+        source_config = adapter.validate_python(data)
+        connection = registry.source_connection(source_config)
+        described[kind] = (
+            registry.source(source_config).describe(),
+            connection.networked,
+            connection.verifies_peer,
+        )
     assert described == {
         "demo": ("demo(seed=3)", False, False),
         "postgres": ("postgres://db:5432/d/t", True, True),
@@ -66,8 +74,10 @@ def test_destinations_say_whether_they_verify_and_need_a_bigquery_client(tmp_pat
     adapter = TypeAdapter(config.PipelineConfig.model_fields["destination"].annotation)
     seen = {}
     for kind, data in DESTINATIONS.items():
-        target = registry.destination(adapter.validate_python(data), Runtime(tmp_path))
-        seen[kind] = (target.describe(), target.verifies_peer, target.needs_bigquery_client)
+        target_config = adapter.validate_python(data)
+        target = registry.destination(target_config, Runtime(tmp_path))
+        connection = registry.destination_connection(target_config)
+        seen[kind] = (target.describe(), connection.verifies_peer, target.needs_bigquery_client)
     assert seen == {
         "duckdb": (f"{tmp_path / 'warehouse.duckdb'}:t", False, False),
         "postgres": ("postgres db:5432/d public.t", True, False),
@@ -76,7 +86,7 @@ def test_destinations_say_whether_they_verify_and_need_a_bigquery_client(tmp_pat
     weak = adapter.validate_python(
         {**DESTINATIONS["postgres"], "sslmode": "require", "allow_insecure_sslmode": True}
     )
-    assert registry.destination(weak).verifies_peer is False
+    assert registry.destination_connection(weak).verifies_peer is False
 
 
 def test_a_source_without_the_client_certificate_says_so():

@@ -34,7 +34,6 @@ class BigQueryError(Exception):
 class BigQueryTable:
     """An hour-partitioned BigQuery table; the client comes from the Dagster layer."""
 
-    networked = True
     needs_bigquery_client = True
 
     def __init__(self, config: BigQueryDestination, runtime: Runtime | None = None) -> None:
@@ -49,11 +48,6 @@ class BigQueryTable:
 
     def describe(self) -> str:
         return self.description
-
-    @property
-    def verifies_peer(self) -> bool:
-        c = self.config
-        return not c.anonymous and not (c.api_endpoint or "").startswith("http:")
 
     def known_columns(self) -> set[str] | None:
         return None

@@ -170,8 +170,6 @@ def table_rows(path: Path, table: str) -> int:
 class DuckDBTable:
     """A table in a local DuckDB file (relative paths are under the state directory)."""
 
-    networked = False
-    verifies_peer = False
     needs_bigquery_client = False
 
     def __init__(self, config: DuckDBDestination, runtime: Runtime | None = None) -> None:

@@ -251,7 +251,6 @@ def partition_chunks(
 class PostgresTable:
     """A postgres table whose partitions are replaced, or merged into by key."""
 
-    networked = True
     needs_bigquery_client = False
 
     def __init__(self, config: PostgresDestination, runtime: Runtime | None = None) -> None:
@@ -265,10 +264,6 @@ class PostgresTable:
 
     def describe(self) -> str:
         return self.description
-
-    @property
-    def verifies_peer(self) -> bool:
-        return self.config.sslmode == "verify-full"
 
     def known_columns(self) -> set[str] | None:
         return None

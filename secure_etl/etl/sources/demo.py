@@ -100,8 +100,6 @@ def generate_partition(
 class DemoReader:
     """The demo source: generated in the process, no connection to verify."""
 
-    networked = False
-    verifies_peer = False
     pii_columns = PII_COLUMNS
 
     def __init__(self, config: DemoSource, runtime: Runtime | None = None) -> None:

@@ -360,8 +360,6 @@ def fetch_pages(
 class HttpsApiReader:
     """JSON pages of an HTTPS API over mutual TLS; the server is always verified."""
 
-    networked = True
-    verifies_peer = True
     pii_columns: tuple[str, ...] = ()
 
     def __init__(self, config: HttpsApiSource, runtime: Runtime | None = None) -> None:

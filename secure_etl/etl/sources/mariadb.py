@@ -235,7 +235,6 @@ def _strings(values: Sequence) -> pa.Array:
 class MariaDBReader:
     """A MariaDB/MySQL table read by hour (``time_column``)."""
 
-    networked = True
     pii_columns: tuple[str, ...] = ()
 
     def __init__(self, config: MariaDBSource, runtime: Runtime | None = None) -> None:
@@ -245,10 +244,6 @@ class MariaDBReader:
     def describe(self) -> str:
         c = self.config
         return f"mariadb://{c.host}:{c.port}/{c.database}/{c.table}"
-
-    @property
-    def verifies_peer(self) -> bool:
-        return True  # there is no setting that turns verification off
 
     def known_columns(self) -> set[str] | None:
         return self.config.known_columns()

@@ -147,7 +147,6 @@ def pg_endpoint(config: _PostgresConnection, tls: ClientCertificate) -> PgEndpoi
 class PostgresReader:
     """A postgres table read by hour (``time_column``) or past a cursor (``incremental``)."""
 
-    networked = True
     pii_columns: tuple[str, ...] = ()
 
     def __init__(self, config: PostgresSource, runtime: Runtime | None = None) -> None:
@@ -157,10 +156,6 @@ class PostgresReader:
     def describe(self) -> str:
         c = self.config
         return f"postgres://{c.host}:{c.port}/{c.dbname}/{c.table}"
-
-    @property
-    def verifies_peer(self) -> bool:
-        return self.config.sslmode == "verify-full"
 
     def known_columns(self) -> set[str] | None:
         return self.config.known_columns()
