@@ -67,7 +67,8 @@ def set_up(work: Path) -> tuple[dict, str]:
 
     from secure_etl.config import load_config
     from secure_etl.etl.protect import ColumnCipher
-    from secure_etl.security.audit import key_pin, load_signing_key, platform_audit_log
+    from secure_etl.security.audit import key_pin, load_signing_key
+    from secure_etl.security.audit_trail import platform_audit_log
     from secure_etl.security.hmac_keys import load_key_ring
 
     data = copy.deepcopy(BASE_CONFIG)

@@ -24,10 +24,10 @@ from secure_etl.security.audit import (
     key_pin,
     load_signing_key,
     pinned_key,
-    platform_audit_log,
     record_hash,
     verify,
 )
+from secure_etl.security.audit_trail import platform_audit_log
 from secure_etl_tests.conftest import BASE_CONFIG
 
 RECORDS = 10

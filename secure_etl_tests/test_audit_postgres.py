@@ -20,10 +20,9 @@ from secure_etl.security.audit import (
     canonical,
     key_pin,
     load_signing_key,
-    platform_audit_log,
     record_hash,
-    verify_log,
 )
+from secure_etl.security.audit_trail import platform_audit_log, verify_log
 from secure_etl_tests.conftest import BASE_CONFIG, module_platform
 
 pytestmark = pytest.mark.integration

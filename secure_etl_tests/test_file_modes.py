@@ -67,7 +67,7 @@ def test_a_looser_data_directory_is_repaired_and_the_repair_logged(tmp_path, cap
 
 
 def test_a_looser_audit_log_is_repaired_on_the_next_append(platform, caplog):
-    from secure_etl.security.audit import platform_audit_log
+    from secure_etl.security.audit_trail import platform_audit_log
 
     audit = platform_audit_log(platform)
     audit.append(actor="test", action="first")

@@ -418,7 +418,7 @@ def _audit_revocation(args: argparse.Namespace, platform, cert, serial: str) -> 
 
     from cryptography.hazmat.primitives import hashes
 
-    from secure_etl.security.audit import platform_audit_log
+    from secure_etl.security.audit_trail import platform_audit_log
 
     log = platform_audit_log(platform)
     record = log.append(

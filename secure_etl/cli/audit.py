@@ -35,7 +35,8 @@ def add_commands(commands) -> None:
 def _audit_verify(args: argparse.Namespace) -> int:
     from secure_etl.cli.state import no_state_note
     from secure_etl.config import load_config
-    from secure_etl.security.audit import key_pin, pinned_key, platform_audit_log, verify
+    from secure_etl.security.audit import key_pin, pinned_key, verify
+    from secure_etl.security.audit_trail import platform_audit_log
 
     platform = load_config(args.config)
     log = platform_audit_log(platform)

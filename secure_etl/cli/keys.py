@@ -61,7 +61,8 @@ def _audit_key_use(platform, action: str, key: str, ring, **fields) -> None:
     audit log refuses it (its chain is broken)."""
     import getpass
 
-    from secure_etl.security.audit import AuditChainBroken, platform_audit_log
+    from secure_etl.security.audit import AuditChainBroken
+    from secure_etl.security.audit_trail import platform_audit_log
 
     try:
         platform_audit_log(platform).append(

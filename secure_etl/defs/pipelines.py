@@ -49,7 +49,8 @@ from secure_etl.etl.transforms import (
     PseudonymiseStep,
     transform_partition,
 )
-from secure_etl.security.audit import AuditLog, platform_audit_log
+from secure_etl.security.audit import AuditLog
+from secure_etl.security.audit_trail import platform_audit_log
 from secure_etl.security.hmac_keys import load_hmac_key
 
 SEVERITY = {"error": AssetCheckSeverity.ERROR, "warn": AssetCheckSeverity.WARN}

@@ -10,7 +10,7 @@ from dagster import DefaultScheduleStatus, Output, ScheduleDefinition, job, op
 from secure_etl.config import PlatformConfig
 from secure_etl.etl.retention import apply_retention
 from secure_etl.etl.storage import storage_for
-from secure_etl.security.audit import platform_audit_log
+from secure_etl.security.audit_trail import platform_audit_log
 
 RETENTION_JOB = "retention"
 

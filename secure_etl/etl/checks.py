@@ -19,7 +19,8 @@ from typing import Literal
 import pyarrow as pa
 
 from secure_etl.etl import pii_patterns, quality, storage
-from secure_etl.security.audit import AuditLog, verify_log
+from secure_etl.security.audit import AuditLog
+from secure_etl.security.audit_trail import verify_log
 
 Severity = Literal["error", "warn"]
 Chunks = Callable[[Sequence[str]], Iterable[pa.Table]]  # columns -> the partition's tables

@@ -21,7 +21,7 @@ from secure_etl.etl import registry
 from secure_etl.pki.inspect import facts, renewal_threshold_days
 from secure_etl.pki.renewal import certificate_store, current_leaf, inspect_current
 from secure_etl.pki.store import PRIVATE_KEY_CHECK
-from secure_etl.security.audit import platform_audit_log, read_records, verify_log
+from secure_etl.security.audit_trail import platform_audit_log, read_records, verify_log
 from secure_etl.security.files import write_atomic
 
 PREFIX = "secure_etl"

@@ -36,7 +36,7 @@ from secure_etl.pki.issuer import IssuedCertificate, Issuer
 from secure_etl.pki.keys import PrivateKey, generate_private_key, key_type_of, load_private_key
 from secure_etl.pki.store import CertificatePaths, CertificateStore
 from secure_etl.pki.verify import VerificationError, verify_issued
-from secure_etl.security.audit import platform_audit_log
+from secure_etl.security.audit_trail import platform_audit_log
 from secure_etl.security.files import write_atomic
 
 if TYPE_CHECKING:

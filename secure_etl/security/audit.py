@@ -26,13 +26,12 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from secure_etl.config import PlatformConfig
 from secure_etl.security.files import (
     SECRET_MODE,
     private_dir,
@@ -41,9 +40,6 @@ from secure_etl.security.files import (
     write_atomic,
     write_secret,
 )
-
-if TYPE_CHECKING:
-    from secure_etl.security.audit_postgres import PostgresAuditLog
 
 GENESIS = "0" * 64
 FIELDS = (
@@ -534,49 +530,6 @@ def _verify_since(handle: BinaryIO, path: Path, point: dict | None) -> int:
     return announced
 
 
-def platform_audit_log(config: PlatformConfig) -> AuditLog | PostgresAuditLog:
-    """The configured platform's audit log: the local file (the default) or a
-    PostgresAuditLog (``audit.backend: postgres``), which has the same calls."""
-    state = config.resolved_state_dir()
-    audit = config.audit
-    pin = audit.public_key
-    if pin and not pin.startswith(PIN_PREFIX):
-        pin = str(state / pin)
-    if audit.postgres is not None:
-        # The driver loads only for this backend: `audit verify` on a file stays light.
-        from secure_etl.security.audit_postgres import postgres_audit_log
-
-        return postgres_audit_log(
-            audit.postgres,
-            state / audit.checkpoint_dir,
-            state / audit.signing_key,
-            audit.checkpoint_every,
-            pin,
-        )
-    return AuditLog(
-        state / audit.path,
-        state / audit.checkpoint_dir,
-        state / audit.signing_key,
-        audit.checkpoint_every,
-        pin,
-    )
-
-
-def verify_log(log: AuditLog | PostgresAuditLog) -> Verdict:
-    """Verify a platform's log with its pinned key, else (unpinned) the ``.pub`` beside
-    its signing key."""
-    if log.public_key:
-        try:
-            public: Ed25519PublicKey | Path = pinned_key(log.public_key)
-        except ValueError as err:
-            return Verdict(False, 0, 0, f"audit.public_key: {err}")
-    else:
-        public = log.signing_key_path.with_suffix(".pub")
-    if not isinstance(log, AuditLog):
-        return log.verify(None, public)
-    return verify(log.path, log.checkpoint_dir, public)
-
-
 @dataclass(frozen=True)
 class Verdict:
     ok: bool
@@ -698,20 +651,3 @@ def verify_chain(
                 tuple(torn),
             )
     return Verdict(True, count, len(points), torn=tuple(torn))
-
-
-def read_records(log: AuditLog | PostgresAuditLog) -> Iterator[dict]:
-    """The log's records, oldest first, without checking them (``verify`` does that):
-    lines that do not parse (a torn write) are passed over; no log, no records."""
-    if not isinstance(log, AuditLog):
-        yield from log.records()
-        return
-    if not log.path.exists():
-        return
-    for _number, _offset, line in _lines(log.path):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            yield record

@@ -26,7 +26,7 @@ from secure_etl.etl import storage
 from secure_etl.etl.destinations import duckdb as duckdb_dest
 from secure_etl.pki.internal_ca import InternalCA
 from secure_etl.pki.keys import generate_private_key
-from secure_etl.security.audit import platform_audit_log, verify_log
+from secure_etl.security.audit_trail import platform_audit_log, verify_log
 from secure_etl_tests.servers import start_python_server
 
 pytestmark = pytest.mark.integration

@@ -258,7 +258,7 @@ def test_raw_data_is_encrypted_at_rest_and_a_flipped_byte_is_detected(platform, 
 
 def test_retention_deletes_raw_after_the_load_and_its_grace_and_records_it(write_config, instance):
     from secure_etl.defs.retention import RETENTION_JOB
-    from secure_etl.security.audit import platform_audit_log, verify_log
+    from secure_etl.security.audit_trail import platform_audit_log, verify_log
 
     data = copy.deepcopy(yaml.safe_load(write_config().read_text()))
     data["pipelines"]["customers"]["retention"] = {"raw_grace_hours": 0, "hashed_days": 30}

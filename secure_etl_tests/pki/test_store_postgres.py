@@ -247,7 +247,7 @@ def test_a_pipeline_run_on_a_second_worker_uses_the_shared_certificate_and_leave
     import tempfile
 
     from secure_etl.definitions import build_definitions
-    from secure_etl.security.audit import platform_audit_log
+    from secure_etl.security.audit_trail import platform_audit_log
 
     ensure_certificate(load_config(renewer), "etl-client")
     second = load_config(_worker(platform, servers, tmp_path / "second"))
