@@ -49,7 +49,7 @@ def build_issuer(config: PlatformConfig, name: str, log=None) -> Issuer:
             common_name=issuer.common_name,
             key_type=issuer.key_type,
             ca_lifetime_days=issuer.ca_lifetime_days,
-            lifetime_days=issuer.lifetime_days,
+            lifetime=issuer.lifetime,
         )
     if isinstance(issuer, AcmeIssuerConfig):
         from secure_etl.pki.acme_issuer import AcmeIssuer
