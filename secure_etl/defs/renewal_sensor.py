@@ -75,6 +75,8 @@ def renewal_sensor(platform: PlatformConfig, renewal_job):
                     asset_check_keys=keys_by_name[name],
                     tags={
                         RENEWAL_TAG: name,
+                        # Ahead of queued pipeline runs: a certificate of minutes cannot wait.
+                        "dagster/priority": "10",
                         "secure_etl/failed_checks": ",".join(e.key.name for e in failed),
                     },
                 )
