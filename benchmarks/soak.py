@@ -447,6 +447,7 @@ def _due_keys(first: dt.datetime, end: dt.datetime) -> list[str]:
 
 def _report(s, platform, src, dst, api, watch, first, end, begin) -> dict:
     from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
+    from dagster._core.scheduler.instigation import InstigatorType
 
     due = _due_keys(first, end)
     source_rows = dict(
@@ -503,7 +504,7 @@ def _report(s, platform, src, dst, api, watch, first, end, begin) -> dict:
                     ) + dt.timedelta(minutes=1)
                     lag = max(lag, event.timestamp - ends.timestamp())
         slowest_tick = 0.0
-        for state in instance.all_instigator_state():
+        for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
             for tick in instance.get_ticks(
                 state.instigator_origin_id, state.selector_id, limit=10_000
             ):
