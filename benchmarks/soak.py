@@ -446,9 +446,6 @@ def _due_keys(first: dt.datetime, end: dt.datetime) -> list[str]:
 
 
 def _report(s, platform, src, dst, api, watch, first, end, begin) -> dict:
-    from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
-    from dagster._core.scheduler.instigation import InstigatorType
-
     due = _due_keys(first, end)
     source_rows = dict(
         line.split("|")
@@ -483,34 +480,7 @@ def _report(s, platform, src, dst, api, watch, first, end, begin) -> dict:
     api_dup = sum(api_rows.get(k, (0, 0))[0] - api_rows.get(k, (0, 0))[1] for k in due)
     loaded_keys = [k for k in due if k in orders and k in api_rows]
 
-    with DagsterInstance.get() as instance:
-        runs = instance.get_runs(RunsFilter(created_after=begin))
-        by_job: dict[str, dict[str, int]] = {}
-        for r in runs:
-            counts = by_job.setdefault(r.job_name, {})
-            counts[r.status.value] = counts.get(r.status.value, 0) + 1
-        pipeline_failed = sum(
-            1 for r in runs if r.job_name.endswith("_etl") and r.status == DagsterRunStatus.FAILURE
-        )
-        lag = 0.0
-        for name in ("orders", "api"):
-            for event in instance.fetch_materializations(
-                AssetKey(["loaded", name]), limit=10_000
-            ).records:
-                key = event.partition_key
-                if key in due:
-                    ends = dt.datetime.strptime(key, "%Y-%m-%d-%H:%M").replace(
-                        tzinfo=dt.UTC
-                    ) + dt.timedelta(minutes=1)
-                    lag = max(lag, event.timestamp - ends.timestamp())
-        slowest_tick = 0.0
-        for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
-            for tick in instance.get_ticks(
-                state.instigator_origin_id, state.selector_id, limit=10_000
-            ):
-                if tick.timestamp < begin.timestamp() or not tick.tick_data.end_timestamp:
-                    continue
-                slowest_tick = max(slowest_tick, tick.tick_data.end_timestamp - tick.timestamp)
+    by_job, pipeline_failed, lag, slowest_tick = _instance_figures(due, begin)
     store = certificate_store(platform)
     renewals = {}
     for name in platform.certificates:
@@ -540,6 +510,49 @@ def _report(s, platform, src, dst, api, watch, first, end, begin) -> dict:
         "faults": watch.faults,
         "writer_errors": watch.writer_errors,
     }
+
+
+def _instance_figures(due: list[str], begin: dt.datetime) -> tuple[dict, int, float, float]:
+    """Runs by job and status, failed pipeline runs, the worst lag and the slowest sensor
+    tick, from the instance; if its storage cannot be reached (its server's certificate
+    expired, say), that in one line and -1s, which fail the zeros."""
+    from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
+    from dagster._core.scheduler.instigation import InstigatorType
+
+    try:
+        with DagsterInstance.get() as instance:
+            runs = instance.get_runs(RunsFilter(created_after=begin))
+            by_job: dict[str, dict[str, int]] = {}
+            for r in runs:
+                counts = by_job.setdefault(r.job_name, {})
+                counts[r.status.value] = counts.get(r.status.value, 0) + 1
+            pipeline_failed = sum(
+                1
+                for r in runs
+                if r.job_name.endswith("_etl") and r.status == DagsterRunStatus.FAILURE
+            )
+            lag = 0.0
+            for name in ("orders", "api"):
+                for event in instance.fetch_materializations(
+                    AssetKey(["loaded", name]), limit=10_000
+                ).records:
+                    key = event.partition_key
+                    if key in due:
+                        ends = dt.datetime.strptime(key, "%Y-%m-%d-%H:%M").replace(
+                            tzinfo=dt.UTC
+                        ) + dt.timedelta(minutes=1)
+                        lag = max(lag, event.timestamp - ends.timestamp())
+            slowest_tick = 0.0
+            for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
+                for tick in instance.get_ticks(
+                    state.instigator_origin_id, state.selector_id, limit=10_000
+                ):
+                    if tick.timestamp < begin.timestamp() or not tick.tick_data.end_timestamp:
+                        continue
+                    slowest_tick = max(slowest_tick, tick.tick_data.end_timestamp - tick.timestamp)
+    except Exception as err:  # noqa: BLE001 (reported, the soak still prints its figures)
+        return {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}, -1, -1.0, -1.0
+    return by_job, pipeline_failed, lag, slowest_tick
 
 
 def _expired_refusals(s: Settings, api) -> int:
