@@ -9,6 +9,7 @@ The ACME challenge models are dataclasses in ``challenge_config.py`` (no pydanti
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import difflib
 import functools
 import os
@@ -134,6 +135,21 @@ class InternalCAIssuer(_Strict):
     ca_lifetime_days: int = Field(3650, ge=1)
     lifetime_days: int = Field(90, ge=1, le=3650)
     exemption: Exemptions = {}
+    # Leaves of minutes (e.g. 6, or 1.5 for 90 seconds); when set, lifetime_days is unused.
+    lifetime_minutes: float | None = Field(None, ge=1, le=1440)
+
+    @model_validator(mode="after")
+    def _one_lifetime(self) -> InternalCAIssuer:
+        if self.lifetime_minutes is not None and "lifetime_days" in self.model_fields_set:
+            raise ValueError("give lifetime_days or lifetime_minutes, not both")
+        return self
+
+    @property
+    def lifetime(self) -> dt.timedelta:
+        """How long a leaf lives."""
+        if self.lifetime_minutes is not None:
+            return dt.timedelta(minutes=self.lifetime_minutes)
+        return dt.timedelta(days=self.lifetime_days)
 
 
 # The name of an environment variable (the config names secrets, never holds them).
@@ -593,6 +609,15 @@ class HourlyPartitions(_Strict):
     schedule_minute: int = Field(15, ge=0, le=59)
 
 
+class CronPartitions(_Strict):
+    """One partition per interval of the ``cron`` schedule (UTC) from ``start``, e.g.
+    ``* * * * *`` for a partition a minute; the schedule runs each one when it ends."""
+
+    type: Literal["cron"]
+    cron: Cron
+    start: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}-\d{2}:\d{2}$")
+
+
 class IncrementalRuns(_Strict):
     """No time partitions: each run (on the ``schedule`` cron) extracts what is new since
     the last one, as the source's ``incremental`` says, and merges it by the key."""
@@ -614,7 +639,9 @@ def _kind(default: str):
 
 
 Partitions = Annotated[
-    Annotated[HourlyPartitions, Tag("hourly")] | Annotated[IncrementalRuns, Tag("incremental")],
+    Annotated[HourlyPartitions, Tag("hourly")]
+    | Annotated[CronPartitions, Tag("cron")]
+    | Annotated[IncrementalRuns, Tag("incremental")],
     Discriminator(_kind("hourly")),
 ]
 
@@ -743,22 +770,22 @@ class PipelineConfig(_Strict):
 
     @model_validator(mode="after")
     def _partitions_fit_the_source(self) -> PipelineConfig:
-        if self.one_pass and self.partitions.type != "hourly":
-            raise ValueError("one_pass: true takes hourly partitions")
+        if self.one_pass and self.incremental:
+            raise ValueError("one_pass: true takes time partitions (hourly or cron)")
         incremental = self.source.incremental_cursor()
         if self.partitions.type == "incremental" and incremental is None:
             raise ValueError(
                 f"partitions of type incremental need a source with `incremental: "
                 f"{{cursor_column: ...}}` (a {self.source.type} source has none)"
             )
-        if self.partitions.type == "hourly" and incremental is not None:
+        if not self.incremental and incremental is not None:
             raise ValueError("a source with `incremental` needs `partitions: {type: incremental}`")
         if self.partitions.type == "incremental" and not self.destination.merges_by_key:
             raise ValueError(
                 f"a {self.destination.type} destination takes hourly partitions (one load "
                 f"job replaces a partition); incremental merges go to {_merging_destinations()}"
             )
-        problem = self.source.hourly_problem() if self.partitions.type == "hourly" else None
+        problem = None if self.incremental else self.source.hourly_problem()
         if problem:
             raise ValueError(problem)
         return self
@@ -1114,6 +1141,8 @@ _REPORT_POLICY = "report_policy_violations"
 class PlatformConfig(_Strict):
     state_dir: LocalPath = ".secure_etl"
     certificate_check_schedule: Cron = "*/30 * * * *"
+    # How often the renewal sensor looks at new check evaluations (seconds).
+    renewal_sensor_interval_s: int = Field(30, ge=1, le=3600)
     issuers: dict[Name, Issuer]
     certificates: dict[Name, CertificateConfig] = {}
     keys: dict[Name, HmacKeyConfig] = {}

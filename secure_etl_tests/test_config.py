@@ -213,7 +213,7 @@ def test_an_unknown_partition_type_names_the_key_written_and_the_known_types(wri
 
     err = _error(write_config, _with(change))
     assert err.key == "pipelines.customers.partitions.type"
-    assert err.message == "unknown type 'daily' (one of: hourly, incremental)"
+    assert err.message == "unknown type 'daily' (one of: hourly, cron, incremental)"
 
 
 def test_an_unknown_source_type_lists_the_known_ones(write_config):

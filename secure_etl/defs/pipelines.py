@@ -21,6 +21,7 @@ from dagster import (
     MetadataValue,
     RetryPolicy,
     ScheduleDefinition,
+    TimeWindowPartitionsDefinition,
     build_schedule_from_partitioned_job,
     define_asset_job,
     multi_asset,
@@ -122,14 +123,36 @@ def _io_retry(p: PipelineConfig) -> RetryPolicy:
     )
 
 
+def partitions_definition(p: PipelineConfig) -> TimeWindowPartitionsDefinition | None:
+    """The pipeline's time partitions: hourly, or one per interval of its cron (None:
+    incremental runs)."""
+    if p.partitions.type == "incremental":
+        return None
+    if p.partitions.type == "cron":
+        return TimeWindowPartitionsDefinition(
+            cron_schedule=p.partitions.cron, start=p.partitions.start, fmt="%Y-%m-%d-%H:%M"
+        )
+    return HourlyPartitionsDefinition(start_date=p.partitions.start)
+
+
+def _source_runtime(tls, partitions: TimeWindowPartitionsDefinition | None) -> Runtime:
+    """What the source is given: the certificate and the partitions' own windows."""
+    if partitions is None:
+        return Runtime(tls=tls)
+
+    def window(key: str) -> tuple[dt.datetime, dt.datetime]:
+        span = partitions.time_window_for_partition_key(key)
+        return span.start.astimezone(dt.UTC), span.end.astimezone(dt.UTC)
+
+    return Runtime(tls=tls, partition_window=window)
+
+
 def pipeline_assets(platform: PlatformConfig, name: str) -> list:
     """raw/<p>, hashed/<p> and loaded/<p> as three steps (extract and load retried)."""
     p = platform.pipelines[name]
     state = platform.resolved_state_dir()
     store = storage.storage_for(platform)
-    partitions = (
-        None if p.incremental else HourlyPartitionsDefinition(start_date=p.partitions.start)
-    )
+    partitions = partitions_definition(p)
     specs = pipeline_specs(platform, name)
     resources = PipelineResources.of(name, p, platform)
     pii = _pii_columns(p)
@@ -166,7 +189,8 @@ def pipeline_assets(platform: PlatformConfig, name: str) -> list:
                     HIGH_WATER: high.isoformat() if high else "",
                 }
             else:
-                chunks = registry.source(p.source, Runtime(tls=tls)).chunks(context.partition_key)
+                source = registry.source(p.source, _source_runtime(tls, partitions))
+                chunks = source.chunks(context.partition_key)
                 rows, size = storage.write_partition_chunks(path, chunks, crypto)
             context.log.info(f"extracted {rows} rows from {p.source.type} into {path}")
             _audit_extract(audit, certificate, context, p, name, _file_key(context), path, rows)
@@ -261,12 +285,13 @@ def one_pass_assets(platform: PlatformConfig, name: str) -> list:
     pii = _pii_columns(p)
     audit = platform_audit_log(platform)
     crypto = storage.raw_crypto(platform)
+    partitions = partitions_definition(p)
 
     @multi_asset(
         specs=[specs.raw, specs.hashed, specs.loaded],
         check_specs=specs.checks,
         name=f"{name.replace('-', '_')}_one_pass",
-        partitions_def=HourlyPartitionsDefinition(start_date=p.partitions.start),
+        partitions_def=partitions,
         retry_policy=_io_retry(p),
         required_resource_keys=resources.keys,
         can_subset=False,
@@ -282,7 +307,7 @@ def one_pass_assets(platform: PlatformConfig, name: str) -> list:
             files = StageFiles.of(store, name, partition, crypto)
             steps, key_ids = _pseudonymise_steps(platform, p)
             result = run_one_pass(
-                registry.source(p.source, Runtime(tls=tls)).chunks(partition),
+                registry.source(p.source, _source_runtime(tls, partitions)).chunks(partition),
                 files.raw,
                 files.hashed,
                 files.quarantine,
@@ -547,6 +572,8 @@ def pipeline_job_and_schedule(platform: PlatformConfig, name: str, assets: list)
         schedule = ScheduleDefinition(
             job=job, cron_schedule=p.partitions.schedule, default_status=Status.RUNNING
         )
+    elif p.partitions.type == "cron":  # each partition as soon as it ends
+        schedule = build_schedule_from_partitioned_job(job, default_status=Status.RUNNING)
     else:
         schedule = build_schedule_from_partitioned_job(
             job, minute_of_hour=p.partitions.schedule_minute, default_status=Status.RUNNING

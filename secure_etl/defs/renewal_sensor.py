@@ -27,7 +27,7 @@ def renewal_sensor(platform: PlatformConfig, renewal_job):
     @sensor(
         name="certificate_renewal",
         job=renewal_job,
-        minimum_interval_seconds=30,
+        minimum_interval_seconds=platform.renewal_sensor_interval_s,
         default_status=DefaultSensorStatus.RUNNING,
         description="Requests a renewal run for each certificate whose latest check "
         "evaluation failed; once per evaluation; never while the last issuance under the "
@@ -75,6 +75,8 @@ def renewal_sensor(platform: PlatformConfig, renewal_job):
                     asset_check_keys=keys_by_name[name],
                     tags={
                         RENEWAL_TAG: name,
+                        # Ahead of queued pipeline runs: a certificate of minutes cannot wait.
+                        "dagster/priority": "10",
                         "secure_etl/failed_checks": ",".join(e.key.name for e in failed),
                     },
                 )

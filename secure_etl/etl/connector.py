@@ -40,22 +40,6 @@ class ClientTls:
     ca_bundle: str
 
 
-@dataclass(frozen=True)
-class Runtime:
-    """What a connector needs to reach its system: the state directory (relative
-    paths), the pipeline's client certificate, and a BigQuery client factory where one
-    is needed. Describing a connector needs none of them."""
-
-    state_dir: Path | None = None
-    tls: ClientCertificate | None = None
-    bigquery_clients: ClientFactory | None = None
-
-    def client_tls(self, who: str) -> ClientCertificate:
-        if self.tls is None:
-            raise ValueError(f"{who} needs the pipeline's client certificate")
-        return self.tls
-
-
 def partition_start(partition_key: str) -> dt.datetime:
     """'2026-11-28-13:00' -> 2026-11-28 13:00 UTC (Dagster's hourly key format)."""
     return dt.datetime.strptime(partition_key, "%Y-%m-%d-%H:%M").replace(tzinfo=dt.UTC)
@@ -65,6 +49,24 @@ def partition_hour(partition_key: str) -> tuple[dt.datetime, dt.datetime]:
     """The hour ``[start, end)`` an hourly partition key stands for."""
     start = partition_start(partition_key)
     return start, start + dt.timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What a connector needs to reach its system: the state directory (relative
+    paths), the pipeline's client certificate, and a BigQuery client factory where one
+    is needed. Describing a connector needs none of them."""
+
+    state_dir: Path | None = None
+    tls: ClientCertificate | None = None
+    bigquery_clients: ClientFactory | None = None
+    # A partition key's [start, end) (the Dagster layer gives its partitions' own).
+    partition_window: Callable[[str], tuple[dt.datetime, dt.datetime]] = partition_hour
+
+    def client_tls(self, who: str) -> ClientCertificate:
+        if self.tls is None:
+            raise ValueError(f"{who} needs the pipeline's client certificate")
+        return self.tls
 
 
 class Source(Protocol):
@@ -81,7 +83,7 @@ class Source(Protocol):
         """Columns known to hold PII whatever the transforms say (checked for leaks)."""
 
     def chunks(self, partition: str) -> Iterator[Chunk]:
-        """The hourly partition's rows, in bounded chunks."""
+        """The partition's rows (its runtime's ``partition_window``), in bounded chunks."""
 
     def chunks_since(self, since: dt.datetime | None) -> Iterator[Chunk]:
         """The rows whose cursor is at or past ``since`` (all if None), in chunks."""

@@ -187,18 +187,20 @@ def _why(err: Exception) -> str:
 
 
 def partition_of(query: dict[str, list[str]]) -> str:
-    """The hourly partition key ``start`` and ``end`` stand for; ValueError if they are
-    missing or not one whole UTC hour."""
+    """The partition key ``start`` and ``end`` stand for (an hour, or a cron partition
+    of whole minutes up to an hour); ValueError if they are missing or another span."""
     try:
         start = dt.datetime.fromisoformat(query["start"][0])
         end = dt.datetime.fromisoformat(query["end"][0])
     except (KeyError, IndexError, ValueError):
-        raise ValueError("start and end must be ISO-8601 times (one hour apart)") from None
+        raise ValueError("start and end must be ISO-8601 times (up to one hour apart)") from None
     if start.tzinfo is None or end.tzinfo is None:
         raise ValueError("start and end need a time zone")
     start = start.astimezone(dt.UTC)
-    if start.minute or start.second or start.microsecond or end - start != dt.timedelta(hours=1):
-        raise ValueError("start and end must bound one whole hour")
+    span = end - start
+    whole = not (start.second or start.microsecond or span.total_seconds() % 60)
+    if not whole or not dt.timedelta(0) < span <= dt.timedelta(hours=1):
+        raise ValueError("start and end must bound whole minutes, at most one hour")
     return start.strftime("%Y-%m-%d-%H:%M")
 
 

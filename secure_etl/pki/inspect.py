@@ -315,22 +315,33 @@ def inspect_chain(
 def _expiry(
     info: CertificateFacts, now: dt.datetime, min_days: float, fraction_left: float | None
 ) -> CheckResult:
-    threshold = renewal_threshold_days(info.lifetime_days, fraction_left, min_days)
-    left = info.days_remaining
+    # Exact spans, not the facts' rounded days: a leaf of minutes is judged to the second.
+    lifetime = (info.not_after - info.not_before).total_seconds() / 86400
+    threshold = renewal_threshold_days(lifetime, fraction_left, min_days)
+    left = (info.not_after - now).total_seconds() / 86400
     if now >= info.not_after:
         return CheckResult(
-            "expiry_window", False, "ERROR", f"expired {-left:.1f} days ago ({info.not_after})"
+            "expiry_window", False, "ERROR", f"expired {_span(-left)} ago ({info.not_after})"
         )
     if left < threshold:
         return CheckResult(
             "expiry_window",
             False,
             "WARN",
-            f"{left:.1f} days left, renewal is due below {threshold:.1f} days",
+            f"{_span(left)} left, renewal is due below {_span(threshold)}",
         )
     return CheckResult(
-        "expiry_window", True, "WARN", f"{left:.1f} days left (renewal due below {threshold:.1f})"
+        "expiry_window", True, "WARN", f"{_span(left)} left (renewal due below {_span(threshold)})"
     )
+
+
+def _span(days: float) -> str:
+    """'12.5 days', or for less than a day '42.0 minutes' / '30 s'."""
+    if days >= 1:
+        return f"{days:.1f} days"
+    if days * 1440 >= 1:
+        return f"{days * 1440:.1f} minutes"
+    return f"{days * 86400:.0f} s"
 
 
 def _started(info: CertificateFacts, now: dt.datetime) -> CheckResult:

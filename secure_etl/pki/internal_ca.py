@@ -102,6 +102,7 @@ class InternalCA:
         ca_lifetime_days: int = 3650,
         lifetime_days: int = 90,
         shared: SharedKeeper | None = None,
+        lifetime: dt.timedelta | None = None,
     ) -> None:
         self.name = name
         self.shared = shared
@@ -109,7 +110,7 @@ class InternalCA:
         self.common_name = common_name
         self.key_type = key_type
         self.ca_lifetime = dt.timedelta(days=ca_lifetime_days)
-        self.lifetime = dt.timedelta(days=lifetime_days)
+        self.lifetime = lifetime or dt.timedelta(days=lifetime_days)
 
     @property
     def root_path(self) -> Path:
@@ -231,8 +232,11 @@ class InternalCA:
         if not identifiers:
             raise ValueError("a certificate needs at least one identifier")
         root, ca_key = self.ensure_root()
-        start = not_before or dt.datetime.now(dt.UTC) - CLOCK_SKEW
-        end = min(start + (lifetime or self.lifetime), root.not_valid_after_utc)
+        lifetime = lifetime or self.lifetime
+        # Backdated for clock skew, but by no more than a tenth of the lifetime: a leaf of
+        # minutes must not start most of its life already spent.
+        start = not_before or dt.datetime.now(dt.UTC) - min(CLOCK_SKEW, lifetime / 10)
+        end = min(start + lifetime, root.not_valid_after_utc)
         public = key.public_key()
         subject = leaf_subject(identifiers)
         cert = (

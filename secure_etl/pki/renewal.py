@@ -60,7 +60,7 @@ def build_issuer(config: PlatformConfig, name: str, log=None) -> Issuer:
             common_name=issuer.common_name,
             key_type=issuer.key_type,
             ca_lifetime_days=issuer.ca_lifetime_days,
-            lifetime_days=issuer.lifetime_days,
+            lifetime=issuer.lifetime,
             shared=None if isinstance(store, CertificateStore) else store,
         )
     if isinstance(issuer, AcmeIssuerConfig):

@@ -316,3 +316,16 @@ def test_declared_column_kinds_check_the_filter_and_its_values_fit_the_columns(
     assert (
         _warehouse(postgres_tls, "SELECT count(*), min(id), max(id) FROM customers") == "30|20|49"
     )
+
+
+@pytest.mark.integration
+def test_minute_partitions_each_load_their_own_minute(postgres_tls, write_config, instance):
+    partitions = {"type": "cron", "cron": "* * * * *", "start": "2026-03-01-10:00"}
+    defs = _pg_definitions(postgres_tls, write_config, instance, partitions=partitions)
+    for minute in ("2026-03-01-10:05", "2026-03-01-11:29"):
+        assert _run(defs, instance, minute).success
+    assert _warehouse(
+        postgres_tls, "SELECT _partition, count(*), min(id) FROM customers GROUP BY 1 ORDER BY 1"
+    ).splitlines() == ["2026-03-01-10:05|1|5", "2026-03-01-11:29|1|89"]
+    schedule = defs.resolve_schedule_def("customers_etl_schedule")
+    assert schedule.cron_schedule == "* * * * *"

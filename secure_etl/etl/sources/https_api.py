@@ -26,7 +26,7 @@ from secure_etl.acme import deadline as socket_deadline
 from secure_etl.acme.retry import Backoff, GaveUp, TryAgain, retry
 from secure_etl.acme.transport import parse_retry_after
 from secure_etl.config import HttpsApiSource
-from secure_etl.etl.connector import Runtime, partition_hour
+from secure_etl.etl.connector import Runtime
 from secure_etl.etl.transforms import UNPARSED_COLUMN
 from secure_etl.security import tls as tls_policy
 from secure_etl.security.proxy import ProxyError, outbound_proxy
@@ -375,7 +375,7 @@ class HttpsApiReader:
     def api(self, partition: str) -> ApiSource:
         """The requests for one hourly partition (its bounds sent when the config says)."""
         c = self.config
-        start, end = partition_hour(partition)
+        start, end = self.runtime.partition_window(partition)
         params = dict(c.params)
         if c.start_param:
             params[c.start_param] = start.isoformat()

@@ -20,7 +20,7 @@ import pymysql
 import pymysql.cursors
 
 from secure_etl.config import MariaDBSource
-from secure_etl.etl.connector import Runtime, partition_hour
+from secure_etl.etl.connector import Runtime
 from secure_etl.identifiers import is_sql_name
 from secure_etl.security import tls as tls_policy
 
@@ -263,7 +263,7 @@ class MariaDBReader:
 
     def chunks(self, partition: str) -> Iterator[pa.Table]:
         c = self.config
-        start, end = partition_hour(partition)
+        start, end = self.runtime.partition_window(partition)
         yield from extract_range(
             self._endpoint(), c.table, c.time_column, start, end, c.selected_columns(), c.chunk_rows
         )

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from psycopg import sql
 
 from secure_etl.config import PostgresSource, _PostgresConnection
-from secure_etl.etl.connector import ClientCertificate, Runtime, partition_hour
+from secure_etl.etl.connector import ClientCertificate, Runtime
 from secure_etl.identifiers import is_sql_name
 from secure_etl.security.postgres_tls import PgEndpoint
 
@@ -165,7 +165,7 @@ class PostgresReader:
 
     def chunks(self, partition: str) -> Iterator[pa.Table]:
         c = self.config
-        start, end = partition_hour(partition)
+        start, end = self.runtime.partition_window(partition)
         yield from extract_range(
             self._endpoint(),
             c.db_schema,
