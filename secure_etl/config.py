@@ -860,6 +860,14 @@ class CertificateStorePostgres(SharedPostgres):
     current_table: SqlName = "certificate_current"  # which version is current
 
 
+def _backend_and_section(backend: str, postgres: object) -> None:
+    """``backend: postgres`` comes with its ``postgres:`` section, and only it does."""
+    if backend == "postgres" and postgres is None:
+        raise ValueError("backend postgres needs a postgres: section (host, dbname, ...)")
+    if backend != "postgres" and postgres is not None:
+        raise ValueError("a postgres: section needs backend: postgres")
+
+
 class CertificateStoreConfig(_Strict):
     """Where certificates and their keys are kept: ``local`` (the default) under
     state_dir/certs; ``postgres`` in two tables every worker shares, each private key
@@ -870,10 +878,7 @@ class CertificateStoreConfig(_Strict):
 
     @model_validator(mode="after")
     def _backend_has_its_settings(self) -> CertificateStoreConfig:
-        if self.backend == "postgres" and self.postgres is None:
-            raise ValueError("backend postgres needs a postgres: section (host, dbname, ...)")
-        if self.backend == "local" and self.postgres is not None:
-            raise ValueError("a postgres: section needs backend: postgres")
+        _backend_and_section(self.backend, self.postgres)
         return self
 
 
@@ -898,10 +903,7 @@ class AuditConfig(_Strict):
 
     @model_validator(mode="after")
     def _backend_has_its_settings(self) -> AuditConfig:
-        if self.backend == "postgres" and self.postgres is None:
-            raise ValueError("backend postgres needs a postgres: section (host, dbname, ...)")
-        if self.backend == "file" and self.postgres is not None:
-            raise ValueError("a postgres: section needs backend: postgres")
+        _backend_and_section(self.backend, self.postgres)
         return self
 
 

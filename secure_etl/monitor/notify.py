@@ -29,7 +29,7 @@ from secure_etl.config import (
     SlackChannel,
     WebhookChannel,
 )
-from secure_etl.security.proxy import ProxyError, outbound_proxy
+from secure_etl.security.proxy import ProxyError, configured_proxy
 from secure_etl.security.tls import verifying_context
 
 
@@ -101,8 +101,7 @@ class _Http(Channel):
         self.min_tls = min_tls  # None: the security policy's default
 
     def _through(self, url: str) -> httpx.Proxy | None:
-        p = self.proxy
-        if p is None:
+        if self.proxy is None:
             return None
         if not url.lower().startswith("https://"):
             raise DeliveryError(
@@ -110,7 +109,7 @@ class _Http(Channel):
                 "https is sent (the proxy would read anything else)"
             )
         try:
-            return outbound_proxy(p.url, p.ca_bundle, p.username_env, p.password_env)
+            return configured_proxy(self.proxy)
         except ProxyError as err:
             raise DeliveryError(f"{self.name}: {err}") from None
 

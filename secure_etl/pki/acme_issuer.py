@@ -39,7 +39,7 @@ from secure_etl.security.files import (
     write_atomic,
     write_secret,
 )
-from secure_etl.security.proxy import ProxyError, outbound_proxy
+from secure_etl.security.proxy import ProxyError, configured_proxy
 from secure_etl.security.tls import verifying_context
 
 # How often to ask the CA for renewal information: its Retry-After, kept within a minute
@@ -129,11 +129,8 @@ class AcmeIssuer:
         return client
 
     def _proxy(self) -> httpx.Proxy | None:
-        p = self.config.proxy
-        if p is None:
-            return None
         try:
-            return outbound_proxy(p.url, p.ca_bundle, p.username_env, p.password_env)
+            return configured_proxy(self.config.proxy)
         except ProxyError as err:
             raise AcmeConfigError(f"issuer {self.name!r}: {err}") from None
 

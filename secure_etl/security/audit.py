@@ -147,6 +147,29 @@ def pinned_key(pin: str) -> Ed25519PublicKey:
     return public
 
 
+def record_fields(
+    actor: str,
+    action: str,
+    asset: str = "",
+    partition: str = "",
+    run_id: str = "",
+    inputs: Mapping[str, str] | None = None,
+    outputs: Mapping[str, str] | None = None,
+    key_ids: list[str] | None = None,
+) -> dict:
+    """The fields of a record as a writer gives them (``next_record`` adds the chain's)."""
+    return {
+        "actor": actor,
+        "action": action,
+        "asset": asset,
+        "partition": partition,
+        "run_id": run_id,
+        "inputs": dict(inputs or {}),
+        "outputs": dict(outputs or {}),
+        "key_ids": list(key_ids or []),
+    }
+
+
 @dataclass
 class AuditLog:
     path: Path
@@ -171,16 +194,7 @@ class AuditLog:
         same time are written together, under one lock and one fsync.
         Every ``checkpoint_every`` records the head is signed; AuditChainBroken (after the
         record is written) if the chain since the last checkpoint does not verify."""
-        fields = {
-            "actor": actor,
-            "action": action,
-            "asset": asset,
-            "partition": partition,
-            "run_id": run_id,
-            "inputs": dict(inputs or {}),
-            "outputs": dict(outputs or {}),
-            "key_ids": list(key_ids or []),
-        }
+        fields = record_fields(actor, action, asset, partition, run_id, inputs, outputs, key_ids)
         return _group_for(self).append(self, fields)
 
     def _append_batch(self, batch: list[_Pending]) -> None:

@@ -38,6 +38,7 @@ from secure_etl.security.audit import (
     checkpoint_name,
     checkpoints_on,
     next_record,
+    record_fields,
     refuse_a_lost_store,
     sign_checkpoint,
     signed_body,
@@ -99,16 +100,7 @@ class PostgresAuditLog:
         """Append one record under the table's advisory lock; every ``checkpoint_every``
         records the head is signed. AuditChainBroken (after the record is committed) if
         the chain since the last checkpoint does not verify."""
-        fields = {
-            "actor": actor,
-            "action": action,
-            "asset": asset,
-            "partition": partition,
-            "run_id": run_id,
-            "inputs": dict(inputs or {}),
-            "outputs": dict(outputs or {}),
-            "key_ids": list(key_ids or []),
-        }
+        fields = record_fields(actor, action, asset, partition, run_id, inputs, outputs, key_ids)
         problem, point = None, None
         with self._connect() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock,))

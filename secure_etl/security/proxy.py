@@ -49,3 +49,11 @@ def outbound_proxy(
     https = url.lower().startswith("https://")
     context = ssl.create_default_context(cafile=ca_bundle) if https else None
     return httpx.Proxy(url, auth=auth, ssl_context=context)
+
+
+def configured_proxy(config) -> httpx.Proxy | None:
+    """The proxy a config's ``proxy:`` section names (a ``ProxyConfig``), None without one;
+    ProxyError as ``outbound_proxy``."""
+    if config is None:
+        return None
+    return outbound_proxy(config.url, config.ca_bundle, config.username_env, config.password_env)

@@ -29,7 +29,7 @@ from secure_etl.config import HttpsApiSource
 from secure_etl.etl.connector import Runtime
 from secure_etl.etl.transforms import UNPARSED_COLUMN
 from secure_etl.security import tls as tls_policy
-from secure_etl.security.proxy import ProxyError, outbound_proxy
+from secure_etl.security.proxy import ProxyError, configured_proxy
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 DEFAULT_PORTS = {"https": 443, "http": 80}
@@ -417,11 +417,8 @@ class HttpsApiReader:
         return ApiKey(key.header, secret)
 
     def proxy(self) -> httpx.Proxy | None:
-        p = self.config.proxy
-        if p is None:
-            return None
         try:
-            return outbound_proxy(p.url, p.ca_bundle, p.username_env, p.password_env)
+            return configured_proxy(self.config.proxy)
         except ProxyError as err:
             raise ApiError(f"{shown(self.config.url)}: {err}") from None
 
