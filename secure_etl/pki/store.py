@@ -39,6 +39,16 @@ from secure_etl.security.files import (
 
 # A version's id: the UTC time it was installed.
 VERSION_FORMAT = "%Y%m%dT%H%M%S%fZ"
+
+
+def version_time(version: str | None) -> dt.datetime | None:
+    """When a version was installed (its id is that UTC time), or None for no version."""
+    try:
+        return dt.datetime.strptime(version or "", VERSION_FORMAT).replace(tzinfo=dt.UTC)
+    except ValueError:
+        return None
+
+
 # The check that the current private key is safe on disk (see private_key_problem).
 PRIVATE_KEY_CHECK = "private_key_protected"
 
@@ -88,11 +98,7 @@ class CertificateStore:
 
     def installed_at(self, name: str) -> dt.datetime | None:
         """When the current version was installed (its id is that UTC time), or None."""
-        version = self.current_version(name)
-        try:
-            return dt.datetime.strptime(version or "", VERSION_FORMAT).replace(tzinfo=dt.UTC)
-        except ValueError:
-            return None
+        return version_time(self.current_version(name))
 
     def has_current(self, name: str) -> bool:
         return self.paths(name).fullchain.is_file()

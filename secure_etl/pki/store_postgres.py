@@ -36,7 +36,7 @@ from psycopg import sql
 
 from secure_etl.config import CertificateStorePostgres
 from secure_etl.pki.issuer import IssuedCertificate
-from secure_etl.pki.store import VERSION_FORMAT, CertificatePaths, StoreLocked
+from secure_etl.pki.store import VERSION_FORMAT, CertificatePaths, StoreLocked, version_time
 from secure_etl.security.files import private_dir, write_secret
 from secure_etl.security.key_provider import KeyProvider
 from secure_etl.security.postgres_tls import PgEndpoint
@@ -94,11 +94,7 @@ class PostgresCertificateStore:
         return row[0] if row else None
 
     def installed_at(self, name: str) -> dt.datetime | None:
-        version = self.current_version(name)
-        try:
-            return dt.datetime.strptime(version or "", VERSION_FORMAT).replace(tzinfo=dt.UTC)
-        except ValueError:
-            return None
+        return version_time(self.current_version(name))
 
     def has_current(self, name: str) -> bool:
         return self.current_version(name) is not None
