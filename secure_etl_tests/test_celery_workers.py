@@ -403,6 +403,9 @@ def cluster(services, tmp_path_factory):
     # First issuance, from the orchestrator, into the shared store.
     orchestrator.run(str(BIN / "secure-etl"), "certs", "renew", "--all")
     _trust_the_platform_ca(services, orchestrator)
+    # The instance's tables, created once, as a deployment does before starting services
+    # (a daemon and a CLI creating them at the same moment collide).
+    orchestrator.run(str(BIN / "dagster"), "instance", "migrate")
     for worker in workers.values():
         worker.start_worker()
     try:
