@@ -73,9 +73,16 @@ def test_a_queued_run_is_dequeued_by_the_daemon_and_succeeds_on_postgres(product
         assert type(coordinator).__name__ == "QueuedRunCoordinator"
         # What the daemon dequeues by: the instance's `concurrency` settings.
         concurrency = instance.get_concurrency_config()
-        assert concurrency.run_queue_config.max_concurrent_runs == 4
-        [renewals] = concurrency.run_queue_config.tag_concurrency_limits
+        assert concurrency.run_queue_config.max_concurrent_runs == 5
+        renewals, pipelines, checks = concurrency.run_queue_config.tag_concurrency_limits
         assert renewals["key"] == "secure_etl/renewal_of" and renewals["limit"] == 1
+        # Pipelines never take every slot: a checks run and a renewal always find one.
+        assert (pipelines["key"], pipelines["value"], pipelines["limit"]) == (
+            "secure_etl/kind",
+            "pipeline",
+            3,
+        )
+        assert (checks["value"], checks["limit"]) == ("checks", 1)
         assert concurrency.pool_config.default_pool_limit == 1  # one load per database
         assert "postgres" in type(instance.run_storage).__module__
 
@@ -107,6 +114,7 @@ def test_a_queued_run_is_dequeued_by_the_daemon_and_succeeds_on_postgres(product
         finally:
             _stop_group(daemon)
         assert finished.status == DagsterRunStatus.SUCCESS, finished.status
+        assert finished.tags["secure_etl/kind"] == "renewal"  # what the queue limits by
         events = {
             e.dagster_event.event_type for e in instance.all_logs(run.run_id) if e.is_dagster_event
         }

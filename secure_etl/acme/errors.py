@@ -160,6 +160,10 @@ class ProtocolError(AcmeError):
     """The server answered something RFC 8555 does not allow here."""
 
 
+class CaUnreachable(ProtocolError):
+    """The CA could not be reached: the connection was refused, reset or timed out."""
+
+
 class PollTimeout(AcmeError):
     """An order or authorization did not reach a final state in time."""
 

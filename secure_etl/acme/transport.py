@@ -16,7 +16,13 @@ from dataclasses import dataclass
 import httpx
 
 from secure_etl.acme.deadline import bounded, deadline
-from secure_etl.acme.errors import AcmeProblem, BadNonce, PollTimeout, ProtocolError
+from secure_etl.acme.errors import (
+    AcmeProblem,
+    BadNonce,
+    CaUnreachable,
+    PollTimeout,
+    ProtocolError,
+)
 from secure_etl.acme.jws import AccountKey
 from secure_etl.acme.messages import Directory, https_url
 
@@ -173,7 +179,8 @@ class Transport:
                 body = self._read_body(raw, limit, what)
         except httpx.HTTPError as err:
             self._check_deadline(what)  # a read cut short by the deadline is its error
-            raise ProtocolError(f"{what}: {type(err).__name__}: {err}") from None
+            kind = CaUnreachable if isinstance(err, httpx.TransportError) else ProtocolError
+            raise kind(f"{what}: {type(err).__name__}: {err}") from None
         self.requests += 1
         response = Response(raw.status_code, raw.headers, body, url)
         nonce = raw.headers.get("Replay-Nonce")

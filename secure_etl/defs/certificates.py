@@ -10,10 +10,12 @@ from dagster import (
     AssetKey,
     AssetsDefinition,
     AssetSelection,
+    Backoff,
     Failure,
     Field,
     MaterializeResult,
     MetadataValue,
+    RetryPolicy,
     asset,
     define_asset_job,
     in_process_executor,
@@ -26,10 +28,17 @@ from secure_etl.acme.challenges import SolverError
 from secure_etl.acme.errors import AcmeError, AcmeProblem, RateLimited
 from secure_etl.config import PlatformConfig
 from secure_etl.defs.check_state import check_evaluation, latest_materializations
-from secure_etl.defs.names import ENDPOINT_CHECK, GROUP, certificate_check_names, certificate_key
+from secure_etl.defs.names import (
+    ENDPOINT_CHECK,
+    GROUP,
+    certificate_check_names,
+    certificate_key,
+    kind_tags,
+)
 from secure_etl.defs.resources import DEMO_API_KEY
 from secure_etl.pki.endpoints import stale_endpoints
 from secure_etl.pki.inspect import CheckResult, PemError, facts
+from secure_etl.pki.issuer import IssuerUnavailable, worth_retrying
 from secure_etl.pki.renewal import (
     certificate_store,
     current_chain,
@@ -70,18 +79,32 @@ def certificate_asset(platform: PlatformConfig, name: str) -> AssetsDefinition:
         ),
         tags={"secure_etl/use": cert.use},
         config_schema=RUN_CONFIG,
+        retry_policy=_retry_policy(cert.renewal),
     )
     def _certificate(context) -> MaterializeResult:
         force = bool(context.op_execution_context.op_config["force"])
         try:
             result = ensure_certificate(platform, name, force=force, log=context.log.info)
-        except (AcmeError, SolverError, AcmeConfigError, VerificationError) as err:
+        except (
+            AcmeError,
+            SolverError,
+            AcmeConfigError,
+            VerificationError,
+            IssuerUnavailable,
+        ) as err:
             # The previous version (if any) stays current; say what happened, in the UI too.
             outcome = "rate_limited" if isinstance(err, RateLimited) else "failed"
             metadata = {"outcome": outcome, "error": str(err), "issuer": cert.issuer}
             if isinstance(err, AcmeProblem) and err.retry_after is not None:
                 metadata["retry_after_s"] = MetadataValue.float(err.retry_after)
-            raise Failure(f"{name}: {outcome}: {err}", metadata=metadata) from err
+            # Only an issuer that could not serve just then is asked again in this run
+            # (renewal.retries); anything else fails at once.
+            retry = worth_retrying(err)
+            if retry and cert.renewal.retries:
+                context.log.warning(f"{name}: {err}; trying again (renewal.retries)")
+            raise Failure(
+                f"{name}: {outcome}: {err}", metadata=metadata, allow_retries=retry
+            ) from err
         context.log.info(f"{name}: {result.outcome} ({result.reason}) in {result.seconds:.2f} s")
         leaf = current_leaf(platform, name)
         info = facts(leaf)
@@ -105,6 +128,15 @@ def certificate_asset(platform: PlatformConfig, name: str) -> AssetsDefinition:
         )
 
     return _certificate
+
+
+def _retry_policy(renewal) -> RetryPolicy | None:
+    """Dagster's retry policy of a certificate's renewal step (none with 0 retries)."""
+    if not renewal.retries:
+        return None
+    return RetryPolicy(
+        max_retries=renewal.retries, delay=renewal.retry_delay_s, backoff=Backoff.EXPONENTIAL
+    )
 
 
 CHECKS_OP = "certificate_inspection"
@@ -244,6 +276,7 @@ def certificate_jobs(platform: PlatformConfig):
         name=CHECKS_JOB,
         description="Evaluates every certificate check without renewing anything.",
         executor_def=in_process_executor,
+        tags=kind_tags("checks"),
     )
     def checks_job():
         for inspection in ops:
@@ -253,6 +286,11 @@ def certificate_jobs(platform: PlatformConfig):
     renewal_job = define_asset_job(
         RENEWAL_JOB,
         selection=AssetSelection.assets(*keys),
+        tags=kind_tags("renewal"),
+        # One certificate and its checks: in the run's own process (a step subprocess
+        # would load the code location a second time, seconds a certificate of minutes
+        # cannot spare). With Celery, on the workers (the store is shared).
+        executor_def=None if platform.executor.type == "celery" else in_process_executor,
         description="Issues or renews certificates, then re-evaluates their checks.",
     )
     return checks_job, renewal_job

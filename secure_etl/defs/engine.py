@@ -25,7 +25,7 @@ def celery_settings(config: CeleryExecutor) -> dict:
 
 def executor_for(config: Executor) -> ExecutorDefinition:
     """The executor of the jobs that do not choose their own (the pipelines'; the
-    certificate jobs run in the run's process)."""
+    certificate jobs run in the run's process, renewals on the workers with Celery)."""
     if config.type == "celery":
         try:
             from dagster_celery import celery_executor

@@ -30,7 +30,7 @@ from dagster import (
 
 from secure_etl.config import PlatformConfig
 from secure_etl.defs.check_state import latest_check_evaluations
-from secure_etl.defs.names import certificate_check_keys, pipeline_job_name, stage_key
+from secure_etl.defs.names import certificate_check_keys, kind_tags, pipeline_job_name, stage_key
 from secure_etl.errors import UserError
 from secure_etl.etl.check_names import LOADED_CHECKS
 from secure_etl.monitor import health
@@ -273,7 +273,7 @@ def health_definitions(platform: PlatformConfig):
             ],
         )
 
-    job = define_asset_job(HEALTH_JOB, selection=[HEALTH_KEY])
+    job = define_asset_job(HEALTH_JOB, selection=[HEALTH_KEY], tags=kind_tags("maintenance"))
     schedule = ScheduleDefinition(
         name="health_report_schedule",
         job=job,

@@ -13,6 +13,17 @@ from secure_etl.pki.store import PRIVATE_KEY_CHECK
 
 GROUP = "certificates"
 
+# Every run says what kind of work it is; the production instance's queue limits
+# (deploy/dagster.yaml) keep pipeline runs from taking every slot, so a checks run and a
+# renewal always find one.
+KIND_TAG = "secure_etl/kind"
+
+
+def kind_tags(kind: str) -> dict[str, str]:
+    """The tags of a job whose runs are work of `kind` (pipeline, checks, renewal,
+    maintenance)."""
+    return {KIND_TAG: kind}
+
 
 def certificate_key(name: str) -> AssetKey:
     return AssetKey([GROUP, name])

@@ -31,7 +31,7 @@ from dagster import DefaultScheduleStatus as Status
 
 from secure_etl.config import Destination as DestinationConfig
 from secure_etl.config import PipelineConfig, PlatformConfig
-from secure_etl.defs.names import certificate_key, pipeline_job_name, stage_key
+from secure_etl.defs.names import certificate_key, kind_tags, pipeline_job_name, stage_key
 from secure_etl.defs.resources import PipelineResources, step_certificate
 from secure_etl.etl import checks, filters, registry, storage
 from secure_etl.etl.check_names import LOADED_CHECKS
@@ -565,6 +565,7 @@ def pipeline_job_and_schedule(platform: PlatformConfig, name: str, assets: list)
     job = define_asset_job(
         pipeline_job_name(name),
         selection=AssetSelection.assets(*assets),
+        tags=kind_tags("pipeline"),
         description=f"Extract, pseudonymise and load "
         f"{'what is new' if p.incremental else 'one partition'} of pipeline {name!r}.",
     )

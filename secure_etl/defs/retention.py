@@ -8,6 +8,7 @@ import datetime as dt
 from dagster import DefaultScheduleStatus, Output, ScheduleDefinition, job, op
 
 from secure_etl.config import PlatformConfig
+from secure_etl.defs.names import kind_tags
 from secure_etl.etl.retention import apply_retention
 from secure_etl.etl.storage import storage_for
 from secure_etl.security.audit_trail import platform_audit_log
@@ -52,6 +53,7 @@ def retention_job_and_schedule(platform: PlatformConfig):
         name=RETENTION_JOB,
         description="Delete raw partitions after their load (and a "
         "grace period), and hashed ones by their own policy.",
+        tags=kind_tags("maintenance"),
     )
     def retention():
         apply()

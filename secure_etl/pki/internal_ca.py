@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from secure_etl.identifiers import is_ip_address
-from secure_etl.pki.issuer import IssuedCertificate, Use
+from secure_etl.pki.issuer import IssuedCertificate, IssuerUnavailable, Use
 from secure_etl.pki.keys import (
     PrivateKey,
     generate_private_key,
@@ -231,7 +231,13 @@ class InternalCA:
         (``previous`` changes nothing: a new leaf is signed either way)."""
         if not identifiers:
             raise ValueError("a certificate needs at least one identifier")
-        root, ca_key = self.ensure_root()
+        try:
+            root, ca_key = self.ensure_root()
+        except OSError as err:  # a key moved away, a volume not mounted: may come back
+            raise IssuerUnavailable(
+                f"issuer {self.name!r} cannot sign: {err.filename or self.directory}: "
+                f"{err.strerror or err}"
+            ) from None
         lifetime = lifetime or self.lifetime
         # Backdated for clock skew, but by no more than a tenth of the lifetime: a leaf of
         # minutes must not start most of its life already spent.

@@ -10,9 +10,29 @@ from typing import Literal, Protocol
 
 from cryptography import x509
 
+from secure_etl.acme.errors import AcmeProblem, CaUnreachable, RateLimited
 from secure_etl.pki.keys import PrivateKey
 
 Use = Literal["server", "client"]
+
+
+class IssuerUnavailable(Exception):
+    """The issuer cannot sign just now (the internal CA's key or root cannot be read);
+    the same request may succeed later. The previous certificate stays current."""
+
+
+def worth_retrying(err: BaseException) -> bool:
+    """Whether a failed issuance may succeed if made again soon: the CA was unreachable,
+    answered with a server error, or could not sign. Not a refusal, a rate limit (its
+    Retry-After is the CA's to give), a failed challenge or a certificate that failed
+    verification: those need a person or a later schedule, not a retry loop."""
+    if isinstance(err, IssuerUnavailable | CaUnreachable):
+        return True
+    return (
+        isinstance(err, AcmeProblem)
+        and not isinstance(err, RateLimited)
+        and (err.status or 0) >= 500
+    )
 
 
 @dataclass(frozen=True)

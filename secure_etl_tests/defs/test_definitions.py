@@ -13,7 +13,7 @@ from dagster import AssetCheckKey, AssetKey
 
 from secure_etl.config import default_config_path, load_config
 from secure_etl.defs.build import build_definitions
-from secure_etl.defs.names import ALL_CHECKS, ENDPOINT_CHECK
+from secure_etl.defs.names import ALL_CHECKS, ENDPOINT_CHECK, KIND_TAG
 from secure_etl.etl.check_names import LOADED_CHECKS
 from secure_etl_tests.conftest import BASE_CONFIG
 
@@ -25,6 +25,20 @@ def test_every_job_resolves_on_the_bundled_demo_config():
     assert defs.resolve_sensor_def("certificate_renewal")
     assert defs.resolve_schedule_def("certificate_checks_schedule")
     assert defs.resolve_schedule_def("customers_etl_schedule")
+
+
+def test_every_job_says_what_kind_of_work_its_runs_are_for_the_queue_limits():
+    defs = build_definitions(load_config(default_config_path()))
+    kinds = {
+        job.name: job.tags.get(KIND_TAG)
+        for job in defs.resolve_all_job_defs()
+        if not job.name.startswith("__")  # Dagster's implicit asset job
+    }
+    assert kinds["certificate_checks"] == "checks"
+    assert kinds["certificate_renewal"] == "renewal"
+    assert kinds["customers_etl"] == "pipeline"
+    assert kinds["retention"] == kinds["health_report"] == "maintenance"
+    assert None not in kinds.values(), kinds
 
 
 def test_certificates_have_every_inspection_check_and_feed_the_pipeline(platform):

@@ -25,6 +25,9 @@ def test_pipelines_take_the_multiprocess_executor_by_default(write_config):
     defs = _defs(write_config)
     assert defs.resolve_job_def("customers_etl").executor_def.name == "multiprocess"
     assert defs.resolve_job_def(CHECKS_JOB).executor_def.name == "in_process"
+    # A renewal is one certificate and its checks: no step subprocess loading the code
+    # location again (seconds a certificate of minutes cannot spare).
+    assert defs.resolve_job_def(RENEWAL_JOB).executor_def.name == "in_process"
 
 
 def test_celery_runs_the_pipeline_steps_and_acknowledges_them_when_they_end(
