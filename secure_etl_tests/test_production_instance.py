@@ -84,6 +84,10 @@ def test_a_queued_run_is_dequeued_by_the_daemon_and_succeeds_on_postgres(product
         )
         assert (checks["value"], checks["limit"]) == ("checks", 1)
         assert concurrency.pool_config.default_pool_limit == 1  # one load per database
+        # The runs of one sensor tick are submitted in parallel (a renewal of several
+        # certificates at once must not make the tick slow).
+        sensors = instance.get_settings("sensors")
+        assert sensors["use_threads"] and sensors["num_submit_workers"] >= 2
         assert "postgres" in type(instance.run_storage).__module__
 
         with log.open("wb") as out:

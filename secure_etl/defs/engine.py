@@ -3,7 +3,7 @@ Celery workers on other machines (``executor: {type: celery}``, see celery_app.p
 
 from __future__ import annotations
 
-from dagster import ExecutorDefinition, multiprocess_executor
+from dagster import ExecutorDefinition, in_process_executor, multiprocess_executor
 
 from secure_etl.config import CeleryExecutor, Executor
 from secure_etl.errors import UserError
@@ -41,6 +41,8 @@ def executor_for(config: Executor) -> ExecutorDefinition:
             },
             name="celery",
         )
+    if config.type == "in_process":
+        return in_process_executor
     if config.max_concurrent is None:
         return multiprocess_executor
     return multiprocess_executor.configured(

@@ -13,6 +13,7 @@ from secure_etl.config import ConfigError, load_config
 from secure_etl.defs.build import build_definitions
 from secure_etl.defs.certificates import CHECKS_JOB, RENEWAL_JOB
 from secure_etl.defs.names import stage_key
+from secure_etl.pki.renewal import ensure_certificate
 
 
 def _defs(write_config, **platform):
@@ -53,6 +54,22 @@ def test_celery_runs_the_pipeline_steps_and_acknowledges_them_when_they_end(
     assert defs.resolve_job_def(CHECKS_JOB).executor_def.name == "in_process"
 
 
+def test_in_process_runs_every_pipeline_step_in_the_runs_process(write_config, monkeypatch):
+    monkeypatch.delenv("SECURE_ETL_STATE_DIR", raising=False)
+    data = copy.deepcopy(yaml.safe_load(write_config().read_text()))
+    data["executor"] = {"type": "in_process"}
+    platform = load_config(write_config(data, "in_process.yaml"))
+    ensure_certificate(platform, "etl-client")
+    defs = build_definitions(platform)
+    assert defs.resolve_job_def("customers_etl").executor_def.name == "in_process"
+    result = defs.resolve_job_def("customers_etl").execute_in_process(
+        partition_key="2026-01-01-00:00", raise_on_error=False
+    )
+    assert result.success
+    steps = {e.step_key for e in result.all_events if e.is_step_success}
+    assert {"raw__customers", "hashed__customers", "loaded__customers"} <= steps
+
+
 def test_an_unknown_executor_is_named(write_config):
     data = copy.deepcopy(yaml.safe_load(write_config().read_text()))
     data["executor"] = {"type": "dask"}
@@ -60,6 +77,7 @@ def test_an_unknown_executor_is_named(write_config):
         load_config(write_config(data, "dask.yaml"))
     assert caught.value.key.startswith("executor")
     assert "celery" in caught.value.message and "multiprocess" in caught.value.message
+    assert "in_process" in caught.value.message
 
 
 def test_loads_into_one_database_share_a_pool(write_config):
