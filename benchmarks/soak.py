@@ -57,6 +57,10 @@ class Settings:
     rows_per_s: float
     ca_outage_s: float
     workdir: Path
+    # Checks this many seconds apart (a sensor) instead of once a minute (cron): for
+    # certificates of a minute or two.
+    check_interval_s: int | None = None
+    retry_delay_s: float = 10  # renewal.retry_delay_s of every certificate
 
 
 @dataclass
@@ -78,6 +82,7 @@ class Watch:
 def _config(s: Settings, src: int | None, dst: int | None, api: int, start: str) -> dict:
     state = s.workdir / "state"
     store = state / "certs"
+    renewal = {"fraction_left": s.fraction_left, "retry_delay_s": s.retry_delay_s}
 
     def db(name: str, port: int | None, pg_dir: Path) -> dict:
         cert = {
@@ -85,7 +90,7 @@ def _config(s: Settings, src: int | None, dst: int | None, api: int, start: str)
             "use": "server",
             "identifiers": ["localhost", "127.0.0.1"],
             "keep_versions": 100,
-            "renewal": {"fraction_left": s.fraction_left},
+            "renewal": renewal,
         }
         if port:
             tls = pg_dir / "tls"
@@ -118,12 +123,17 @@ def _config(s: Settings, src: int | None, dst: int | None, api: int, start: str)
     retry = {"max_retries": 3, "delay_s": 5}
     partitions = {"type": "cron", "cron": "* * * * *", "start": start}
     destination = {"type": "postgres", **connection, "port": dst or 1, "dbname": "warehouse"}
+    checks = (
+        {"certificate_check_interval_s": s.check_interval_s}
+        if s.check_interval_s
+        else {"certificate_check_schedule": "* * * * *"}
+    )
     return {
         "state_dir": str(state),
+        **checks,
         # A partition a minute: each run's steps in its own process (no subprocess per
         # step loading the code location again).
         "executor": {"type": "in_process"},
-        "certificate_check_schedule": "* * * * *",
         "renewal_sensor_interval_s": 5,
         "issuers": {"soak-ca": {"type": "internal_ca", "lifetime_minutes": s.lifetime_minutes}},
         "certificates": {
@@ -134,7 +144,7 @@ def _config(s: Settings, src: int | None, dst: int | None, api: int, start: str)
                 "use": "server",
                 "identifiers": ["127.0.0.1"],
                 "keep_versions": 100,
-                "renewal": {"fraction_left": s.fraction_left},
+                "renewal": renewal,
                 "endpoints": [{"host": "127.0.0.1", "port": api}],
             },
             "etl-client": {
@@ -142,7 +152,7 @@ def _config(s: Settings, src: int | None, dst: int | None, api: int, start: str)
                 "use": "client",
                 "identifiers": [CLIENT_CN],
                 "keep_versions": 100,
-                "renewal": {"fraction_left": s.fraction_left},
+                "renewal": renewal,
             },
         },
         "keys": {"pseudo-1": {"file": "keys/pseudo-1.key", "create": True}},
@@ -626,6 +636,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fraction-left", type=float, default=2 / 3)
     parser.add_argument("--rows-per-s", type=float, default=20)
     parser.add_argument("--ca-outage-s", type=float, default=120)
+    parser.add_argument("--check-interval-s", type=int, default=None)
+    parser.add_argument("--retry-delay-s", type=float, default=10)
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="soak-"))
@@ -637,6 +649,8 @@ def main(argv: list[str] | None = None) -> int:
             args.rows_per_s,
             args.ca_outage_s,
             workdir,
+            args.check_interval_s,
+            args.retry_delay_s,
         )
     )
     print(_table(report))

@@ -1158,6 +1158,9 @@ _REPORT_POLICY = "report_policy_violations"
 class PlatformConfig(_Strict):
     state_dir: LocalPath = ".secure_etl"
     certificate_check_schedule: Cron = "*/30 * * * *"
+    # Checks more often than cron can say (certificates of a few minutes): a sensor starts
+    # the checks job this many seconds apart instead of the schedule.
+    certificate_check_interval_s: int | None = Field(None, ge=5, le=3600)
     # How often the renewal sensor looks at new check evaluations (seconds).
     renewal_sensor_interval_s: int = Field(30, ge=1, le=3600)
     issuers: dict[Name, Issuer]

@@ -93,3 +93,33 @@ def test_the_renewal_sensor_interval_and_check_schedule_take_seconds_and_minutes
     assert defs.resolve_sensor_def("certificate_renewal").minimum_interval_seconds == 5
     checks = defs.resolve_schedule_def("certificate_checks_schedule")
     assert checks.cron_schedule == "* * * * *"
+
+
+def test_checks_seconds_apart_come_from_a_sensor_that_never_piles_runs_up(tmp_path):
+    from dagster import DagsterRunStatus, build_sensor_context, instance_for_test
+
+    from secure_etl.defs.build import build_definitions
+    from secure_etl.defs.certificates import CHECKS_JOB
+
+    defs = build_definitions(_config(tmp_path, certificate_check_interval_s=15))
+    with pytest.raises(Exception, match="certificate_checks_schedule"):
+        defs.resolve_schedule_def("certificate_checks_schedule")  # the sensor instead
+    sensor = defs.resolve_sensor_def("certificate_checks_interval")
+    assert sensor.minimum_interval_seconds == 15
+    job = defs.resolve_job_def(CHECKS_JOB)
+    with instance_for_test() as instance:
+        tick = sensor(build_sensor_context(instance=instance, definitions=defs))
+        assert len(tick.run_requests) == 1  # nothing running: a checks run
+        run = instance.create_run_for_job(job_def=job, status=DagsterRunStatus.STARTED)
+        tick = sensor(build_sensor_context(instance=instance, definitions=defs))
+        assert not tick.run_requests
+        assert run.run_id in tick.skip_reason.skip_message
+        instance.report_run_failed(run)  # finished (failed): the next tick starts one
+        tick = sensor(build_sensor_context(instance=instance, definitions=defs))
+        assert len(tick.run_requests) == 1
+
+
+def test_a_check_interval_under_five_seconds_is_refused(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        _config(tmp_path, certificate_check_interval_s=1)
+    assert caught.value.key == "certificate_check_interval_s"

@@ -71,6 +71,7 @@ def test_a_queued_run_is_dequeued_by_the_daemon_and_succeeds_on_postgres(product
     with DagsterInstance.get() as instance:
         coordinator = instance.run_coordinator
         assert type(coordinator).__name__ == "QueuedRunCoordinator"
+        assert coordinator.dequeue_use_threads and coordinator.dequeue_interval_seconds == 2
         # What the daemon dequeues by: the instance's `concurrency` settings.
         concurrency = instance.get_concurrency_config()
         assert concurrency.run_queue_config.max_concurrent_runs == 5

@@ -17,7 +17,7 @@ from secure_etl.defs.pipelines import (
     pipeline_assets,
     pipeline_job_and_schedule,
 )
-from secure_etl.defs.renewal_sensor import renewal_sensor
+from secure_etl.defs.renewal_sensor import checks_interval_sensor, renewal_sensor
 from secure_etl.defs.resources import (
     bigquery_resources,
     certificate_resources,
@@ -40,12 +40,18 @@ def build_definitions(platform: PlatformConfig) -> Definitions:
     certificates = [certificate_asset(platform, name) for name in platform.certificates]
     checks = certificate_checks(platform)
     checks_job, renewal_job = certificate_jobs(platform)
-    check_schedule = ScheduleDefinition(
-        name="certificate_checks_schedule",
-        job=checks_job,
-        cron_schedule=platform.certificate_check_schedule,
-        default_status=Status.RUNNING,
-    )
+    if platform.certificate_check_interval_s:  # seconds apart, by a sensor
+        check_schedules, check_sensors = [], [checks_interval_sensor(platform, checks_job)]
+    else:
+        check_sensors = []
+        check_schedules = [
+            ScheduleDefinition(
+                name="certificate_checks_schedule",
+                job=checks_job,
+                cron_schedule=platform.certificate_check_schedule,
+                default_status=Status.RUNNING,
+            )
+        ]
 
     data_assets, data_jobs, data_schedules = [], [], []
     for name in platform.pipelines:
@@ -68,8 +74,9 @@ def build_definitions(platform: PlatformConfig) -> Definitions:
         assets=[*certificates, *data_assets, health_report],
         asset_checks=checks,
         jobs=[checks_job, renewal_job, retention_job, health_job, *data_jobs],
-        schedules=[check_schedule, retention_schedule, health_schedule, *data_schedules],
+        schedules=[*check_schedules, retention_schedule, health_schedule, *data_schedules],
         sensors=[
+            *check_sensors,
             renewal_sensor(platform, renewal_job),
             check_alerts_sensor(platform, check_keys),
             run_failure_alerts(platform),

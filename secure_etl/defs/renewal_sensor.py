@@ -1,10 +1,13 @@
-"""The renewal sensor: a failed certificate check evaluation requests one renewal run."""
+"""The renewal sensor: a failed certificate check evaluation requests one renewal run; and
+the sensor that starts the checks job seconds apart when cron is too coarse."""
 
 from __future__ import annotations
 
 from dagster import (
+    DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
+    RunsFilter,
     SensorEvaluationContext,
     SensorResult,
     sensor,
@@ -16,6 +19,37 @@ from secure_etl.defs.names import certificate_check_keys, certificate_key
 from secure_etl.pki.renewal import verification_failure
 
 RENEWAL_TAG = "secure_etl/renewal_of"
+_UNFINISHED = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+]
+
+
+def checks_interval_sensor(platform: PlatformConfig, checks_job):
+    """With ``certificate_check_interval_s``: starts the checks job that many seconds
+    apart (cron cannot say less than a minute), never while one is still queued or
+    running, so slow runs do not pile up."""
+
+    @sensor(
+        name="certificate_checks_interval",
+        job=checks_job,
+        minimum_interval_seconds=platform.certificate_check_interval_s,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Starts the certificate checks job every "
+        f"{platform.certificate_check_interval_s} s unless one has not finished yet.",
+    )
+    def _sensor(context: SensorEvaluationContext) -> SensorResult:
+        unfinished = context.instance.get_run_records(
+            RunsFilter(job_name=checks_job.name, statuses=_UNFINISHED), limit=1
+        )
+        if unfinished:
+            run_id = unfinished[0].dagster_run.run_id
+            return SensorResult(skip_reason=f"checks run {run_id} has not finished yet")
+        return SensorResult(run_requests=[RunRequest()])
+
+    return _sensor
 
 
 def renewal_sensor(platform: PlatformConfig, renewal_job):
