@@ -60,7 +60,10 @@ class Settings:
     # Checks this many seconds apart (a sensor) instead of once a minute (cron): for
     # certificates of a minute or two.
     check_interval_s: int | None = None
-    retry_delay_s: float = 10  # renewal.retry_delay_s of every certificate
+    # renewal.retries and .retry_delay_s of every certificate: 5 retries at 10 s make
+    # attempts 10, 40, 110, 260 and 570 s after the first (an outage of minutes).
+    retry_delay_s: float = 10
+    retries: int = 5
 
 
 @dataclass
@@ -82,7 +85,11 @@ class Watch:
 def _config(s: Settings, src: int | None, dst: int | None, api: int, start: str) -> dict:
     state = s.workdir / "state"
     store = state / "certs"
-    renewal = {"fraction_left": s.fraction_left, "retry_delay_s": s.retry_delay_s}
+    renewal = {
+        "fraction_left": s.fraction_left,
+        "retries": s.retries,
+        "retry_delay_s": s.retry_delay_s,
+    }
 
     def db(name: str, port: int | None, pg_dir: Path) -> dict:
         cert = {
@@ -638,6 +645,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ca-outage-s", type=float, default=120)
     parser.add_argument("--check-interval-s", type=int, default=None)
     parser.add_argument("--retry-delay-s", type=float, default=10)
+    parser.add_argument("--retries", type=int, default=5)
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="soak-"))
@@ -651,6 +659,7 @@ def main(argv: list[str] | None = None) -> int:
             workdir,
             args.check_interval_s,
             args.retry_delay_s,
+            args.retries,
         )
     )
     print(_table(report))
