@@ -105,6 +105,53 @@ def test_acme_issue_builds_its_solver_without_pydantic_the_platform_config_or_dn
     assert not _top(modules) & {"pydantic", "dns", "boto3", "dagster", "pandas", "pyarrow"}
 
 
+# ``secure-etl`` itself: main() reads the process's own command line.
+AS_THE_COMMAND = """
+import json, sys
+from secure_etl.cli import main
+sys.argv = ["secure-etl", *sys.argv[1:]]
+code = main()
+loaded = sorted(name for name, module in sys.modules.items() if module is not None)
+print(json.dumps({"code": code, "modules": loaded}))
+"""
+HTTPX_COMMAND_LINE = {"click", "rich", "pygments"}
+
+
+def _unreachable_acme_issue(tmp_path) -> list[str]:
+    command = ["acme", "issue", "-d", "a.example.com"]
+    command += ["--directory", f"https://127.0.0.1:{_free_port()}/dir"]
+    command += ["--http-01-address", "127.0.0.1", "--http-01-port", str(_free_port())]
+    return command + ["--account-key", str(tmp_path / "k"), "--out", str(tmp_path / "out")]
+
+
+def test_acme_issue_as_the_command_uses_httpx_without_loading_httpxs_own_command_line(
+    tmp_path,
+):
+    pytest.importorskip("httpx._main")  # its dependencies are installed (Dagster's)
+    result = subprocess.run(
+        [sys.executable, "-c", AS_THE_COMMAND, *_unreachable_acme_issue(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    outcome = json.loads(result.stdout.splitlines()[-1])
+    # httpx ran: the refusal is its connection error, reported in one line.
+    assert outcome["code"] == 1
+    assert "ConnectError" in result.stderr and "Traceback" not in result.stderr
+    modules = set(outcome["modules"])
+    assert {"httpx._client", "httpcore"} <= modules
+    assert "httpx._main" not in modules
+    assert not _top(modules) & HTTPX_COMMAND_LINE
+
+
+def test_main_called_with_argv_leaves_httpx_as_installed(tmp_path):
+    pytest.importorskip("httpx._main")
+    # A program that calls main(argv) is not the secure-etl process: httpx is untouched.
+    code, modules = _loaded(_unreachable_acme_issue(tmp_path), {**os.environ})
+    assert code == 1
+    assert "httpx._main" in modules and HTTPX_COMMAND_LINE <= _top(modules)
+
+
 def test_status_loads_the_health_collector_without_the_pipelines_or_their_resources(
     tmp_path,
 ):

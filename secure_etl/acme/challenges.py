@@ -105,9 +105,11 @@ class _HttpListener(SharedListener):
                 f"http-01: cannot listen on {address}:{port}: {err.strerror}"
             ) from None
         self.server.daemon_threads = True
-        # A short poll interval: shutdown() waits up to one interval.
+        # A short poll interval: shutdown() waits up to one interval, and closing the
+        # listener is on the way out of every issuance (`acme issue` waited 10 ms on
+        # average at 0.02 s). The wake-ups cost about 1.5 % of a core while it is open.
         threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.005}, daemon=True
         ).start()
 
     def _close(self) -> None:

@@ -22,6 +22,8 @@ READS_DAGSTER_HOME = {"secure_etl.cli.demo": True, "secure_etl.cli.status": Fals
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``secure-etl`` with ``argv`` (default: the process's) and return its exit code."""
+    if argv is None:
+        _without_httpx_command_line()
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
@@ -37,6 +39,23 @@ def main(argv: list[str] | None = None) -> int:
         return _one_line(err, EXIT_BAD_INPUT)
     except Refused as err:
         return _one_line(err, EXIT_FAILED)
+
+
+def _without_httpx_command_line() -> None:
+    """Keep httpx's own command line out of this process (about 0.1 s of start-up).
+
+    httpx's package ``__init__`` imports ``httpx._main`` (click, rich, pygments) whenever
+    they are installed, as they are here for Dagster, and binds a stub ``httpx.main``
+    when that import fails: the httpx one gets from ``pip install httpx`` without its
+    ``cli`` extra, a supported configuration. A None in ``sys.modules`` is the import
+    system's documented way to make an import fail, so this process gets exactly that
+    httpx; nothing else in httpx changes, and nothing here runs httpx's command line.
+    Only for the ``secure-etl`` process itself (``main()`` without ``argv``) and only if
+    httpx is not loaded yet: other processes, and programs that call ``main(argv)``,
+    keep httpx as installed.
+    """
+    if "httpx" not in sys.modules:
+        sys.modules.setdefault("httpx._main", None)
 
 
 def _one_line(err: Exception, code: int) -> int:
