@@ -50,7 +50,8 @@ class OnePassResult:
 
 class _Prefetch:
     """Iterate ``chunks`` in a thread, ``depth`` chunks ahead (the source's I/O and
-    decoding overlap with the rest); errors are raised in the consumer."""
+    decoding overlap with the rest); errors are raised in the consumer. After ``close``
+    the thread stops at its next item, and a consumer waiting for one sees the end."""
 
     _END = object()
 
@@ -60,35 +61,46 @@ class _Prefetch:
         self._thread = threading.Thread(target=self._run, args=(chunks,), daemon=True)
         self._thread.start()
 
+    def _offer(self, item: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def _run(self, chunks: Iterable) -> None:
         try:
             for chunk in chunks:
                 if isinstance(chunk, pd.DataFrame):
                     chunk = pa.Table.from_pandas(chunk, preserve_index=False)
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(chunk, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
+                if not self._offer(chunk):
                     return
-            self._queue.put(self._END)
+            self._offer(self._END)
         except BaseException as err:  # handed to the consumer
-            self._queue.put(err)
+            self._offer(err)
 
     def __iter__(self) -> Iterator[pa.Table]:
-        while (item := self._queue.get()) is not self._END:
+        while True:
+            try:
+                item = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                if self._stop.is_set():
+                    return
+                continue
+            if item is self._END:
+                return
             if isinstance(item, BaseException):
                 raise item
             yield item
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = 5) -> None:
         self._stop.set()
         with contextlib.suppress(queue.Empty):
             while True:
                 self._queue.get_nowait()
-        self._thread.join(timeout=5)
+        self._thread.join(timeout=timeout)
 
 
 def run_one_pass(
@@ -146,8 +158,13 @@ def run_one_pass(
             hashed_lengths.add(out)
             yield out
 
+    # The batches are made in a thread of their own (raw and hashed Parquet writes,
+    # repeated keys, tallies, waiting for the hash workers) while this one hands them
+    # to the destination (COPY encoding and sending): the C++ halves of both release
+    # the GIL, so on two cores they overlap.
+    producer = _Prefetch(hashed_batches())
     try:
-        batches = hashed_batches()
+        batches = iter(producer)
         first = next(batches, None)
         if first is None:  # no rows: the partition still has its columns (raw's schema)
             if raw_out.schema is None:
@@ -161,6 +178,8 @@ def run_one_pass(
             loaded = load(itertools.chain([first], batches), first.schema)
         else:
             loaded = sum(0 for _ in batches)
+        if next(batches, None) is not None:  # the files are complete only with every batch
+            raise RuntimeError("the destination stopped taking batches before the last one")
         raw_rows, raw_bytes = raw_out.commit()
         rows, _ = hashed_out.commit()
         if rejected:
@@ -169,14 +188,24 @@ def run_one_pass(
             quarantine.unlink(missing_ok=True)
         storage.write_counts(hashed, {**counts, **lengths_record(raw_lengths, hashed_lengths)})
     except BaseException:
+        _stop(prefetch, producer)  # nothing writes any more
         for writer in (raw_out, hashed_out, *rejected):
             with contextlib.suppress(Exception):
                 writer.abort()
         raise
     finally:
-        prefetch.close()
+        _stop(prefetch, producer)
         if pool:
             pool.close()
     return OnePassResult(
         raw_rows, raw_bytes, rows, counts["quarantined"], loaded, counts["filtered"]
     )
+
+
+def _stop(source: _Prefetch, producer: _Prefetch) -> None:
+    """Stop the producer of the batches and the source's reader under it: the source
+    first (the producer may wait for its next chunk), then the producer, waited for
+    until it has finished what it was doing (a write into a file, a hash request)."""
+    producer._stop.set()
+    source.close()
+    producer.close(timeout=None)

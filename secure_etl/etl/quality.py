@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -64,11 +65,33 @@ class LengthTally:
             column = table[name]
             if pa.types.is_dictionary(column.type):
                 column = column.cast(column.type.value_type)
-            found = pc.unique(pc.utf8_length(column)).to_pylist()
-            self.lengths.setdefault(name, set()).update(n for n in found if n is not None)
+            lengths = self.lengths.setdefault(name, set())
+            for chunk in column.chunks:
+                lengths.update(_distinct_lengths(chunk))
 
     def as_json(self) -> dict[str, list[int]]:
         return {name: sorted(lengths) for name, lengths in self.lengths.items()}
+
+
+def _distinct_lengths(array: pa.Array) -> list[int]:
+    """The distinct lengths in characters of a text array's values (nulls left out).
+    When every byte is ASCII, a value's length is its byte length, read from the
+    offsets; otherwise Arrow counts the characters."""
+    if len(array) and (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+        width = np.int32 if pa.types.is_string(array.type) else np.int64
+        _, offsets_buffer, data_buffer = array.buffers()
+        offsets = np.frombuffer(
+            offsets_buffer, width, len(array) + 1, array.offset * width(0).itemsize
+        )
+        start, end = int(offsets[0]), int(offsets[-1])
+        data = np.frombuffer(data_buffer, np.uint8, end - start, start) if end > start else None
+        if data is None or int(data.max()) < 0x80:
+            sizes = np.diff(offsets)
+            if array.null_count:
+                sizes = sizes[array.is_valid().to_numpy(zero_copy_only=False)]
+            return np.unique(sizes).tolist()
+    found = pc.unique(pc.utf8_length(array)).to_pylist()
+    return [n for n in found if n is not None]
 
 
 MIN_TEXT_MATCH = 4  # shorter raw values are not looked for in free text (too common)

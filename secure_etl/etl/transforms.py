@@ -58,10 +58,16 @@ def _missing(value: object) -> bool:
 class SeenKeys:
     """Remembers the keys of a partition across batches, in 8 bytes a key: integer keys
     as themselves, other keys as a 64-bit hash (two distinct keys share one with odds
-    about n²/2⁶⁵, which would quarantine a good row, never load a duplicate)."""
+    about n²/2⁶⁵, which would quarantine a good row, never load a duplicate).
+
+    The keys are kept as a few sorted runs, a run merged with the one before it when it
+    grows as large (so each key is merged about log₂(batches) times, not once per
+    batch, and a batch is looked up in at most that many runs)."""
 
     def __init__(self) -> None:
-        self._sorted = np.empty(0, dtype=np.uint64)
+        self._runs: list[np.ndarray] = []  # sorted, each at least twice the next one
+        self._low: int | None = None  # the smallest and largest key kept
+        self._high: int | None = None
 
     def repeated(self, keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
         """For each non-null key: was it seen before, in this batch or an earlier one."""
@@ -71,13 +77,32 @@ class SeenKeys:
             prints = pd.util.hash_array(
                 pc.cast(keys, pa.string()).to_numpy(zero_copy_only=False).astype(object)
             )
-        within = pd.Series(prints).duplicated(keep="first").to_numpy()
-        at = np.minimum(np.searchsorted(self._sorted, prints), max(len(self._sorted) - 1, 0))
-        before = self._sorted[at] == prints if len(self._sorted) else np.zeros_like(within)
-        merged = np.concatenate([self._sorted, np.sort(prints[~within])])
-        merged.sort(kind="stable")  # two sorted runs: timsort merges them in linear time
-        self._sorted = merged
-        return within | before
+        if not len(prints):
+            return np.zeros(0, dtype=bool)
+        order = np.argsort(prints, kind="stable")
+        ordered = prints[order]
+        # within the batch: a key equal to the one before it in sorted order, which the
+        # stable sort puts after its first occurrence
+        repeat = np.zeros(len(ordered), dtype=bool)
+        repeat[1:] = ordered[1:] == ordered[:-1]
+        low, high = int(ordered[0]), int(ordered[-1])
+        if self._low is not None and low <= self._high and high >= self._low:
+            for run in self._runs:  # keys ascending: the lookups walk each run once
+                at = np.minimum(np.searchsorted(run, ordered), len(run) - 1)
+                repeat |= run[at] == ordered
+        fresh = ordered[~repeat]
+        if len(fresh):
+            self._low = low if self._low is None else min(self._low, low)
+            self._high = high if self._high is None else max(self._high, high)
+            self._runs.append(fresh)
+            while len(self._runs) > 1 and len(self._runs[-2]) <= 2 * len(self._runs[-1]):
+                last = self._runs.pop()
+                merged = np.concatenate([self._runs.pop(), last])
+                merged.sort(kind="stable")  # two sorted runs: timsort merges them linearly
+                self._runs.append(merged)
+        seen = np.empty(len(prints), dtype=bool)
+        seen[order] = repeat
+        return seen
 
 
 def split_valid(table: pa.Table, key_column: str, seen: SeenKeys) -> tuple[pa.Table, pa.Table]:

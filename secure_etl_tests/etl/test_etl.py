@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
@@ -64,6 +65,27 @@ def test_text_keys_are_remembered_across_batches_too():
     seen = SeenKeys()
     assert seen.repeated(pa.array(["a", "b", "a"])).tolist() == [False, False, True]
     assert seen.repeated(pa.array(["c", "b"])).tolist() == [False, True]
+
+
+def test_repeated_keys_over_many_batches_match_a_set_of_the_keys_seen():
+    # many small batches in random order, ascending runs and text: the sorted runs the
+    # keys are kept in are merged and searched in every combination
+    rng = np.random.default_rng(7)
+    for kind in ("shuffled", "ascending", "text"):
+        keys = rng.integers(0, 3000, 5000) if kind == "shuffled" else np.arange(5000) // 2
+        seen, reference, got, expected = SeenKeys(), set(), [], []
+        start = 0
+        while start < len(keys):
+            size = int(rng.integers(1, 300))
+            batch = keys[start : start + size].tolist()
+            start += size
+            array = pa.array([str(k) for k in batch] if kind == "text" else batch)
+            got.extend(seen.repeated(array).tolist())
+            for key in batch:
+                expected.append(key in reference)
+                reference.add(key)
+        assert got == expected
+        assert 0 < sum(got) < len(got)
 
 
 def test_a_partition_is_transformed_in_batches_and_in_worker_processes_alike(tmp_path, monkeypatch):

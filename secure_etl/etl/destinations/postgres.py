@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 from psycopg import sql
 
@@ -123,10 +124,15 @@ def _stamped(
     the type COPY sends (``_sent_as``) where it differs."""
     sent = pa.schema([f.with_type(_sent_as(f.type)) for f in schema])
 
+    stamps = pa.array([partition], pa.string())  # the column, sliced to each batch's rows
+
     def stamp() -> Iterator[pa.RecordBatch]:
+        nonlocal stamps
         for batch in batches:
             for piece in batch.to_batches() if isinstance(batch, pa.Table) else [batch]:
-                constant = pa.array([partition] * piece.num_rows, pa.string())
+                if len(stamps) < piece.num_rows:
+                    stamps = stamps.take(np.zeros(piece.num_rows, dtype=np.int64))
+                constant = stamps.slice(0, piece.num_rows)
                 columns = [
                     c if c.type == f.type else c.cast(f.type)
                     for c, f in zip([*piece.columns, constant], sent, strict=True)
