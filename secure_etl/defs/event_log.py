@@ -85,6 +85,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         self._synchronous = synchronous
         self._shards: OrderedDict[str, _Shard] = OrderedDict()
         self._shards_pid = os.getpid()
+        self._tables_found: set[str] = set()
         self._inst_data = inst_data
         self._started = False
         if base_dir is not None:
@@ -193,6 +194,17 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
             engine = self._engine_for(shard)
             with engine.connect() as conn, conn.begin():
                 yield conn
+
+    def has_table(self, table_name: str) -> bool:
+        """Dagster asks before every check evaluation it stores whether the index has the
+        asset check table, each time on an engine of its own. A table found stays found
+        (a migration adds tables, nothing drops them); one not found is asked again."""
+        if table_name in self._tables_found:
+            return True
+        found = super().has_table(table_name)
+        if found:
+            self._tables_found.add(table_name)
+        return found
 
     # -- writes, watchers, removal ---------------------------------------------------
 

@@ -99,6 +99,19 @@ def test_the_repository_instance_keeps_dagsters_files_on_one_engine_per_file(
     assert executions == 2 * n
 
 
+def test_a_temporary_home_as_plain_dagster_dev_makes_gets_its_events_too(tmp_path):
+    """`dagster dev` without DAGSTER_HOME reads the repository's dagster.yaml and keeps
+    its state in a temporary directory: the shards go there, not to a fixed place."""
+    from dagster._core.instance.ref import InstanceRef
+
+    ref = InstanceRef.from_dir(str(tmp_path), config_dir=str(REPO))
+    with DagsterInstance.from_ref(ref) as instance:
+        storage = instance.event_log_storage
+        assert isinstance(storage, PooledSqliteEventLogStorage)
+        assert Path(storage._base_dir) == tmp_path / "history" / "runs"
+        assert (tmp_path / "history" / "runs" / "index.db").is_file()
+
+
 def test_the_renewal_loop_on_the_repository_instance(platform, repo_instance):
     renewal_loop.test_a_failed_check_is_renewed_by_the_run_the_sensor_requests(
         platform, repo_instance
