@@ -88,7 +88,11 @@ def platform_config(n: int, work: Path) -> Path:
             "client_certificate": first_client,
             "key_column": "customer_id",
             "transforms": [
-                {"type": "pseudonymise", "columns": ["full_name", "email"], "key": "pseudo-1"}
+                {
+                    "type": "pseudonymise",
+                    "columns": ["full_name", "email", "phone"],
+                    "key": "pseudo-1",
+                }
             ],
             "destination": {
                 "type": "duckdb",
