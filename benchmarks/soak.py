@@ -61,7 +61,7 @@ class Settings:
     # certificates of a minute or two.
     check_interval_s: int | None = None
     # renewal.retries and .retry_delay_s of every certificate: 5 retries at 10 s make
-    # attempts 10, 40, 110, 260 and 570 s after the first (an outage of minutes).
+    # attempts 10, 30, 60, 100 and 150 s after the first (an outage of two minutes).
     retry_delay_s: float = 10
     retries: int = 5
 

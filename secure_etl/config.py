@@ -222,11 +222,12 @@ class RenewalPolicy(_Strict):
     """Renew when this share of the lifetime is left, or fewer than min_days_left days.
     A renewal the issuer could not serve just then (unreachable, a server error, the
     internal CA's key unreadable) is tried again in the same run up to ``retries`` times,
-    waiting 1, 3, 7, 15 … times ``retry_delay_s`` (Dagster's exponential backoff)."""
+    waiting 1, 2, 3, 4 … times ``retry_delay_s`` (Dagster's linear backoff: no gap grows
+    so long that a certificate of minutes expires inside it)."""
 
     fraction_left: float = Field(1 / 3, gt=0, lt=1)
     min_days_left: float | None = Field(None, ge=0)
-    retries: int = Field(3, ge=0, le=20)
+    retries: int = Field(5, ge=0, le=20)
     retry_delay_s: float = Field(10, gt=0, le=3600)
 
 

@@ -135,7 +135,7 @@ def _retry_policy(renewal) -> RetryPolicy | None:
     if not renewal.retries:
         return None
     return RetryPolicy(
-        max_retries=renewal.retries, delay=renewal.retry_delay_s, backoff=Backoff.EXPONENTIAL
+        max_retries=renewal.retries, delay=renewal.retry_delay_s, backoff=Backoff.LINEAR
     )
 
 
