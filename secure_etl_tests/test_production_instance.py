@@ -126,3 +126,32 @@ def test_a_queued_run_is_dequeued_by_the_daemon_and_succeeds_on_postgres(product
         # Through the queue: enqueued by `job launch`; only the daemon starts queued runs.
         assert {DagsterEventType.RUN_ENQUEUED, DagsterEventType.RUN_STARTING} <= events
         assert DagsterEventType.ASSET_MATERIALIZATION in events
+
+
+def test_two_runs_creating_one_concurrency_pool_at_once_both_claim_it_on_postgres(
+    production_home,
+):
+    """A pool's first claim creates its row (INSERT, then UPDATE on a unique violation).
+    A second claimer whose INSERT meets the row another run committed a moment before —
+    here simply a second creation of the same pool — must not fail: on PostgreSQL
+    Dagster's own class sends its UPDATE in the aborted transaction and raises."""
+    from dagster_postgres.event_log import PostgresEventLogStorage as DagsterEventLog
+    from sqlalchemy import exc as db_exc
+
+    from secure_etl.defs.postgres_event_log import PostgresEventLogStorage
+
+    with DagsterInstance.get() as instance:
+        storage = instance.event_log_storage
+        assert type(storage) is PostgresEventLogStorage  # what deploy/dagster.yaml names
+        pool = "load/postgres/localhost:5432/warehouse"
+        assert storage.initialize_concurrency_limit_to_default(pool)
+        # The race's second claimer: the row is there when its INSERT runs.
+        assert storage.initialize_concurrency_limit_to_default(pool)
+        info = storage.get_concurrency_info(pool)
+        assert info.slot_count == 1  # concurrency.pools.default_limit, slots allocated once
+
+        dagsters = DagsterEventLog(os.environ["DAGSTER_POSTGRES_URL"])
+        dagsters.register_instance(instance)
+        with pytest.raises(db_exc.DBAPIError, match="current transaction is aborted"):
+            dagsters.initialize_concurrency_limit_to_default(pool)
+        dagsters.dispose()
