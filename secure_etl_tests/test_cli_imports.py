@@ -173,3 +173,28 @@ def test_status_loads_the_health_collector_without_the_pipelines_or_their_resour
     # connector classes (pandas, pyarrow and the drivers stay unloaded).
     assert not modules & {"secure_etl.etl.connector"}
     assert not _top(modules) & {"pandas", "pyarrow", "duckdb", "psycopg", "httpx"}
+
+
+def test_the_code_location_loads_dagster_gcp_only_for_a_bigquery_pipeline(tmp_path):
+    """Every run worker and code server imports the definitions: dagster-gcp with the
+    BigQuery client (about a second) only when some pipeline loads into BigQuery."""
+    probe = "import json, sys, secure_etl.definitions; print(json.dumps(sorted(sys.modules)))"
+
+    def modules_with(destination: dict | None) -> set[str]:
+        data = {**BASE_CONFIG, "state_dir": str(tmp_path / "state")}
+        if destination:
+            [(name, pipeline)] = BASE_CONFIG["pipelines"].items()
+            data["pipelines"] = {name: {**pipeline, "destination": destination}}
+        config = tmp_path / "platform.yaml"
+        config.write_text(yaml.safe_dump(data, sort_keys=False))
+        env = {**os.environ, "SECURE_ETL_CONFIG": str(config)}
+        result = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300
+        )
+        assert result.returncode == 0, result.stderr
+        return _top(set(json.loads(result.stdout.splitlines()[-1])))
+
+    assert "dagster" in modules_with(None)
+    assert not modules_with(None) & {"dagster_gcp", "google"}
+    bigquery = {"type": "bigquery", "project": "my-project", "dataset": "d", "table": "t"}
+    assert {"dagster_gcp", "google"} <= modules_with(bigquery)

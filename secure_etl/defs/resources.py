@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import ssl
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit
 
 from dagster import AssetExecutionContext, ConfigurableResource, EnvVar, InitResourceContext
-from dagster_gcp import BigQueryResource
-from google.cloud import bigquery
 
 from secure_etl.config import PipelineConfig, PlatformConfig
 from secure_etl.etl import demo_api, registry
 from secure_etl.pki.renewal import certificate_files, certificate_store, trust_bundle
+
+if TYPE_CHECKING:
+    from google.cloud import bigquery
 
 
 def resource_key(certificate: str) -> str:
@@ -133,52 +132,18 @@ def bigquery_resource_key(pipeline: str) -> str:
     return "bigquery_" + pipeline.replace("-", "_")
 
 
-class WarehouseBigQueryResource(BigQueryResource):
-    """dagster-gcp's BigQueryResource, plus an endpoint override (an emulator or a test
-    server) and, only with it, anonymous access. Without them it is BigQueryResource."""
-
-    api_endpoint: str | None = None
-    anonymous: bool = False
-
-    def get_object_to_set_on_execution_context(self) -> WarehouseBigQueryResource:
-        # Assets ask for clients themselves (``get_client``), one per load or read.
-        return self
-
-    @contextmanager
-    def get_client(self) -> Iterator[bigquery.Client]:
-        if not self.api_endpoint:
-            with super().get_client() as client:
-                yield client
-            return
-        from google.api_core.client_options import ClientOptions
-        from google.auth.credentials import AnonymousCredentials
-
-        credentials = AnonymousCredentials() if self.anonymous else None
-        if self.gcp_credentials:
-            from google.oauth2 import service_account
-
-            info = json.loads(base64.b64decode(self.gcp_credentials))
-            credentials = service_account.Credentials.from_service_account_info(info)
-        client = bigquery.Client(
-            project=self.project,
-            location=self.location,
-            credentials=credentials,
-            client_options=ClientOptions(api_endpoint=self.api_endpoint),
-        )
-        try:
-            yield client
-        finally:
-            client.close()
-
-
-def bigquery_resources(platform: PlatformConfig) -> dict[str, WarehouseBigQueryResource]:
+def bigquery_resources(platform: PlatformConfig) -> dict[str, ConfigurableResource]:
     """One per pipeline that loads into BigQuery; the credentials stay an EnvVar, read
-    when the resource is used, never written into the definitions."""
-    resources = {}
+    when the resource is used, never written into the definitions. dagster-gcp (with the
+    BigQuery client and pandas, about a second of every process's start) is imported
+    only when some pipeline loads into BigQuery."""
+    resources: dict[str, ConfigurableResource] = {}
     for name, pipeline in platform.pipelines.items():
         destination = pipeline.destination
         if not registry.destination(destination).needs_bigquery_client:
             continue
+        from secure_etl.defs.bigquery import WarehouseBigQueryResource
+
         resources[bigquery_resource_key(name)] = WarehouseBigQueryResource(
             project=destination.project,
             location=destination.location,
@@ -309,4 +274,6 @@ class PipelineResources:
         """What a BigQuery destination opens its clients with (None: not BigQuery)."""
         if self.bigquery_key is None:
             return None
+        from secure_etl.defs.bigquery import WarehouseBigQueryResource
+
         return _resource(context, self.bigquery_key, WarehouseBigQueryResource).get_client
