@@ -502,7 +502,7 @@ def _report(s, platform, src, dst, api, watch, first, end, begin) -> dict:
     api_dup = sum(api_rows.get(k, (0, 0))[0] - api_rows.get(k, (0, 0))[1] for k in due)
     loaded_keys = [k for k in due if k in orders and k in api_rows]
 
-    by_job, pipeline_failed, lag, slowest_tick, slowest_where = _instance_figures(
+    by_job, pipeline_failed, lag, slowest_tick, slowest_where, ticks = _instance_figures(
         due, begin, watch.daemon_killed_at
     )
     store = certificate_store(platform)
@@ -532,6 +532,7 @@ def _report(s, platform, src, dst, api, watch, first, end, begin) -> dict:
         "worst_lag_s": round(lag, 1),
         "slowest_sensor_tick_s": round(slowest_tick, 2),
         "slowest_sensor_tick": slowest_where,
+        "sensor_ticks": ticks,
         "faults": watch.faults,
         "writer_errors": watch.writer_errors,
     }
@@ -539,7 +540,7 @@ def _report(s, platform, src, dst, api, watch, first, end, begin) -> dict:
 
 def _instance_figures(
     due: list[str], begin: dt.datetime, killed_at: list[float]
-) -> tuple[dict, int, float, float, str]:
+) -> tuple[dict, int, float, float, str, dict]:
     """Runs by job and status, failed pipeline runs, the worst lag and the slowest sensor
     tick (and which sensor, when; a tick the SIGKILL cut short ends only when the next
     daemon closes it, so ticks spanning a kill are left out), from the instance; if its
@@ -572,7 +573,7 @@ def _instance_figures(
                             tzinfo=dt.UTC
                         ) + dt.timedelta(minutes=1)
                         lag = max(lag, event.timestamp - ends.timestamp())
-            slowest_tick, slowest_where = 0.0, ""
+            slowest_tick, slowest_where, took_all = 0.0, "", []
             for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
                 for tick in instance.get_ticks(
                     state.instigator_origin_id, state.selector_id, limit=10_000
@@ -583,6 +584,7 @@ def _instance_figures(
                     if any(tick.timestamp <= k <= end for k in killed_at):
                         continue
                     took = end - tick.timestamp
+                    took_all.append(took)
                     if took > slowest_tick:
                         slowest_tick = took
                         slowest_where = (
@@ -591,8 +593,15 @@ def _instance_figures(
                         )
     except Exception as err:  # noqa: BLE001 (reported, the soak still prints its figures)
         error = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
-        return {"error": error}, -1, -1.0, -1.0, ""
-    return by_job, pipeline_failed, lag, slowest_tick, slowest_where
+        return {"error": error}, -1, -1.0, -1.0, "", {}
+    took_all.sort()
+    ticks = {
+        "count": len(took_all),
+        "median_s": round(took_all[len(took_all) // 2], 2) if took_all else 0.0,
+        "p95_s": round(took_all[int(len(took_all) * 0.95)], 2) if took_all else 0.0,
+        "over_5_s": sum(1 for t in took_all if t >= 5),
+    }
+    return by_job, pipeline_failed, lag, slowest_tick, slowest_where, ticks
 
 
 def _expired_refusals(s: Settings, api) -> int:
