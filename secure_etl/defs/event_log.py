@@ -6,11 +6,14 @@ every statement group it writes (``NullPool``): three of each for an asset check
 evaluation, and the close of the last connection to a WAL database checkpoints it (an
 fsync of the database besides the WAL's). Here each shard (a run's file, the index) keeps
 its engine and one open connection, so a write is a transaction on a connection that is
-already open, with its statements compiled once per engine.
+already open, with its statements compiled once per engine. A run's check evaluation,
+most of what a checks run writes, is serialised once for its three rows (Dagster
+serialises it for each) with statements built once (Dagster builds one per row), and its
+two writes to the index are one transaction.
 
 What stays as it was: the same files under ``<instance home>/history/runs`` (Dagster's
-layout, so an existing home reads the same), the same tables and transactions (each
-write commits before ``store_event`` returns), SQLite's locking between processes (the
+layout, so an existing home reads the same), the same tables and rows (each event
+committed before ``store_event`` returns), SQLite's locking between processes (the
 daemon, the web server, run workers and code servers each have their own engines; an
 idle pooled connection holds no lock and no snapshot), and the web server's live run
 view (its file watcher is told after each write: see ``store_event``).
