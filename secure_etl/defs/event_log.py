@@ -254,7 +254,9 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         row the check's planned event made, else a new one). Dagster serialises the event
         for each of the three and builds each statement for its row; here the event is
         serialised once and the statements are built once. The index's two writes are
-        one transaction (Dagster's were two)."""
+        one transaction (Dagster's were two). It copies Dagster's writes (with its
+        private ``_event_to_row``): the tests compare every table with what Dagster's
+        own class stores, so a write a later Dagster changes or adds shows there."""
         row = self._event_to_row(event)
         evaluation = event.get_dagster_event().asset_check_evaluation_data
         target = evaluation.target_materialization_data
