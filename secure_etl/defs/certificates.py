@@ -209,7 +209,7 @@ def _evaluations(
 ) -> Iterator[AssetCheckEvaluation]:
     """The evaluation of each check of ``names`` (only the ``selected`` ones: asset key
     -> check names), each certificate inspected once. An evaluation has no metadata: its
-    description is the reason, and every key more is serialised three times per check."""
+    description is the reason, and every key more is stored three times per check."""
     chosen = [n for n in names if selected is None or certificate_key(n) in selected]
     # The materialization each evaluation judges (shown as the check's status for the
     # latest materialization), read for every chosen certificate at once.

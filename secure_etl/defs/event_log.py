@@ -6,11 +6,14 @@ every statement group it writes (``NullPool``): three of each for an asset check
 evaluation, and the close of the last connection to a WAL database checkpoints it (an
 fsync of the database besides the WAL's). Here each shard (a run's file, the index) keeps
 its engine and one open connection, so a write is a transaction on a connection that is
-already open, with its statements compiled once per engine.
+already open, with its statements compiled once per engine. A run's check evaluation,
+most of what a checks run writes, is serialised once for its three rows (Dagster
+serialises it for each) with statements built once (Dagster builds one per row), and its
+two writes to the index are one transaction.
 
 What stays as it was: the same files under ``<instance home>/history/runs`` (Dagster's
-layout, so an existing home reads the same), the same tables and transactions (each
-write commits before ``store_event`` returns), SQLite's locking between processes (the
+layout, so an existing home reads the same), the same tables and rows (each event
+committed before ``store_event`` returns), SQLite's locking between processes (the
 daemon, the web server, run workers and code servers each have their own engines; an
 idle pooled connection holds no lock and no snapshot), and the web server's live run
 view (its file watcher is told after each write: see ``store_event``).
@@ -30,10 +33,15 @@ from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as db
-from dagster import Field, StringSource
+from dagster import DagsterEventType, Field, StringSource
 from dagster._config import Enum, EnumValue
 from dagster._core.errors import DagsterInvariantViolationError
 from dagster._core.events.log import EventLogEntry
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.storage.event_log.schema import (
+    AssetCheckExecutionsTable,
+    SqlEventLogStorageTable,
+)
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     INDEX_SHARD_NAME,
     SqliteEventLogStorage,
@@ -50,6 +58,20 @@ SYNCHRONOUS_MODES = ("FULL", "NORMAL")
 # beyond it are closed): a run worker writes one run, the web server and the daemon read
 # many, each engine holding a connection (three open files: the database, -wal, -shm).
 MAX_OPEN_RUN_SHARDS = 8
+
+# The statements of a check evaluation's writes, built once: each execution binds a row's
+# values, and SQLAlchemy finds the compiled statement in the engine's cache.
+_INSERT_EVENT = SqlEventLogStorageTable.insert()
+_INSERT_EXECUTION = AssetCheckExecutionsTable.insert()
+# The execution its check's planned event made (Dagster's update, with its where clause:
+# the partition is None, or equal).
+_CHECK = AssetCheckExecutionsTable.c
+_UPDATE_PLANNED_EXECUTION = AssetCheckExecutionsTable.update().where(
+    _CHECK.asset_key == db.bindparam("planned_asset_key"),
+    _CHECK.check_name == db.bindparam("planned_check_name"),
+    _CHECK.run_id == db.bindparam("planned_run_id"),
+    _CHECK.partition.is_not_distinct_from(db.bindparam("planned_partition")),
+)
 
 
 def _file_identity(path: str) -> tuple[int, int] | None:
@@ -209,7 +231,14 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
     # -- writes, watchers, removal ---------------------------------------------------
 
     def store_event(self, event: EventLogEntry) -> None:
-        super().store_event(event)
+        if (
+            event.dagster_event_type == DagsterEventType.ASSET_CHECK_EVALUATION
+            and event.run_id
+            and self.supports_asset_checks  # or Dagster's own write says to migrate
+        ):
+            self._store_check_evaluation(event)
+        else:
+            super().store_event(event)
         # The web server follows a run's log by watching its database file for changes.
         # Dagster's engine per write modified it at every close (the checkpoint); a pooled
         # connection writes only the WAL, so the file's times are set once the event is
@@ -218,6 +247,51 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
             os.utime(self.path_for_shard(event.run_id))
         except FileNotFoundError:
             pass
+
+    def _store_check_evaluation(self, event: EventLogEntry) -> None:
+        """A run's check evaluation, written as Dagster's ``store_event`` writes it: the
+        event in the run's database and in the index, then the check's execution (the
+        row the check's planned event made, else a new one). Dagster serialises the event
+        for each of the three and builds each statement for its row; here the event is
+        serialised once and the statements are built once. The index's two writes are
+        one transaction (Dagster's were two). It copies Dagster's writes (with its
+        private ``_event_to_row``): the tests compare every table with what Dagster's
+        own class stores, so a write a later Dagster changes or adds shows there."""
+        row = self._event_to_row(event)
+        evaluation = event.get_dagster_event().asset_check_evaluation_data
+        target = evaluation.target_materialization_data
+        status = (
+            AssetCheckExecutionRecordStatus.SUCCEEDED
+            if evaluation.passed
+            else AssetCheckExecutionRecordStatus.FAILED
+        )
+        execution = {
+            "asset_key": evaluation.asset_key.to_string(),
+            "check_name": evaluation.check_name,
+            "run_id": event.run_id,
+            "partition": evaluation.partition,
+            "execution_status": status.value,
+            "evaluation_event": row["event"],
+            "evaluation_event_timestamp": row["timestamp"],
+            "materialization_event_storage_id": target.storage_id if target else None,
+        }
+        planned = {
+            f"planned_{key}": execution[key]
+            for key in ("asset_key", "check_name", "run_id", "partition")
+        }
+        with self.run_connection(event.run_id) as conn:
+            conn.execute(_INSERT_EVENT, row)
+        with self.index_connection() as conn:
+            inserted = conn.execute(_INSERT_EVENT, row)
+            execution["evaluation_event_storage_id"] = inserted.inserted_primary_key[0]
+            updated = conn.execute(_UPDATE_PLANNED_EXECUTION, {**execution, **planned}).rowcount
+            if updated == 0:  # no planned event (an op job's check): a new row
+                conn.execute(_INSERT_EXECUTION, execution)
+        if updated > 1:
+            raise DagsterInvariantViolationError(
+                f"Updated {updated} rows for asset check evaluation "
+                f"{evaluation.asset_check_key} as a result of duplicate AssetCheckPlanned events."
+            )
 
     def wipe(self) -> None:
         self._close_all()  # before the files are removed under open connections

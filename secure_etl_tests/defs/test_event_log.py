@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import sqlite3
@@ -16,7 +17,16 @@ import uuid
 from pathlib import Path
 
 import pytest
-from dagster import DagsterEventType, DagsterInstance
+from dagster import AssetCheckEvaluation, AssetCheckKey, AssetKey, DagsterEventType, DagsterInstance
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationPlanned,
+)
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationTargetMaterializationData as TargetMaterialization,
+)
+from dagster._core.events import DagsterEvent
+from dagster._core.events.log import EventLogEntry
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 
 import secure_etl_tests.defs.test_checks_at_scale as checks_at_scale
 import secure_etl_tests.defs.test_renewal_loop as renewal_loop
@@ -272,3 +282,107 @@ def test_a_home_wiped_by_another_instance_is_written_afresh(tmp_path, platform):
         key = certificate_check_keys(platform, "db-server")[0]
         history = second.event_log_storage.get_asset_check_execution_history(key, limit=5)
         assert len(history) == 1
+
+
+def _check_event(run_id: str, at: float, data) -> EventLogEntry:
+    planned = isinstance(data, AssetCheckEvaluationPlanned)
+    kind = "ASSET_CHECK_EVALUATION_PLANNED" if planned else "ASSET_CHECK_EVALUATION"
+    return EventLogEntry(
+        error_info=None,
+        level=logging.DEBUG,
+        user_message="",
+        run_id=run_id,
+        timestamp=at,
+        step_key="inspect",
+        job_name="checks",
+        dagster_event=DagsterEvent(
+            event_type_value=DagsterEventType[kind].value,
+            job_name="checks",
+            step_key=None if planned else "inspect",
+            event_specific_data=data,
+        ),
+    )
+
+
+# Columns the database stamps with the time a row was made (not the event's time).
+_STAMPED_WHEN_WRITTEN = {"create_timestamp", "migration_completed"}
+
+
+def _tables(path: Path) -> dict[str, list[tuple]]:
+    """Every table of a database file with its rows, but the columns stamped when written."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        names = [n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        tables = {}
+        for name in names:
+            cursor = db.execute(f'SELECT * FROM "{name}" ORDER BY rowid')  # noqa: S608 (its own)
+            keep = [
+                i for i, c in enumerate(cursor.description) if c[0] not in _STAMPED_WHEN_WRITTEN
+            ]
+            tables[name] = [tuple(row[i] for i in keep) for row in cursor]
+        return tables
+
+
+def test_a_check_evaluation_is_stored_and_read_back_as_dagsters_own_class_does(tmp_path):
+    """The check evaluations of an op job (no planned event), of an asset job (the planned
+    event's row is completed), failed, against a materialization, of a partition: stored
+    by both classes, the same rows in the same tables, read back the same."""
+    asset = AssetKey(["certificates", "web"])
+    target = TargetMaterialization(storage_id=7, run_id="r0", timestamp=1_700_000_000.0)
+    op_run, asset_run = "op-run", "asset-run"
+    events = [
+        _check_event(
+            asset_run,
+            1_700_000_001.0,
+            AssetCheckEvaluationPlanned(asset_key=asset, check_name="expiry"),
+        ),
+        _check_event(op_run, 1_700_000_002.0, AssetCheckEvaluation(asset, "expiry", passed=True)),
+        _check_event(
+            op_run,
+            1_700_000_003.0,
+            AssetCheckEvaluation(
+                asset,
+                "chain",
+                passed=False,
+                description="signed by an unknown CA",
+                target_materialization_data=target,
+            ),
+        ),
+        _check_event(
+            op_run,
+            1_700_000_004.0,
+            AssetCheckEvaluation(asset, "served", passed=True, partition="2026-12-03"),
+        ),
+        _check_event(
+            asset_run,
+            1_700_000_005.0,
+            AssetCheckEvaluation(asset, "expiry", passed=False, target_materialization_data=target),
+        ),
+    ]
+    dagsters = SqliteEventLogStorage(str(tmp_path / "dagster"))
+    ours = PooledSqliteEventLogStorage(str(tmp_path / "ours"))
+    try:
+        for storage in (dagsters, ours):
+            for event in events:
+                storage.store_event(event)
+
+        for shard in ("index", op_run, asset_run):
+            expected = _tables(tmp_path / "dagster" / f"{shard}.db")
+            assert _tables(tmp_path / "ours" / f"{shard}.db") == expected, shard
+        executions = _tables(tmp_path / "ours" / "index.db")["asset_check_executions"]
+        assert len(executions) == 4  # the asset job's planned row completed, not doubled
+
+        def read_back(storage) -> list:
+            keys = [AssetCheckKey(asset, name) for name in ("expiry", "chain", "served")]
+            history = [storage.get_asset_check_execution_history(k, limit=10) for k in keys]
+            summaries = storage.get_asset_check_summary_records(keys)
+            latest = [s.last_check_execution_record for s in summaries.values()]
+            runs = [storage.get_records_for_run(r).records for r in (op_run, asset_run)]
+            return [
+                [r._replace(create_timestamp=0.0) for r in [*sum(history, []), *latest]],
+                runs,
+            ]
+
+        assert read_back(ours) == read_back(dagsters)
+    finally:
+        dagsters.dispose()
+        ours.dispose()
