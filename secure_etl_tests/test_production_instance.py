@@ -74,8 +74,10 @@ def test_a_queued_run_is_dequeued_by_the_daemon_and_succeeds_on_postgres(product
         assert coordinator.dequeue_use_threads and coordinator.dequeue_interval_seconds == 2
         # What the daemon dequeues by: the instance's `concurrency` settings.
         concurrency = instance.get_concurrency_config()
-        assert concurrency.run_queue_config.max_concurrent_runs == 5
-        renewals, pipelines, checks = concurrency.run_queue_config.tag_concurrency_limits
+        assert concurrency.run_queue_config.max_concurrent_runs == 8
+        renewals, pipelines, checks, renewal_runs = (
+            concurrency.run_queue_config.tag_concurrency_limits
+        )
         assert renewals["key"] == "secure_etl/renewal_of" and renewals["limit"] == 1
         # Pipelines never take every slot: a checks run and a renewal always find one.
         assert (pipelines["key"], pipelines["value"], pipelines["limit"]) == (
@@ -84,6 +86,9 @@ def test_a_queued_run_is_dequeued_by_the_daemon_and_succeeds_on_postgres(product
             3,
         )
         assert (checks["value"], checks["limit"]) == ("checks", 1)
+        # Renewals retrying through an outage never take the checks run's slot.
+        assert (renewal_runs["value"], renewal_runs["limit"]) == ("renewal", 4)
+        assert pipelines["limit"] + checks["limit"] + renewal_runs["limit"] == 8
         assert concurrency.pool_config.default_pool_limit == 1  # one load per database
         # The runs of one sensor tick are submitted in parallel (a renewal of several
         # certificates at once must not make the tick slow).

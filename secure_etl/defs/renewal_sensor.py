@@ -64,8 +64,9 @@ def renewal_sensor(platform: PlatformConfig, renewal_job):
         minimum_interval_seconds=platform.renewal_sensor_interval_s,
         default_status=DefaultSensorStatus.RUNNING,
         description="Requests a renewal run for each certificate whose latest check "
-        "evaluation failed; once per evaluation; never while the last issuance under the "
-        "same settings failed verification.",
+        "evaluation failed; once per evaluation; never while a renewal run of it is queued "
+        "or running, nor while the last issuance under the same settings failed "
+        "verification.",
     )
     def _sensor(context: SensorEvaluationContext) -> SensorResult:
         # Every certificate's checks at once; only the evaluations since the cursor that
@@ -78,9 +79,15 @@ def renewal_sensor(platform: PlatformConfig, renewal_job):
             failed_by_name.setdefault(names_by_key[evaluation.key.asset_key], []).append(evaluation)
         requests, notes = [], []
         runs: dict[str, bool] = {}  # run id -> whether it was a renewal run
+        in_flight = _renewals_in_flight(context, renewal_job.name) if failed_by_name else {}
         for name in names:
             failed = failed_by_name.get(name)
             if not failed:
+                continue
+            if name in in_flight:
+                # It renews when it runs (a renewal is due then); another would only wait
+                # behind it and find nothing to do. If it fails, the next checks say so.
+                notes.append(f"{name}: renewal run {in_flight[name]} has not finished yet")
                 continue
             refused = verification_failure(platform, name)
             if refused:
@@ -121,6 +128,16 @@ def renewal_sensor(platform: PlatformConfig, renewal_job):
         return SensorResult(skip_reason=skip, cursor=cursor)
 
     return _sensor
+
+
+def _renewals_in_flight(context: SensorEvaluationContext, job_name: str) -> dict[str, str]:
+    """Certificate -> the renewal run queued or running for it (one query)."""
+    records = context.instance.get_run_records(RunsFilter(job_name=job_name, statuses=_UNFINISHED))
+    return {
+        r.dagster_run.tags[RENEWAL_TAG]: r.dagster_run.run_id
+        for r in records
+        if RENEWAL_TAG in r.dagster_run.tags
+    }
 
 
 def _came_from_renewal(context: SensorEvaluationContext, failed, runs: dict[str, bool]) -> bool:

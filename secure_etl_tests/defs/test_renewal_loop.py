@@ -134,3 +134,32 @@ def test_certificates_never_issued_fail_their_checks_and_get_issued(platform, in
         "etl-client",
     ]
     assert len({r.run_key for r in tick.run_requests}) == 2
+
+
+def test_no_second_renewal_is_requested_while_one_has_not_finished(platform, instance):
+    """A renewal run not yet started (a busy daemon) renews when it runs: the next
+    failed evaluation requests nothing more for that certificate, and once the run has
+    finished a failure requests again."""
+    from dagster import DagsterRunStatus
+
+    defs = build_definitions(platform)
+    defs.resolve_job_def(RENEWAL_JOB).execute_in_process(instance=instance)
+    _install_expired(platform, "etl-client")
+    _install_expired(platform, "db-server")
+    queued = instance.create_run_for_job(
+        job_def=defs.resolve_job_def(RENEWAL_JOB),
+        tags={"secure_etl/renewal_of": "etl-client"},
+        status=DagsterRunStatus.NOT_STARTED,  # QUEUED needs a code location's origin
+    )
+    defs.resolve_job_def(CHECKS_JOB).execute_in_process(instance=instance)
+
+    tick = _tick(defs, instance)
+    assert [r.tags["secure_etl/renewal_of"] for r in tick.run_requests] == ["db-server"]
+
+    instance.report_run_canceled(queued)  # it ended without renewing
+    defs.resolve_job_def(CHECKS_JOB).execute_in_process(instance=instance)
+    later = _tick(defs, instance, tick.cursor)
+    assert sorted(r.tags["secure_etl/renewal_of"] for r in later.run_requests) == [
+        "db-server",
+        "etl-client",
+    ]
