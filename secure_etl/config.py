@@ -1159,8 +1159,8 @@ _REPORT_POLICY = "report_policy_violations"
 class PlatformConfig(_Strict):
     state_dir: LocalPath = ".secure_etl"
     certificate_check_schedule: Cron = "*/30 * * * *"
-    # Checks more often than cron can say (certificates of a few minutes): a sensor starts
-    # the checks job this many seconds apart instead of the schedule.
+    # Checks more often than cron can say (certificates of a few minutes): a sensor
+    # evaluates them this many seconds apart, in its tick, instead of the schedule's runs.
     certificate_check_interval_s: int | None = Field(None, ge=5, le=3600)
     # How often the renewal sensor looks at new check evaluations (seconds).
     renewal_sensor_interval_s: int = Field(30, ge=1, le=3600)

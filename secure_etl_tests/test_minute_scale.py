@@ -95,28 +95,58 @@ def test_the_renewal_sensor_interval_and_check_schedule_take_seconds_and_minutes
     assert checks.cron_schedule == "* * * * *"
 
 
-def test_checks_seconds_apart_come_from_a_sensor_that_never_piles_runs_up(tmp_path):
-    from dagster import DagsterRunStatus, build_sensor_context, instance_for_test
+def test_checks_seconds_apart_are_evaluated_in_the_sensor_tick_and_start_renewals(
+    tmp_path, monkeypatch
+):
+    """No run per check interval: the tick evaluates every check and reports the
+    evaluations (stored by the daemon as runless check results); the renewal sensor
+    reads them as it reads a checks run's, and requests the renewals."""
+    from dagster import build_sensor_context, instance_for_test
 
     from secure_etl.defs.build import build_definitions
-    from secure_etl.defs.certificates import CHECKS_JOB
+    from secure_etl.defs.names import certificate_check_keys
+    from secure_etl.pki.renewal import ensure_certificate
 
-    defs = build_definitions(_config(tmp_path, certificate_check_interval_s=15))
+    monkeypatch.delenv("SECURE_ETL_STATE_DIR", raising=False)
+    platform = _config(tmp_path, certificate_check_interval_s=15)
+    defs = build_definitions(platform)
     with pytest.raises(Exception, match="certificate_checks_schedule"):
         defs.resolve_schedule_def("certificate_checks_schedule")  # the sensor instead
     sensor = defs.resolve_sensor_def("certificate_checks_interval")
     assert sensor.minimum_interval_seconds == 15
-    job = defs.resolve_job_def(CHECKS_JOB)
+    renewal = defs.resolve_sensor_def("certificate_renewal")
+    every_check = {
+        (k.asset_key, k.name)
+        for n in platform.certificates
+        for k in certificate_check_keys(platform, n)
+    }
     with instance_for_test() as instance:
-        tick = sensor(build_sensor_context(instance=instance, definitions=defs))
-        assert len(tick.run_requests) == 1  # nothing running: a checks run
-        run = instance.create_run_for_job(job_def=job, status=DagsterRunStatus.STARTED)
-        tick = sensor(build_sensor_context(instance=instance, definitions=defs))
-        assert not tick.run_requests
-        assert run.run_id in tick.skip_reason.skip_message
-        instance.report_run_failed(run)  # finished (failed): the next tick starts one
-        tick = sensor(build_sensor_context(instance=instance, definitions=defs))
-        assert len(tick.run_requests) == 1
+
+        def tick():
+            result = sensor(build_sensor_context(instance=instance, definitions=defs))
+            assert not result.run_requests  # never a run
+            for event in result.asset_events:  # what the daemon does with them
+                instance.report_runless_asset_event(event)
+            return result
+
+        first = tick()
+        assert {(e.asset_key, e.check_name) for e in first.asset_events} == every_check
+        assert not any(e.passed for e in first.asset_events)  # nothing issued yet
+        assert "failing: db-server, etl-client" in first.skip_reason.skip_message
+        requested = renewal(build_sensor_context(instance=instance, definitions=defs))
+        assert sorted(r.tags["secure_etl/renewal_of"] for r in requested.run_requests) == [
+            "db-server",
+            "etl-client",
+        ]
+
+        for name in platform.certificates:
+            ensure_certificate(platform, name)
+        second = tick()
+        assert all(e.passed for e in second.asset_events), second.skip_reason
+        assert "failing" not in second.skip_reason.skip_message
+        cursor = requested.cursor
+        quiet = renewal(build_sensor_context(instance=instance, cursor=cursor, definitions=defs))
+        assert not quiet.run_requests
 
 
 def test_a_check_interval_under_five_seconds_is_refused(tmp_path):

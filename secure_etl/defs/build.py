@@ -40,18 +40,19 @@ def build_definitions(platform: PlatformConfig) -> Definitions:
     certificates = [certificate_asset(platform, name) for name in platform.certificates]
     checks = certificate_checks(platform)
     checks_job, renewal_job = certificate_jobs(platform)
+    check_schedules = [
+        ScheduleDefinition(
+            name="certificate_checks_schedule",
+            job=checks_job,
+            cron_schedule=platform.certificate_check_schedule,
+            default_status=Status.RUNNING,
+        )
+    ]
+    check_sensors = []
     if platform.certificate_check_interval_s:  # seconds apart, by a sensor
-        check_schedules, check_sensors = [], [checks_interval_sensor(platform, checks_job)]
-    else:
-        check_sensors = []
-        check_schedules = [
-            ScheduleDefinition(
-                name="certificate_checks_schedule",
-                job=checks_job,
-                cron_schedule=platform.certificate_check_schedule,
-                default_status=Status.RUNNING,
-            )
-        ]
+        check_sensors = [checks_interval_sensor(platform)]
+        if not platform.demo_api or platform.demo_api.certificate not in platform.certificates:
+            check_schedules = []  # the sensor checks every certificate
 
     data_assets, data_jobs, data_schedules = [], [], []
     for name in platform.pipelines:

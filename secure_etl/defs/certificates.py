@@ -199,12 +199,12 @@ def _checks_op(
         selected: dict[AssetKey, set[str]] = {}
         for check_key in context.selected_asset_check_keys:
             selected.setdefault(check_key.asset_key, set()).add(check_key.name)
-        yield from _evaluations(context.instance, platform, names, selected)
+        yield from certificate_evaluations(context.instance, platform, names, selected)
 
     return _checks
 
 
-def _evaluations(
+def certificate_evaluations(
     instance, platform: PlatformConfig, names: list[str], selected: dict | None = None
 ) -> Iterator[AssetCheckEvaluation]:
     """The evaluation of each check of ``names`` (only the ``selected`` ones: asset key
@@ -304,6 +304,6 @@ def _inspection_op(platform: PlatformConfig, name: str, names: list[str], resour
         description=f"Reports every check of {len(names)} certificates.",
     )
     def _inspection(context):
-        yield from _evaluations(context.instance, platform, names)
+        yield from certificate_evaluations(context.instance, platform, names)
 
     return _inspection
