@@ -35,6 +35,8 @@ TICK_BUDGET_S = 30.0
 
 
 def _run_line(run_id: str, dagster_url: str | None) -> str:
+    if not run_id:  # evaluated in a sensor's tick (certificate_check_interval_s)
+        return "evaluated by the certificate_checks_interval sensor (no run)"
     return f"run {dagster_url.rstrip('/')}/runs/{run_id}" if dagster_url else f"run {run_id}"
 
 
