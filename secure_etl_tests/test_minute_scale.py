@@ -121,9 +121,12 @@ def test_checks_seconds_apart_are_evaluated_in_the_sensor_tick_and_start_renewal
         for k in certificate_check_keys(platform, n)
     }
     with instance_for_test() as instance:
+        cursors = [None]
 
         def tick():
-            result = sensor(build_sensor_context(instance=instance, definitions=defs))
+            context = build_sensor_context(instance=instance, cursor=cursors[-1], definitions=defs)
+            result = sensor(context)
+            cursors.append(result.cursor)
             assert not result.run_requests  # never a run
             for event in result.asset_events:  # what the daemon does with them
                 instance.report_runless_asset_event(event)
@@ -142,8 +145,14 @@ def test_checks_seconds_apart_are_evaluated_in_the_sensor_tick_and_start_renewal
         for name in platform.certificates:
             ensure_certificate(platform, name)
         second = tick()
+        assert {(e.asset_key, e.check_name) for e in second.asset_events} == every_check
         assert all(e.passed for e in second.asset_events), second.skip_reason
         assert "failing" not in second.skip_reason.skip_message
+        # Unchanged passing checks are not stored again (each costs the daemon writes).
+        third = sensor(
+            build_sensor_context(instance=instance, cursor=second.cursor, definitions=defs)
+        )
+        assert not third.asset_events and "0 reported" in third.skip_reason.skip_message
         cursor = requested.cursor
         quiet = renewal(build_sensor_context(instance=instance, cursor=cursor, definitions=defs))
         assert not quiet.run_requests

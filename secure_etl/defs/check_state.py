@@ -41,6 +41,8 @@ class CheckEvaluation:
     description: str
     timestamp: float  # when it was evaluated (Unix seconds)
     metadata: dict  # the numbers and text the check reported
+    # The storage id of the materialization it judged (None: none, or not recorded).
+    target_storage_id: int | None = None
 
 
 def latest_check_evaluations(
@@ -142,6 +144,9 @@ def _evaluation(key: AssetCheckKey, record) -> CheckEvaluation | None:
         description=evaluation.description or "",
         timestamp=record.create_timestamp,
         metadata={k: getattr(v, "value", v) for k, v in evaluation.metadata.items()},
+        target_storage_id=target.storage_id
+        if (target := evaluation.target_materialization_data)
+        else None,
     )
 
 

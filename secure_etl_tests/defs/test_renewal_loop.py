@@ -163,3 +163,31 @@ def test_no_second_renewal_is_requested_while_one_has_not_finished(platform, ins
         "db-server",
         "etl-client",
     ]
+
+
+def test_a_failure_judged_before_the_latest_renewal_requests_nothing(
+    platform, instance, write_config
+):
+    """A check evaluated just before a renewal run installed the next version, and stored
+    just after it (the interval sensor's tick), judged the old one: renewing again would
+    find nothing due."""
+    from dagster import build_sensor_context as context_for
+
+    data = yaml.safe_load(write_config().read_text())
+    data["certificate_check_interval_s"] = 5
+    interval = load_config(write_config(data, "interval.yaml"))
+    defs = build_definitions(interval)
+    defs.resolve_job_def(RENEWAL_JOB).execute_in_process(instance=instance)
+    _install_expired(interval, "etl-client")
+    checks = defs.resolve_sensor_def("certificate_checks_interval")
+    evaluated = checks(context_for(instance=instance, definitions=defs))  # fails it
+    defs.resolve_job_def(RENEWAL_JOB).execute_in_process(
+        instance=instance, asset_selection=[certificate_key("etl-client")]
+    )  # renewed since; its own checks pass
+    for event in evaluated.asset_events:  # stored by the daemon after the renewal
+        instance.report_runless_asset_event(event)
+    tick = _tick(defs, instance)
+    assert not tick.run_requests
+    assert "etl-client: its failed checks judged an earlier materialization" in (
+        tick.skip_reason.skip_message
+    )
