@@ -153,6 +153,29 @@ def test_checks_seconds_apart_are_evaluated_in_the_sensor_tick_and_start_renewal
             build_sensor_context(instance=instance, cursor=second.cursor, definitions=defs)
         )
         assert not third.asset_events and "0 reported" in third.skip_reason.skip_message
+        # ... until REPORT_ALL_S has passed: then each certificate's checks again
+        import json
+        import time
+
+        from secure_etl.defs.renewal_sensor import REPORT_ALL_S
+
+        # (one certificate a tick, so no tick stores them all).
+        state = json.loads(third.cursor)
+        state["reported"] = dict.fromkeys(state["reported"], time.time() - REPORT_ALL_S - 1)
+        fourth = sensor(
+            build_sensor_context(instance=instance, cursor=json.dumps(state), definitions=defs)
+        )
+        first_name = next(iter(platform.certificates))
+        assert {e.asset_key.path[-1] for e in fourth.asset_events} == {first_name}
+        assert {(e.asset_key, e.check_name) for e in fourth.asset_events} == {
+            (k.asset_key, k.name) for k in certificate_check_keys(platform, first_name)
+        }
+        fifth = sensor(
+            build_sensor_context(instance=instance, cursor=fourth.cursor, definitions=defs)
+        )
+        assert {e.asset_key.path[-1] for e in fifth.asset_events} == set(platform.certificates) - {
+            first_name
+        }
         cursor = requested.cursor
         quiet = renewal(build_sensor_context(instance=instance, cursor=cursor, definitions=defs))
         assert not quiet.run_requests

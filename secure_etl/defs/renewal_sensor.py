@@ -4,6 +4,7 @@ the sensor that evaluates the certificate checks seconds apart when cron is too 
 from __future__ import annotations
 
 import json
+import time
 
 from dagster import (
     DagsterRunStatus,
@@ -30,6 +31,10 @@ _UNFINISHED = [
 ]
 
 
+# How often the interval sensor reports a certificate's passing checks again (seconds).
+REPORT_ALL_S = 600
+
+
 def checks_interval_sensor(platform: PlatformConfig):
     """With ``certificate_check_interval_s``: evaluates every certificate's checks that
     many seconds apart in the tick itself, reported as those checks' evaluations (the UI
@@ -51,14 +56,26 @@ def checks_interval_sensor(platform: PlatformConfig):
     def _sensor(context: SensorEvaluationContext) -> SensorResult:
         evaluations = list(certificate_evaluations(context.instance, platform, names))
         # The daemon stores each reported evaluation in transactions of its own (about
-        # 0.15 s each on PostgreSQL): a failing check is reported at every tick (what
-        # the renewal sensor acts on), a passing one only on the first tick and when it
-        # passes again. The cursor is the failing checks, as asset/check names.
-        before = None if context.cursor is None else set(json.loads(context.cursor))
-        failing = {_check_id(e) for e in evaluations if not e.passed}
+        # 0.15 s each on PostgreSQL), so not all of them every tick: a failing check at
+        # every tick (what the renewal sensor acts on), a passing one when it passes
+        # again, every check at the first tick, and after that each certificate's
+        # checks again every REPORT_ALL_S, one certificate a tick (so the health
+        # report's "checks last ran" stays true without a slow tick). The cursor: the
+        # failing checks, and when each certificate's were all last reported.
+        state = json.loads(context.cursor) if context.cursor else {}
+        now = time.time()
+        reported = state.get("reported", {})
+        before = set(state.get("failing", []))
+        due = [name for name in names if now - reported.get(name, 0) >= REPORT_ALL_S]
+        refresh = set(due) if not state else set(due[:1])
         report = [
-            e for e in evaluations if before is None or not e.passed or _check_id(e) in before
+            e
+            for e in evaluations
+            if not e.passed or _check_id(e) in before or e.asset_key.path[-1] in refresh
         ]
+        reported.update(dict.fromkeys(refresh, now))
+        failing = sorted(_check_id(e) for e in evaluations if not e.passed)
+        cursor = {"failing": failing, "reported": reported}
         failed = sorted({e.asset_key.path[-1] for e in evaluations if not e.passed})
         summary = (
             f"{len(evaluations)} checks of {len(names)} certificates evaluated, "
@@ -66,9 +83,7 @@ def checks_interval_sensor(platform: PlatformConfig):
         )
         if failed:
             summary += f"; failing: {', '.join(failed)}"
-        return SensorResult(
-            asset_events=report, skip_reason=summary, cursor=json.dumps(sorted(failing))
-        )
+        return SensorResult(asset_events=report, skip_reason=summary, cursor=json.dumps(cursor))
 
     return _sensor
 
