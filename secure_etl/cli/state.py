@@ -44,15 +44,15 @@ def check_dagster_home(settings: bool = True) -> None:
         raise UserError(f"{where}: does not exist; create the directory or unset DAGSTER_HOME")
     if not path.is_dir():
         raise UserError(f"{where}: not a directory; point it at the Dagster home directory")
-    settings = path / "dagster.yaml"
-    if not settings.exists():
+    yml = path / "dagster.yaml"
+    if not yml.exists():
         return  # Dagster's defaults, stored under the home
     try:
-        text = settings.read_text(encoding="utf-8")
+        text = yml.read_text(encoding="utf-8")
     except OSError as err:
-        raise UserError(f"{settings}: cannot read it: {err.strerror or err}") from None
+        raise UserError(f"{yml}: cannot read it: {err.strerror or err}") from None
     except UnicodeDecodeError:
-        raise UserError(f"{settings}: not UTF-8 text; it must be Dagster's YAML settings") from None
+        raise UserError(f"{yml}: not UTF-8 text; it must be Dagster's YAML settings") from None
     import yaml
 
     try:
@@ -61,9 +61,9 @@ def check_dagster_home(settings: bool = True) -> None:
         mark = getattr(err, "problem_mark", None)
         line = f"line {mark.line + 1}: " if mark else ""
         problem = getattr(err, "problem", None) or "invalid YAML"
-        raise UserError(f"{settings}: {line}{problem}") from None
+        raise UserError(f"{yml}: {line}{problem}") from None
     if data is not None and not isinstance(data, dict):
-        raise UserError(f"{settings}: expected a mapping of Dagster settings at the top level")
+        raise UserError(f"{yml}: expected a mapping of Dagster settings at the top level")
     if settings:
         from secure_etl.defs.health import open_instance  # Dagster judges its settings
 

@@ -125,6 +125,31 @@ def test_without_an_instance_the_report_says_what_it_left_out(platform):
     assert "No Dagster instance (set DAGSTER_HOME)" in render_text(report)
 
 
+def test_status_opens_the_dagster_instance_once(write_config, tmp_path, monkeypatch, capsys):
+    # The CLI's check of $DAGSTER_HOME leaves judging dagster.yaml to the report, which
+    # opens the instance anyway (opening it was a quarter of the command's time).
+    from dagster import DagsterInstance
+
+    from secure_etl.cli import main
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    opened = []
+    real = DagsterInstance.from_config
+
+    def counting(*args, **kwargs):
+        opened.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(DagsterInstance, "from_config", staticmethod(counting))
+    code = main(["status", "--config", str(write_config())])
+    assert code == 1  # nothing has run: checks and loads are missing
+    assert "etl-client" in capsys.readouterr().out
+    assert len(opened) == 1
+
+
 def test_the_json_form_keeps_its_shape(platform):
     import json
 
