@@ -8,6 +8,7 @@ reads the Dagster instance) load Dagster. Every error a user can fix is a ``User
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 
 from secure_etl.cli import acme, audit, certs, demo, keys, policy, status
@@ -39,6 +40,14 @@ def main(argv: list[str] | None = None) -> int:
         return _one_line(err, EXIT_BAD_INPUT)
     except Refused as err:
         return _one_line(err, EXIT_FAILED)
+    finally:
+        if argv is None:
+            # The process ends here: the interpreter's shutdown collects garbage several
+            # times while it tears the modules down, walking every object the imports
+            # made (0.7 s of `status`'s 3.1 s with Dagster loaded). Frozen, they are
+            # only freed by reference count, as they would be anyway; atexit handlers
+            # still run. Not for callers of main(argv), whose process goes on.
+            gc.freeze()
 
 
 def _without_httpx_command_line() -> None:
