@@ -143,7 +143,7 @@ def test_two_runs_creating_one_concurrency_pool_at_once_both_claim_it_on_postgre
     from dagster_postgres.event_log import PostgresEventLogStorage as DagsterEventLog
     from sqlalchemy import exc as db_exc
 
-    from secure_etl.defs.postgres_event_log import PostgresEventLogStorage
+    from secure_etl.defs.postgres_storage import PostgresEventLogStorage
 
     with DagsterInstance.get() as instance:
         storage = instance.event_log_storage
@@ -160,3 +160,59 @@ def test_two_runs_creating_one_concurrency_pool_at_once_both_claim_it_on_postgre
         with pytest.raises(db_exc.DBAPIError, match="current transaction is aborted"):
             dagsters.initialize_concurrency_limit_to_default(pool)
         dagsters.dispose()
+
+
+def test_the_production_storages_keep_a_connection_instead_of_one_per_call(
+    production_home, postgres_tls
+):
+    """Every storage call of dagster-postgres's classes opens a TLS connection with a
+    client certificate (a handshake and a server backend each); ours keep one per
+    storage, and a server restarted meanwhile costs a reconnect, not an error."""
+    from dagster import AssetKey, RunsFilter
+    from dagster_postgres.run_storage import PostgresRunStorage as DagsterRunStorage
+    from sqlalchemy import event
+
+    from secure_etl.defs import postgres_storage as ours
+
+    certificate = AssetKey(["certificates", "etl-client"])
+
+    def counting(engine) -> list:
+        opened: list = []
+        event.listen(engine, "connect", lambda *_: opened.append(1))
+        return opened
+
+    def calls(instance) -> None:
+        for _ in range(10):
+            instance.get_run_records(RunsFilter(job_name="certificate_renewal"), limit=1)
+            instance.all_instigator_state()
+            instance.get_latest_materialization_event(certificate)
+            instance.get_runs_count()
+
+    with DagsterInstance.get() as instance:
+        storages = {
+            "run": instance.run_storage,
+            "event log": instance.event_log_storage,
+            "schedule": instance.schedule_storage,
+        }
+        assert [type(s) for s in storages.values()] == [
+            ours.PostgresRunStorage,
+            ours.PostgresEventLogStorage,
+            ours.PostgresScheduleStorage,
+        ]  # what deploy/dagster.yaml names
+        opened = {name: counting(s._engine) for name, s in storages.items()}
+        calls(instance)
+        assert {name: len(o) for name, o in opened.items()} == {
+            "run": 1,
+            "event log": 1,
+            "schedule": 1,
+        }
+        postgres_tls.restart()
+        calls(instance)  # the pooled connections died with the server: checked, replaced
+        assert all(len(o) == 2 for o in opened.values()), opened
+
+    dagsters = DagsterRunStorage(os.environ["DAGSTER_POSTGRES_URL"])
+    opened = counting(dagsters._engine)
+    for _ in range(10):
+        dagsters.get_runs_count()
+    assert len(opened) == 10  # the peer: a connection per call
+    dagsters.dispose()
