@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,7 +43,11 @@ def moto_s3(tmp_path_factory):
     proc, url = start_python_server(["moto.server", "-H", "127.0.0.1", "-p"], "/moto-api/", log)
     yield url
     proc.terminate()
-    proc.wait(10)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:  # it sometimes ignores SIGTERM (seen in CI)
+        proc.kill()
+        proc.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +74,11 @@ def gcs_emulator(tmp_path_factory):
     proc, url = start_python_server(argv, "/storage/v1/b", log)
     yield url
     proc.terminate()
-    proc.wait(10)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:  # it sometimes ignores SIGTERM (seen in CI)
+        proc.kill()
+        proc.wait(10)
 
 
 @dataclass(frozen=True)
