@@ -30,12 +30,12 @@ from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 from secure_etl_tests.conftest import BASE_CONFIG  # noqa: E402
 
 BIN = Path(sys.executable).parent
 PEERS = ("python_startup", "import_pandas", "import_dagster")
-ROOT = Path(__file__).resolve().parents[1]
 # Issue 14's targets, in seconds on the development machine.
 TARGETS = {
     "certs_list": 0.3,

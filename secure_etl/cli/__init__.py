@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         if argv is None:
             # The process ends here: the interpreter's shutdown collects garbage several
             # times while it tears the modules down, walking every object the imports
-            # made (0.7 s of `status`'s 3.1 s with Dagster loaded). Frozen, they are
+            # made (0.67 s of `status`'s 3.31 s, benchmarks/cli_startup.py). Frozen, they are
             # only freed by reference count, as they would be anyway; atexit handlers
             # still run. Not for callers of main(argv), whose process goes on.
             gc.freeze()
