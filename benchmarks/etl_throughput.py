@@ -11,13 +11,19 @@ second database the same way. Each method runs in its own process, so its peak R
 its own; "+children" adds its child processes (hash workers), sampled every 20 ms. The
 Dagster rows give their time as a multiple of "ours" (the bare one-pass functions) and
 count the run's events. ``--repeat N`` runs every method N times in turn and keeps the
-median (the machine is shared). Every method must have loaded every row. Prints a
-table, then one JSON line.
+median (the machine is shared). Every method must have loaded every row. Each child
+also reports the seconds its cyclic garbage collector ran (``gc_s``). Prints a table,
+then one JSON line.
+
+Where the time goes: ``BENCH_PROFILE=name,...`` runs those methods under cProfile (their
+main thread; stderr), ``BENCH_PYSPY=name,...`` under py-spy (every thread and the hash
+workers, sampled; collapsed stacks in ``$BENCH_PYSPY_DIR/pyspy-<name>.txt``).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -396,12 +402,33 @@ class _TreePeak:
         return self.peak_kib
 
 
+class _CollectorTime:
+    """Seconds the process's cyclic garbage collector ran (every thread), and how many
+    of its runs were full (generation 2) collections, between start and ``stop``."""
+
+    def __init__(self) -> None:
+        self.seconds, self.full, self._since = 0.0, 0, 0.0
+        gc.callbacks.append(self._on)
+
+    def _on(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._since = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._since
+            self.full += info["generation"] == 2
+
+    def stop(self) -> tuple[float, int]:
+        gc.callbacks.remove(self._on)
+        return self.seconds, self.full
+
+
 def child(name: str, work: Path, table: str, target: str) -> None:
     import importlib
 
     for module in WARM[name]:
         importlib.import_module(module)
     tree = _TreePeak()
+    collector = _CollectorTime()
     started = time.perf_counter()
     method = globals()[f"method_{name}"]
     if name in os.environ.get("BENCH_PROFILE", "").split(","):  # where the time goes, stderr
@@ -414,6 +441,7 @@ def child(name: str, work: Path, table: str, target: str) -> None:
     else:
         stages = method(work, table, target) or {}
     elapsed = time.perf_counter() - started
+    gc_s, gc_full = collector.stop()
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tree_kib = max(tree.stop(), peak_kib)
     print(
@@ -422,6 +450,8 @@ def child(name: str, work: Path, table: str, target: str) -> None:
                 "seconds": elapsed,
                 "peak_rss_mib": peak_kib / 1024,
                 "tree_peak_rss_mib": tree_kib / 1024,
+                "gc_s": gc_s,
+                "gc_full_collections": gc_full,
                 **stages,
             }
         )
@@ -432,8 +462,13 @@ def child(name: str, work: Path, table: str, target: str) -> None:
 
 
 def run_method(name: str, work: Path, table: str, target: str, env: dict) -> dict:
+    argv = [sys.executable, __file__, "--child", name, str(work), table, target]
+    if name in os.environ.get("BENCH_PYSPY", "").split(","):  # sampled, every thread
+        out = Path(os.environ.get("BENCH_PYSPY_DIR", ".")) / f"pyspy-{name}.txt"
+        spy = ["record", "--format", "raw", "--subprocesses", "--nonblocking", "-r", "100"]
+        argv = ["py-spy", *spy, "-o", str(out), "--", *argv]
     result = subprocess.run(
-        [sys.executable, __file__, "--child", name, str(work), table, target],
+        argv,
         env=env,
         capture_output=True,
         text=True,
@@ -443,8 +478,9 @@ def run_method(name: str, work: Path, table: str, target: str, env: dict) -> dic
         raise SystemExit(f"{name} failed:\n{result.stderr[-3000:]}")
     if name in os.environ.get("BENCH_PROFILE", "").split(","):
         print(result.stderr, file=sys.stderr)
-    print(f"{name}: {result.stdout.strip().splitlines()[-1]}", file=sys.stderr)
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    [line] = [x for x in result.stdout.splitlines() if x.startswith("{")][-1:]  # py-spy's too
+    print(f"{name}: {line}", file=sys.stderr)
+    return json.loads(line)
 
 
 def _count(server, table: str) -> int:

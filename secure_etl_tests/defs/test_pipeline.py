@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import hashlib
 import hmac
 import json
@@ -23,6 +24,7 @@ from secure_etl.defs.build import build_definitions
 from secure_etl.defs.certificates import RENEWAL_JOB
 from secure_etl.defs.demo import latest_complete_partitions, run_demo
 from secure_etl.defs.names import certificate_check_names
+from secure_etl.defs.pipelines import _data_step
 from secure_etl.etl import storage
 from secure_etl.etl.check_names import LOADED_CHECKS
 from secure_etl.etl.destinations import duckdb as duckdb_dest
@@ -195,6 +197,20 @@ def test_one_pass_that_fails_to_load_leaves_no_files_behind(write_config, instan
     assert not result.success
     for stage in ("raw", "hashed", "quarantine"):
         assert not storage.partition_file(state, stage, "customers", PARTITION).exists()
+    assert gc.get_freeze_count() == 0  # the failed step handed its objects back
+
+
+def test_a_data_step_keeps_what_exists_out_of_the_collector_and_hands_it_back():
+    assert gc.get_freeze_count() == 0
+    existing = len(gc.get_objects())
+    with pytest.raises(RuntimeError), _data_step():
+        # the objects of the process so far are out of the collector's passes...
+        assert gc.get_freeze_count() >= existing // 2
+        assert len(gc.get_objects()) < existing // 10
+        raise RuntimeError("the step failed")
+    # ...and back in them when the step ends, even by an exception
+    assert gc.get_freeze_count() == 0
+    assert len(gc.get_objects()) >= existing // 2
 
 
 def test_every_kind_of_transform_in_one_pipeline(write_config, instance):
