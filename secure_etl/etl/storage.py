@@ -63,6 +63,31 @@ def partition_of(path: Path | StoredFile | str) -> str:
 _DIGESTS: dict[tuple, str] = {}  # StoredFile.digest's memory of local files
 
 
+def _remember_digest(path: str | Path, stat: os.stat_result, digest: str) -> str:
+    """Remember a local file's digest while its inode, size and modification time stay."""
+    if len(_DIGESTS) >= 64:
+        _DIGESTS.pop(next(iter(_DIGESTS)))
+    _DIGESTS[(str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)] = digest
+    return digest
+
+
+class _Digesting:
+    """A local file being written that keeps the sha256 of every byte written to it, so
+    a step that records the file in the audit log need not read it back (for a
+    million-row partition, 0.2-0.4 s of the step after its rows were loaded)."""
+
+    def __init__(self, handle) -> None:
+        self._handle = handle
+        self.sha256 = hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        return self._handle.write(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self._handle, name)
+
+
 @dataclass(frozen=True, eq=False)
 class StoredFile:
     """One file of a ``Storage``: on local disk (``fs`` is None; ``path`` is the file's
@@ -144,11 +169,9 @@ class StoredFile:
         if self.fs is None:
             stat = os.stat(self.path)
             key = (str(self.path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
-            if key not in _DIGESTS:
-                if len(_DIGESTS) >= 64:
-                    _DIGESTS.pop(next(iter(_DIGESTS)))
-                _DIGESTS[key] = file_digest(Path(self.path))
-            return _DIGESTS[key]
+            if key in _DIGESTS:
+                return _DIGESTS[key]
+            return _remember_digest(self.path, stat, file_digest(Path(self.path)))
         digest = hashlib.sha256()
         with self.fs.open_input_stream(self.path) as handle:
             while block := handle.read(1 << 20):
@@ -346,8 +369,11 @@ class PartitionWriter:
         local = self.file.local_path
         if local is not None:
             private_dir(local.parent)
-            self._handle = os.fdopen(
-                os.open(self._tmp.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, SECRET_MODE), "wb"
+            self._handle = _Digesting(
+                os.fdopen(
+                    os.open(self._tmp.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, SECRET_MODE),
+                    "wb",
+                )
             )
         else:
             self._handle = self.file.fs.open_output_stream(self._tmp.path)
@@ -407,6 +433,8 @@ class PartitionWriter:
             os.fsync(self._handle.fileno())
             self._handle.close()
             os.replace(self._tmp.path, self.file.path)
+            digest = "sha256:" + self._handle.sha256.hexdigest()
+            _remember_digest(self.file.path, os.stat(self.file.path), digest)
         else:
             self._handle.close()  # the upload completes
             self.file.fs.move(self._tmp.path, self.file.path)

@@ -169,6 +169,21 @@ def test_a_partition_is_replaced_not_appended(tmp_path):
     assert stats == {"rows": 2, "duplicate_keys": 0, "nulls": {"id": 0, "v": 0}}
 
 
+def test_a_written_partition_s_digest_is_that_of_its_bytes_on_disk(tmp_path):
+    from secure_etl.security.audit import file_digest
+
+    path = tmp_path / "p.parquet"
+    chunks = [pa.table({"id": range(i, i + 5000), "v": [f"v{j}" for j in range(5000)]})
+              for i in range(0, 20000, 5000)]  # fmt: skip
+    storage.write_partition_chunks(path, chunks)
+    assert [k for k in storage._DIGESTS if k[0] == str(path)]  # kept from the write
+    remembered = storage.as_file(path).digest()
+    on_disk = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    assert remembered == file_digest(path) == on_disk
+    path.write_bytes(path.read_bytes()[:-1] + b"x")  # changed after: read again, not remembered
+    assert storage.as_file(path).digest() == file_digest(path) != remembered
+
+
 def test_a_table_name_that_is_not_an_identifier_is_refused(tmp_path):
     storage.write_partition(tmp_path / "a", pa.table({"a": [1]}))
     with pytest.raises(ValueError, match="invalid identifier"):
