@@ -199,6 +199,11 @@ class CertificateStore:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        # The version's name is durable before ``current`` can point at it: otherwise a
+        # crash could keep the new link and lose the rename, leaving ``current`` dangling
+        # and no certificate in place (a journaled filesystem usually orders the two, but
+        # nothing promises it).
+        _sync_dir(versions)
         self._point_current_at(name, version)
         self._prune(name, keep)
         return version
@@ -215,11 +220,7 @@ class CertificateStore:
         tmp.unlink(missing_ok=True)
         os.symlink(f"versions/{version}", tmp)
         os.replace(tmp, directory / "current")
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _sync_dir(directory)
 
     def _prune(self, name: str, keep: int) -> None:
         current = self.current_version(name)
@@ -229,6 +230,15 @@ class CertificateStore:
             shutil.rmtree(versions_dir / version)
         for leftover in versions_dir.glob(".staging-*"):
             shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _sync_dir(directory: Path) -> None:
+    """Make the entries of ``directory`` (names created, renamed or replaced) durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_new(path: Path, data: bytes) -> None:

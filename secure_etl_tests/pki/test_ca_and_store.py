@@ -82,6 +82,38 @@ def test_install_points_current_at_a_complete_owner_only_version(ca, tmp_path):
     assert load_chain_file(paths.fullchain)[0] == load_chain_file(paths.cert)[0]
 
 
+def test_a_new_version_s_name_is_durable_before_current_points_at_it(ca, tmp_path, monkeypatch):
+    store = CertificateStore(tmp_path / "certs")
+    _install(store, ca)  # the directories exist
+    events = []
+    real_rename, real_replace, real_fsync = os.rename, os.replace, os.fsync
+
+    def rename(src, dst, *args, **kwargs):
+        events.append(("rename", os.path.basename(dst)))
+        return real_rename(src, dst, *args, **kwargs)
+
+    def replace(src, dst, *args, **kwargs):
+        events.append(("replace", os.path.basename(dst)))
+        return real_replace(src, dst, *args, **kwargs)
+
+    def fsync(fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            events.append(("sync", os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "fsync", fsync)
+    version = _install(store, ca)
+    order = [e for e in events if e[0] != "sync" or e[1] in ("versions", "svc")]
+    assert order == [
+        ("rename", version),
+        ("sync", "versions"),  # the version's name, before current can point at it
+        ("replace", "current"),
+        ("sync", "svc"),
+    ], events
+
+
 def test_old_versions_are_pruned_and_one_can_be_rolled_back(ca, tmp_path):
     store = CertificateStore(tmp_path / "certs")
     versions = [_install(store, ca, keep=3) for _ in range(5)]
