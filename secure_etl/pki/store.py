@@ -195,6 +195,7 @@ class CertificateStore:
             _write_new(staging / "chain.pem", issued.chain_pem)
             _write_new(staging / "fullchain.pem", issued.fullchain_pem)
             _write_new(staging / "privkey.pem", issued.key_pem)
+            _sync_dir(staging)  # the files' names, before the rename publishes them
             os.rename(staging, versions / version)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)

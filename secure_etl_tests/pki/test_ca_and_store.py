@@ -105,8 +105,11 @@ def test_a_new_version_s_name_is_durable_before_current_points_at_it(ca, tmp_pat
     monkeypatch.setattr(os, "replace", replace)
     monkeypatch.setattr(os, "fsync", fsync)
     version = _install(store, ca)
-    order = [e for e in events if e[0] != "sync" or e[1] in ("versions", "svc")]
+    order = [
+        e for e in events if e[0] != "sync" or e[1] in ("versions", "svc", f".staging-{version}")
+    ]
     assert order == [
+        ("sync", f".staging-{version}"),  # the files' names, before they are published
         ("rename", version),
         ("sync", "versions"),  # the version's name, before current can point at it
         ("replace", "current"),
