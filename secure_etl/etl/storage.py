@@ -63,11 +63,16 @@ def partition_of(path: Path | StoredFile | str) -> str:
 _DIGESTS: dict[tuple, str] = {}  # StoredFile.digest's memory of local files
 
 
+def _digest_key(path: str | Path, stat: os.stat_result) -> tuple:
+    """A local file's identity for ``_DIGESTS``: its path, inode, size and modification time."""
+    return (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
 def _remember_digest(path: str | Path, stat: os.stat_result, digest: str) -> str:
     """Remember a local file's digest while its inode, size and modification time stay."""
     if len(_DIGESTS) >= 64:
         _DIGESTS.pop(next(iter(_DIGESTS)))
-    _DIGESTS[(str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)] = digest
+    _DIGESTS[_digest_key(path, stat)] = digest
     return digest
 
 
@@ -168,8 +173,7 @@ class StoredFile:
         records the digests of the files it wrote in several audit records."""
         if self.fs is None:
             stat = os.stat(self.path)
-            key = (str(self.path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
-            if key in _DIGESTS:
+            if (key := _digest_key(self.path, stat)) in _DIGESTS:
                 return _DIGESTS[key]
             return _remember_digest(self.path, stat, file_digest(Path(self.path)))
         digest = hashlib.sha256()
