@@ -341,3 +341,28 @@ def test_a_command_that_finds_no_state_says_where_it_looked(world, tmp_path, com
         f"(state_dir of {path}) does not exist" in result.stderr
     )
     assert not (tmp_path / "conf" / "never-created").exists()  # looking created nothing
+
+
+def test_a_reader_that_goes_away_gets_no_traceback(world, tmp_path):
+    # `secure-etl certs list | head -1`: the reader has closed the pipe before the
+    # command writes, so its first write fails (EPIPE) as a reader's early exit does.
+    environment = {
+        k: v for k, v in os.environ.items() if not k.startswith(("SECURE_ETL", "DAGSTER"))
+    }
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "secure_etl.cli", "certs", "list", "--config", world["config"]],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+            env=environment,
+            timeout=120,
+        )
+    finally:
+        os.close(write)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "BrokenPipe" not in result.stderr, result.stderr
+    assert result.returncode == 1

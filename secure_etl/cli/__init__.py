@@ -40,6 +40,12 @@ def main(argv: list[str] | None = None) -> int:
         return _one_line(err, EXIT_BAD_INPUT)
     except Refused as err:
         return _one_line(err, EXIT_FAILED)
+    except BrokenPipeError:
+        # The reader went away (`secure-etl certs list | head`): nothing more can be
+        # said to it, and the interpreter's final flush must not say it with a
+        # traceback. Exit 1: not all the output was written.
+        _discard_stdout()
+        return EXIT_FAILED
     finally:
         if argv is None:
             # The process ends here: the interpreter's shutdown collects garbage several
@@ -48,6 +54,14 @@ def main(argv: list[str] | None = None) -> int:
             # only freed by reference count, as they would be anyway; atexit handlers
             # still run. Not for callers of main(argv), whose process goes on.
             gc.freeze()
+
+
+def _discard_stdout() -> None:
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _without_httpx_command_line() -> None:
