@@ -114,10 +114,8 @@ def certs_inspect(args: argparse.Namespace) -> int:
 
 def certs_renew(args: argparse.Namespace) -> int:
     """Issue or renew the named (or all) certificates; exit 1 when any failed."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from secure_etl.config import load_config
-    from secure_etl.pki.renewal import ensure_certificate
+    from secure_etl.pki.bulk import renew_many
 
     if args.all and args.names:
         raise UserError(
@@ -137,21 +135,14 @@ def certs_renew(args: argparse.Namespace) -> int:
             f"(configured: {', '.join(platform.certificates)})"
         )
 
-    def renew(name: str):
-        try:
-            return name, ensure_certificate(platform, name, force=args.force), None
-        except Exception as err:  # one failure must not stop the others
-            return name, None, err
-
     started = time.monotonic()
     failed = 0
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for name, result, err in pool.map(renew, names):
-            if err is not None:
-                failed += 1
-                print(f"{name}: FAILED: {err}", file=sys.stderr)
-            else:
-                print(f"{name}: {result.outcome} in {result.seconds:.2f} s ({result.reason})")
+    for name, result, err in renew_many(platform, names, force=args.force, jobs=args.jobs):
+        if result is None:
+            failed += 1
+            print(f"{name}: FAILED: {err}", file=sys.stderr)
+        else:
+            print(f"{name}: {result.outcome} in {result.seconds:.2f} s ({result.reason})")
     print(f"{len(names) - failed}/{len(names)} succeeded in {time.monotonic() - started:.2f} s")
     return EXIT_FAILED if failed else EXIT_OK
 
