@@ -200,6 +200,14 @@ def _expire(platform, name: str) -> None:
         store.install(name, issued)
 
 
+# Removed when the benchmark ends, not after each N: on an ext4 file system without a
+# journal (this VM's), the kernel's inode allocator skips every inode deleted in the last
+# minute or more (`recently_deleted`, perf), so the thousands of files created just after
+# thousands were deleted would time that scan, not the code (seen as issuance several
+# times slower, most of it system time). --keep-work leaves them, for runs back to back.
+WORK_DIRS: list[Path] = []
+
+
 def measure(
     n: int, launch_max: int, full_rerun_max: int, webserver: bool, checks: bool = True
 ) -> dict:
@@ -285,7 +293,7 @@ def measure(
             row["inspect_bare_cpu_s"], 1e-9
         )
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        WORK_DIRS.append(work)
     return row
 
 
@@ -333,7 +341,24 @@ def main() -> None:
         help="only the definitions load and `certs renew --all` (no Dagster runs)",
     )
     parser.add_argument("--no-webserver", action="store_true", help="skip the web server")
+    parser.add_argument(
+        "--keep-work",
+        action="store_true",
+        help="leave the work directories (paths on stderr) for the next run not to time "
+        "their deletion's aftermath",
+    )
     args = parser.parse_args()
+    try:
+        _main(args)
+    finally:
+        for work in WORK_DIRS:
+            if args.keep_work:
+                print(f"# kept {work}", file=sys.stderr)
+            else:
+                shutil.rmtree(work, ignore_errors=True)
+
+
+def _main(args: argparse.Namespace) -> None:
     counts = [int(x) for x in args.certs.split(",") if x]
     rows = []
     for n in counts:
