@@ -28,21 +28,34 @@ class CertificateResource(ConfigurableResource):
     """One managed certificate: stable paths to its current version and TLS contexts.
 
     The paths point through the store's ``current`` link, so every connection made after
-    a renewal uses the new certificate without a restart.
+    a renewal uses the new certificate without a restart. A step's copy (``version``
+    set, see ``step_certificate``) points at the version that was current when the step
+    began, so its certificate and key are one pair even if a renewal lands between
+    reading the two.
     """
 
     name: str
     use: str
     directory: str
     ca_bundle: str
+    version: str = ""
+
+    @property
+    def _files(self) -> Path:
+        if self.version:
+            pinned = Path(self.directory) / "versions" / self.version
+            # Pruned already (``keep_versions: 1`` and a renewal since): the current one.
+            if pinned.is_dir():
+                return pinned
+        return Path(self.directory) / "current"
 
     @property
     def fullchain_path(self) -> Path:
-        return Path(self.directory) / "current" / "fullchain.pem"
+        return self._files / "fullchain.pem"
 
     @property
     def privkey_path(self) -> Path:
-        return Path(self.directory) / "current" / "privkey.pem"
+        return self._files / "privkey.pem"
 
     def subject(self) -> str:
         """The current certificate's subject (RFC 4514): who acts, in the audit log."""
@@ -87,11 +100,23 @@ class CertificateResource(ConfigurableResource):
 def step_certificate(
     platform: PlatformConfig, certificate: CertificateResource
 ) -> Iterator[CertificateResource]:
-    """The certificate for one step: itself with the local store (its paths follow
-    ``current``); with a shared store, one whose files are 0600 copies of the current
-    version in a temporary directory that is removed when the step ends."""
+    """The certificate for one step, its current version as the step begins: with the
+    local store, that version's own files (until renewals prune it: ``keep_versions``);
+    with a shared store, 0600 copies of it in a temporary directory that is removed when
+    the step ends. Either way a renewal during the step cannot pair one version's
+    certificate with the next one's key (``current`` read once, not at each file)."""
     if platform.certificate_store.backend == "local":
-        yield certificate
+        version = certificate_store(platform).current_version(certificate.name)
+        if not version:  # nothing issued: its paths say so when the step opens them
+            yield certificate
+            return
+        yield CertificateResource(
+            name=certificate.name,
+            use=certificate.use,
+            directory=certificate.directory,
+            ca_bundle=certificate.ca_bundle,
+            version=version,
+        )
         return
     with certificate_files(platform, certificate.name) as files:
         yield CertificateResource(

@@ -7,6 +7,7 @@ import ssl
 import threading
 
 import pytest
+from cryptography import x509
 from dagster import build_asset_context
 
 from secure_etl.defs.resources import (
@@ -14,7 +15,9 @@ from secure_etl.defs.resources import (
     PipelineResources,
     certificate_resources,
     resource_key,
+    step_certificate,
 )
+from secure_etl.pki.keys import load_private_key
 from secure_etl.pki.renewal import ensure_certificate
 
 
@@ -95,3 +98,32 @@ def test_a_pipeline_reads_its_certificate_typed_and_refuses_anything_else(resour
             TypeError, match=f"resource '{key}' is a str, not a CertificateResource"
         ):
             wanted.certificate(context)
+
+
+def test_a_step_keeps_the_version_current_when_it_began_through_a_renewal(resources, platform):
+    client = resources[resource_key("etl-client")]
+    with step_certificate(platform, client) as pinned:
+        began = pinned.serial()
+        renewed = ensure_certificate(platform, "etl-client", force=True)  # lands mid-step
+        assert renewed.outcome == "renewed" and renewed.version != pinned.version
+        # The resource itself follows `current`; the step's copy does not, for either file.
+        assert client.serial() != began
+        assert pinned.serial() == began
+        assert f"versions/{pinned.version}/" in pinned.psycopg_kwargs()["sslkey"]
+        leaf = x509.load_pem_x509_certificate(pinned.fullchain_path.read_bytes())
+        key = pinned.privkey_path.read_bytes()
+        assert load_private_key(key).public_key() == leaf.public_key()  # one pair
+        pinned.ssl_context()  # OpenSSL agrees: the key matches the certificate
+
+
+def test_a_step_whose_version_was_pruned_uses_the_current_one(resources, platform, monkeypatch):
+    client = resources[resource_key("etl-client")]
+    monkeypatch.setitem(
+        platform.certificates,
+        "etl-client",
+        platform.certificates["etl-client"].model_copy(update={"keep_versions": 1}),
+    )
+    with step_certificate(platform, client) as pinned:
+        ensure_certificate(platform, "etl-client", force=True)  # prunes the step's version
+        assert pinned.serial() == client.serial()
+        pinned.ssl_context()
