@@ -12,7 +12,7 @@ import gc
 import sys
 
 from secure_etl.cli import acme, audit, certs, demo, keys, policy, status
-from secure_etl.cli.exits import EXIT_BAD_INPUT, EXIT_FAILED, Refused
+from secure_etl.cli.exits import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, Refused
 from secure_etl.errors import UserError, escape_controls
 
 FAMILIES = (certs, acme, demo, audit, status, keys, policy)
@@ -40,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
         return _one_line(err, EXIT_BAD_INPUT)
     except Refused as err:
         return _one_line(err, EXIT_FAILED)
+    except KeyboardInterrupt:
+        # Ctrl-C: what was under way stopped where the store and logs keep it safe (an
+        # interrupted renewal leaves the previous certificate current).
+        print("secure-etl: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (`secure-etl certs list | head`): nothing more can be
         # said to it, and the interpreter's final flush must not say it with a

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import sys
+import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
@@ -35,8 +37,11 @@ def usable_cpus() -> int:
 
 
 def worker_processes(certificates: int, jobs: int, cpus: int | None = None) -> int:
-    """How many processes share ``certificates`` renewed ``jobs`` at once (1: this one)."""
-    if "fork" not in multiprocessing.get_all_start_methods():
+    """How many processes share ``certificates`` renewed ``jobs`` at once (1: this one).
+
+    Only a process with no other thread forks: a thread holding a lock (logging's, say)
+    as the fork happens would leave it held forever in the child."""
+    if "fork" not in multiprocessing.get_all_start_methods() or threading.active_count() > 1:
         return 1
     cpus = usable_cpus() if cpus is None else cpus
     return max(1, min(cpus, jobs, certificates // MIN_PER_PROCESS))
@@ -51,31 +56,40 @@ def renew_many(
     worker process that dies fails the certificates it had not reported."""
     processes = worker_processes(len(names), jobs)
     if processes == 1:
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            yield from pool.map(lambda name: _renew(config, name, force), names)
+        threads = ThreadPoolExecutor(max_workers=jobs)
+        try:
+            yield from threads.map(lambda name: _renew(config, name, force), names)
+        finally:  # interrupted (Ctrl-C): finish the renewals under way, start no more
+            threads.shutdown(cancel_futures=True)
         return
-    threads = math.ceil(jobs / processes)
+    threads = jobs // processes  # never more than ``jobs`` at once (processes <= jobs)
     # Chunks small enough that every process stays busy to the end, and the caller sees
     # progress; in order, so the outcomes come back in the order of ``names``.
     size = max(1, min(threads * 4, math.ceil(len(names) / processes)))
     chunks = [list(names[i : i + size]) for i in range(0, len(names), size)]
     done = 0
+    # A child flushes its copy of this process's buffers as it exits: empty them first,
+    # or what was printed but not yet written would be written again by each worker.
+    sys.stdout.flush()
+    sys.stderr.flush()
     # fork: the children start with the config loaded and its modules imported. All of
-    # them are forked before the pool starts a thread (so is this process: no threads).
-    with ProcessPoolExecutor(
+    # them are forked before the pool starts its thread (and this process had none).
+    pool = ProcessPoolExecutor(
         max_workers=processes,
         mp_context=multiprocessing.get_context("fork"),
         initializer=_start_worker,
         initargs=(config, force, threads),
-    ) as pool:
-        try:
-            for outcomes in pool.map(_renew_chunk, chunks):
-                done += len(outcomes)
-                yield from outcomes
-        except BrokenProcessPool as err:
-            why = f"its worker process died before reporting ({err})"
-            for name in names[done:]:
-                yield name, None, why
+    )
+    try:
+        for outcomes in pool.map(_renew_chunk, chunks):
+            done += len(outcomes)
+            yield from outcomes
+    except BrokenProcessPool as err:
+        why = f"its worker process died before reporting ({err})"
+        for name in names[done:]:
+            yield name, None, why
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 def _renew(config: PlatformConfig, name: str, force: bool) -> Outcome:
