@@ -56,11 +56,11 @@ def renew_many(
     worker process that dies fails the certificates it had not reported."""
     processes = worker_processes(len(names), jobs)
     if processes == 1:
-        threads = ThreadPoolExecutor(max_workers=jobs)
+        here = ThreadPoolExecutor(max_workers=jobs)
         try:
-            yield from threads.map(lambda name: _renew(config, name, force), names)
+            yield from _renew_in(here, config, names, force)
         finally:  # interrupted (Ctrl-C): finish the renewals under way, start no more
-            threads.shutdown(cancel_futures=True)
+            here.shutdown(cancel_futures=True)
         return
     threads = jobs // processes  # never more than ``jobs`` at once (processes <= jobs)
     # Chunks small enough that every process stays busy to the end, and the caller sees
@@ -92,11 +92,18 @@ def renew_many(
         pool.shutdown(cancel_futures=True)
 
 
-def _renew(config: PlatformConfig, name: str, force: bool) -> Outcome:
-    try:
-        return name, ensure_certificate(config, name, force=force), None
-    except Exception as err:  # one failure must not stop the others
-        return name, None, str(err)
+def _renew_in(
+    pool: ThreadPoolExecutor, config: PlatformConfig, names: Sequence[str], force: bool
+) -> Iterator[Outcome]:
+    """``names`` renewed in ``pool``'s threads, their outcomes in order."""
+
+    def renew(name: str) -> Outcome:
+        try:
+            return name, ensure_certificate(config, name, force=force), None
+        except Exception as err:  # one failure must not stop the others
+            return name, None, str(err)
+
+    return pool.map(renew, names)
 
 
 # A worker process's config and threads, set once as it starts.
@@ -111,4 +118,4 @@ def _start_worker(config: PlatformConfig, force: bool, threads: int) -> None:
 def _renew_chunk(names: list[str]) -> list[Outcome]:
     assert _WORKER is not None, "_start_worker runs first in every worker process"
     config, force, pool = _WORKER
-    return list(pool.map(lambda name: _renew(config, name, force), names))
+    return list(_renew_in(pool, config, names, force))
